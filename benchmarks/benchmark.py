@@ -1,0 +1,148 @@
+"""Run a model on a dataset (optionally over a grid), select on VALID, record in RESULTS.md.
+
+    python benchmarks/benchmark.py --model lightgcn --dataset baby --data-root ../shared/data \
+        --grid num_layers=1,2,3,4 --grid reg_weight=1e-3,1e-4 --jobs 4
+
+Every grid point runs as its own ``run.py`` process (``--jobs`` at a time) writing
+``<out>/<model>-<dataset>/<point>/results.json``; finished points are skipped, so an interrupted
+benchmark resumes. The point with the best valid ``recall@20`` is selected (never test) and one
+row is appended to ``benchmarks/RESULTS.md``; the table of all points is printed and saved as
+``grid.md`` beside the runs. Arguments after ``--`` go to every run (e.g. ``-- --epochs 5``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+HEADER = (
+    "| model | dataset | settings | R@10 | R@20 | N@10 | N@20 | best / run epochs | s/epoch "
+    "| eval s | peak MB | machine | commit |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def grid_points(grid: Sequence[str]) -> list[dict[str, str]]:
+    """``['a=1,2', 'b=x']`` -> ``[{'a': '1', 'b': 'x'}, {'a': '2', 'b': 'x'}]``."""
+    axes = []
+    for item in grid:
+        if "=" not in item:
+            raise SystemExit(f"--grid expects key=v1,v2,..., got {item!r}")
+        key, values = item.split("=", 1)
+        axes.append([(key, v) for v in values.split(",")])
+    return [dict(p) for p in itertools.product(*axes)] if axes else [{}]
+
+
+def point_name(point: dict[str, str]) -> str:
+    return "_".join(f"{k}={v}" for k, v in point.items()) or "default"
+
+
+def run_point(args: argparse.Namespace, point: dict[str, str], folder: Path) -> dict[str, Any]:
+    results = folder / "results.json"
+    if not results.exists():
+        cmd = [sys.executable, str(ROOT / "run.py"), "--model", args.model]
+        cmd += ["--dataset", args.dataset, "--output", str(folder), "--quiet"]
+        if args.data_root:
+            cmd += ["--data-root", args.data_root]
+        if args.device:
+            cmd += ["--device", args.device]
+        for key, value in point.items():
+            cmd += [f"--{key}", value]
+        cmd += args.extra
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "log.txt", "w") as log:
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        if done.returncode != 0:
+            tail = (folder / "log.txt").read_text().splitlines()[-5:]
+            raise SystemExit(f"{point_name(point)} failed:\n" + "\n".join(tail))
+    with open(results) as f:
+        return json.load(f)
+
+
+def fmt_row(r: dict[str, Any], settings: str) -> str:
+    env, t, test = r["environment"], r["timing"], r["test"]
+    mem = f"{r['peak_rss_mb']:.0f}"
+    if r.get("peak_gpu_mb"):
+        mem += f" (GPU {r['peak_gpu_mb']:.0f})"
+    machine = env["device_name"] or env["device"]
+    if env["device"] == "cpu":
+        machine = f"CPU, {env['torch_threads']} threads ({machine or 'x86_64'})"
+    cells = [
+        r["model"],
+        r["dataset"],
+        settings,
+        *(f"{test[k]:.4f}" for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")),
+        f"{r['best_epoch']} / {r['epochs_run']}",
+        f"{t['train_s_per_epoch']:.2f}",
+        f"{t['eval_s']:.2f}",
+        mem,
+        machine,
+        env.get("git_commit") or "-",
+    ]
+    return "| " + " | ".join(cells) + " |\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--data-root")
+    parser.add_argument("--device")
+    parser.add_argument("--grid", action="append", default=[], help="key=v1,v2,... (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="grid points run at once")
+    parser.add_argument("--out", default="runs/bench", help="folder of the runs")
+    parser.add_argument("--note", default="", help="text added to the settings cell")
+    parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    args.extra = extra
+
+    points = grid_points(args.grid)
+    base = Path(args.out) / f"{args.model}-{args.dataset}"
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(run_point, args, p, base / point_name(p)) for p in points]
+        runs = [f.result() for f in futures]
+
+    lines = [
+        "| point | valid R@20 | test R@20 | test N@20 | best / run epochs | s/epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p, r in zip(points, runs):
+        lines.append(
+            f"| {point_name(p)} | {r['valid']['recall@20']:.4f} | {r['test']['recall@20']:.4f} "
+            f"| {r['test']['ndcg@20']:.4f} | {r['best_epoch']} / {r['epochs_run']} "
+            f"| {r['timing']['train_s_per_epoch']:.2f} |"
+        )
+    best = max(range(len(runs)), key=lambda i: runs[i]["valid"]["recall@20"])
+    table = "\n".join(lines)
+    print(table)
+    (base / "grid.md").write_text(table + "\n")
+    chosen = point_name(points[best]).replace("_", ", ")
+    settings = chosen if len(points) == 1 else f"{chosen} (best valid R@20 of {len(points)})"
+    if extra:
+        settings += " " + " ".join(extra)
+    if args.note:
+        settings += f"; {args.note}"
+    row = fmt_row(runs[best], settings)
+    print(f"selected on valid recall@20: {point_name(points[best])}\n{row}", end="")
+    if not args.no_record:
+        if not RESULTS_MD.exists() or HEADER.splitlines()[0] not in RESULTS_MD.read_text():
+            with open(RESULTS_MD, "a") as f:
+                f.write("\n" + HEADER)
+        with open(RESULTS_MD, "a") as f:
+            f.write(row)
+
+
+if __name__ == "__main__":
+    main()

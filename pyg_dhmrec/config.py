@@ -1,0 +1,149 @@
+"""Layered YAML configuration: overall < dataset < model < command line.
+
+``configs/overall.yaml`` defines every general key (training, evaluation and dataset keys) with
+its default and one comment line; ``configs/models/<name>.yaml`` defines the model's own keys.
+A later layer may only override a key some layer defined, with a value of the same type; anything
+else is an error naming the file (or the command-line option) and what was expected.
+A model file may hold ``per_dataset: {<dataset>: {key: value}}``, applied right after it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value that cannot be used."""
+
+
+def available(kind: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Names of the known ``datasets`` or ``models`` (one YAML file each)."""
+    return sorted(p.stem for p in (config_dir / kind).glob("*.yaml"))
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; an empty file is an empty mapping."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(content).__name__}")
+    return content
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Check ``value`` against the type of ``default`` (int is accepted for float)."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, type(default)):
+        return value
+    raise ConfigError(
+        f"{source}: key '{key}' expects {_type_name(default)} (like its default {default!r}), "
+        f"got {_type_name(value)} {value!r}"
+    )
+
+
+def _unknown_key(key: str, known: Sequence[str], source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(
+        f"{source}: unknown key '{key}'.{hint} Known keys: {', '.join(sorted(known))}"
+    )
+
+
+def merge(
+    base: dict[str, Any], layer: Mapping[str, Any], source: str, allow_new: bool = False
+) -> dict[str, Any]:
+    """Return ``base`` overridden by ``layer``; new keys only when ``allow_new``."""
+    out = dict(base)
+    for key, value in layer.items():
+        if key in base:
+            out[key] = coerce(key, value, base[key], source)
+        elif allow_new:
+            out[key] = value
+        else:
+            raise _unknown_key(key, list(base), source)
+    return out
+
+
+def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Turn ``['--lr', '0.01', '--flag', 'true']`` into ``{'lr': 0.01, 'flag': True}``.
+
+    Values are parsed as YAML scalars or flow sequences (``--topk [10,20]``).
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ConfigError(f"command line: expected an option '--key value', got {token!r}")
+        key = token[2:].replace("-", "_")
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"command line: option --{key} needs a value")
+            raw = args[i + 1]
+            i += 2
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def load_config(
+    model: str,
+    dataset: str,
+    overrides: Mapping[str, Any] | None = None,
+    config_dir: Path = CONFIG_DIR,
+) -> dict[str, Any]:
+    """Merge overall < dataset < model (< its ``per_dataset`` entry) < ``overrides``."""
+    for kind, name in (("models", model), ("datasets", dataset)):
+        if not (config_dir / kind / f"{name}.yaml").exists():
+            raise ConfigError(
+                f"unknown {kind[:-1]} '{name}'; available: {', '.join(available(kind, config_dir))}"
+            )
+    overall_path = config_dir / "overall.yaml"
+    config = load_yaml(overall_path)
+    dataset_path = config_dir / "datasets" / f"{dataset}.yaml"
+    config = merge(config, load_yaml(dataset_path), str(dataset_path))
+
+    model_path = config_dir / "models" / f"{model}.yaml"
+    model_layer = load_yaml(model_path)
+    per_dataset = model_layer.pop("per_dataset", None) or {}
+    if not isinstance(per_dataset, dict):
+        raise ConfigError(f"{model_path}: 'per_dataset' must map dataset names to mappings")
+    # Model files may define new (model-specific) keys; they become part of the schema.
+    config = merge(config, model_layer, str(model_path), allow_new=True)
+    if dataset in per_dataset:
+        config = merge(config, per_dataset[dataset], f"{model_path} (per_dataset.{dataset})")
+
+    config = merge(config, overrides or {}, "command line")
+    config["model"], config["dataset"] = model, dataset
+    return config

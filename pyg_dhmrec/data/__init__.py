@@ -1,0 +1,26 @@
+from pyg_dhmrec.data.dataset import RATES, REV_RATES, MMRecDataset, SyntheticDataset, load_dataset
+from pyg_dhmrec.data.graph import (
+    DegreeSensitiveEdgeDropout,
+    item_knn_graph,
+    knn_adjacency,
+    normalized_adjacency,
+)
+from pyg_dhmrec.data.mmrec_format import DataFormatError, read_feature_file, read_inter_file
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+
+__all__ = [
+    "RATES",
+    "REV_RATES",
+    "BPRBatch",
+    "BPRSampler",
+    "DataFormatError",
+    "DegreeSensitiveEdgeDropout",
+    "MMRecDataset",
+    "SyntheticDataset",
+    "item_knn_graph",
+    "knn_adjacency",
+    "load_dataset",
+    "normalized_adjacency",
+    "read_feature_file",
+    "read_inter_file",
+]

@@ -1,0 +1,266 @@
+"""PyG ``InMemoryDataset`` over an MMRec-format folder, yielding one ``HeteroData``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch_geometric.data import HeteroData, InMemoryDataset
+
+from pyg_dhmrec.data.mmrec_format import (
+    DataFormatError,
+    read_feature_file,
+    read_inter_file,
+)
+
+log = logging.getLogger(__name__)
+
+RATES = ("user", "rates", "item")
+REV_RATES = ("item", "rev_rates", "user")
+PROCESSED_VERSION = 1  # bump when the processed layout changes
+
+
+class MMRecDataset(InMemoryDataset):
+    r"""An MMRec-format dataset folder ``<root>/<name>/`` as one :class:`HeteroData`.
+
+    The graph holds node types ``user`` and ``item`` (``num_nodes`` each); train interactions as
+    ``('user', 'rates', 'item').edge_index`` and its reverse ``('item', 'rev_rates', 'user')``;
+    the valid and test interactions beside them as ``valid_edge_index`` / ``test_edge_index`` on
+    the ``rates`` store (never message-passing edges); one float32 matrix per modality on the
+    item store, ``data['item'][modality]``, for the modalities whose files are present.
+
+    Args:
+        root: folder holding the dataset folders (``--data-root``).
+        name: dataset name; the folder ``<root>/<name>`` holds ``inter_file``.
+        modalities: modality name -> feature file name inside the dataset folder. Missing files
+            are allowed (ID-only models need none); :meth:`require_modalities` checks them.
+        inter_file: interaction file name (default ``<name>.inter``).
+        url: archive fetched by :meth:`download` when the interaction file is missing.
+        cache_dir: where processed data is cached. Default ``<root>/<name>/processed``, or, if
+            that folder cannot be written, ``~/.cache/pyg_dhmrec/<name>-<hash of the path>``.
+        transform: PyG transform applied on access.
+        force_reload: rebuild the processed file even if a valid one exists.
+
+    The processed file name carries a fingerprint of the raw files (size and modification
+    time) and of the modality list, so changed raw files are re-processed automatically.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        modalities: Mapping[str, str] | None = None,
+        inter_file: str | None = None,
+        url: str | None = None,
+        cache_dir: str | None = None,
+        transform: Callable | None = None,
+        force_reload: bool = False,
+    ) -> None:
+        self.name = name
+        self.modality_files: dict[str, str] = dict(modalities or {})
+        self.inter_file = inter_file or f"{name}.inter"
+        self.url = url
+        self._cache_dir = cache_dir
+        super().__init__(root, transform, force_reload=force_reload)
+        self.load(self.processed_paths[0], data_cls=HeteroData)
+        with open(self._stats_path, encoding="utf-8") as f:
+            self.stats: dict[str, Any] = json.load(f)
+
+    # ----- folders -----
+    @property
+    def raw_dir(self) -> str:
+        return os.path.join(self.root, self.name)
+
+    @property
+    def processed_dir(self) -> str:
+        if self._cache_dir:
+            return os.path.join(self._cache_dir, self.name)
+        default = os.path.join(self.raw_dir, "processed")
+        if _writable(default):
+            return default
+        digest = hashlib.sha1(os.path.abspath(self.raw_dir).encode()).hexdigest()[:10]
+        return os.path.join(Path.home(), ".cache", "pyg_dhmrec", f"{self.name}-{digest}")
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return [self.inter_file]
+
+    @property
+    def processed_file_names(self) -> list[str]:
+        return [f"data_{self.fingerprint()}.pt"]
+
+    @property
+    def _stats_path(self) -> str:
+        return self.processed_paths[0][: -len(".pt")] + ".json"
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities whose features are loaded, in config order."""
+        return [m for m in self.modality_files if m in self._data["item"]]
+
+    def fingerprint(self) -> str:
+        """Hash of the raw files' names, sizes and modification times and of the settings."""
+        parts = [f"v{PROCESSED_VERSION}", self.inter_file]
+        for modality, file in [("inter", self.inter_file), *sorted(self.modality_files.items())]:
+            path = Path(self.raw_dir) / file
+            stat = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else "-"
+            parts.append(f"{modality}={file}:{stat}")
+        return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+    # ----- download / process -----
+    def download(self) -> None:
+        target = Path(self.raw_dir)
+        files = ", ".join([self.inter_file, *self.modality_files.values()])
+        place = f"place {files} in {target.resolve()}/ (MMRec format, see README)"
+        if not self.url:
+            raise FileNotFoundError(
+                f"dataset '{self.name}': {target / self.inter_file} not found and no url is "
+                f"configured (configs/datasets/{self.name}.yaml); {place}"
+            )
+        log.info("downloading %s", self.url)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / os.path.basename(self.url.split("?")[0])
+                with urllib.request.urlopen(self.url, timeout=60) as response:
+                    with open(archive, "wb") as f:
+                        shutil.copyfileobj(response, f)
+                _extract(archive, target)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"dataset '{self.name}': download of {self.url} failed ({e}); {place}"
+            ) from None
+        if not (target / self.inter_file).exists():
+            raise FileNotFoundError(
+                f"dataset '{self.name}': the archive {self.url} has no {self.inter_file}; {place}"
+            )
+
+    def process(self) -> None:
+        raw = Path(self.raw_dir)
+        inter = read_inter_file(raw / self.inter_file)
+        data = HeteroData()
+        data["user"].num_nodes = inter.num_users
+        data["item"].num_nodes = inter.num_items
+        train = torch.from_numpy(inter.edges("train"))
+        data[RATES].edge_index = train
+        data[RATES].valid_edge_index = torch.from_numpy(inter.edges("valid"))
+        data[RATES].test_edge_index = torch.from_numpy(inter.edges("test"))
+        data[REV_RATES].edge_index = train.flip(0)
+        for modality, file in self.modality_files.items():
+            if (raw / file).exists():
+                features = read_feature_file(raw / file, inter.num_items, modality)
+                data["item"][modality] = torch.from_numpy(features)
+
+        for stale in Path(self.processed_dir).glob("data_*"):
+            stale.unlink()
+        self.save([data], self.processed_paths[0])
+        stats = {
+            "users": inter.num_users,
+            "items": inter.num_items,
+            "train": int(train.size(1)),
+            "valid": int(data[RATES].valid_edge_index.size(1)),
+            "test": int(data[RATES].test_edge_index.size(1)),
+            "duplicates_removed": inter.num_duplicates,
+            "cold_start_interactions_dropped": inter.num_dropped_cold_start,
+            "cold_start_users": inter.num_cold_start_users,
+            "modalities": {m: list(data["item"][m].shape) for m in self.modalities_present(data)},
+        }
+        with open(self._stats_path, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=1)
+
+    def modalities_present(self, data: HeteroData) -> list[str]:
+        return [m for m in self.modality_files if m in data["item"]]
+
+    def require_modalities(self) -> None:
+        """Raise naming the missing feature files when a model needs the modality features."""
+        if not self.modality_files:
+            raise DataFormatError(
+                f"dataset '{self.name}' has no modalities configured "
+                f"(configs/datasets/{self.name}.yaml, key 'modalities'); this model needs features"
+            )
+        missing = [f for m, f in self.modality_files.items() if m not in self.modalities]
+        if missing:
+            raise DataFormatError(
+                f"dataset '{self.name}': this model needs every modality's features; missing "
+                + ", ".join(str(Path(self.raw_dir) / f) for f in missing)
+            )
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"{self.__class__.__name__}({self.name}: {s['users']} users, {s['items']} items, "
+            f"train/valid/test {s['train']}/{s['valid']}/{s['test']}, "
+            f"modalities {s['modalities']})"
+        )
+
+
+class SyntheticDataset(MMRecDataset):
+    """The built-in generated dataset: written in MMRec format on first use, then read back.
+
+    ``synthetic`` holds :class:`~pyg_dhmrec.data.synthetic.SyntheticConfig` fields; the folder is
+    regenerated when they change (the generator records them in ``meta.json``).
+    """
+
+    def __init__(self, root: str, name: str, synthetic: Mapping[str, Any], **kwargs: Any) -> None:
+        from pyg_dhmrec.data.synthetic import SyntheticConfig, ensure_synthetic
+
+        try:
+            config = SyntheticConfig(**dict(synthetic))
+        except TypeError as e:
+            raise DataFormatError(f"dataset '{name}': bad 'synthetic' settings: {e}") from None
+        kwargs.setdefault("modalities", {m: f"{m}_feat.npy" for m in config.modalities})
+        ensure_synthetic(Path(root) / name, name, config, log=log.info)
+        super().__init__(root, name, **kwargs)
+
+
+def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
+    """Build the dataset named by ``config['dataset']`` from the merged configuration."""
+    kwargs = dict(
+        modalities=config.get("modalities") or {},
+        inter_file=config.get("inter_file"),
+        url=config.get("url"),
+        cache_dir=config.get("cache_dir"),
+    )
+    root, name = str(config["data_root"]), config["dataset"]
+    if config.get("synthetic"):
+        return SyntheticDataset(root, name, config["synthetic"], **kwargs)
+    return MMRecDataset(root, name, **kwargs)
+
+
+def _writable(folder: str) -> bool:
+    probe = Path(folder)
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def _extract(archive: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            members = z.namelist()
+            z.extractall(target)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as t:
+            members = t.getnames()
+            t.extractall(target, filter="data")
+    else:
+        raise OSError(f"{archive.name} is neither a zip nor a tar archive")
+    # Archives usually wrap the files in a <name>/ folder: flatten one level.
+    tops = {m.split("/")[0] for m in members if m}
+    if len(tops) == 1:
+        inner = target / tops.pop()
+        if inner.is_dir():
+            for child in inner.iterdir():
+                shutil.move(str(child), target / child.name)
+            inner.rmdir()

@@ -1,0 +1,367 @@
+"""Graph construction utilities for multimodal recommendation.
+
+Provides the normalised user-item bipartite adjacency used by LightGCN/NGCF, the frozen
+item-item kNN graph of FREEDOM/LATTICE and FREEDOM's degree-sensitive edge pruning.
+All sparse outputs are ``torch.sparse_csr`` float32 tensors on the device of the inputs.
+"""
+
+import warnings
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "symmetric_normalize",
+    "to_csr",
+    "normalized_adjacency",
+    "item_knn_graph",
+    "knn_adjacency",
+    "DegreeSensitiveEdgeDropout",
+]
+
+
+def _shape(t: Tensor) -> list[int]:
+    return list(t.shape)
+
+
+def _check_edge_index(edge_index: Tensor) -> None:
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"edge_index must have shape [2, E], got {_shape(edge_index)}")
+    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
+        raise ValueError(f"edge_index must be an integer tensor, got dtype {edge_index.dtype}")
+
+
+def _check_edge_weight(edge_weight: Optional[Tensor], num_edges: int) -> None:
+    if edge_weight is None:
+        return
+    if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
+        raise ValueError(
+            f"edge_weight must have shape [E] = [{num_edges}], got {_shape(edge_weight)}"
+        )
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_range(ids: Tensor, upper: int, what: str) -> None:
+    if ids.numel() == 0:
+        return
+    bad = (ids < 0) | (ids >= upper)
+    if bool(bad.any()):
+        first = int(ids[bad][0])
+        raise ValueError(f"{what} id {first} out of range [0, {upper})")
+
+
+def _check_bipartite(edge_index: Tensor, num_users: int, num_items: int) -> None:
+    _check_positive("num_users", num_users)
+    _check_positive("num_items", num_items)
+    _check_edge_index(edge_index)
+    _check_range(edge_index[0], num_users, "user")
+    _check_range(edge_index[1], num_items, "item")
+
+
+def _inv_sqrt(deg: Tensor) -> Tensor:
+    # Isolated (or non-positive degree) nodes get 0 instead of inf/NaN.
+    return torch.where(deg > 0, deg.clamp_min(torch.finfo(deg.dtype).tiny).rsqrt(), 0.0)
+
+
+def symmetric_normalize(
+    edge_index: Tensor,
+    num_nodes: int,
+    edge_weight: Optional[Tensor] = None,
+    degree: str = "both",
+) -> tuple[Tensor, Tensor]:
+    r"""Symmetrically normalises edge weights,
+    :math:`\hat{w}_{ij} = w_{ij} / \sqrt{d_i d_j}`.
+
+    With ``degree="both"``, :math:`d_i = \sum_j w_{ij}` (row sum) for the source and
+    :math:`d_j = \sum_i w_{ij}` (column sum) for the target, i.e.
+    :math:`D_{row}^{-1/2} A D_{col}^{-1/2}`; for a symmetric graph both are the row sums.
+    With ``degree="row"``, the row sums are used on both sides,
+    :math:`D^{-1/2} A D^{-1/2}` with :math:`D = \mathrm{rowsum}(A)`, as FREEDOM/LATTICE do for
+    the (asymmetric) kNN item graph. Nodes of zero degree yield weight 0.
+
+    Args:
+        edge_index: ``[2, E]`` (row, col) indices.
+        num_nodes: number of nodes ``N``.
+        edge_weight: optional ``[E]`` weights (default all ones).
+        degree: ``"both"`` or ``"row"``.
+
+    Returns:
+        ``(edge_index, normalised_weight)``; ``edge_index`` is returned unchanged.
+    """
+    _check_edge_index(edge_index)
+    _check_positive("num_nodes", num_nodes)
+    _check_edge_weight(edge_weight, edge_index.size(1))
+    if degree not in ("both", "row"):
+        raise ValueError(f"degree must be 'both' or 'row', got {degree!r}")
+    _check_range(edge_index[0], num_nodes, "node")
+    _check_range(edge_index[1], num_nodes, "node")
+
+    row, col = edge_index[0].long(), edge_index[1].long()
+    if edge_weight is None:
+        weight = torch.ones(row.numel(), dtype=torch.float32, device=row.device)
+    elif edge_weight.is_floating_point():
+        weight = edge_weight
+    else:
+        weight = edge_weight.float()
+
+    deg_row = weight.new_zeros(num_nodes).index_add_(0, row, weight)
+    inv_row = _inv_sqrt(deg_row)
+    if degree == "row":
+        inv_col = inv_row
+    else:
+        inv_col = _inv_sqrt(weight.new_zeros(num_nodes).index_add_(0, col, weight))
+    return edge_index, inv_row[row] * weight * inv_col[col]
+
+
+def to_csr(
+    edge_index: Tensor,
+    edge_weight: Optional[Tensor],
+    num_rows: int,
+    num_cols: int,
+) -> Tensor:
+    r"""Builds the ``[num_rows, num_cols]`` float32 ``torch.sparse_csr`` matrix
+    :math:`M_{ij} = \sum_{e:(i,j)} w_e` (duplicate entries are summed).
+
+    Args:
+        edge_index: ``[2, E]`` (row, col) indices.
+        edge_weight: ``[E]`` values, or ``None`` for all ones.
+        num_rows: number of rows.
+        num_cols: number of columns.
+    """
+    _check_edge_index(edge_index)
+    _check_edge_weight(edge_weight, edge_index.size(1))
+    if num_rows < 0 or num_cols < 0:
+        raise ValueError(f"num_rows and num_cols must be >= 0, got {num_rows}, {num_cols}")
+    _check_range(edge_index[0], num_rows, "row")
+    _check_range(edge_index[1], num_cols, "column")
+
+    if edge_weight is None:
+        values = torch.ones(edge_index.size(1), dtype=torch.float32, device=edge_index.device)
+    else:
+        values = edge_weight.to(torch.float32)
+    with warnings.catch_warnings():
+        # Ranges were validated above, so sparse invariant checks are skipped on purpose.
+        warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        coo = torch.sparse_coo_tensor(
+            edge_index.long(),
+            values,
+            (num_rows, num_cols),
+            device=edge_index.device,
+            check_invariants=False,
+        )
+        return coo.coalesce().to_sparse_csr()
+
+
+def normalized_adjacency(
+    edge_index: Tensor,
+    num_users: int,
+    num_items: int,
+    edge_weight: Optional[Tensor] = None,
+) -> Tensor:
+    r"""LightGCN/NGCF normalised bipartite adjacency
+    :math:`\hat{A} = D^{-1/2} A D^{-1/2}`, with
+    :math:`A = \begin{pmatrix} 0 & R \\ R^\top & 0 \end{pmatrix}` of size
+    :math:`(U + I) \times (U + I)` and :math:`D = \mathrm{rowsum}(A)`,
+    i.e. :math:`\hat{A}_{u,U+i} = r_{ui} / \sqrt{d_u d_i}`.
+
+    Args:
+        edge_index: ``[2, E]`` user->item train edges (row 0 users, row 1 items).
+        num_users: number of users ``U``.
+        num_items: number of items ``I``; item ``i`` becomes node ``U + i``.
+        edge_weight: optional ``[E]`` interaction weights (default all ones).
+
+    Returns:
+        ``torch.sparse_csr`` float32 tensor of shape ``[U + I, U + I]``.
+    """
+    _check_bipartite(edge_index, num_users, num_items)
+    _check_edge_weight(edge_weight, edge_index.size(1))
+    users = edge_index[0].long()
+    items = edge_index[1].long() + num_users
+    full = torch.stack([torch.cat([users, items]), torch.cat([items, users])])
+    weight = None if edge_weight is None else torch.cat([edge_weight, edge_weight])
+    num_nodes = num_users + num_items
+    full, weight = symmetric_normalize(full, num_nodes, weight, degree="both")
+    return to_csr(full, weight, num_nodes, num_nodes)
+
+
+def item_knn_graph(
+    features: Tensor,
+    k: int = 10,
+    chunk_size: int = 1024,
+    include_self: bool = True,
+) -> Tensor:
+    r"""Top-:math:`k` cosine neighbours of every item,
+    :math:`\mathcal{N}_k(i) = \operatorname{top-}k_j\, \frac{x_i^\top x_j}{\|x_i\| \|x_j\|}`.
+
+    Similarities are computed ``chunk_size`` rows at a time, so peak memory is
+    :math:`O(\text{chunk\_size} \cdot n + n k)`. Rows with zero norm have similarity 0 to
+    everything. With ``include_self=True`` the item itself is always kept (as its first
+    neighbour, :math:`\cos(i, i) = 1`), as in FREEDOM/LATTICE; otherwise the diagonal is
+    excluded.
+
+    Args:
+        features: ``[n, f]`` item features.
+        k: neighbours per item.
+        chunk_size: rows of the similarity matrix computed at once.
+        include_self: whether item ``i`` counts among its own neighbours.
+
+    Returns:
+        ``[2, n * k]`` long edge index; row 0 is the item, row 1 its neighbours in
+        decreasing similarity.
+    """
+    if not isinstance(features, Tensor) or features.dim() != 2:
+        shape = _shape(features) if isinstance(features, Tensor) else type(features).__name__
+        raise ValueError(f"features must be a 2-D tensor [n, f], got {shape}")
+    n = features.size(0)
+    max_k = n if include_self else n - 1
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > max_k:
+        raise ValueError(
+            f"k must be an int in [1, {max_k}] for {n} items "
+            f"(include_self={include_self}), got {k!r}"
+        )
+    _check_positive("chunk_size", chunk_size)
+    x = features.detach()
+    if not x.is_floating_point():
+        x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("features contain NaN or inf values")
+
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    # Zero rows stay zero, so their cosine similarity is 0 instead of NaN.
+    x = x * torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+    diag_value = float("inf") if include_self else float("-inf")
+
+    neighbours = torch.empty(n, k, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        for start in range(0, n, chunk_size):
+            end = min(start + chunk_size, n)
+            sim = x[start:end] @ x.t()
+            local = torch.arange(end - start, device=x.device)
+            sim[local, local + start] = diag_value
+            neighbours[start:end] = sim.topk(k, dim=1).indices
+    rows = torch.arange(n, device=x.device).repeat_interleave(k)
+    return torch.stack([rows, neighbours.reshape(-1)])
+
+
+def knn_adjacency(
+    features: Tensor,
+    k: int = 10,
+    chunk_size: int = 1024,
+    include_self: bool = True,
+) -> Tensor:
+    r"""FREEDOM's frozen item-item graph :math:`\hat{S} = D^{-1/2} S D^{-1/2}`, where
+    :math:`S_{ij} = 1` iff :math:`j \in \mathcal{N}_k(i)` (see :func:`item_knn_graph`) and
+    :math:`D = \mathrm{rowsum}(S)`.
+
+    Returns:
+        ``torch.sparse_csr`` float32 tensor of shape ``[n, n]``.
+    """
+    edge_index = item_knn_graph(features, k, chunk_size, include_self)
+    n = features.size(0)
+    edge_index, weight = symmetric_normalize(edge_index, n, degree="row")
+    return to_csr(edge_index, weight, n, n)
+
+
+class DegreeSensitiveEdgeDropout(torch.nn.Module):
+    r"""FREEDOM's degree-sensitive edge pruning (Zhou & Shen, MM 2023).
+
+    Every train edge :math:`(u, i)` gets the weight :math:`p_{ui} = 1 / \sqrt{d_u d_i}`
+    (degrees of the full train graph). :meth:`resample` draws
+    :math:`\lfloor E (1 - \rho) \rfloor` edges without replacement with probability
+    proportional to :math:`p_{ui}` and caches :math:`D'^{-1/2} A' D'^{-1/2}` of the kept graph
+    :math:`A'` (re-normalised on the kept degrees :math:`D'`). Call :meth:`resample` once per
+    epoch. In training mode (with :math:`\rho > 0`) :meth:`forward` returns the cached pruned
+    adjacency; in evaluation mode (or :math:`\rho = 0`) it returns the full normalised
+    adjacency :math:`D^{-1/2} A D^{-1/2}`.
+
+    Args:
+        edge_index: ``[2, E]`` user->item train edges.
+        num_users: number of users ``U``.
+        num_items: number of items ``I``.
+        dropout: fraction :math:`\rho \in [0, 1)` of edges to drop.
+    """
+
+    edge_index: Tensor
+    edge_weight: Tensor
+
+    def __init__(self, edge_index: Tensor, num_users: int, num_items: int, dropout: float):
+        super().__init__()
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_bipartite(edge_index, num_users, num_items)
+        self.num_users = num_users
+        self.num_items = num_items
+        self.dropout = float(dropout)
+        edge_index = edge_index.long()
+        num_edges = edge_index.size(1)
+        self.num_keep = int(num_edges * (1.0 - self.dropout))
+
+        ones = torch.ones(num_edges, device=edge_index.device)
+        deg_u = ones.new_zeros(num_users).index_add_(0, edge_index[0], ones)
+        deg_i = ones.new_zeros(num_items).index_add_(0, edge_index[1], ones)
+        weight = (deg_u[edge_index[0]] * deg_i[edge_index[1]]).rsqrt()
+        # Graph data, not model state: moved by .to() but kept out of checkpoints.
+        self.register_buffer("edge_index", edge_index, persistent=False)
+        self.register_buffer("edge_weight", weight, persistent=False)
+
+        self._full_adj: Optional[Tensor] = normalized_adjacency(edge_index, num_users, num_items)
+        self._pruned_adj: Optional[Tensor] = None
+        self.kept_edge_index: Optional[Tensor] = None
+
+    def sample(self) -> Tensor:
+        r"""Draws :math:`\lfloor E (1 - \rho) \rfloor` distinct edges with
+        :math:`P(u, i) \propto 1 / \sqrt{d_u d_i}`; returns them as a ``[2, E']`` edge index
+        (in original edge order)."""
+        if self.num_keep == 0:
+            return self.edge_index[:, :0]
+        idx = torch.multinomial(self.edge_weight.float(), self.num_keep, replacement=False)
+        # Sorting keeps the original edge order, which makes outputs easier to compare.
+        return self.edge_index[:, idx.sort().values]
+
+    def resample(self) -> None:
+        """Samples a new pruned graph and caches its normalised adjacency."""
+        kept = self.sample()
+        self.kept_edge_index = kept
+        self._pruned_adj = normalized_adjacency(kept, self.num_users, self.num_items)
+
+    @property
+    def full_adjacency(self) -> Tensor:
+        """Normalised adjacency of the full train graph."""
+        if self._full_adj is None or self._full_adj.device != self.edge_index.device:
+            self._full_adj = normalized_adjacency(self.edge_index, self.num_users, self.num_items)
+        return self._full_adj
+
+    def forward(self) -> Tensor:
+        """Pruned adjacency in training mode (``dropout > 0``), full adjacency otherwise."""
+        if not self.training or self.dropout == 0.0:
+            return self.full_adjacency
+        if self._pruned_adj is None or self._pruned_adj.device != self.edge_index.device:
+            self.resample()
+        assert self._pruned_adj is not None
+        return self._pruned_adj
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        # CSR caches are plain attributes: follow the buffers' device, keep float32.
+        device = self.edge_index.device
+        if self._full_adj is not None:
+            self._full_adj = self._full_adj.to(device)
+        if self._pruned_adj is not None:
+            self._pruned_adj = self._pruned_adj.to(device)
+        if self.kept_edge_index is not None:
+            self.kept_edge_index = self.kept_edge_index.to(device)
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_users={self.num_users}, num_items={self.num_items}, "
+            f"num_edges={self.edge_index.size(1)}, dropout={self.dropout}"
+        )

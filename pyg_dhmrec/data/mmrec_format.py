@@ -1,0 +1,201 @@
+"""Readers for the MMRec dataset format, with validation that names file, line and field.
+
+``<name>.inter`` is tab-separated with a header row holding at least ``userID``, ``itemID`` and
+``x_label`` (0 train, 1 valid, 2 test); other columns (``rating``, ``timestamp``) are ignored.
+Ids are 0-based and the counts are max id + 1. A feature file is a float ``.npy`` matrix with one
+row per item id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+class DataFormatError(ValueError):
+    """A dataset file that does not follow the MMRec format."""
+
+
+@dataclass
+class Interactions:
+    """Validated interactions of one dataset, one entry per distinct (user, item) pair."""
+
+    user: np.ndarray  # int64 [E]
+    item: np.ndarray  # int64 [E]
+    split: np.ndarray  # int8 [E], 0 train / 1 valid / 2 test
+    num_users: int
+    num_items: int
+    num_duplicates: int = 0
+    num_dropped_cold_start: int = 0
+    num_cold_start_users: int = 0
+
+    def edges(self, split: str) -> np.ndarray:
+        """The [2, E_split] (user, item) array of one split."""
+        mask = self.split == SPLIT_NAMES.index(split)
+        return np.stack([self.user[mask], self.item[mask]])
+
+
+def _parse_int_column(values: list[str], field: str, path: Path, line_of: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except (ValueError, OverflowError):
+        pass
+    for index, value in enumerate(values):
+        try:
+            int(value)
+        except ValueError:
+            raise DataFormatError(
+                f"{path}:{line_of[index]}: field '{field}' must be an integer, got {value!r}"
+            ) from None
+    raise DataFormatError(f"{path}: field '{field}' holds a value out of the int64 range")
+
+
+def read_inter_file(path: Path) -> Interactions:
+    """Read and validate an MMRec ``.inter`` file.
+
+    Errors (naming file, line and field): missing file or columns, rows with too few fields,
+    non-integer or negative ids, ``x_label`` outside {0, 1, 2}, no train interaction at all.
+    Duplicate (user, item) pairs are counted, reported and kept once (the first occurrence).
+    Valid/test interactions of users without any train interaction are dropped, as MMRec does
+    (``filter_out_cod_start_users``), and counted.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: interaction file not found")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines or not lines[0].strip():
+        raise DataFormatError(
+            f"{path}: empty file; expected a tab-separated header row with columns "
+            f"{', '.join(REQUIRED_COLUMNS)}"
+        )
+    header = lines[0].split("\t")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise DataFormatError(
+            f"{path}:1: header lacks column(s) {', '.join(missing)}; found {header!r} "
+            f"(columns must be separated by tabs)"
+        )
+    columns = [header.index(c) for c in REQUIRED_COLUMNS]
+    width = max(columns) + 1
+
+    rows, line_numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue  # a blank line holds no interaction
+        fields = line.split("\t")
+        if len(fields) < width:
+            raise DataFormatError(
+                f"{path}:{number}: expected at least {width} tab-separated fields "
+                f"({', '.join(header)}), got {len(fields)}: {line!r}"
+            )
+        rows.append([fields[c].strip() for c in columns])
+        line_numbers.append(number)
+    if not rows:
+        raise DataFormatError(f"{path}: header only, no interactions")
+
+    table = list(zip(*rows))
+    line_of = np.asarray(line_numbers)
+    parsed = {
+        field: _parse_int_column(list(values), field, path, line_of)
+        for field, values in zip(REQUIRED_COLUMNS, table)
+    }
+    user, item, label = parsed["userID"], parsed["itemID"], parsed["x_label"]
+
+    for field, column in (("userID", user), ("itemID", item)):
+        bad = np.flatnonzero(column < 0)
+        if bad.size:
+            raise DataFormatError(
+                f"{path}:{line_of[bad[0]]}: field '{field}' must be a non-negative id, "
+                f"got {column[bad[0]]} ({bad.size} negative value(s) in total)"
+            )
+    bad = np.flatnonzero((label < 0) | (label > 2))
+    if bad.size:
+        raise DataFormatError(
+            f"{path}:{line_of[bad[0]]}: field 'x_label' must be 0 (train), 1 (valid) or 2 (test), "
+            f"got {label[bad[0]]} ({bad.size} such row(s))"
+        )
+
+    num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
+    key = user * num_items + item
+    _, first = np.unique(key, return_index=True)
+    num_duplicates = len(key) - len(first)
+    if num_duplicates:
+        dup_lines = np.setdiff1d(np.arange(len(key)), first)[:5]
+        log.warning(
+            "%s: %d duplicate (userID, itemID) row(s) (e.g. line(s) %s); keeping the first of each",
+            path,
+            num_duplicates,
+            ", ".join(str(line_of[i]) for i in dup_lines),
+        )
+    keep = np.sort(first)
+    user, item, label = user[keep], item[keep], label[keep].astype(np.int8)
+
+    if not (label == 0).any():
+        raise DataFormatError(f"{path}: no train interaction (x_label 0)")
+    has_train = np.zeros(num_users, dtype=bool)
+    has_train[user[label == 0]] = True
+    cold = ~has_train[user]
+    num_cold_users = int(np.unique(user[cold]).size)
+    if cold.any():
+        log.warning(
+            "%s: dropped %d valid/test interaction(s) of %d user(s) without train interactions "
+            "(MMRec filter_out_cod_start_users)",
+            path,
+            int(cold.sum()),
+            num_cold_users,
+        )
+        user, item, label = user[~cold], item[~cold], label[~cold]
+
+    return Interactions(
+        user=user,
+        item=item,
+        split=label,
+        num_users=num_users,
+        num_items=num_items,
+        num_duplicates=num_duplicates,
+        num_dropped_cold_start=int(cold.sum()),
+        num_cold_start_users=num_cold_users,
+    )
+
+
+def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
+    """Load a modality's ``.npy`` matrix as float32 and check it holds one finite row per item."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: feature file of modality '{modality}' not found")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataFormatError(
+            f"{path}: modality '{modality}' must hold floating-point features, "
+            f"got dtype {array.dtype}"
+        )
+    if array.ndim != 2:
+        raise DataFormatError(
+            f"{path}: modality '{modality}' must be a 2-D matrix [num_items, dim], "
+            f"got shape {array.shape}"
+        )
+    if array.shape[0] != num_items:
+        raise DataFormatError(
+            f"{path}: modality '{modality}' has {array.shape[0]} rows, expected one per item: "
+            f"{num_items} (max itemID + 1 in the interaction file)"
+        )
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise DataFormatError(
+            f"{path}: modality '{modality}' has NaN or inf in {bad.size} row(s), first at item "
+            f"(row) {bad[0]}"
+        )
+    return np.ascontiguousarray(array, dtype=np.float32)

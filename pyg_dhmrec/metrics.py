@@ -1,0 +1,292 @@
+"""Top-K ranking metrics and full-ranking evaluation (MMRec protocol).
+
+Every evaluated user is ranked against *all* items; only the user's training items are
+masked out. Metrics are computed per user and averaged over the users that have at least
+one ground-truth item in the evaluated split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+METRICS = ("recall", "ndcg", "precision", "map")
+
+
+def _check_metrics(metrics: Sequence[str]) -> list[str]:
+    if isinstance(metrics, str):  # a bare string would otherwise be split into characters
+        metrics = [metrics]
+    if len(metrics) == 0:
+        raise ValueError(f"'metrics' must not be empty (valid metrics: {', '.join(METRICS)})")
+    out = []
+    for name in metrics:
+        key = str(name).lower()
+        if key not in METRICS:
+            raise ValueError(f"Unknown metric '{name}' (valid metrics: {', '.join(METRICS)})")
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _check_ks(ks: Sequence[int], max_k: int | None = None) -> list[int]:
+    if isinstance(ks, int):
+        ks = [ks]
+    if len(ks) == 0:
+        raise ValueError("'ks' must contain at least one cut-off")
+    out = []
+    for k in ks:
+        if isinstance(k, bool) or int(k) != k:
+            raise ValueError(f"Cut-offs in 'ks' must be integers (got {k!r})")
+        k = int(k)
+        if k < 1:
+            raise ValueError(f"Cut-offs in 'ks' must be >= 1 (got {k})")
+        if max_k is not None and k > max_k:
+            raise ValueError(f"Cut-off k={k} exceeds the number of ranked positions ({max_k})")
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def ranking_metrics(
+    hits: Tensor,
+    num_ground_truth: Tensor,
+    ks: Sequence[int],
+    metrics: Sequence[str] = METRICS,
+) -> dict[str, Tensor]:
+    r"""Computes per-user top-:math:`K` ranking metrics from a hit matrix.
+
+    With :math:`h_r \in \{0, 1\}` the hit at rank :math:`r` and :math:`G` the ground truth:
+
+    .. math::
+        \mathrm{Recall@K} &= \frac{1}{|G|} \sum_{r=1}^{K} h_r, \qquad
+        \mathrm{Precision@K} = \frac{1}{K} \sum_{r=1}^{K} h_r, \\
+        \mathrm{NDCG@K} &= \frac{\sum_{r=1}^{K} h_r / \log_2(r + 1)}
+                               {\sum_{r=1}^{\min(|G|, K)} 1 / \log_2(r + 1)}, \qquad
+        \mathrm{MAP@K} = \frac{1}{\min(|G|, K)} \sum_{r=1}^{K} h_r \, \mathrm{Precision@r}.
+
+    Recall is deliberately not capped at :math:`K` (MMRec convention).
+
+    Args:
+        hits (torch.Tensor): Bool or float matrix of shape :obj:`[B, K_max]` where
+            :obj:`hits[u, r]` is :obj:`1` if the item ranked :obj:`r + 1` for user :obj:`u`
+            is a ground-truth item.
+        num_ground_truth (torch.Tensor): Number of ground-truth items per user, shape
+            :obj:`[B]`, every entry :obj:`>= 1`.
+        ks (Sequence[int]): Cut-offs, each in :obj:`[1, K_max]`.
+        metrics (Sequence[str]): Subset of :obj:`METRICS`. (default: :obj:`METRICS`)
+
+    Returns:
+        Dict mapping :obj:`"<metric>@<k>"` (e.g. :obj:`"recall@20"`) to a :obj:`[B]` tensor.
+    """
+    metrics = _check_metrics(metrics)
+    if hits.dim() != 2:
+        raise ValueError(f"'hits' must have shape [B, K_max] (got {tuple(hits.shape)})")
+    if num_ground_truth.dim() != 1 or num_ground_truth.size(0) != hits.size(0):
+        raise ValueError(
+            f"'num_ground_truth' must have shape [{hits.size(0)}] to match 'hits' "
+            f"(got {tuple(num_ground_truth.shape)})"
+        )
+    ks = _check_ks(ks, max_k=hits.size(1))
+    if num_ground_truth.numel() > 0 and bool((num_ground_truth < 1).any()):
+        raise ValueError("'num_ground_truth' must be >= 1 for every user")
+
+    dtype = hits.dtype if hits.is_floating_point() else torch.get_default_dtype()
+    hits = hits.to(dtype)
+    num_gt = num_ground_truth.to(device=hits.device, dtype=torch.long)
+    max_k = max(ks)
+    hits = hits[:, :max_k]
+
+    rank = torch.arange(1, max_k + 1, device=hits.device, dtype=dtype)
+    discount = 1.0 / torch.log2(rank + 1.0)
+    num_hits = hits.cumsum(dim=1)  # num_hits[:, k - 1] = hits within the top-k
+    dcg = (hits * discount).cumsum(dim=1)
+    idcg = discount.cumsum(dim=0)  # idcg[n - 1] = DCG of n ideal hits
+    ap = (hits * num_hits / rank).cumsum(dim=1)  # running sum of precision@r at hit ranks
+
+    out: dict[str, Tensor] = {}
+    for metric in metrics:
+        for k in ks:
+            n_ideal = num_gt.clamp(max=k)
+            if metric == "recall":
+                value = num_hits[:, k - 1] / num_gt.to(dtype)
+            elif metric == "precision":
+                value = num_hits[:, k - 1] / k
+            elif metric == "ndcg":
+                value = dcg[:, k - 1] / idcg[n_ideal - 1]
+            else:
+                value = ap[:, k - 1] / n_ideal.to(dtype)
+            out[f"{metric}@{k}"] = value
+    return out
+
+
+def _to_csr(edge_index: Tensor, num_users: int, num_items: int, name: str) -> tuple[Tensor, Tensor]:
+    """Validates a ``[2, E]`` (user, item) edge index and returns a de-duplicated CSR
+    ``(rowptr, col)`` with users as rows."""
+    if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or edge_index.size(0) != 2:
+        shape = tuple(edge_index.shape) if isinstance(edge_index, Tensor) else type(edge_index)
+        raise ValueError(f"'{name}' must be a [2, E] tensor of (user, item) pairs (got {shape})")
+    if edge_index.is_floating_point() or edge_index.is_complex() or edge_index.dtype == torch.bool:
+        raise ValueError(f"'{name}' must hold integer ids (got dtype {edge_index.dtype})")
+    edge_index = edge_index.detach().to("cpu", torch.long)
+    user, item = edge_index[0], edge_index[1]
+    if user.numel() > 0:
+        if int(user.min()) < 0 or int(user.max()) >= num_users:
+            raise ValueError(
+                f"User ids in '{name}' must lie in [0, {num_users - 1}] "
+                f"(got range [{int(user.min())}, {int(user.max())}])"
+            )
+        if int(item.min()) < 0 or int(item.max()) >= num_items:
+            raise ValueError(
+                f"Item ids in '{name}' must lie in [0, {num_items - 1}] "
+                f"(got range [{int(item.min())}, {int(item.max())}])"
+            )
+    # duplicate interactions would inflate |GT| and hence deflate recall
+    key = torch.unique(user * num_items + item, sorted=True)
+    row, col = key // num_items, key % num_items
+    rowptr = torch.zeros(num_users + 1, dtype=torch.long)
+    rowptr[1:] = torch.bincount(row, minlength=num_users).cumsum(dim=0)
+    return rowptr, col
+
+
+def _gather_rows(rowptr: Tensor, col: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Returns the COO entries ``(local_row, col)`` of the CSR rows ``rows``, where
+    ``local_row`` indexes into ``rows``."""
+    start, count = rowptr[rows], rowptr[rows + 1] - rowptr[rows]
+    local_row = torch.repeat_interleave(torch.arange(rows.numel()), count)
+    first = torch.cumsum(count, dim=0) - count  # offset of each row's first entry in the output
+    offset = torch.arange(local_row.numel()) - first[local_row]
+    return local_row, col[start[local_row] + offset]
+
+
+class FullRankEvaluator:
+    r"""Full-ranking top-:math:`K` evaluator following the MMRec protocol.
+
+    For each user with at least one ground-truth item in :obj:`eval_edge_index`, all items
+    are scored, the user's training items are set to :math:`-\infty`, the top
+    :math:`\max(K)` items are retrieved and :func:`ranking_metrics` is computed. Per-user
+    values are averaged over the evaluated users.
+
+    Args:
+        train_edge_index (torch.Tensor): Training (user, item) pairs, shape :obj:`[2, E]`.
+            These items are masked out of the ranking.
+        eval_edge_index (torch.Tensor): Ground-truth (user, item) pairs of the evaluated
+            split, shape :obj:`[2, E']`.
+        num_users (int): Number of users.
+        num_items (int): Number of items.
+        ks (Sequence[int]): Cut-offs. (default: :obj:`(10, 20, 50)`)
+        metrics (Sequence[str]): Subset of :obj:`METRICS`. (default: :obj:`METRICS`)
+        user_batch_size (int): Users scored per :obj:`score_fn` call; peak memory is
+            :math:`O(\text{user\_batch\_size} \cdot \text{num\_items})`. (default: :obj:`2048`)
+    """
+
+    def __init__(
+        self,
+        train_edge_index: Tensor,
+        eval_edge_index: Tensor,
+        num_users: int,
+        num_items: int,
+        ks: Sequence[int] = (10, 20, 50),
+        metrics: Sequence[str] = METRICS,
+        user_batch_size: int = 2048,
+    ) -> None:
+        if num_users < 1 or num_items < 1:
+            raise ValueError(
+                f"'num_users' and 'num_items' must be >= 1 (got {num_users}, {num_items})"
+            )
+        if user_batch_size < 1:
+            raise ValueError(f"'user_batch_size' must be >= 1 (got {user_batch_size})")
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+        self.ks = _check_ks(ks, max_k=self.num_items)
+        self.metrics = _check_metrics(metrics)
+        self.user_batch_size = int(user_batch_size)
+
+        self.train_rowptr, self.train_col = _to_csr(
+            train_edge_index, self.num_users, self.num_items, "train_edge_index"
+        )
+        self.eval_rowptr, self.eval_col = _to_csr(
+            eval_edge_index, self.num_users, self.num_items, "eval_edge_index"
+        )
+        num_gt = self.eval_rowptr[1:] - self.eval_rowptr[:-1]
+        self.users: Tensor = torch.nonzero(num_gt > 0).view(-1)
+        self.num_ground_truth: Tensor = num_gt[self.users]
+
+    @property
+    def num_users_evaluated(self) -> int:
+        r"""Number of users with at least one ground-truth item."""
+        return int(self.users.numel())
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        score_fn: Callable[[Tensor], Tensor],
+        per_user: bool = False,
+    ) -> dict[str, float] | tuple[dict[str, float], dict[str, Tensor]]:
+        r"""Ranks all items for every evaluated user and averages the metrics.
+
+        Args:
+            score_fn (Callable): Maps a CPU :obj:`LongTensor` of user ids to a
+                :obj:`[len(user_ids), num_items]` float score tensor on any device.
+            per_user (bool): If :obj:`True`, additionally returns the per-user values
+                (CPU tensors aligned with :obj:`self.users`). (default: :obj:`False`)
+
+        Returns:
+            Dict of mean metric values (:obj:`0.0` when no user is evaluated), or a tuple
+            :obj:`(means, per_user_values)` if :obj:`per_user=True`.
+        """
+        max_k = max(self.ks)
+        chunks: dict[str, list[Tensor]] = {}
+        for start in range(0, self.num_users_evaluated, self.user_batch_size):
+            users = self.users[start : start + self.user_batch_size]
+            scores = score_fn(users)
+            if not isinstance(scores, Tensor) or scores.shape != (users.numel(), self.num_items):
+                shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores)
+                raise ValueError(
+                    f"'score_fn' must return a [{users.numel()}, {self.num_items}] tensor "
+                    f"(got {shape})"
+                )
+            if not scores.is_floating_point():
+                raise ValueError(f"'score_fn' must return float scores (got {scores.dtype})")
+            device = scores.device
+
+            row, col = _gather_rows(self.train_rowptr, self.train_col, users)
+            # out-of-place: score_fn may return a view of a cached score matrix
+            scores = scores.index_put(
+                (row.to(device), col.to(device)), scores.new_full((), float("-inf"))
+            )
+            top_scores, top_items = torch.topk(scores, max_k, dim=1)
+
+            row, col = _gather_rows(self.eval_rowptr, self.eval_col, users)
+            gt_mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
+            gt_mask[row.to(device), col.to(device)] = True
+            # masked (-inf) items that fill up a short ranking are never hits
+            hits = gt_mask.gather(1, top_items) & (top_scores > float("-inf"))
+            del scores, gt_mask
+
+            num_gt = self.num_ground_truth[start : start + self.user_batch_size]
+            values = ranking_metrics(hits, num_gt.to(device), self.ks, self.metrics)
+            for key, value in values.items():
+                chunks.setdefault(key, []).append(value.cpu())
+
+        per_user_values: dict[str, Tensor] = {}
+        for metric in self.metrics:
+            for k in self.ks:
+                key = f"{metric}@{k}"
+                parts = chunks.get(key, [torch.empty(0, dtype=torch.get_default_dtype())])
+                per_user_values[key] = torch.cat(parts)
+        means = {
+            key: float(value.double().mean()) if value.numel() > 0 else 0.0
+            for key, value in per_user_values.items()
+        }
+        if per_user:
+            return means, per_user_values
+        return means
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}(num_users={self.num_users}, "
+            f"num_items={self.num_items}, num_users_evaluated={self.num_users_evaluated}, "
+            f"ks={tuple(self.ks)}, metrics={tuple(self.metrics)})"
+        )

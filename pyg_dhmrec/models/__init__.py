@@ -1,0 +1,36 @@
+"""Model registry: `--model <name>` picks the class, `configs/models/<name>.yaml` its settings."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.models.base import Recommender
+from pyg_dhmrec.models.bpr import BPR
+from pyg_dhmrec.models.lightgcn import LightGCN
+
+MODELS: dict[str, type[Recommender]] = {"bpr": BPR, "lightgcn": LightGCN}
+
+
+def model_class(name: str) -> type[Recommender]:
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; available: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def model_keys(name: str) -> set[str]:
+    """Configuration keys the model's constructor takes."""
+    params = inspect.signature(model_class(name).__init__).parameters
+    return {k for k in params if k not in ("self", "data")}
+
+
+def build_model(name: str, data: HeteroData, config: Mapping[str, Any]) -> Recommender:
+    """Instantiate a model, passing the config keys that name its constructor arguments."""
+    kwargs = {k: config[k] for k in model_keys(name) if k in config}
+    return model_class(name)(data, **kwargs)
+
+
+__all__ = ["BPR", "LightGCN", "MODELS", "Recommender", "build_model", "model_class", "model_keys"]

@@ -1,0 +1,72 @@
+"""The interface every recommender implements; the trainer knows nothing else."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.data.sampler import BPRBatch
+
+
+class Recommender(torch.nn.Module):
+    r"""Base class of the models.
+
+    A model implements
+
+    * :meth:`forward` -> ``(user_emb [U, d], item_emb [I, d])`` on the training graph;
+    * :meth:`loss` -> a dict of named loss parts for one :class:`BPRBatch` (the trainer
+      optimises their sum and logs each part per epoch);
+    * optionally :meth:`on_train_epoch_start` (e.g. resample a pruned graph) and
+      :meth:`full_scores` (default: inner products of :meth:`forward`'s embeddings).
+
+    In eval mode the embeddings are computed once and cached until the model is put back in
+    training mode, so ranking users in chunks propagates the graph only once.
+    """
+
+    #: Whether the model reads item modality features (then every configured one must exist).
+    uses_modalities: bool = False
+
+    def __init__(self, data: HeteroData) -> None:
+        super().__init__()
+        self.num_users = int(data["user"].num_nodes)
+        self.num_items = int(data["item"].num_nodes)
+        self._eval_embeddings: tuple[Tensor, Tensor] | None = None
+
+    @staticmethod
+    def train_edge_index(data: HeteroData) -> Tensor:
+        """The [2, E] (user, item) train interactions."""
+        return data[RATES].edge_index
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def on_train_epoch_start(self) -> None:
+        """Called by the trainer before every training epoch."""
+
+    def train(self, mode: bool = True) -> Recommender:
+        self._eval_embeddings = None
+        return super().train(mode)
+
+    @torch.no_grad()
+    def full_scores(self, users: Tensor) -> Tensor:
+        """Scores ``[len(users), num_items]`` of every item for ``users`` (eval mode)."""
+        if self.training:
+            raise RuntimeError("full_scores is for evaluation: call model.eval() first")
+        if self._eval_embeddings is None:
+            self._eval_embeddings = self.forward()
+        user_emb, item_emb = self._eval_embeddings
+        return user_emb[users] @ item_emb.t()
+
+
+def pair_scores(user_emb: Tensor, item_emb: Tensor, batch: BPRBatch) -> tuple[Tensor, Tensor]:
+    """Inner-product scores of the batch's positive and negative pairs."""
+    u = user_emb[batch.user]
+    return (u * item_emb[batch.pos_item]).sum(-1), (u * item_emb[batch.neg_item]).sum(-1)

@@ -1,0 +1,65 @@
+"""LightGCN (He et al., SIGIR 2020)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.data.graph import normalized_adjacency
+from pyg_dhmrec.data.sampler import BPRBatch
+from pyg_dhmrec.models.base import Recommender, pair_scores
+from pyg_dhmrec.nn import LightPropagation, bpr_loss, embedding_norm_penalty
+
+
+class LightGCN(Recommender):
+    r"""Linear propagation on the symmetric-normalised user-item graph, mean over layers.
+
+    .. math::
+        E^{(l+1)} = D^{-1/2} A D^{-1/2} E^{(l)}, \qquad
+        E = \frac{1}{L+1} \sum_{l=0}^{L} E^{(l)}
+
+    Trained with BPR plus MMRec's embedding regulariser on the layer-0 (ego) embeddings of the
+    batch, ``reg_weight * (||e_u|| + ||e_i|| + ||e_j||) / B``; Xavier-uniform initialisation.
+
+    Args:
+        data: the dataset graph; its train edges form :math:`A`.
+        embedding_dim: size ``d`` of the embeddings.
+        num_layers: :math:`L`.
+        reg_weight: weight of the regulariser.
+    """
+
+    def __init__(
+        self,
+        data: HeteroData,
+        embedding_dim: int = 64,
+        num_layers: int = 2,
+        reg_weight: float = 1e-4,
+    ) -> None:
+        super().__init__(data)
+        self.reg_weight = reg_weight
+        self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
+        self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
+        self.propagation = LightPropagation(num_layers, mode="mean", symmetric=True)
+        adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
+        self.register_buffer("adj", adj, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        out = self.propagation(x, self.adj)
+        return out[: self.num_users], out[self.num_users :]
+
+    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
+        user_emb, item_emb = self.forward()
+        pos, neg = pair_scores(user_emb, item_emb, batch)
+        reg = embedding_norm_penalty(
+            self.user_embedding(batch.user),
+            self.item_embedding(batch.pos_item),
+            self.item_embedding(batch.neg_item),
+        )
+        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}

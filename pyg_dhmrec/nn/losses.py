@@ -1,0 +1,38 @@
+"""Loss terms shared by the recommenders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
+    r"""Bayesian personalised ranking: :math:`-\frac{1}{B}\sum \log\sigma(s^+ - s^-)`.
+
+    Computed as ``softplus(s^- - s^+)``, which equals it and never takes ``log(0)``.
+    """
+    if pos_score.shape != neg_score.shape:
+        raise ValueError(
+            f"pos_score and neg_score must have one shape, got {list(pos_score.shape)} "
+            f"and {list(neg_score.shape)}"
+        )
+    return F.softplus(neg_score - pos_score).mean()
+
+
+def embedding_norm_penalty(*embeddings: Tensor) -> Tensor:
+    r"""MMRec's ``EmbLoss``: :math:`\frac{1}{B}\sum_k \lVert E_k \rVert_F` over the batch tensors.
+
+    The Frobenius norm is not squared; ``B`` is the row count of the last tensor. Published
+    MMRec numbers (BPR, LightGCN, ...) use this form with their ``reg_weight``.
+    """
+    if not embeddings:
+        raise ValueError("embedding_norm_penalty needs at least one tensor")
+    return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[-1].size(0)
+
+
+def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
+    r""":math:`\frac{1}{2B}\sum_k \lVert E_k \rVert_F^2`, the LightGCN paper's regulariser."""
+    if not embeddings:
+        raise ValueError("squared_l2_penalty needs at least one tensor")
+    return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))

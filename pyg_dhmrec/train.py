@@ -1,0 +1,274 @@
+"""Training loop of the MMRec protocol: BPR batches, valid every epoch, early stopping, test."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch_geometric.data import HeteroData
+from tqdm.auto import tqdm
+
+from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.data.sampler import BPRSampler
+from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def git_commit() -> str | None:
+    """The checkout's short commit; ``PYG_DHMREC_COMMIT`` names it where there is no ``.git``."""
+    if os.environ.get("PYG_DHMREC_COMMIT"):
+        return os.environ["PYG_DHMREC_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class Trainer:
+    """Trains a :class:`Recommender` on a dataset graph and evaluates it by full ranking.
+
+    Every epoch: the model's :meth:`~Recommender.on_train_epoch_start`, one pass of BPR
+    batches (the sum of the model's loss parts is minimised with Adam), then, every
+    ``eval_step`` epochs, valid metrics. The best epoch is the one with the highest valid
+    ``early_stop_metric``; training stops after ``patience`` evaluations without a strict
+    improvement. Test metrics are computed once, with the best epoch's parameters.
+    """
+
+    def __init__(
+        self,
+        model: Recommender,
+        data: HeteroData,
+        config: Mapping[str, Any],
+        device: torch.device,
+        output: Path | None = None,
+    ) -> None:
+        self.config = dict(config)
+        self.device = device
+        self.model = model.to(device)
+        self.output = Path(output) if output else None
+        store = data[RATES]
+        num_users, num_items = model.num_users, model.num_items
+        self.sampler = BPRSampler(
+            store.edge_index, num_users, num_items, config["batch_size"], seed=config["seed"]
+        )
+        evaluator_args = dict(
+            num_users=num_users,
+            num_items=num_items,
+            ks=config["topk"],
+            metrics=config["metrics"],
+            user_batch_size=config["eval_batch_size"],
+        )
+        self.valid_evaluator = FullRankEvaluator(
+            store.edge_index, store.valid_edge_index, **evaluator_args
+        )
+        self.test_evaluator = FullRankEvaluator(
+            store.edge_index, store.test_edge_index, **evaluator_args
+        )
+        metric = config["early_stop_metric"]
+        known = [f"{m}@{k}" for m in config["metrics"] for k in config["topk"]]
+        if metric not in known:
+            raise ValueError(
+                f"early_stop_metric {metric!r} is not computed; choose one of {', '.join(known)}"
+            )
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config["learning_rate"],
+            weight_decay=config["weight_decay"],
+        )
+        self.history: list[dict[str, Any]] = []
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the train interactions; returns the mean of every loss part."""
+        self.model.train()
+        self.model.on_train_epoch_start()
+        sums: dict[str, float] = {}
+        bar = tqdm(
+            self.sampler,
+            total=len(self.sampler),
+            desc=f"epoch {epoch}",
+            leave=False,
+            disable=not self.config["progress"],
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            parts = self.model.loss(batch.to(self.device))
+            total = sum(parts.values())
+            if not torch.isfinite(total):
+                bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+                raise FloatingPointError(
+                    f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
+        return {k: v / len(self.sampler) for k, v in sums.items()}
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        self.model.eval()
+        evaluator = self.valid_evaluator if split == "valid" else self.test_evaluator
+        result = evaluator.evaluate(self.model.full_scores)
+        self.model.train()
+        return result
+
+    def fit(self) -> dict[str, Any]:
+        """Train until early stopping or ``epochs``; return the results dictionary."""
+        cfg = self.config
+        metric = cfg["early_stop_metric"]
+        best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
+        bad_evals, train_times, eval_times = 0, [], []
+        start = time.perf_counter()
+        epoch = 0
+        for epoch in range(1, cfg["epochs"] + 1):
+            t0 = time.perf_counter()
+            losses = self.train_epoch(epoch)
+            train_times.append(time.perf_counter() - t0)
+            record: dict[str, Any] = {"epoch": epoch, "loss": losses, "train_s": train_times[-1]}
+            line = (
+                f"epoch {epoch:4d} | "
+                + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+                + f" | train {train_times[-1]:.2f}s"
+            )
+            if epoch % cfg["eval_step"] == 0 or epoch == cfg["epochs"]:
+                t0 = time.perf_counter()
+                valid = self.evaluate("valid")
+                eval_times.append(time.perf_counter() - t0)
+                record.update(valid=valid, eval_s=eval_times[-1])
+                improved = valid[metric] > best_value
+                if improved:
+                    best_value, best_epoch, best_valid = valid[metric], epoch, valid
+                    best_state = copy.deepcopy(self.model.state_dict())
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                line += (
+                    f" | eval {eval_times[-1]:.2f}s | valid "
+                    + " ".join(f"{k} {valid[k]:.4f}" for k in _headline(valid))
+                    + (" *" if improved else "")
+                )
+            self.history.append(record)
+            log.info(line)
+            if bad_evals >= cfg["patience"]:
+                log.info("early stop: no valid %s improvement in %d evaluations", metric, bad_evals)
+                break
+
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        if self.output:
+            self.output.mkdir(parents=True, exist_ok=True)
+            torch.save(self.model.state_dict(), self.output / "best.pt")
+        t0 = time.perf_counter()
+        test = self.evaluate("test")
+        test_eval_s = time.perf_counter() - t0
+        log.info(
+            "best epoch %d | test %s",
+            best_epoch,
+            " ".join(f"{k} {test[k]:.4f}" for k in _headline(test)),
+        )
+        return {
+            "model": cfg["model"],
+            "dataset": cfg["dataset"],
+            "config": cfg,
+            "best_epoch": best_epoch,
+            "epochs_run": epoch,
+            "valid": best_valid,
+            "test": test,
+            "timing": {
+                "train_s_per_epoch": float(np.mean(train_times)) if train_times else 0.0,
+                "eval_s": float(np.mean(eval_times)) if eval_times else test_eval_s,
+                "test_eval_s": test_eval_s,
+                "total_s": time.perf_counter() - start,
+            },
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": (
+                torch.cuda.max_memory_allocated(self.device) / 2**20
+                if self.device.type == "cuda"
+                else None
+            ),
+            "environment": environment(self.device),
+            "history": self.history,
+        }
+
+
+def _headline(metrics: Mapping[str, float]) -> list[str]:
+    return [k for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if k in metrics]
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What produced a result: versions, device, machine and commit."""
+    import torch_geometric
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "device": str(device),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        ),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "host": platform.node(),
+        "git_commit": git_commit(),
+    }
+
+
+def save_results(results: Mapping[str, Any], output: Path) -> Path:
+    """Write ``results.json`` atomically (write, then rename)."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, default=str)
+    os.replace(tmp, path)
+    return path
