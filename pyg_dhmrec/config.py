@@ -56,6 +56,11 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value

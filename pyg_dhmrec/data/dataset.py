@@ -218,7 +218,8 @@ class SyntheticDataset(MMRecDataset):
             config = SyntheticConfig(**dict(synthetic))
         except TypeError as e:
             raise DataFormatError(f"dataset '{name}': bad 'synthetic' settings: {e}") from None
-        kwargs.setdefault("modalities", {m: f"{m}_feat.npy" for m in config.modalities})
+        if not kwargs.get("modalities"):  # load_dataset passes {} when the config sets none
+            kwargs["modalities"] = {m: f"{m}_feat.npy" for m in config.modalities}
         ensure_synthetic(Path(root) / name, name, config, log=log.info)
         super().__init__(root, name, **kwargs)
 
