@@ -106,9 +106,9 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
         token = args[i]
         if not token.startswith("--") or len(token) == 2:
             raise ConfigError(f"command line: expected an option '--key value', got {token!r}")
-        key = token[2:].replace("-", "_")
-        if "=" in key:
-            key, raw = key.split("=", 1)
+        key, eq, raw = token[2:].partition("=")
+        key = key.replace("-", "_")  # the key only: a value (path, negative number) keeps dashes
+        if eq:
             i += 1
         else:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
