@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = "\n".join(lines)
     print(table)
     (base / "grid.md").write_text(table + "\n")
+    (base / "selected.json").write_text(json.dumps(points[best]))
     chosen = ", ".join(f"{k}={v}" for k, v in points[best].items()) or "defaults"
     settings = chosen if len(points) == 1 else f"{chosen} (best valid R@20 of {len(points)})"
     if extra:

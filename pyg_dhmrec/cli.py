@@ -19,7 +19,7 @@ from pyg_dhmrec.train import Trainer, resolve_device, save_results, seed_everyth
 
 log = logging.getLogger("pyg_dhmrec")
 
-DEFAULT_MODEL = "lightgcn"
+DEFAULT_MODEL = "dhmrec"
 DEFAULT_DATASET = "synthetic"
 
 

@@ -6,6 +6,7 @@ All sparse outputs are ``torch.sparse_csr`` float32 tensors on the device of the
 """
 
 import warnings
+from collections.abc import Sequence
 from typing import Callable, Optional
 
 import torch
@@ -190,6 +191,40 @@ def normalized_adjacency(
     num_nodes = num_users + num_items
     full, weight = symmetric_normalize(full, num_nodes, weight, degree="both")
     return to_csr(full, weight, num_nodes, num_nodes)
+
+
+def user_item_matrix(edge_index: Tensor, num_users: int, num_items: int) -> Tensor:
+    r"""The user-item block of :func:`normalized_adjacency`,
+    :math:`\tilde{R}_{ui} = 1 / \sqrt{|\mathcal{N}_u| |\mathcal{N}_i|}` for train pairs.
+
+    :math:`\tilde{R} E_I` aggregates item embeddings into users (e.g. DHMRec Eq. 14).
+
+    Returns:
+        ``torch.sparse_csr`` float32 tensor of shape ``[U, I]``.
+    """
+    _check_bipartite(edge_index, num_users, num_items)
+    edge_index = edge_index.long()
+    deg_u = torch.bincount(edge_index[0], minlength=num_users).float()
+    deg_i = torch.bincount(edge_index[1], minlength=num_items).float()
+    weight = _inv_sqrt(deg_u)[edge_index[0]] * _inv_sqrt(deg_i)[edge_index[1]]
+    return to_csr(edge_index, weight, num_users, num_items)
+
+
+def weighted_sum(matrices: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    r""":math:`\sum_m \beta_m M_m` of equally shaped sparse matrices, as ``torch.sparse_csr``."""
+    if len(matrices) != len(weights) or not matrices:
+        raise ValueError(
+            f"need one weight per matrix, got {len(matrices)} matrices, {len(weights)} weights"
+        )
+    shape = matrices[0].shape
+    indices, values = [], []
+    for matrix, weight in zip(matrices, weights):
+        if matrix.shape != shape:
+            raise ValueError(f"matrices must share one shape, got {shape} and {matrix.shape}")
+        coo = matrix.to_sparse_coo().coalesce()
+        indices.append(coo.indices())
+        values.append(coo.values() * weight)
+    return to_csr(torch.cat(indices, 1), torch.cat(values), shape[0], shape[1])
 
 
 def item_knn_graph(

@@ -10,9 +10,10 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bpr import BPR
+from pyg_dhmrec.models.dhmrec import DHMRec
 from pyg_dhmrec.models.lightgcn import LightGCN
 
-MODELS: dict[str, type[Recommender]] = {"bpr": BPR, "lightgcn": LightGCN}
+MODELS: dict[str, type[Recommender]] = {"bpr": BPR, "dhmrec": DHMRec, "lightgcn": LightGCN}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -33,4 +34,13 @@ def build_model(name: str, data: HeteroData, config: Mapping[str, Any]) -> Recom
     return model_class(name)(data, **kwargs)
 
 
-__all__ = ["BPR", "LightGCN", "MODELS", "Recommender", "build_model", "model_class", "model_keys"]
+__all__ = [
+    "BPR",
+    "DHMRec",
+    "LightGCN",
+    "MODELS",
+    "Recommender",
+    "build_model",
+    "model_class",
+    "model_keys",
+]

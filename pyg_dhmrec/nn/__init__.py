@@ -1,7 +1,28 @@
-from pyg_dhmrec.nn.losses import bpr_loss, embedding_norm_penalty, squared_l2_penalty
+from pyg_dhmrec.nn.disentangle import (
+    CollaborativeGate,
+    DisentangledEncoder,
+    jensen_shannon_divergence,
+    logit_pooling,
+    orthogonality_loss,
+)
+from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention
+from pyg_dhmrec.nn.losses import (
+    bpr_loss,
+    embedding_norm_penalty,
+    score_distribution_kl,
+    squared_l2_penalty,
+)
 from pyg_dhmrec.nn.propagation import LightConv, LightPropagation, symmetric_spmm
 
 __all__ = [
+    "AttentionFusion",
+    "CollaborativeGate",
+    "DimensionAttention",
+    "DisentangledEncoder",
+    "jensen_shannon_divergence",
+    "logit_pooling",
+    "orthogonality_loss",
+    "score_distribution_kl",
     "LightConv",
     "LightPropagation",
     "symmetric_spmm",

@@ -36,3 +36,19 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     if not embeddings:
         raise ValueError("squared_l2_penalty needs at least one tensor")
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
+
+
+def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
+    r"""KL between two users-over-items score distributions (DHMRec Eqs. 20-21).
+
+    .. math::
+        P = \mathrm{softmax}(E_{u}^{p} (E_{i}^{p})^\top), \quad
+        Q = \mathrm{softmax}(E_{u}^{q} (E_{i}^{q})^\top), \quad
+        KL(P \,\|\, Q) = \frac{1}{B} \sum_u \sum_i P_{ui} \log \frac{P_{ui}}{Q_{ui}}
+
+    Softmax over all items per user (row); computed from ``log_softmax`` (no ``log(0)``).
+    Cost :math:`O(B |I| d)` for ``B`` user rows.
+    """
+    log_p = torch.log_softmax(user_p @ item_p.t(), dim=-1)
+    log_q = torch.log_softmax(user_q @ item_q.t(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()

@@ -1,0 +1,119 @@
+"""Modality disentanglement: encoders, collaborative gate and their losses (DHMRec Eqs. 1-6)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class DisentangledEncoder(torch.nn.Module):
+    r"""Projects one modality and splits it into a common and a private part (DHMRec Eqs. 1-2).
+
+    .. math::
+        Z_m = W_1^m X_m, \qquad C_m = E_{C_m}(Z_m), \qquad P_m = E_{P_m}(Z_m)
+
+    :math:`W_1^m` has no bias, as Eq. 1 writes it; the common and private encoders are "simple
+    linear networks", implemented as :class:`torch.nn.Linear` with bias (our choice: the paper
+    gives no formula for them).
+
+    Args:
+        in_channels: raw feature size :math:`d_m`.
+        out_channels: aligned size :math:`d_k`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.projection = torch.nn.Linear(in_channels, out_channels, bias=False)
+        self.common = torch.nn.Linear(out_channels, out_channels)
+        self.private = torch.nn.Linear(out_channels, out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.projection, self.common, self.private):
+            torch.nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                torch.nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns ``(common, private)``, each ``[num_items, out_channels]``."""
+        z = self.projection(x)
+        return self.common(z), self.private(z)
+
+
+class CollaborativeGate(torch.nn.Module):
+    r"""Collaborative-signal-guided denoising gate (DHMRec Eq. 3, after MGCN).
+
+    .. math::
+        S_m = P_m \odot \sigma(W_2^m E_{i,id} + b_2^m)
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(channels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, private: Tensor, item_id_emb: Tensor) -> Tensor:
+        return private * torch.sigmoid(self.linear(item_id_emb))
+
+
+def jensen_shannon_divergence(logits: Sequence[Tensor]) -> Tensor:
+    r"""Jensen-Shannon divergence of the sigmoids of M modality-common codes (DHMRec Eq. 4).
+
+    With :math:`P_m = \sigma(C_m)` and the mixture :math:`\bar{P} = \frac{1}{M}\sum_m P_m`,
+
+    .. math::
+        \mathcal{L}_{JSD} = \frac{1}{M} \sum_m KL(P_m \,\|\, \bar{P}), \qquad
+        KL(P \,\|\, Q) = \sum_j P_j \log \frac{P_j}{Q_j}
+
+    which for M = 2 is Eq. 4 exactly. Eq. 4 applies KL to the sigmoid vectors themselves; we take
+    it literally, summing :math:`P_j \log(P_j/Q_j)` over the :math:`d_k` entries (a generalised
+    KL, non-negative by the log-sum inequality and zero iff all :math:`P_m` are equal), and
+    average over the rows (items). Logs come from ``logsigmoid`` and ``logsumexp``, so no
+    ``log(0)`` occurs even for saturated codes.
+    """
+    if len(logits) < 2:
+        raise ValueError(f"the JSD needs at least 2 modalities, got {len(logits)}")
+    log_p = torch.stack([F.logsigmoid(c) for c in logits])  # [M, n, d]
+    log_mix = torch.logsumexp(log_p, dim=0) - math.log(len(logits))
+    kl = (log_p.exp() * (log_p - log_mix)).sum(-1)  # [M, n]
+    return kl.mean(0).mean()
+
+
+def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
+    r"""Fuses modality-common codes in probability space (DHMRec Eq. 5, after DrFuse).
+
+    .. math::
+        C = \sigma^{-1}\Big(\frac{1}{M}\sum_m \sigma(C_m)\Big)
+          = \log \sum_m \sigma(C_m) - \log \sum_m \sigma(-C_m)
+
+    The right-hand form (the :math:`1/M` cancels) is evaluated with ``logsumexp`` over
+    ``logsigmoid``, finite and exact for large :math:`|C_m|` (e.g. :math:`\pm 50`, where the
+    closed form of Eq. 5 overflows). For M = 2 it equals Eq. 5.
+    """
+    if len(logits) < 1:
+        raise ValueError("logit_pooling needs at least one modality")
+    stacked = torch.stack(list(logits))
+    return torch.logsumexp(F.logsigmoid(stacked), 0) - torch.logsumexp(F.logsigmoid(-stacked), 0)
+
+
+def orthogonality_loss(common: Tensor, specific: Tensor, eps: float = 1e-8) -> Tensor:
+    r"""Mean absolute cosine similarity of paired rows (DHMRec Eq. 6).
+
+    .. math::
+        \mathcal{L}_{orth} = \frac{1}{n}\sum_i
+        \frac{|\langle C_i, S_i \rangle|}{\lVert C_i \rVert \, \lVert S_i \rVert}
+    """
+    if common.shape != specific.shape:
+        raise ValueError(
+            f"common and specific must have one shape, got {list(common.shape)} "
+            f"and {list(specific.shape)}"
+        )
+    return F.cosine_similarity(common, specific, dim=-1, eps=eps).abs().mean()

@@ -1,0 +1,113 @@
+"""Attention fusion of several embedding views (DHMRec Eqs. 15-19)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class DimensionAttention(torch.nn.Module):
+    r"""Positive-negative attention of one view across embedding dimensions (DHMRec Eqs. 15-18).
+
+    With embeddings as :math:`d \times N` matrices (columns are the :math:`N = |U| + |I|` nodes),
+    :math:`Q = W_q E_{fus}`, :math:`K = W_k \hat{E}`, :math:`V = W_v \hat{E}` and
+
+    .. math::
+        S = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{N}}\Big) \in \mathbb{R}^{d \times d},
+        \quad O^{pos} = S V, \quad O^{neg} = (1 - S) V,
+
+        O = \alpha_{pos} O^{pos} + \alpha_{neg} O^{neg}, \qquad
+        \tilde{E} = LN\big(LN(W_o O) + \hat{E}\big)
+
+    The :math:`d \times d` map sums over all :math:`N` nodes, which is what the
+    :math:`\sqrt{N}` scale implies; the softmax runs over its last axis (standard attention).
+    ``negative=False`` gives the standard-attention ablation (w/o PNF): :math:`O = S V`, and
+    :math:`\alpha_{pos}, \alpha_{neg}` are not created. :math:`\alpha_{pos}, \alpha_{neg}` start
+    at 0.5 each (our choice; the paper gives no initial value). Projections have no bias, as
+    the equations write them; the two layer norms are separate modules.
+
+    Args:
+        channels: embedding size :math:`d`.
+        negative: keep the negative branch (Eq. 16-17).
+    """
+
+    def __init__(self, channels: int, negative: bool = True) -> None:
+        super().__init__()
+        self.negative = negative
+        self.query = torch.nn.Linear(channels, channels, bias=False)
+        self.key = torch.nn.Linear(channels, channels, bias=False)
+        self.value = torch.nn.Linear(channels, channels, bias=False)
+        self.out = torch.nn.Linear(channels, channels, bias=False)
+        self.inner_norm = torch.nn.LayerNorm(channels)
+        self.outer_norm = torch.nn.LayerNorm(channels)
+        if negative:
+            self.alpha_pos = torch.nn.Parameter(torch.empty(()))
+            self.alpha_neg = torch.nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for layer in (self.query, self.key, self.value, self.out):
+            torch.nn.init.xavier_uniform_(layer.weight)
+        self.inner_norm.reset_parameters()
+        self.outer_norm.reset_parameters()
+        if self.negative:
+            torch.nn.init.constant_(self.alpha_pos, 0.5)
+            torch.nn.init.constant_(self.alpha_neg, 0.5)
+
+    def attention_map(self, fused: Tensor, view: Tensor) -> Tensor:
+        """The ``[d, d]`` map :math:`S` (rows: query dimensions)."""
+        q, k = self.query(fused), self.key(view)  # [N, d], nodes as rows
+        return torch.softmax(q.t() @ k / math.sqrt(view.size(0)), dim=-1)
+
+    def forward(self, fused: Tensor, view: Tensor) -> Tensor:
+        """``fused`` and ``view`` are ``[N, d]`` (one row per node); returns ``[N, d]``."""
+        attn = self.attention_map(fused, view)
+        v = self.value(view)
+        # Rows are nodes, so (S V)^T = V^T-rows times S^T.
+        out = v @ attn.t()
+        if self.negative:
+            negative = v.sum(-1, keepdim=True) - out  # (1 - S) V = J V - S V
+            out = self.alpha_pos * out + self.alpha_neg * negative
+        return self.outer_norm(self.inner_norm(self.out(out)) + view)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.query.in_features}, negative={self.negative})"
+
+
+class AttentionFusion(torch.nn.Module):
+    r"""Fuses V views by per-view :class:`DimensionAttention` and a sum (DHMRec Eqs. 15-19).
+
+    .. math::
+        E_{fus} = W_3 [\hat{E}_1, \dots, \hat{E}_V], \qquad
+        \tilde{E}_{mm} = \sum_v \mathrm{Attn}_v(E_{fus}, \hat{E}_v)
+
+    Args:
+        channels: embedding size :math:`d`.
+        num_views: number of views V (3 in the paper: common, text, image).
+        negative: positive-negative attention (True) or standard attention (False).
+    """
+
+    def __init__(self, channels: int, num_views: int, negative: bool = True) -> None:
+        super().__init__()
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.num_views = num_views
+        self.fuse = torch.nn.Linear(num_views * channels, channels, bias=False)
+        self.attentions = torch.nn.ModuleList(
+            DimensionAttention(channels, negative) for _ in range(num_views)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.fuse.weight)
+        for attention in self.attentions:
+            attention.reset_parameters()
+
+    def forward(self, views: Sequence[Tensor]) -> Tensor:
+        if len(views) != self.num_views:
+            raise ValueError(f"expected {self.num_views} views, got {len(views)}")
+        fused = self.fuse(torch.cat(list(views), dim=-1))
+        return sum(att(fused, view) for att, view in zip(self.attentions, views))
