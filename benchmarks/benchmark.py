@@ -46,7 +46,9 @@ def point_name(point: dict[str, str]) -> str:
     return "_".join(f"{k}={v}" for k, v in point.items()) or "default"
 
 
-def run_point(args: argparse.Namespace, point: dict[str, str], folder: Path) -> dict[str, Any]:
+def run_point(
+    args: argparse.Namespace, point: dict[str, str], folder: Path
+) -> dict[str, Any] | None:
     results = folder / "results.json"
     if not results.exists():
         cmd = [sys.executable, str(ROOT / "run.py"), "--model", args.model]
@@ -63,7 +65,8 @@ def run_point(args: argparse.Namespace, point: dict[str, str], folder: Path) -> 
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         if done.returncode != 0:
             tail = (folder / "log.txt").read_text().splitlines()[-5:]
-            raise SystemExit(f"{point_name(point)} failed:\n" + "\n".join(tail))
+            print(f"{point_name(point)} failed (exit {done.returncode}):\n" + "\n".join(tail))
+            return None
     with open(results) as f:
         return json.load(f)
 
@@ -112,7 +115,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = Path(args.out) / f"{args.model}-{args.dataset}"
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_point, args, p, base / point_name(p)) for p in points]
-        runs = [f.result() for f in futures]
+        results = [f.result() for f in futures]
+    failed = [point_name(p) for p, r in zip(points, results) if r is None]
+    points = [p for p, r in zip(points, results) if r is not None]
+    runs = [r for r in results if r is not None]
+    if not runs:
+        raise SystemExit("every grid point failed")
 
     lines = [
         "| point | valid R@20 | test R@20 | test N@20 | best / run epochs | s/epoch |",
@@ -131,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     (base / "selected.json").write_text(json.dumps(points[best]))
     chosen = ", ".join(f"{k}={v}" for k, v in points[best].items()) or "defaults"
     settings = chosen if len(points) == 1 else f"{chosen} (best valid R@20 of {len(points)})"
+    if failed:
+        settings += f"; failed points: {', '.join(failed)}"
     if extra:
         settings += " " + " ".join(extra)
     if args.note:
