@@ -32,7 +32,8 @@ for dataset in tiktok synthetic; do
   selected="$OUT/dhmrec-$dataset/selected.json"
   [ -f "$selected" ] || continue
   args=$(python -c "import json,sys; print(' '.join(f'--{k} {v}' for k, v in json.load(open(sys.argv[1])).items()))" "$selected")
-  timeout "$STAGE_TIMEOUT" $B --model dhmrec --dataset "$dataset" --data-root "$DATA_ROOT" --jobs 5 \
+  root=datasets; [ "$dataset" = tiktok ] && root=$DATA_ROOT
+  timeout "$STAGE_TIMEOUT" $B --model dhmrec --dataset "$dataset" --data-root "$root" --jobs 5 \
     --out "$OUT/ablations" --no-record \
     --grid "ablations=[no_dis],[no_af],[no_pnf],[no_kl],[no_ii]" -- $args &
 done
