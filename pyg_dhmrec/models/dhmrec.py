@@ -86,7 +86,8 @@ class DHMRec(Recommender):
         num_ui_layers: user-item propagation layers :math:`L`.
         num_ii_layers: item-item propagation layers.
         knn_k: neighbours per item in the kNN graphs.
-        ii_modality_weights: :math:`\beta_m` per modality for the common item-item graph.
+        ii_modality_weights: :math:`\beta_m` per modality for the common item-item graph
+            (default: equal weights).
         edge_dropout: fraction of train edges pruned each epoch in the id view.
         alpha_mm: :math:`\alpha_{mm}`.
         gamma_dis, gamma_kl, gamma_reg: loss weights.
@@ -173,7 +174,8 @@ class DHMRec(Recommender):
     ) -> dict[str, Tensor]:
         graphs = {m: knn_adjacency(x, k) for m, x in features.items()}
         if self.disentangle:
-            weights = dict(weights or {})
+            # No weights given: equal beta_m (the YAML holds FREEDOM's 0.1 image / 0.9 text).
+            weights = dict(weights or {m: 1.0 / len(self.modalities) for m in self.modalities})
             if set(weights) != set(self.modalities):
                 raise ValueError(
                     f"ii_modality_weights must give one weight per modality "
@@ -187,13 +189,12 @@ class DHMRec(Recommender):
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
-        modules = [self.encoders, self.gates] if self.disentangle else [self.projections]
-        for group in modules:
-            for module in group.values():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-                else:
-                    torch.nn.init.xavier_uniform_(module.weight)
+        if self.disentangle:
+            for module in [*self.encoders.values(), *self.gates.values()]:
+                module.reset_parameters()
+        else:
+            for projection in self.projections.values():
+                torch.nn.init.xavier_uniform_(projection.weight)
         if self.attention:
             self.fusion.reset_parameters()
 

@@ -26,7 +26,10 @@ class DimensionAttention(torch.nn.Module):
     :math:`\sqrt{N}` scale implies; the softmax runs over its last axis (standard attention).
     ``negative=False`` gives the standard-attention ablation (w/o PNF): :math:`O = S V`, and
     :math:`\alpha_{pos}, \alpha_{neg}` are not created. :math:`\alpha_{pos}, \alpha_{neg}` start
-    at 0.5 each (our choice; the paper gives no initial value). Projections have no bias, as
+    at 1 and 0 (our choice; the paper gives no initial value): training starts from standard
+    attention and learns how much of the negative branch to add. Equal values would make
+    :math:`O = \alpha J V` independent of the attention map, so :math:`W_q, W_k` would get no
+    gradient at the first step. Projections have no bias, as
     the equations write them; the two layer norms are separate modules.
 
     Args:
@@ -54,8 +57,8 @@ class DimensionAttention(torch.nn.Module):
         self.inner_norm.reset_parameters()
         self.outer_norm.reset_parameters()
         if self.negative:
-            torch.nn.init.constant_(self.alpha_pos, 0.5)
-            torch.nn.init.constant_(self.alpha_neg, 0.5)
+            torch.nn.init.constant_(self.alpha_pos, 1.0)
+            torch.nn.init.constant_(self.alpha_neg, 0.0)
 
     def attention_map(self, fused: Tensor, view: Tensor) -> Tensor:
         """The ``[d, d]`` map :math:`S` (rows: query dimensions)."""

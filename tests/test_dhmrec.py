@@ -1,0 +1,531 @@
+"""Tests of the DHMRec recommender (Zhan et al., AAAI 2026) on a tiny hand-built graph."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.cli import main
+from pyg_dhmrec.data.dataset import RATES, REV_RATES
+from pyg_dhmrec.data.graph import (
+    knn_adjacency,
+    normalized_adjacency,
+    user_item_matrix,
+    weighted_sum,
+)
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+from pyg_dhmrec.models import DHMRec, build_model
+from pyg_dhmrec.models.dhmrec import ABLATIONS
+from pyg_dhmrec.nn import (
+    jensen_shannon_divergence,
+    logit_pooling,
+    orthogonality_loss,
+    score_distribution_kl,
+)
+
+NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
+DIM = 8
+KNN_K = 3
+WEIGHTS = {"image": 0.1, "text": 0.9}
+ALL_PARTS = {"bpr", "jsd", "orth", "kl", "reg"}
+
+
+def _make_data(extra_modalities: dict[str, int] | None = None, text: bool = True) -> HeteroData:
+    """40 users, 30 items, 400 distinct interactions; every user and item has one at least."""
+    g = torch.Generator().manual_seed(0)
+    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
+    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
+    while len(pairs) < NUM_EDGES:
+        u = int(torch.randint(NUM_USERS, (1,), generator=g))
+        pairs.add((u, int(torch.randint(NUM_ITEMS, (1,), generator=g))))
+    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
+    data = HeteroData()
+    data["user"].num_nodes = NUM_USERS
+    data["item"].num_nodes = NUM_ITEMS
+    data["item"].image = torch.randn(NUM_ITEMS, 16, generator=g)
+    if text:
+        data["item"].text = torch.randn(NUM_ITEMS, 8, generator=g)
+    for name, size in (extra_modalities or {}).items():
+        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
+    data[RATES].edge_index = edge_index
+    data[REV_RATES].edge_index = edge_index.flip(0)
+    return data
+
+
+@pytest.fixture(scope="module")
+def data() -> HeteroData:
+    return _make_data()
+
+
+@pytest.fixture(scope="module")
+def batch(data: HeteroData) -> BPRBatch:
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
+    return next(iter(sampler))
+
+
+def _model(data: HeteroData, seed: int = 0, **kwargs) -> DHMRec:
+    torch.manual_seed(seed)
+    options = {
+        "embedding_dim": DIM,
+        "knn_k": KNN_K,
+        "ii_modality_weights": WEIGHTS,
+        "num_ui_layers": 2,
+        "num_ii_layers": 1,
+    }
+    options.update(kwargs)
+    return DHMRec(data, **options)
+
+
+def _train_loss(model: DHMRec, batch: BPRBatch) -> dict[str, torch.Tensor]:
+    model.train()
+    model.on_train_epoch_start()
+    return model.loss(batch)
+
+
+def _assert_all_gradients(model: DHMRec) -> None:
+    missing = []
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        if p.grad.abs().sum() == 0:
+            missing.append(name)
+    assert not missing, f"zero gradient: {missing}"
+
+
+# ---------------------------------------------------------------- gradients and training
+
+
+def test_every_parameter_gets_a_gradient_at_initialisation(
+    data: HeteroData, batch: BPRBatch
+) -> None:
+    model = _model(data)
+    sum(_train_loss(model, batch).values()).backward()
+    _assert_all_gradients(model)
+
+
+def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    parts = _train_loss(model, batch)
+    sum(parts.values()).backward()
+    _assert_all_gradients(model)
+    # The ID embeddings get gradients from BPR, KL, reg and (items) the gates.
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+
+
+def test_adam_steps_lower_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()  # fixes the pruned graph for all steps below
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(6):
+        loss = sum(model.loss(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    final = sum(model.loss(batch).values()).item()
+    assert losses[1] < losses[0], losses  # the first step already helps
+    assert final < 0.95 * losses[0], (losses, final)
+
+
+def test_loss_parts_full_model(data: HeteroData, batch: BPRBatch) -> None:
+    parts = _train_loss(_model(data), batch)
+    assert set(parts) == ALL_PARTS
+    for key, value in parts.items():
+        assert value.dim() == 0 and torch.isfinite(value), key
+        assert value.item() >= 0, key
+
+
+def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data, alpha_mm=0.6, gamma_dis=0.3, gamma_kl=0.7, gamma_reg=0.01)
+    parts = _train_loss(model, batch)
+    with torch.no_grad():
+        emb = model._embed()  # train mode: same pruned graph as the loss
+        final = emb["id"] + 0.6 * emb["mm"]
+        user_f, item_f = final[:NUM_USERS], final[NUM_USERS:]
+        pos = (user_f[batch.user] * item_f[batch.pos_item]).sum(-1)
+        neg = (user_f[batch.user] * item_f[batch.neg_item]).sum(-1)
+        bpr = -torch.log(torch.sigmoid(pos - neg)).mean()  # Eq. 24, mean over the batch
+        items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
+        commons = [emb["commons"][m][items] for m in ("image", "text")]
+        jsd = 0.3 * jensen_shannon_divergence(commons)
+        orth = 0.3 * (
+            orthogonality_loss(emb["commons"]["image"][items], emb["specifics"]["image"][items])
+            + orthogonality_loss(emb["commons"]["text"][items], emb["specifics"]["text"][items])
+        )
+        users = torch.unique(batch.user)
+        mm, idv = emb["mm"], emb["id"]
+        kl = 0.7 * score_distribution_kl(
+            mm[:NUM_USERS][users], mm[NUM_USERS:], idv[:NUM_USERS][users], idv[NUM_USERS:]
+        )
+        ego_u = model.user_embedding.weight[batch.user]
+        ego_i = model.item_embedding.weight[batch.pos_item]
+        ego_j = model.item_embedding.weight[batch.neg_item]
+        sq = ego_u.pow(2).sum() + ego_i.pow(2).sum() + ego_j.pow(2).sum()
+        reg = 0.01 * sq / (2 * len(batch))
+    expected = {"bpr": bpr, "jsd": jsd, "orth": orth, "kl": kl, "reg": reg}
+    for key, value in expected.items():
+        assert parts[key].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-7), key
+    assert parts["kl"].item() > 0 and parts["jsd"].item() > 0 and parts["orth"].item() > 0
+
+
+# ---------------------------------------------------------------- the forward pass by hand
+
+
+def _dense_views(model: DHMRec, data: HeteroData) -> list[torch.Tensor]:
+    """Eqs. 7-14 with dense matrices: user-item views (mean of L + 1 = 3 layers on the full
+    graph, users initialised as R~ X), then one item-item hop and users = R~ E_I."""
+    train = data[RATES].edge_index
+    adj = normalized_adjacency(train, NUM_USERS, NUM_ITEMS).to_dense()
+    r = user_item_matrix(train, NUM_USERS, NUM_ITEMS).to_dense()
+    image = knn_adjacency(data["item"].image, KNN_K).to_dense()
+    text = knn_adjacency(data["item"].text, KNN_K).to_dense()
+    ii = {"image": image, "text": text, "common": 0.1 * image + 0.9 * text}
+    inputs = model._disentangle()[0]
+    views = []
+    for view in model.views:
+        e0 = torch.cat([r @ inputs[view], inputs[view]])
+        e1 = adj @ e0
+        e2 = adj @ e1
+        e = (e0 + e1 + e2) / 3
+        user_v, item_v = e[:NUM_USERS], e[NUM_USERS:]
+        if model.item_graphs:
+            item_v = ii[view] @ item_v
+            user_v = r @ item_v
+        views.append(torch.cat([user_v, item_v]))
+    return views
+
+
+def test_disentangled_inputs_by_hand(data: HeteroData) -> None:
+    model = _model(data)
+    with torch.no_grad():
+        inputs, commons, specifics = model._disentangle()
+        assert list(inputs) == ["common", "image", "text"]
+        expected_commons = []
+        for m in ("image", "text"):
+            enc, gate = model.encoders[m], model.gates[m]
+            z = data["item"][m] @ enc.projection.weight.t()  # Eq. 1
+            c = z @ enc.common.weight.t() + enc.common.bias  # Eq. 2
+            p = z @ enc.private.weight.t() + enc.private.bias
+            ids = model.item_embedding.weight
+            s = p * torch.sigmoid(ids @ gate.linear.weight.t() + gate.linear.bias)  # Eq. 3
+            assert torch.allclose(commons[m], c, atol=1e-5), m
+            assert torch.allclose(specifics[m], s, atol=1e-5), m
+            assert torch.allclose(inputs[m], s, atol=1e-5), m
+            expected_commons.append(c)
+        mean_sigmoid = (torch.sigmoid(expected_commons[0]) + torch.sigmoid(expected_commons[1])) / 2
+        assert torch.allclose(inputs["common"], torch.logit(mean_sigmoid), atol=1e-4)  # Eq. 5
+        assert torch.allclose(inputs["common"], logit_pooling(expected_commons), atol=1e-5)
+
+
+def test_multimodal_embedding_by_hand(data: HeteroData) -> None:
+    model = _model(data)
+    model.eval()
+    with torch.no_grad():
+        emb = model._embed()
+        views = _dense_views(model, data)
+        assert emb["mm"].shape == (NUM_USERS + NUM_ITEMS, DIM)
+        assert torch.allclose(emb["mm"], model.fusion(views), atol=1e-4)
+        # id view: LightGCN mean over 3 layers of the full graph in eval mode (Eqs. 7-8).
+        adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
+        ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+        expected_id = (ego + adj @ ego + adj @ (adj @ ego)) / 3
+        assert torch.allclose(emb["id"], expected_id, atol=1e-5)
+        user_emb, item_emb = model()
+        final = expected_id + 1.0 * model.fusion(views)  # Eq. 22 with alpha_mm = 1
+        assert torch.allclose(torch.cat([user_emb, item_emb]), final, atol=1e-4)
+
+
+def test_no_af_fuses_by_the_mean_of_the_views(data: HeteroData) -> None:
+    model = _model(data, ablations=["no_af"])
+    assert not hasattr(model, "fusion")
+    model.eval()
+    with torch.no_grad():
+        mm = model._embed()["mm"]
+        views = _dense_views(model, data)
+        assert len(views) == 3
+        assert mm.shape == (NUM_USERS + NUM_ITEMS, DIM)
+        assert torch.allclose(mm, (views[0] + views[1] + views[2]) / 3, atol=1e-5)
+        assert not torch.allclose(mm, views[0] + views[1] + views[2], atol=1e-3)
+
+
+def test_no_ii_views_are_the_user_item_outputs(data: HeteroData) -> None:
+    model = _model(data, ablations=["no_ii", "no_af"])
+    model.eval()
+    with torch.no_grad():
+        views = _dense_views(model, data)  # item_graphs is False: no kNN hop
+        assert torch.allclose(model._embed()["mm"], sum(views) / 3, atol=1e-5)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluation_is_deterministic_and_uses_the_full_graph(data: HeteroData) -> None:
+    model = _model(data)
+    train = data[RATES].edge_index
+    full = normalized_adjacency(train, NUM_USERS, NUM_ITEMS).to_dense()
+    users = torch.tensor([3, 0, 39, 17])
+
+    model.train()
+    with pytest.raises(RuntimeError, match=r"call model\.eval\(\) first"):
+        model.full_scores(users)
+    model.on_train_epoch_start()
+    pruned = model.pruning()
+    # edge_dropout 0.8: floor(400 * 0.2) = 80 kept edges, stored in both directions.
+    assert pruned._nnz() == 2 * math.floor(NUM_EDGES * (1 - 0.8))
+    assert pruned._nnz() < full.count_nonzero()
+    with torch.no_grad():
+        train_id = model._embed()["id"]
+
+    model.eval()
+    assert torch.allclose(model.pruning().to_dense(), full, atol=1e-7)
+    scores = model.full_scores(users)
+    assert scores.shape == (4, NUM_ITEMS)
+    assert not scores.requires_grad
+    assert torch.equal(model.full_scores(users), scores)
+    user_emb, item_emb = model()
+    assert torch.allclose(scores, user_emb[users] @ item_emb.t(), atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(model._embed()["id"], train_id, atol=1e-4)  # pruned in training
+
+    # A new pruned sample in training changes nothing at evaluation.
+    model.train()
+    model.on_train_epoch_start()
+    model.eval()
+    again = model.full_scores(users)
+    assert torch.allclose(again, scores, atol=1e-6)
+    assert model.full_scores(torch.arange(NUM_USERS)).shape == (NUM_USERS, NUM_ITEMS)
+
+
+# ---------------------------------------------------------------- item-item graphs
+
+
+def test_common_item_graph_is_the_weighted_sum(data: HeteroData) -> None:
+    model = _model(data)
+    image = knn_adjacency(data["item"].image, KNN_K)
+    text = knn_adjacency(data["item"].text, KNN_K)
+    assert torch.allclose(model.ii_image.to_dense(), image.to_dense())
+    assert torch.allclose(model.ii_text.to_dense(), text.to_dense())
+    expected = weighted_sum([image, text], [0.1, 0.9]).to_dense()
+    assert torch.allclose(model.ii_common.to_dense(), expected, atol=1e-7)
+    assert torch.allclose(
+        model.ii_common.to_dense(), 0.1 * image.to_dense() + 0.9 * text.to_dense(), atol=1e-7
+    )
+    # kNN graph: k = 3 entries per row.
+    assert model.ii_image._nnz() == NUM_ITEMS * KNN_K
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [{"image": 0.1}, {"image": 0.1, "text": 0.9, "audio": 0.5}, {"image": 0.1, "txt": 0.9}],
+)
+def test_mismatched_modality_weights_raise(data: HeteroData, weights: dict) -> None:
+    with pytest.raises(ValueError, match="one weight per modality"):
+        _model(data, ii_modality_weights=weights)
+
+
+# ---------------------------------------------------------------- ablations
+
+
+def _param_names(model: DHMRec) -> set[str]:
+    return {name for name, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_each_ablation_removes_exactly_its_part(
+    ablation: str, data: HeteroData, batch: BPRBatch
+) -> None:
+    full_names = _param_names(_model(data))
+    model = _model(data, ablations=[ablation])
+    names = _param_names(model)
+    buffers = {name for name, _ in model.named_buffers()}
+
+    # (a) loss keys
+    parts = _train_loss(model, batch)
+    expected_keys = {
+        "no_dis": ALL_PARTS - {"jsd", "orth"},
+        "no_kl": ALL_PARTS - {"kl"},
+    }.get(ablation, ALL_PARTS)
+    assert set(parts) == expected_keys
+    assert all(torch.isfinite(v) for v in parts.values())
+
+    # (b) parameters and buffers
+    if ablation == "no_dis":
+        assert not any("encoders" in n or "gates" in n for n in names)
+        assert {"projections.image.weight", "projections.text.weight"} <= names
+        assert model.views == ["image", "text"]
+        assert model.fusion.fuse.in_features == 2 * DIM
+        assert {"ii_image", "ii_text"} <= buffers and "ii_common" not in buffers
+    else:
+        assert not any("projections" in n for n in names)
+    if ablation == "no_af":
+        assert not any("fusion" in n for n in names)
+        assert names == {n for n in full_names if "fusion" not in n}
+    if ablation == "no_pnf":
+        assert not any("alpha_pos" in n or "alpha_neg" in n for n in names)
+        assert any("fusion" in n for n in names)
+        assert names == {n for n in full_names if "alpha" not in n}
+    if ablation == "no_ii":
+        assert not any(b.startswith("ii_") for b in buffers)
+        assert names == full_names
+    else:
+        assert "ii_image" in buffers
+    if ablation == "no_kl":
+        assert names == full_names
+
+    # (c) every remaining parameter still learns
+    model = _model(data, ablations=[ablation])
+    sum(_train_loss(model, batch).values()).backward()
+    _assert_all_gradients(model)
+
+
+def test_unknown_ablation_raises(data: HeteroData) -> None:
+    with pytest.raises(ValueError, match=r"unknown DHMRec ablation\(s\) \['no_gate'\]") as info:
+        _model(data, ablations=["no_kl", "no_gate"])
+    for name in ABLATIONS:
+        assert name in str(info.value)
+
+
+def test_full_model_buffers(data: HeteroData) -> None:
+    buffers = {name for name, _ in _model(data).named_buffers()}
+    assert {"ii_image", "ii_text", "ii_common", "feat_image", "feat_text", "user_item"} <= buffers
+
+
+def test_all_ablations_together(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data, ablations=list(ABLATIONS))
+    parts = _train_loss(model, batch)
+    assert set(parts) == {"bpr", "reg"}
+    sum(parts.values()).backward()
+    _assert_all_gradients(model)
+    assert _param_names(model) == {
+        "user_embedding.weight",
+        "item_embedding.weight",
+        "projections.image.weight",
+        "projections.text.weight",
+    }
+
+
+def test_no_dis_projections_are_xavier_initialised(data: HeteroData) -> None:
+    model = _model(data, ablations=["no_dis"])
+    weight = model.projections["image"].weight  # [8, 16]
+    kaiming_bound = 1 / math.sqrt(16)
+    xavier_bound = math.sqrt(6 / (16 + 8))
+    assert weight.abs().max() <= xavier_bound
+    # 128 Xavier draws from U(-0.5, 0.5) all within 0.25: probability 2^-128.
+    assert weight.abs().max() > kaiming_bound
+
+
+# ---------------------------------------------------------------- modalities and alpha_mm
+
+
+def test_three_modalities(batch: BPRBatch) -> None:
+    data = _make_data({"audio": 6})
+    weights = {"image": 0.2, "text": 0.3, "audio": 0.5}
+    model = _model(data, ii_modality_weights=weights)
+    assert model.modalities == ["image", "text", "audio"]
+    assert model.views == ["common", "image", "text", "audio"]
+    assert model.fusion.fuse.in_features == 4 * DIM
+    image, text, audio = (knn_adjacency(data["item"][m], KNN_K).to_dense() for m in weights)
+    assert torch.allclose(
+        model.ii_common.to_dense(), 0.2 * image + 0.3 * text + 0.5 * audio, atol=1e-7
+    )
+    parts = _train_loss(model, batch)
+    assert set(parts) == ALL_PARTS
+    with torch.no_grad():
+        emb = model._embed()
+        items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
+        commons = [emb["commons"][m][items] for m in ("image", "text", "audio")]
+        jsd = 0.1 * jensen_shannon_divergence(commons)  # gamma_dis 0.1, M = 3
+    assert parts["jsd"].item() == pytest.approx(jsd.item(), rel=1e-4)
+    sum(parts.values()).backward()
+    _assert_all_gradients(model)
+    model.eval()
+    assert model.full_scores(torch.tensor([0, 1])).shape == (2, NUM_ITEMS)
+
+
+def test_single_modality_raises() -> None:
+    data = _make_data(text=False)
+    with pytest.raises(ValueError, match=r"at least 2 modalities.*\['image'\]"):
+        _model(data, ii_modality_weights={"image": 1.0})
+
+
+def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
+    model = _model(data, alpha_mm=0.0)
+    model.eval()
+    users = torch.arange(NUM_USERS)
+    with torch.no_grad():
+        emb = model._embed()
+        id_user, id_item = emb["id"][:NUM_USERS], emb["id"][NUM_USERS:]
+        user_emb, item_emb = model()
+    assert torch.equal(user_emb, id_user) and torch.equal(item_emb, id_item)
+    scores = model.full_scores(users)
+    assert torch.allclose(scores, id_user @ id_item.t(), atol=1e-6)
+    # With alpha_mm = 0.5 the fused multimodal embedding enters (Eq. 22).
+    model.alpha_mm = 0.5
+    model.train()
+    model.eval()
+    mixed = model.full_scores(users)
+    final = emb["id"] + 0.5 * emb["mm"]
+    assert torch.allclose(mixed, final[:NUM_USERS] @ final[NUM_USERS:].t(), atol=1e-5)
+    assert not torch.allclose(mixed, scores, atol=1e-3)
+
+
+def test_build_model_from_config(data: HeteroData) -> None:
+    config = {
+        "embedding_dim": 6,
+        "knn_k": 2,
+        "ii_modality_weights": WEIGHTS,
+        "ablations": ["no_kl"],
+        "alpha_mm": 0.4,
+        "epochs": 3,
+    }
+    model = build_model("dhmrec", data, config)
+    assert isinstance(model, DHMRec)
+    assert model.user_embedding.weight.shape == (NUM_USERS, 6)
+    assert model.alpha_mm == 0.4 and model.ablations == ("no_kl",)
+    assert model.ii_image._nnz() == NUM_ITEMS * 2
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_cli_end_to_end(tmp_path: Path) -> None:
+    tiny = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
+    argv = [
+        "--model",
+        "dhmrec",
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(tmp_path),
+        "--synthetic",
+        tiny,
+        "--epochs",
+        "2",
+        "--quiet",
+        "--topk",
+        "[10,20]",
+        "--knn_k",
+        "3",
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 0
+    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["model"] == "dhmrec"
+    assert results["config"]["knn_k"] == 3
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    for record in results["history"]:
+        assert set(record["loss"]) == ALL_PARTS
+        assert all(math.isfinite(v) for v in record["loss"].values())
+    assert 0.0 <= results["test"]["recall@20"] <= 1.0
+    assert results["test"]["recall@20"] >= results["test"]["recall@10"]
