@@ -68,9 +68,9 @@ _STREAM_LATENT, _STREAM_ACTIVITY, _STREAM_DRAW, _STREAM_FEATURE = 0, 1, 2, 3
 class SyntheticConfig:
     """Size and structure of the synthetic dataset (see the module docstring)."""
 
-    num_users: int = 2000
-    num_items: int = 1500
-    num_interactions: int = 60000
+    num_users: int = 3000
+    num_items: int = 2000
+    num_interactions: int = 25000
     modalities: dict[str, int] = field(default_factory=lambda: {"image": 128, "text": 64})
     common_dim: int = 8
     specific_dim: int = 4
