@@ -107,7 +107,7 @@ class MMRecDataset(InMemoryDataset):
     @property
     def modalities(self) -> list[str]:
         """Modalities whose features are loaded, in config order."""
-        return [m for m in self.modality_files if m in self._data["item"]]
+        return self.modalities_present(self._data)
 
     def fingerprint(self) -> str:
         """Hash of the raw files' names, sizes and modification times and of the settings."""
