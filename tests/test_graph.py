@@ -282,3 +282,26 @@ def test_cuda_device():
     assert knn.device.type == "cuda"
     assert torch.equal(knn.cpu(), item_knn_graph(FEATURES[:5], k=2))
     assert knn_adjacency(FEATURES[:5].cuda(), k=2).device.type == "cuda"
+
+
+def test_add_item_knn_graphs_transform_matches_knn_adjacency() -> None:
+    from torch_geometric.data import HeteroData
+
+    from pyg_dhmrec.data.transforms import AddItemKNNGraphs
+
+    torch.manual_seed(3)
+    data = HeteroData()
+    data["item"].num_nodes = 6
+    data["item"].image = torch.randn(6, 5)
+    data["item"].text = torch.randn(6, 3)
+    out = AddItemKNNGraphs(k=2)(data)
+    for name in ("image", "text"):
+        store = out["item", f"knn_{name}", "item"]
+        assert store.edge_index.shape == (2, 12)
+        # Every item keeps itself and one neighbour, each weighted 1/k = 1/2.
+        assert torch.allclose(store.edge_weight, torch.full((12,), 0.5))
+        dense = torch.zeros(6, 6)
+        dense[store.edge_index[0], store.edge_index[1]] = store.edge_weight
+        assert torch.allclose(dense, knn_adjacency(data["item"][name], k=2).to_dense())
+    with pytest.raises(ValueError, match="item features 'audio' not found"):
+        AddItemKNNGraphs(k=2, modalities=["audio"])(data)

@@ -1,4 +1,11 @@
-from pyg_dhmrec.data.dataset import RATES, REV_RATES, MMRecDataset, SyntheticDataset, load_dataset
+from pyg_dhmrec.data.dataset import (
+    RATES,
+    REV_RATES,
+    MMRecDataset,
+    SyntheticDataset,
+    item_features,
+    load_dataset,
+)
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     item_knn_graph,
@@ -7,8 +14,10 @@ from pyg_dhmrec.data.graph import (
 )
 from pyg_dhmrec.data.mmrec_format import DataFormatError, read_feature_file, read_inter_file
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+from pyg_dhmrec.data.transforms import AddItemKNNGraphs
 
 __all__ = [
+    "AddItemKNNGraphs",
     "RATES",
     "REV_RATES",
     "BPRBatch",
@@ -17,6 +26,7 @@ __all__ = [
     "DegreeSensitiveEdgeDropout",
     "MMRecDataset",
     "SyntheticDataset",
+    "item_features",
     "item_knn_graph",
     "knn_adjacency",
     "load_dataset",

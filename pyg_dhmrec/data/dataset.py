@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 from torch_geometric.data import HeteroData, InMemoryDataset
 
 from pyg_dhmrec.data.mmrec_format import (
@@ -222,6 +223,16 @@ class SyntheticDataset(MMRecDataset):
             kwargs["modalities"] = {m: f"{m}_feat.npy" for m in config.modalities}
         ensure_synthetic(Path(root) / name, name, config, log=log.info)
         super().__init__(root, name, **kwargs)
+
+
+def item_features(data: HeteroData) -> dict[str, Tensor]:
+    """The modality feature matrices on the item store, in dataset-config order."""
+    store = data["item"]
+    return {
+        key: value
+        for key, value in store.items()
+        if key != "num_nodes" and isinstance(value, Tensor) and value.dim() == 2
+    }
 
 
 def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:

@@ -286,22 +286,29 @@ def item_knn_graph(
     return torch.stack([rows, neighbours.reshape(-1)])
 
 
+def normalized_knn_edges(
+    features: Tensor,
+    k: int = 10,
+    chunk_size: int = 1024,
+    include_self: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""FREEDOM's frozen item-item graph as ``(edge_index, edge_weight)``:
+    :math:`\hat{S} = D^{-1/2} S D^{-1/2}`, where :math:`S_{ij} = 1` iff
+    :math:`j \in \mathcal{N}_k(i)` (see :func:`item_knn_graph`) and :math:`D = \mathrm{rowsum}(S)`.
+    """
+    edge_index = item_knn_graph(features, k, chunk_size, include_self)
+    return symmetric_normalize(edge_index, features.size(0), degree="row")
+
+
 def knn_adjacency(
     features: Tensor,
     k: int = 10,
     chunk_size: int = 1024,
     include_self: bool = True,
 ) -> Tensor:
-    r"""FREEDOM's frozen item-item graph :math:`\hat{S} = D^{-1/2} S D^{-1/2}`, where
-    :math:`S_{ij} = 1` iff :math:`j \in \mathcal{N}_k(i)` (see :func:`item_knn_graph`) and
-    :math:`D = \mathrm{rowsum}(S)`.
-
-    Returns:
-        ``torch.sparse_csr`` float32 tensor of shape ``[n, n]``.
-    """
-    edge_index = item_knn_graph(features, k, chunk_size, include_self)
+    """:func:`normalized_knn_edges` as an ``[n, n]`` ``torch.sparse_csr`` float32 matrix."""
+    edge_index, weight = normalized_knn_edges(features, k, chunk_size, include_self)
     n = features.size(0)
-    edge_index, weight = symmetric_normalize(edge_index, n, degree="row")
     return to_csr(edge_index, weight, n, n)
 
 

@@ -66,16 +66,6 @@ class Recommender(torch.nn.Module):
         return user_emb[users] @ item_emb.t()
 
 
-def item_features(data: HeteroData) -> dict[str, Tensor]:
-    """The modality feature matrices on the item store, in dataset-config order."""
-    store = data["item"]
-    return {
-        key: value
-        for key, value in store.items()
-        if key != "num_nodes" and isinstance(value, Tensor) and value.dim() == 2
-    }
-
-
 def pair_scores(user_emb: Tensor, item_emb: Tensor, batch: BPRBatch) -> tuple[Tensor, Tensor]:
     """Inner-product scores of the batch's positive and negative pairs."""
     u = user_emb[batch.user]

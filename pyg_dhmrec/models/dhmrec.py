@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     knn_adjacency,
@@ -17,7 +18,7 @@ from pyg_dhmrec.data.graph import (
     weighted_sum,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Recommender, item_features, pair_scores
+from pyg_dhmrec.models.base import Recommender, pair_scores
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
