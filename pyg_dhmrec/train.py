@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
@@ -129,7 +130,7 @@ class Trainer:
         """One pass over the train interactions; returns the mean of every loss part."""
         self.model.train()
         self.model.on_train_epoch_start()
-        sums: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
         bar = tqdm(
             self.sampler,
             total=len(self.sampler),
@@ -149,10 +150,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in parts.items():  # stays on the device: one sync per epoch, not per part
+                sums[k] = sums.get(k, 0.0) + v.detach()
             bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
-        return {k: v / len(self.sampler) for k, v in sums.items()}
+        return {k: float(v) / len(self.sampler) for k, v in sums.items()}
 
     def evaluate(self, split: str) -> dict[str, float]:
         self.model.eval()
