@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyg_dhmrec.config import CONFIG_DIR, ConfigError, available, load_config, load_yaml
+from pyg_dhmrec.config import (
+    CONFIG_DIR,
+    ConfigError,
+    available,
+    load_config,
+    load_yaml,
+    parse_cli_overrides,
+)
 from pyg_dhmrec.data.dataset import load_dataset
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.models import build_model, model_class, model_keys
@@ -42,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
-    from pyg_dhmrec.config import parse_cli_overrides
-
     overrides = parse_cli_overrides(extra)
     for key in ("data_root", "output", "device"):
         if getattr(args, key) is not None:
