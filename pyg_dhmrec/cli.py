@@ -15,11 +15,13 @@ from pyg_dhmrec.config import (
     CONFIG_DIR,
     ConfigError,
     available,
+    available_datasets,
     load_config,
     load_yaml,
     parse_cli_overrides,
 )
 from pyg_dhmrec.data.dataset import load_dataset
+from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.models import build_model, model_class, model_keys
 from pyg_dhmrec.train import Trainer, resolve_device, save_results, seed_everything
@@ -38,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--key value (e.g. --learning_rate 0.01 --topk [10,20]).",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {available('models')}")
-    parser.add_argument(
-        "--dataset", default=DEFAULT_DATASET, help=f"one of {available('datasets')}"
-    )
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"one of {available_datasets()}")
     parser.add_argument("--data-root", dest="data_root", help="folder of the dataset folders")
     parser.add_argument("--output", help="run folder for results.json and best.pt")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resolve_config(args, extra)
         results = run(config)
-    except (ConfigError, DataFormatError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataFormatError, FileNotFoundError, DownloadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     test = {k: round(v, 4) for k, v in results["test"].items()}

@@ -10,6 +10,7 @@ A model file may hold ``per_dataset: {<dataset>: {key: value}}``, applied right 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Dataset files that are templates, used as --dataset <template>:<Category>.
+DATASET_TEMPLATES = ("amazon",)
+_CATEGORY_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 class ConfigError(ValueError):
@@ -24,8 +28,53 @@ class ConfigError(ValueError):
 
 
 def available(kind: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Names of the known ``datasets`` or ``models`` (one YAML file each)."""
-    return sorted(p.stem for p in (config_dir / kind).glob("*.yaml"))
+    """Names of the known ``datasets`` or ``models`` (one YAML file each), templates aside."""
+    names = sorted(p.stem for p in (config_dir / kind).glob("*.yaml"))
+    return [n for n in names if kind != "datasets" or n not in DATASET_TEMPLATES]
+
+
+def available_datasets(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The known datasets, then the templates as ``<template>:<Category>``."""
+    templates = [
+        f"{t}:<Category>"
+        for t in DATASET_TEMPLATES
+        if (config_dir / "datasets" / f"{t}.yaml").exists()
+    ]
+    return available("datasets", config_dir) + templates
+
+
+def _fill_template(value: Any, category: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{category}", category)
+    if isinstance(value, dict):
+        return {k: _fill_template(v, category) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill_template(v, category) for v in value]
+    return value
+
+
+def dataset_layer(dataset: str, config_dir: Path = CONFIG_DIR) -> tuple[str, dict[str, Any], str]:
+    """``(name, settings, source)`` of ``dataset``: a file's name, or ``<template>:<Category>``.
+
+    ``amazon:Toys_and_Games`` reads ``datasets/amazon.yaml`` with ``{category}`` replaced by
+    ``Toys_and_Games`` and is named ``amazon_toys_and_games``.
+    """
+    template, colon, category = dataset.partition(":")
+    path = config_dir / "datasets" / f"{template}.yaml"
+    if template in DATASET_TEMPLATES and path.exists():
+        if not colon or not _CATEGORY_RE.match(category):
+            raise ConfigError(
+                f"dataset '{dataset}': use --dataset {template}:<Category> with a category of "
+                f"letters, digits and underscores as in the source's file names, e.g. "
+                f"{template}:Toys_and_Games"
+            )
+        name = f"{template}_{category.lower()}"
+        return name, _fill_template(load_yaml(path), category), f"{path} ({dataset})"
+    if colon or not path.exists():
+        raise ConfigError(
+            f"unknown dataset '{dataset}'; available: {', '.join(available_datasets(config_dir))}"
+        )
+    return dataset, load_yaml(path), str(path)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -128,16 +177,19 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     config_dir: Path = CONFIG_DIR,
 ) -> dict[str, Any]:
-    """Merge overall < dataset < model (< its ``per_dataset`` entry) < ``overrides``."""
-    for kind, name in (("models", model), ("datasets", dataset)):
-        if not (config_dir / kind / f"{name}.yaml").exists():
-            raise ConfigError(
-                f"unknown {kind[:-1]} '{name}'; available: {', '.join(available(kind, config_dir))}"
-            )
+    """Merge overall < dataset < model (< its ``per_dataset`` entry) < ``overrides``.
+
+    ``dataset`` is a file's name or ``<template>:<Category>`` (see :func:`dataset_layer`);
+    ``config['dataset']`` is the resulting dataset name.
+    """
+    if not (config_dir / "models" / f"{model}.yaml").exists():
+        raise ConfigError(
+            f"unknown model '{model}'; available: {', '.join(available('models', config_dir))}"
+        )
+    dataset, dataset_settings, dataset_source = dataset_layer(dataset, config_dir)
     overall_path = config_dir / "overall.yaml"
     config = load_yaml(overall_path)
-    dataset_path = config_dir / "datasets" / f"{dataset}.yaml"
-    config = merge(config, load_yaml(dataset_path), str(dataset_path))
+    config = merge(config, dataset_settings, dataset_source)
 
     model_path = config_dir / "models" / f"{model}.yaml"
     model_layer = load_yaml(model_path)

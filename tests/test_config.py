@@ -116,7 +116,7 @@ def test_unknown_cli_key_suggests_close_match() -> None:
     message = str(info.value)
     assert message.startswith("command line: unknown key 'epoch'.")
     assert "Did you mean: epochs?" in message
-    assert "Known keys: batch_size, " in message
+    assert "Known keys: amazon, batch_size, " in message
 
 
 def test_unknown_cli_key_without_close_match() -> None:

@@ -1,6 +1,7 @@
 from pyg_dhmrec.data.dataset import (
     RATES,
     REV_RATES,
+    AmazonDataset,
     MMRecDataset,
     SyntheticDataset,
     item_features,
@@ -17,6 +18,7 @@ from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs
 
 __all__ = [
+    "AmazonDataset",
     "AddItemKNNGraphs",
     "RATES",
     "REV_RATES",

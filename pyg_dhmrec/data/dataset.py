@@ -225,6 +225,75 @@ class SyntheticDataset(MMRecDataset):
         super().__init__(root, name, **kwargs)
 
 
+class AmazonDataset(MMRecDataset):
+    """An Amazon (2014 release) dataset built from its raw files when the folder lacks it.
+
+    ``amazon`` is the dataset YAML's ``amazon`` mapping: ``category``, ``reviews_url``,
+    ``meta_url``, ``image_url`` and optionally ``k_core`` (5), ``text_encoder`` (``auto``) and
+    ``seed`` (2024, of the train/valid/test split). A folder with ``<name>.inter`` but no
+    ``raw/`` (e.g. MMRec's preprocessed files) is used as is; a folder this class built is
+    rebuilt when its ``meta.json`` is missing (interrupted build) or records other settings.
+    """
+
+    REQUIRED = ("category", "reviews_url", "meta_url", "image_url")
+    OPTIONAL = {"k_core": 5, "text_encoder": "auto", "seed": 2024}
+
+    def __init__(self, root: str, name: str, amazon: Mapping[str, Any], **kwargs: Any) -> None:
+        from pyg_dhmrec.data.amazon import META_FILE, settings_of
+
+        where = f"configs/datasets/{name}.yaml, key 'amazon'"
+        if not isinstance(amazon, Mapping):
+            raise DataFormatError(f"dataset '{name}': {where} must be a mapping")
+        unknown = set(amazon) - set(self.REQUIRED) - set(self.OPTIONAL)
+        missing = [key for key in self.REQUIRED if not amazon.get(key)]
+        if unknown or missing:
+            raise DataFormatError(
+                f"dataset '{name}': {where}: "
+                + (f"unknown key(s) {', '.join(sorted(unknown))}; " if unknown else "")
+                + (f"missing {', '.join(missing)}; " if missing else "")
+                + f"expected {', '.join(self.REQUIRED)} and optionally {', '.join(self.OPTIONAL)}"
+            )
+        self.amazon = {**self.OPTIONAL, **dict(amazon)}
+        self.urls = {key: self.amazon[f"{key}_url"] for key in ("reviews", "meta", "image")}
+        a = self.amazon
+        self.settings = settings_of(
+            a["category"], self.urls, a["seed"], a["k_core"], a["text_encoder"]
+        )
+        if not kwargs.get("modalities"):  # the built folder always holds both modalities
+            kwargs["modalities"] = {"image": "image_feat.npy", "text": "text_feat.npy"}
+        folder = Path(root) / name
+        meta_path = folder / META_FILE
+        if meta_path.is_file():
+            with open(meta_path, encoding="utf-8") as f:
+                if json.load(f).get("settings") != self.settings:
+                    log.info("%s: built with other settings, rebuilding", folder)
+                    meta_path.unlink()  # raw_file_names then asks for a build
+        super().__init__(root, name, **kwargs)
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        # A folder we built (it has raw/) is finished only once meta.json is written.
+        if (Path(self.raw_dir) / "raw").is_dir():
+            return [self.inter_file, "meta.json"]
+        return [self.inter_file]
+
+    def download(self) -> None:
+        from pyg_dhmrec.data.amazon import build_amazon_dataset
+
+        a = self.amazon
+        log.info("building dataset '%s' from the raw Amazon files of %s", self.name, a["category"])
+        build_amazon_dataset(
+            self.raw_dir,
+            self.name,
+            a["category"],
+            self.urls,
+            seed=a["seed"],
+            k=a["k_core"],
+            text_encoder=a["text_encoder"],
+            log=log.info,
+        )
+
+
 def item_features(data: HeteroData) -> dict[str, Tensor]:
     """The modality feature matrices on the item store, in dataset-config order."""
     store = data["item"]
@@ -246,6 +315,8 @@ def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
     root, name = str(config["data_root"]), config["dataset"]
     if config.get("synthetic"):
         return SyntheticDataset(root, name, config["synthetic"], **kwargs)
+    if config.get("amazon"):  # built from the raw Amazon files when missing
+        return AmazonDataset(root, name, config["amazon"], **kwargs)
     return MMRecDataset(root, name, **kwargs)
 
 

@@ -1,0 +1,469 @@
+"""Build an MMRec-format Amazon dataset from the raw 2014 release (He & McAuley).
+
+Pipeline of :func:`build_amazon_dataset` (the preprocessing of MMRec's Baby/Sports/Clothing):
+
+1. download ``reviews_<Category>_5.json.gz`` (5-core reviews), ``meta_<Category>.json.gz``
+   (product metadata) and ``image_features_<Category>.b`` (4096-d CNN image features) into
+   ``<folder>/raw/`` (resumable, verified: :func:`~pyg_dhmrec.data.download.download_file`);
+2. read the reviews, keep the first review of each (reviewer, asin) pair, filter to the
+   ``k``-core (iterated to a fixed point), and map reviewers and asins to 0-based ids in sorted
+   order (``u_id_mapping.csv``, ``i_id_mapping.csv``);
+3. split each user's interactions with :func:`~pyg_dhmrec.data.split.split_per_user` (seeded)
+   and write ``<name>.inter`` (``userID itemID rating timestamp x_label``);
+4. ``image_feat.npy``: the image features of the dataset's items, items without one get the
+   mean of those found (as MMRec does);
+5. ``text_feat.npy``: the text of :func:`item_texts` encoded by :func:`encode_texts`;
+6. ``meta.json`` (sources, md5s, settings, counts). It is removed first and written last, so
+   a folder holding it is a finished build.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pyg_dhmrec.data.download import download_file, file_md5
+from pyg_dhmrec.data.mmrec_format import DataFormatError
+from pyg_dhmrec.data.split import split_per_user
+
+__all__ = [
+    "AMAZON_BUILD_VERSION",
+    "IMAGE_DIM",
+    "TEXT_TEMPLATE",
+    "Reviews",
+    "build_amazon_dataset",
+    "encode_texts",
+    "item_texts",
+    "k_core",
+    "read_image_features",
+    "read_review_table",
+    "read_reviews",
+]
+
+AMAZON_BUILD_VERSION = 1  # bump when the built files change for the same inputs
+IMAGE_DIM = 4096
+ASIN_BYTES = 10
+META_FILE = "meta.json"
+SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Item text: these fields in this order, empty ones left out (MMRec uses the same fields).
+TEXT_TEMPLATE = (
+    "Title: {title}. Brand: {brand}. Categories: {categories}. Description: {description}."
+)
+_TEXT_FIELDS = (
+    ("Title", "title"),
+    ("Brand", "brand"),
+    ("Categories", "categories"),
+    ("Description", "description"),
+)
+_ASIN_RE = re.compile(r"""['"]asin['"]\s*:\s*['"]([^'"]+)['"]""")
+
+
+@dataclass
+class Reviews:
+    """One row per review line: reviewer, asin and, where every line has them, rating and time."""
+
+    reviewer_ids: np.ndarray  # str
+    asins: np.ndarray  # str
+    ratings: np.ndarray | None  # float64, None when a line lacks 'overall'
+    timestamps: np.ndarray | None  # int64, None when a line lacks 'unixReviewTime'
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_review_table(path: str | os.PathLike) -> Reviews:
+    """Read a (gzipped) JSON-lines review file; a malformed line is an error naming its number."""
+    path = Path(path)
+    users, items, ratings, times = [], [], [], []
+    has_rating = has_time = True
+    with _open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                user, item = str(row["reviewerID"]), str(row["asin"])
+            except (json.JSONDecodeError, TypeError) as e:
+                raise DataFormatError(f"{path}:{number}: not a JSON object ({e})") from None
+            except KeyError as e:
+                raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
+            users.append(user)
+            items.append(item)
+            has_rating = has_rating and "overall" in row
+            has_time = has_time and "unixReviewTime" in row
+            ratings.append(row.get("overall", 0.0))
+            times.append(row.get("unixReviewTime", 0))
+    if not users:
+        raise DataFormatError(f"{path}: no reviews")
+    try:
+        rating = np.asarray(ratings, dtype=np.float64) if has_rating else None
+        stamp = np.asarray(times, dtype=np.int64) if has_time else None
+    except (TypeError, ValueError) as e:
+        raise DataFormatError(f"{path}: non-numeric 'overall' or 'unixReviewTime' ({e})") from None
+    return Reviews(np.asarray(users), np.asarray(items), rating, stamp)
+
+
+def read_reviews(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(reviewer_ids, asins)`` of every review of a (gzipped) JSON-lines review file."""
+    table = read_review_table(path)
+    return table.reviewer_ids, table.asins
+
+
+def k_core(user: np.ndarray, item: np.ndarray, k: int = 5) -> np.ndarray:
+    """Mask of the interactions in the ``k``-core: every user and item keeps >= ``k`` of them.
+
+    Removing a sparse user can make an item sparse and vice versa, so the filter is repeated
+    until nothing changes (the fixed point is the largest such subgraph).
+    """
+    user = np.unique(np.asarray(user), return_inverse=True)[1].reshape(-1)
+    item = np.unique(np.asarray(item), return_inverse=True)[1].reshape(-1)
+    if user.shape != item.shape:
+        raise ValueError(f"user and item must be aligned, got {user.shape} and {item.shape}")
+    mask = np.ones(user.size, dtype=bool)
+    n_users, n_items = int(user.max(initial=-1)) + 1, int(item.max(initial=-1)) + 1
+    while True:
+        user_count = np.bincount(user[mask], minlength=n_users)
+        item_count = np.bincount(item[mask], minlength=n_items)
+        keep = mask & (user_count[user] >= k) & (item_count[item] >= k)
+        if np.array_equal(keep, mask):
+            return mask
+        mask = keep
+
+
+def _scan_image_features(
+    path: Path, asin_to_item: Mapping[str, int], dim: int, buffer_bytes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the dataset's items (zeros where absent) and the mask of items found."""
+    record = ASIN_BYTES + 4 * dim
+    layout = np.dtype([("asin", f"S{ASIN_BYTES}"), ("x", "<f4", (dim,))])
+    out = np.zeros((len(asin_to_item), dim), dtype=np.float32)
+    found = np.zeros(len(asin_to_item), dtype=bool)
+    carry = b""
+    offset = 0  # file offset of carry's first byte, for error messages
+    with open(path, "rb") as f:
+        while block := f.read(buffer_bytes):
+            buffer = carry + block
+            n = len(buffer) // record
+            records = np.frombuffer(buffer, dtype=layout, count=n)
+            for index, raw in enumerate(records["asin"]):
+                try:
+                    asin = raw.decode("ascii").strip()
+                except UnicodeDecodeError:
+                    raise DataFormatError(
+                        f"{path}: byte {offset + index * record}: asin {raw!r} is not ASCII "
+                        f"(expected records of a {ASIN_BYTES}-byte asin + {dim} float32)"
+                    ) from None
+                item = asin_to_item.get(asin)
+                if item is not None and not found[item]:  # first record of an asin wins
+                    out[item] = records["x"][index]
+                    found[item] = True
+            carry = buffer[n * record :]  # a record split across reads waits for the next one
+            offset += n * record
+    if carry:
+        raise DataFormatError(
+            f"{path}: {len(carry)} trailing byte(s) after the last full record of "
+            f"{record} bytes: the file is truncated or its records are not {dim}-d"
+        )
+    return out, found
+
+
+def read_image_features(
+    path: str | os.PathLike,
+    asin_to_item: Mapping[str, int],
+    dim: int = IMAGE_DIM,
+    buffer_bytes: int = 1 << 24,
+    log: Callable[[str], Any] | None = print,
+) -> np.ndarray:
+    """Stream a ``.b`` image-feature file into ``[num_items, dim]`` float32 rows by item id.
+
+    Records are a 10-byte ASCII asin then ``dim`` little-endian float32. The file is read
+    ``buffer_bytes`` at a time (any size; records may straddle reads); asins outside
+    ``asin_to_item`` are skipped; items without a record get the mean of the rows found.
+    """
+    path = Path(path)
+    features, found = _scan_image_features(path, asin_to_item, dim, buffer_bytes)
+    return _fill_missing(path, features, found, log)
+
+
+def _fill_missing(
+    path: Path, features: np.ndarray, found: np.ndarray, log: Callable[[str], Any] | None
+) -> np.ndarray:
+    if not found.any():
+        raise DataFormatError(f"{path}: none of the {found.size} items has an image feature")
+    missing = int((~found).sum())
+    if missing:
+        features[~found] = features[found].mean(axis=0)  # MMRec fills with the mean vector
+    if log is not None:
+        log(f"{path.name}: {found.sum()} items with an image, {missing} filled with the mean")
+    return features
+
+
+def _parse_meta_line(line: str) -> dict[str, Any]:
+    try:
+        value = ast.literal_eval(line)  # the 2014 metadata is Python dict literals
+    except (ValueError, SyntaxError):
+        value = json.loads(line)  # some mirrors re-encode it as JSON
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a dict, got {type(value).__name__}")
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        value = " ".join(_as_text(v) for v in value)
+    return " ".join(str(value or "").split())  # collapse whitespace and newlines
+
+
+def _item_text(row: Mapping[str, Any]) -> str:
+    categories: list[str] = []
+    for path in row.get("categories") or []:
+        for category in path if isinstance(path, (list, tuple)) else [path]:
+            category = _as_text(category)
+            if category and category not in categories:
+                categories.append(category)
+    fields = {
+        "title": _as_text(row.get("title")),
+        "brand": _as_text(row.get("brand")),
+        "categories": ", ".join(categories),
+        "description": _as_text(row.get("description")),
+    }
+    return " ".join(
+        f"{label}: {fields[key].rstrip('.')}." for label, key in _TEXT_FIELDS if fields[key]
+    )
+
+
+def item_texts(meta_path: str | os.PathLike, asin_to_item: Mapping[str, int]) -> list[str]:
+    """One text per item id from its metadata (``""`` for an item without metadata).
+
+    The text is :data:`TEXT_TEMPLATE` with its empty fields left out, e.g.
+    ``"Title: Soft Blanket. Brand: Acme. Categories: Baby, Nursery. Description: Warm."``;
+    categories are the category paths flattened, first occurrence kept.
+    """
+    meta_path = Path(meta_path)
+    texts = [""] * len(asin_to_item)
+    with _open_text(meta_path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            quick = _ASIN_RE.search(line)
+            if quick and quick.group(1) not in asin_to_item:
+                continue  # skip parsing items outside the dataset (most of the file)
+            try:
+                row = _parse_meta_line(line)
+            except (ValueError, SyntaxError) as e:
+                raise DataFormatError(f"{meta_path}:{number}: not a metadata dict ({e})") from None
+            item = asin_to_item.get(str(row.get("asin", "")))
+            if item is not None and not texts[item]:
+                texts[item] = _item_text(row)
+    return texts
+
+
+def _sentence_transformer(texts: Sequence[str]) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer  # optional dependency
+
+    model = SentenceTransformer(SENTENCE_MODEL, local_files_only=True)  # offline only
+    return np.asarray(model.encode(list(texts), batch_size=64), dtype=np.float32)
+
+
+def _tfidf_svd(texts: Sequence[str], dim: int, seed: int) -> tuple[np.ndarray, str]:
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    try:
+        tfidf = TfidfVectorizer(sublinear_tf=True, dtype=np.float64).fit_transform(texts)
+    except ValueError as e:  # empty vocabulary: no item has any word
+        raise ValueError(f"tf-idf text encoder: no usable words in the item texts ({e})") from None
+    rank = min(dim, tfidf.shape[0], tfidf.shape[1])
+    svd = TruncatedSVD(n_components=rank, algorithm="randomized", n_iter=7, random_state=seed)
+    reduced = svd.fit_transform(tfidf).astype(np.float32)
+    name = f"tfidf+svd{rank}"
+    if rank < dim:  # fewer words or items than dim: pad so every dataset has dim columns
+        reduced = np.hstack([reduced, np.zeros((len(texts), dim - rank), dtype=np.float32)])
+        name += f"+zero-pad{dim - rank}"
+    return reduced, name
+
+
+def encode_texts(
+    texts: Sequence[str], encoder: str = "auto", dim: int = 384, seed: int = 2024
+) -> tuple[np.ndarray, str]:
+    """Encode item texts as ``[len(texts), dim]`` float32; return them and the encoder's name.
+
+    ``sentence-transformers``: ``all-MiniLM-L6-v2`` (384-d, MMRec's choice), loaded offline;
+    ``tfidf``: scikit-learn TfidfVectorizer + TruncatedSVD to ``dim`` (seeded, zero columns
+    appended when the vocabulary or item count is below ``dim``, as the name then says);
+    ``auto``: the former when its package and model are available, else the latter.
+    """
+    if encoder not in ("auto", "sentence-transformers", "tfidf"):
+        raise ValueError(
+            f"unknown text encoder {encoder!r}; use auto, sentence-transformers or tfidf"
+        )
+    if encoder != "tfidf":
+        try:
+            return _sentence_transformer(texts), SENTENCE_MODEL
+        except Exception as e:  # missing package, model not cached, ...: any reason to fall back
+            if encoder == "sentence-transformers":
+                raise RuntimeError(
+                    f"text encoder sentence-transformers unavailable ({type(e).__name__}: {e}); "
+                    f"pip install sentence-transformers and cache {SENTENCE_MODEL}, or use "
+                    "text_encoder: tfidf"
+                ) from None
+    return _tfidf_svd(texts, dim, seed)
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def _table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
+    lines = ["\t".join(header)]
+    lines += ["\t".join(str(v) for v in row) for row in zip(*columns)]
+    return "\n".join(lines) + "\n"
+
+
+def build_amazon_dataset(
+    folder: str | os.PathLike,
+    name: str,
+    category: str,
+    urls: Mapping[str, str],
+    seed: int = 2024,
+    k: int = 5,
+    text_encoder: str = "auto",
+    log: Callable[[str], Any] = print,
+    progress: bool = True,
+) -> None:
+    """Download the raw files of ``category`` into ``<folder>/raw/`` and write the dataset.
+
+    ``urls`` maps ``reviews``, ``meta`` and ``image`` to their URLs. Writes ``<name>.inter``,
+    ``image_feat.npy``, ``text_feat.npy``, ``u_id_mapping.csv``, ``i_id_mapping.csv`` and, last,
+    ``meta.json``. Raw files already in ``raw/`` are reused.
+    """
+    folder = Path(folder)
+    missing = [key for key in ("reviews", "meta", "image") if not urls.get(key)]
+    if missing:
+        raise ValueError(f"amazon dataset '{name}': no URL for {', '.join(missing)}")
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    (folder / META_FILE).unlink(missing_ok=True)  # from now on the folder is not a finished build
+    (folder / f"{name}.inter").unlink(missing_ok=True)
+
+    files: dict[str, Path] = {}
+    for key in ("reviews", "meta", "image"):
+        url = urls[key]
+        files[key] = download_file(
+            url, raw / os.path.basename(url.split("?")[0]), progress=progress
+        )
+
+    table = read_review_table(files["reviews"])
+    pair = np.char.add(np.char.add(table.reviewer_ids, "\t"), table.asins)
+    _, first = np.unique(pair, return_index=True)
+    first = np.sort(first)  # keep the first review of a (reviewer, asin) pair, in file order
+    keep = first[k_core(table.reviewer_ids[first], table.asins[first], k)]
+    if keep.size == 0:
+        raise DataFormatError(f"{files['reviews']}: nothing is left after the {k}-core filter")
+    user_names, user = np.unique(table.reviewer_ids[keep], return_inverse=True)
+    item_names, item = np.unique(table.asins[keep], return_inverse=True)
+    user, item = user.reshape(-1).astype(np.int64), item.reshape(-1).astype(np.int64)
+    label = split_per_user(user, len(user_names), seed)
+    log(
+        f"{name}: {len(table.asins)} reviews, {len(table.asins) - first.size} duplicate(s), "
+        f"{keep.size} in the {k}-core: {len(user_names)} users, {len(item_names)} items"
+    )
+    asin_to_item = {asin: i for i, asin in enumerate(item_names.tolist())}
+
+    texts = item_texts(files["meta"], asin_to_item)
+    text_feat, encoder_name = encode_texts(texts, text_encoder, seed=seed)
+    log(f"{name}: text features {text_feat.shape} by {encoder_name}")
+    image_feat, found = _scan_image_features(files["image"], asin_to_item, IMAGE_DIM, 1 << 24)
+    image_feat = _fill_missing(files["image"], image_feat, found, log)
+
+    _write_text(
+        folder / "u_id_mapping.csv",
+        _table(["user_id", "userID"], [user_names.tolist(), range(len(user_names))]),
+    )
+    _write_text(
+        folder / "i_id_mapping.csv",
+        _table(["asin", "itemID"], [item_names.tolist(), range(len(item_names))]),
+    )
+    _write_npy(folder / "image_feat.npy", image_feat)
+    _write_npy(folder / "text_feat.npy", text_feat)
+    order = np.lexsort((item, user))
+    header, columns = ["userID", "itemID"], [user[order], item[order]]
+    if table.ratings is not None:
+        header.append("rating")
+        columns.append(table.ratings[keep][order])
+    if table.timestamps is not None:
+        header.append("timestamp")
+        columns.append(table.timestamps[keep][order])
+    header.append("x_label")
+    columns.append(label[order])
+    _write_text(folder / f"{name}.inter", _table(header, columns))  # after the features
+
+    counts = np.bincount(label, minlength=3)
+    meta = {
+        "source": "Amazon product data 2014 (He & McAuley), 5-core reviews",
+        "builder_version": AMAZON_BUILD_VERSION,
+        "category": category,
+        "files": {
+            key: {"url": urls[key], "file": f"raw/{path.name}", "md5": file_md5(path)}
+            for key, path in files.items()
+        },
+        "settings": settings_of(category, urls, seed, k, text_encoder),
+        "reviews": int(len(table.asins)),
+        "duplicates_removed": int(len(table.asins) - first.size),
+        "interactions": int(keep.size),
+        "users": len(user_names),
+        "items": len(item_names),
+        "split": {"train": int(counts[0]), "valid": int(counts[1]), "test": int(counts[2])},
+        "text_encoder": encoder_name,
+        "text_dim": int(text_feat.shape[1]),
+        "text_template": TEXT_TEMPLATE,
+        "items_without_text": int(sum(not t for t in texts)),
+        "image_dim": IMAGE_DIM,
+        "items_without_image": int((~found).sum()),
+    }
+    _write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n")  # last: build finished
+    log(f"{name}: built in {folder}")
+
+
+def settings_of(
+    category: str, urls: Mapping[str, str], seed: int, k: int, text_encoder: str
+) -> dict[str, Any]:
+    """The inputs that determine a build; a folder built with other settings is rebuilt."""
+    return {
+        "category": category,
+        "urls": {key: urls[key] for key in ("reviews", "meta", "image")},
+        "seed": seed,
+        "k_core": k,
+        "text_encoder": text_encoder,
+        "builder_version": AMAZON_BUILD_VERSION,
+    }
