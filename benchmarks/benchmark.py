@@ -4,8 +4,9 @@
         --grid num_layers=1,2,3,4 --grid reg_weight=1e-3,1e-4 --jobs 4
 
 Every grid point runs as its own ``run.py`` process (``--jobs`` at a time) writing
-``<out>/<model>-<dataset>/<point>/results.json``; finished points are skipped, so an interrupted
-benchmark resumes. The point with the best valid ``recall@20`` is selected (never test) and one
+``<out>/<model>-<dataset>/<point>/results.json``; finished points are skipped and points with
+only a checkpoint are continued (``run.py --resume``), so an interrupted benchmark resumes. The
+point with the best valid ``recall@20`` is selected (never test, ``pyg_dhmrec.experiment``) and one
 row is appended to ``benchmarks/RESULTS.md``; the table of all points is printed and saved as
 ``grid.md`` beside the runs. Arguments after ``--`` go to every run (e.g. ``-- --epochs 5``).
 """
@@ -13,7 +14,6 @@ row is appended to ``benchmarks/RESULTS.md``; the table of all points is printed
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import subprocess
 import sys
@@ -23,27 +23,24 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import the library beside it
+
+from pyg_dhmrec.config import ConfigError  # noqa: E402
+from pyg_dhmrec.experiment import (  # noqa: E402
+    expand_grid,
+    grid_table,
+    parse_grid_options,
+    point_name,
+    select_best,
+)
+from pyg_dhmrec.train import CHECKPOINT  # noqa: E402
+
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 HEADER = (
     "| model | dataset | settings | R@10 | R@20 | N@10 | N@20 | best / run epochs | s/epoch "
     "| eval s | peak MB | machine | commit |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
-
-
-def grid_points(grid: Sequence[str]) -> list[dict[str, str]]:
-    """``['a=1,2', 'b=x']`` -> ``[{'a': '1', 'b': 'x'}, {'a': '2', 'b': 'x'}]``."""
-    axes = []
-    for item in grid:
-        if "=" not in item:
-            raise SystemExit(f"--grid expects key=v1,v2,..., got {item!r}")
-        key, values = item.split("=", 1)
-        axes.append([(key, v) for v in values.split(",")])
-    return [dict(p) for p in itertools.product(*axes)] if axes else [{}]
-
-
-def point_name(point: dict[str, str]) -> str:
-    return "_".join(f"{k}={v}" for k, v in point.items()) or "default"
 
 
 def run_point(
@@ -60,8 +57,11 @@ def run_point(
         for key, value in point.items():
             cmd += [f"--{key}", value]
         cmd += args.extra
+        if (folder / CHECKPOINT).is_file():  # interrupted point: continue it
+            cmd = [sys.executable, str(ROOT / "run.py"), "--resume", str(folder), "--quiet"]
+            cmd += ["--device", args.device] if args.device else []
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "log.txt", "w") as log:
+        with open(folder / "log.txt", "a") as log:  # a resumed point keeps its log
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         if done.returncode != 0:
             tail = (folder / "log.txt").read_text().splitlines()[-5:]
@@ -111,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.extra = extra
 
-    points = grid_points(args.grid)
+    try:
+        points = expand_grid(parse_grid_options(args.grid))
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
     base = Path(args.out) / f"{args.model}-{args.dataset}"
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = [pool.submit(run_point, args, p, base / point_name(p)) for p in points]
@@ -122,18 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not runs:
         raise SystemExit("every grid point failed")
 
-    lines = [
-        "| point | valid R@20 | test R@20 | test N@20 | best / run epochs | s/epoch |",
-        "|---|---|---|---|---|---|",
-    ]
-    for p, r in zip(points, runs):
-        lines.append(
-            f"| {point_name(p)} | {r['valid']['recall@20']:.4f} | {r['test']['recall@20']:.4f} "
-            f"| {r['test']['ndcg@20']:.4f} | {r['best_epoch']} / {r['epochs_run']} "
-            f"| {r['timing']['train_s_per_epoch']:.2f} |"
-        )
-    best = max(range(len(runs)), key=lambda i: runs[i]["valid"]["recall@20"])
-    table = "\n".join(lines)
+    best = select_best(runs)
+    table = grid_table([point_name(p) for p in points], runs)
     print(table)
     (base / "grid.md").write_text(table + "\n")
     (base / "selected.json").write_text(json.dumps(points[best]))

@@ -1,13 +1,16 @@
-"""Command line: ``python run.py [--model M] [--dataset D] [--key value ...]``."""
+"""Command line: ``python run.py [--model M] [--dataset D] [--key value ...]`` trains (with
+``--resume``, ``--grid`` or ``--seeds``); ``compare``, ``plot``, ``recommend`` and ``export`` as
+first word work on finished run folders."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,27 @@ from pyg_dhmrec.config import (
 from pyg_dhmrec.data.dataset import load_dataset
 from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
+from pyg_dhmrec.experiment import (
+    ExperimentError,
+    compare_runs,
+    export_embeddings,
+    load_grid,
+    load_run,
+    recommend,
+    run_config,
+    run_grid,
+    run_seeds,
+    write_json,
+)
 from pyg_dhmrec.models import build_model, model_class, model_keys
-from pyg_dhmrec.train import Trainer, resolve_device, save_results, seed_everything
+from pyg_dhmrec.plots import MissingExtraError
+from pyg_dhmrec.train import (
+    CHECKPOINT,
+    Trainer,
+    resolve_device,
+    save_results,
+    seed_everything,
+)
 
 log = logging.getLogger("pyg_dhmrec")
 
@@ -35,42 +57,101 @@ DEFAULT_DATASET = "synthetic"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run.py",
-        description="Train and evaluate a multimodal recommender (MMRec protocol).",
+        allow_abbrev=False,  # else --seed would be read as --seeds
+        description="Train and evaluate a multimodal recommender (MMRec protocol). Other "
+        "commands, as first word: compare, plot, recommend, export (run.py <command> --help).",
         epilog="Any key of configs/overall.yaml or of the model's YAML can be overridden with "
         "--key value (e.g. --learning_rate 0.01 --topk [10,20]).",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"one of {available('models')}")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=f"one of {available_datasets()}")
+    parser.add_argument("--model", help=f"one of {available('models')} (default {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--dataset", help=f"one of {available_datasets()} (default {DEFAULT_DATASET})"
+    )
     parser.add_argument("--data-root", dest="data_root", help="folder of the dataset folders")
     parser.add_argument("--output", help="run folder for results.json and best.pt")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
+    parser.add_argument(
+        "--resume", metavar="RUN", help="continue the run folder RUN from its checkpoint.pt"
+    )
+    parser.add_argument(
+        "--grid", metavar="YAML", help="grid file (key: [values]); one run per point"
+    )
+    parser.add_argument(
+        "--seeds", type=int, metavar="N", help="run seeds seed..seed+N-1; mean and std of test"
+    )
     return parser
 
 
 def resolve_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    """Merge the YAML layers and the command line into one checked configuration."""
+    model = getattr(args, "model", None) or DEFAULT_MODEL
+    dataset = getattr(args, "dataset", None) or DEFAULT_DATASET
     overrides = parse_cli_overrides(extra)
     for key in ("data_root", "output", "device"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.quiet:
         overrides["progress"] = False
-    config = load_config(args.model, args.dataset, overrides)
-    model_class(args.model)  # unknown model -> clear error
-    declared = set(load_yaml(CONFIG_DIR / "models" / f"{args.model}.yaml")) - {"per_dataset"}
-    unused = declared - model_keys(args.model)
+    config = load_config(model, dataset, overrides)
+    model_class(model)  # unknown model -> clear error
+    declared = set(load_yaml(CONFIG_DIR / "models" / f"{model}.yaml")) - {"per_dataset"}
+    unused = declared - model_keys(model)
     if unused:
         raise ConfigError(
-            f"configs/models/{args.model}.yaml: key(s) {', '.join(sorted(unused))} are not "
-            f"arguments of the model; it takes {', '.join(sorted(model_keys(args.model)))}"
+            f"configs/models/{model}.yaml: key(s) {', '.join(sorted(unused))} are not "
+            f"arguments of the model; it takes {', '.join(sorted(model_keys(model)))}"
         )
     return config
 
 
-def run(config: dict[str, Any]) -> dict[str, Any]:
-    """Load data, build the model, train, evaluate and save ``results.json``."""
-    seed_everything(config["seed"])
+def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    """The configuration saved in the ``--resume`` folder (``--device``/``--quiet`` may change)."""
+    folder = Path(args.resume)
+    if not (folder / CHECKPOINT).is_file():
+        raise ConfigError(
+            f"--resume {folder}: no {CHECKPOINT} in that folder; expected a run folder "
+            f"written by run.py (config.json and {CHECKPOINT})"
+        )
+    fixed = [f"--{k}" for k in ("model", "dataset", "data_root", "output", "grid", "seeds")]
+    given = [o for o in fixed if getattr(args, o[2:]) is not None] + [
+        a for a in extra if a.startswith("--")
+    ]
+    if given:
+        raise ConfigError(
+            f"--resume {folder} continues with the folder's config.json; drop "
+            f"{', '.join(given)} (only --device and --quiet may be given)"
+        )
+    config = run_config(folder)
+    config["output"] = str(folder)
+    if args.device is not None:
+        config["device"] = args.device
+    if args.quiet:
+        config["progress"] = False
+    return config
+
+
+def default_output(config: Mapping[str, Any], suffix: str = "") -> Path:
+    """``config['output']``, else ``runs/<model>-<dataset>[-suffix | -<time>]``."""
+    if config["output"]:
+        return Path(config["output"])
+    tail = suffix or time.strftime("%Y%m%d-%H%M%S")
+    return Path(f"runs/{config['model']}-{config['dataset']}-{tail}")
+
+
+def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Load data, build the model, train, evaluate and save ``results.json``.
+
+    The run folder gets ``config.json`` first and ``checkpoint.pt`` after every epoch; with
+    ``resume``, training continues from that checkpoint and ends as an uninterrupted run would.
+    """
+    config = dict(config)
+    output = default_output(config)
+    config["output"] = str(output)
+    if resume and not (output / CHECKPOINT).is_file():
+        raise ConfigError(f"{output}: no {CHECKPOINT} to resume from")
     device = resolve_device(config["device"])
+    seed_everything(config["seed"], device)
     t0 = time.perf_counter()
     dataset = load_dataset(config)
     log.info("%r loaded in %.1fs", dataset, time.perf_counter() - t0)
@@ -81,11 +162,11 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     model = build_model(config["model"], data, config)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model %s (%d parameters) on %s", config["model"], n_params, device)
-    output = Path(
-        config["output"]
-        or f"runs/{config['model']}-{config['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
     trainer = Trainer(model, data, config, device, output=output)
+    if resume:
+        trainer.load_checkpoint(output / CHECKPOINT)
+    else:
+        write_json(config, output / "config.json")
     results = trainer.fit()
     results["dataset_stats"] = dataset.stats
     path = save_results(results, output)
@@ -93,25 +174,154 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def _summary(results: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "model": results["model"],
+        "dataset": results["dataset"],
+        "best_epoch": results["best_epoch"],
+        "test": {k: round(v, 4) for k, v in results["test"].items()},
+    }
+
+
+def train_main(argv: Sequence[str]) -> int:
+    """``run.py [--model M] [--dataset D] [--resume RUN | --grid YAML | --seeds N] ...``."""
+    args, extra = build_parser().parse_known_args(argv)
+    if args.resume:
+        print(json.dumps(_summary(run(resume_config(args, extra), resume=True))))
+        return 0
+    config = resolve_config(args, extra)
+    if args.grid and args.seeds:
+        raise ConfigError("--grid and --seeds cannot be combined; run --seeds on the chosen point")
+    if args.grid:
+        axes = load_grid(Path(args.grid))
+        output = default_output(config, "grid")
+        summary = run_grid(config, axes, output, run, source=args.grid)
+        print(summary["table"])
+        print(f"selected on valid recall@20: {summary['selected']}")
+        test = {k: round(v, 4) for k, v in summary["selected_test"].items()}
+        print(json.dumps({"selected": summary["selected"], "test": test}))
+        print(f"written: {output / 'grid.md'}, {output / 'grid.json'}")
+        return 0
+    if args.seeds is not None:
+        output = default_output(config, "seeds")
+        summary = run_seeds(config, args.seeds, output, run)
+        print(f"{config['model']} on {config['dataset']}, seeds {summary['seeds']}:")
+        for key, stat in summary["test"].items():
+            print(f"  test {key}: {stat['mean']:.4f} ± {stat['std']:.4f}")
+        print(f"written: {output / 'seeds.json'}")
+        return 0
+    print(json.dumps(_summary(run(config))))
+    return 0
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """``run.py compare RUN_A RUN_B``: paired t-test of per-user test Recall@20."""
+    parser = argparse.ArgumentParser(
+        prog="run.py compare",
+        description="Paired t-test (scipy.stats.ttest_rel) of per-user test metrics of two "
+        "finished runs of the same dataset.",
+    )
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    parser.add_argument("--metric", default="recall@20", help="per-user metric (recall@20)")
+    args = parser.parse_args(argv)
+    r = compare_runs(args.run_a, args.run_b, args.metric)
+    print(f"{r['metric']} over {r['users']} test users")
+    print(f"  A {args.run_a}: {r['mean_a']:.6f}")
+    print(f"  B {args.run_b}: {r['mean_b']:.6f}")
+    print(f"  A - B: {r['difference']:+.6f}")
+    t = "nan (identical per-user values)" if math.isnan(r["t"]) else f"{r['t']:.4f}"
+    print(f"  paired t = {t}, p = {r['p']:.4g}")
+    print(json.dumps(r))
+    return 0
+
+
+def plot_main(argv: Sequence[str]) -> int:
+    """``run.py plot {curves,sweep,tsne} FOLDER [--out DIR]``."""
+    from pyg_dhmrec import plots
+
+    parser = argparse.ArgumentParser(
+        prog="run.py plot", description="Figures of runs (needs the 'plots' extra: matplotlib)."
+    )
+    parser.add_argument("kind", choices=["curves", "sweep", "tsne"])
+    parser.add_argument("folder", type=Path, help="run folder (sweep: folder of point folders)")
+    parser.add_argument("--out", type=Path, help="folder of the PNG (default <folder>/figures)")
+    parser.add_argument("--x", help="sweep: key on the x axis (default: first varying key)")
+    parser.add_argument("--lines", help="sweep: one line per value of this key")
+    parser.add_argument("--metric", default="recall@20", help="sweep: metric (recall@20)")
+    parser.add_argument("--max-items", type=int, default=1000, help="tsne: items sampled")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        raise ExperimentError(f"{args.folder}: no such folder")
+    out = args.out or args.folder / "figures"
+    if args.kind == "curves":
+        path = plots.plot_curves(args.folder, out)
+    elif args.kind == "sweep":
+        path = plots.plot_sweep(args.folder, out, args.x, args.lines, args.metric)
+    else:
+        path = plots.plot_tsne(args.folder, out, args.max_items)
+    print(f"written: {path}")
+    return 0
+
+
+def recommend_main(argv: Sequence[str]) -> int:
+    """``run.py recommend --run RUN --users U [U ...] --k K``: top-k unseen items per user."""
+    parser = argparse.ArgumentParser(
+        prog="run.py recommend",
+        description="Top-k items per user from a finished run's best.pt (train items excluded).",
+    )
+    parser.add_argument("--run", type=Path, required=True, help="finished run folder")
+    parser.add_argument("--users", type=int, nargs="+", required=True, help="user ids")
+    parser.add_argument("--k", type=int, default=10, help="items per user (10)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    model, data, _ = load_run(args.run, resolve_device(args.device))
+    for row in recommend(model, data, args.users, args.k):
+        print(json.dumps(row))
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """``run.py export --run RUN [--out DIR]``: the final user and item embeddings as .npy."""
+    parser = argparse.ArgumentParser(
+        prog="run.py export",
+        description="Write user_embeddings.npy and item_embeddings.npy of a finished run.",
+    )
+    parser.add_argument("--run", type=Path, required=True, help="finished run folder")
+    parser.add_argument("--out", type=Path, help="folder of the files (default: the run folder)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    args = parser.parse_args(argv)
+    model, _, _ = load_run(args.run, resolve_device(args.device))
+    for path in export_embeddings(model, args.out or args.run):
+        print(f"written: {path}")
+    return 0
+
+
+COMMANDS = {
+    "compare": compare_main,
+    "plot": plot_main,
+    "recommend": recommend_main,
+    "export": export_main,
+}
+# Errors reported as "error: <message>" and exit code 2 rather than a traceback.
+USER_ERRORS = (
+    ConfigError,
+    DataFormatError,
+    FileNotFoundError,
+    DownloadError,
+    ValueError,
+    FloatingPointError,
+    MissingExtraError,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: a command word (compare, plot, recommend, export) or training options."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS.get(argv[0]) if argv else None
     try:
-        config = resolve_config(args, extra)
-        results = run(config)
-    except (ConfigError, DataFormatError, FileNotFoundError, DownloadError, ValueError) as e:
+        return command(argv[1:]) if command else train_main(argv)
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    test = {k: round(v, 4) for k, v in results["test"].items()}
-    print(
-        json.dumps(
-            {
-                "model": results["model"],
-                "dataset": results["dataset"],
-                "best_epoch": results["best_epoch"],
-                "test": test,
-            }
-        )
-    )
-    return 0

@@ -30,12 +30,22 @@ from pyg_dhmrec.models.base import Recommender
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT = "checkpoint.pt"
+PER_USER = "per_user_test.pt"
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
+
+def seed_everything(seed: int, device: torch.device | None = None) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA).
+
+    On CPU it also selects torch's deterministic kernels: with several threads, the default
+    accumulating index backward (``index_put_``) sums in a varying order, so two runs with one
+    seed drifted apart by float rounding (seen with DHMRec on 2 threads).
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    if device is None or device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,67 +172,161 @@ class Trainer:
         self.model.train()
         return result
 
+    def _fresh_state(self) -> dict[str, Any]:
+        """Early-stopping and bookkeeping state before the first epoch."""
+        return {
+            "epoch": 0,
+            "best_value": -math.inf,
+            "best_epoch": 0,
+            "best_state": None,
+            "best_valid": {},
+            "bad_evals": 0,
+            "train_times": [],
+            "eval_times": [],
+            "elapsed_s": 0.0,
+        }
+
+    def save_checkpoint(self, state: Mapping[str, Any]) -> Path | None:
+        """Write the whole run state to ``<output>/checkpoint.pt`` atomically."""
+        if not self.output:
+            return None
+        self.output.mkdir(parents=True, exist_ok=True)
+        path = self.output / CHECKPOINT
+        payload = {
+            "version": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                # DegreeSensitiveEdgeDropout and dropout layers draw from torch's global RNG.
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "state": dict(state),
+            "history": self.history,
+        }
+        tmp = path.with_name(f".{CHECKPOINT}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a state written by :meth:`save_checkpoint`; :meth:`fit` continues from it."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as e:
+            raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
+        missing = {"model", "optimizer", "sampler", "rng", "state", "history"} - set(payload)
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks key(s) {', '.join(sorted(missing))}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.sampler.load_state_dict(payload["sampler"])
+        rng = payload["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.history = list(payload["history"])
+        self._resume_state = dict(payload["state"])
+        log.info("resumed from %s after epoch %d", path, self._resume_state["epoch"])
+
     def fit(self) -> dict[str, Any]:
-        """Train until early stopping or ``epochs``; return the results dictionary."""
+        """Train until early stopping or ``epochs``; return the results dictionary.
+
+        After :meth:`load_checkpoint`, training continues from the epoch after the saved one.
+        """
         cfg = self.config
         metric = cfg["early_stop_metric"]
-        best_value, best_epoch, best_state, best_valid = -math.inf, 0, None, {}
-        bad_evals, train_times, eval_times = 0, [], []
-        start = time.perf_counter()
-        epoch = 0
-        for epoch in range(1, cfg["epochs"] + 1):
+        state = getattr(self, "_resume_state", None) or self._fresh_state()
+        start = time.perf_counter() - state["elapsed_s"]
+        epoch = state["epoch"]
+        # A checkpoint saved at an early stop has nothing left to train.
+        stopped = state["bad_evals"] >= cfg["patience"]
+        first = cfg["epochs"] + 1 if stopped else state["epoch"] + 1
+        for epoch in range(first, cfg["epochs"] + 1):
             t0 = time.perf_counter()
-            losses = self.train_epoch(epoch)
-            train_times.append(time.perf_counter() - t0)
-            record: dict[str, Any] = {"epoch": epoch, "loss": losses, "train_s": train_times[-1]}
+            try:
+                losses = self.train_epoch(epoch)
+            except FloatingPointError as e:
+                kept = (
+                    f"; the checkpoint of epoch {state['epoch']} is kept in "
+                    f"{self.output / CHECKPOINT}"
+                    if self.output and state["epoch"] > 0
+                    else ""
+                )
+                raise FloatingPointError(f"{e}{kept}") from None
+            state["train_times"].append(time.perf_counter() - t0)
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "loss": losses,
+                "train_s": state["train_times"][-1],
+            }
             line = (
                 f"epoch {epoch:4d} | "
                 + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                + f" | train {train_times[-1]:.2f}s"
+                + f" | train {state['train_times'][-1]:.2f}s"
             )
             if epoch % cfg["eval_step"] == 0 or epoch == cfg["epochs"]:
                 t0 = time.perf_counter()
                 valid = self.evaluate("valid")
-                eval_times.append(time.perf_counter() - t0)
-                record.update(valid=valid, eval_s=eval_times[-1])
-                improved = valid[metric] > best_value
+                state["eval_times"].append(time.perf_counter() - t0)
+                record.update(valid=valid, eval_s=state["eval_times"][-1])
+                improved = valid[metric] > state["best_value"]
                 if improved:
-                    best_value, best_epoch, best_valid = valid[metric], epoch, valid
-                    best_state = copy.deepcopy(self.model.state_dict())
-                    bad_evals = 0
+                    state.update(best_value=valid[metric], best_epoch=epoch, best_valid=valid)
+                    state["best_state"] = copy.deepcopy(self.model.state_dict())
+                    state["bad_evals"] = 0
                 else:
-                    bad_evals += 1
+                    state["bad_evals"] += 1
                 line += (
-                    f" | eval {eval_times[-1]:.2f}s | valid "
+                    f" | eval {state['eval_times'][-1]:.2f}s | valid "
                     + " ".join(f"{k} {valid[k]:.4f}" for k in _headline(valid))
                     + (" *" if improved else "")
                 )
             self.history.append(record)
             log.info(line)
-            if bad_evals >= cfg["patience"]:
-                log.info("early stop: no valid %s improvement in %d evaluations", metric, bad_evals)
+            state["epoch"] = epoch
+            state["elapsed_s"] = time.perf_counter() - start
+            self.save_checkpoint(state)
+            if state["bad_evals"] >= cfg["patience"]:
+                log.info(
+                    "early stop: no valid %s improvement in %d evaluations",
+                    metric,
+                    state["bad_evals"],
+                )
                 break
+        epoch = state["epoch"]
 
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
+        if state["best_state"] is not None:
+            self.model.load_state_dict(state["best_state"])
         if self.output:
             self.output.mkdir(parents=True, exist_ok=True)
             torch.save(self.model.state_dict(), self.output / "best.pt")
         t0 = time.perf_counter()
-        test = self.evaluate("test")
+        self.model.eval()
+        test, per_user = self.test_evaluator.evaluate(self.model.full_scores, per_user=True)
+        self.model.train()
         test_eval_s = time.perf_counter() - t0
+        if self.output:
+            save_per_user(self.test_evaluator.users, per_user, self.output)
         log.info(
             "best epoch %d | test %s",
-            best_epoch,
+            state["best_epoch"],
             " ".join(f"{k} {test[k]:.4f}" for k in _headline(test)),
         )
+        train_times, eval_times = state["train_times"], state["eval_times"]
         return {
             "model": cfg["model"],
             "dataset": cfg["dataset"],
+            "seed": cfg["seed"],
             "config": cfg,
-            "best_epoch": best_epoch,
+            "best_epoch": state["best_epoch"],
             "epochs_run": epoch,
-            "valid": best_valid,
+            "valid": state["best_valid"],
             "test": test,
             "timing": {
                 "train_s_per_epoch": float(np.mean(train_times)) if train_times else 0.0,
@@ -239,6 +343,15 @@ class Trainer:
             "environment": environment(self.device),
             "history": self.history,
         }
+
+
+def save_per_user(users: Tensor, values: Mapping[str, Tensor], output: Path) -> Path:
+    """Write ``per_user_test.pt``: the evaluated user ids and each metric per user (for t-tests)."""
+    path = output / PER_USER
+    tmp = path.with_name(f".{PER_USER}.tmp")
+    torch.save({"users": users.clone(), **{k: v.clone() for k, v in values.items()}}, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _headline(metrics: Mapping[str, float]) -> list[str]:

@@ -210,6 +210,12 @@ def user_item_matrix(edge_index: Tensor, num_users: int, num_items: int) -> Tens
     return to_csr(edge_index, weight, num_users, num_items)
 
 
+def csr_transpose(matrix: Tensor) -> Tensor:
+    """The transpose of a sparse matrix, as ``torch.sparse_csr``."""
+    coo = matrix.to_sparse_coo().coalesce()
+    return to_csr(coo.indices().flip(0), coo.values(), matrix.size(1), matrix.size(0))
+
+
 def weighted_sum(matrices: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     r""":math:`\sum_m \beta_m M_m` of equally shaped sparse matrices, as ``torch.sparse_csr``."""
     if len(matrices) != len(weights) or not matrices:

@@ -51,6 +51,20 @@ class Recommender(torch.nn.Module):
     def on_train_epoch_start(self) -> None:
         """Called by the trainer before every training epoch."""
 
+    @torch.no_grad()
+    def item_representations(self) -> dict[str, Tensor]:
+        """Item embeddings by part, computed in eval mode (for t-SNE plots): the layer-0 ID
+        embeddings where the model has them, and the final (scoring) embeddings."""
+        was_training = self.training
+        self.eval()
+        out = {}
+        ids = getattr(self, "item_embedding", None)
+        if isinstance(ids, torch.nn.Embedding):
+            out["id"] = ids.weight.detach().cpu()
+        out["final"] = self.forward()[1].detach().cpu()
+        self.train(was_training)
+        return out
+
     def train(self, mode: bool = True) -> Recommender:
         self._eval_embeddings = None
         return super().train(mode)

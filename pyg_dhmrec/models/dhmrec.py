@@ -13,6 +13,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
+    csr_transpose,
     knn_adjacency,
     user_item_matrix,
     weighted_sum,
@@ -25,6 +26,7 @@ from pyg_dhmrec.nn import (
     DisentangledEncoder,
     LightPropagation,
     bpr_loss,
+    constant_spmm,
     jensen_shannon_divergence,
     logit_pooling,
     orthogonality_loss,
@@ -156,14 +158,15 @@ class DHMRec(Recommender):
         self.pruning = DegreeSensitiveEdgeDropout(
             train, self.num_users, self.num_items, edge_dropout
         )
-        self.register_buffer(
-            "user_item", user_item_matrix(train, self.num_users, self.num_items), persistent=False
-        )
+        user_item = user_item_matrix(train, self.num_users, self.num_items)
+        self.register_buffer("user_item", user_item, persistent=False)
+        self.register_buffer("user_item_t", csr_transpose(user_item), persistent=False)
         self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
         self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
         if self.item_graphs:
             for view, adj in self._item_graphs(features, knn_k, ii_modality_weights).items():
                 self.register_buffer(f"ii_{view}", adj, persistent=False)
+                self.register_buffer(f"ii_{view}_t", csr_transpose(adj), persistent=False)
         if self.attention:
             self.fusion = AttentionFusion(
                 embedding_dim, len(self.views), negative="no_pnf" not in ablations
@@ -219,14 +222,16 @@ class DHMRec(Recommender):
         d = self.item_embedding.embedding_dim
         # All modality views share the full graph: propagate them as one wide matrix.
         items = torch.cat([inputs[v] for v in self.views], dim=-1)
-        users = self.user_item @ items
+        users = self._to_users(items)
         ui = self.ui_propagation(torch.cat([users, items]), self.pruning.full_adjacency)
         view_embs = []
         for j, view in enumerate(self.views):
             user_v, item_v = self._split(ui[:, j * d : (j + 1) * d])
             if self.item_graphs:
-                item_v = self.ii_propagation(item_v, getattr(self, f"ii_{view}"))
-                user_v = self.user_item @ item_v
+                item_v = self.ii_propagation(
+                    item_v, getattr(self, f"ii_{view}"), getattr(self, f"ii_{view}_t")
+                )
+                user_v = self._to_users(item_v)
             view_embs.append(torch.cat([user_v, item_v]))
         mm = self.fusion(view_embs) if self.attention else torch.stack(view_embs).mean(0)
 
@@ -239,8 +244,29 @@ class DHMRec(Recommender):
             "specifics": specifics,
         }
 
+    def _to_users(self, item_emb: Tensor) -> Tensor:
+        """Eq. 14: users aggregate their interacted items, weighted 1/sqrt(|N_u||N_i|)."""
+        return constant_spmm(self.user_item, item_emb, self.user_item_t)
+
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[: self.num_users], x[self.num_users :]
+
+    @torch.no_grad()
+    def item_representations(self) -> dict[str, Tensor]:
+        """Item parts in eval mode: the modality-common ``common`` (C, Eq. 6), the
+        modality-specific ``specific_<m>`` (S_m, Eq. 3) and the layer-0 ``id`` embeddings;
+        with ``no_dis``, the projected features ``projected_<m>`` instead of C and S_m."""
+        was_training = self.training
+        self.eval()
+        inputs, _, specifics = self._disentangle()
+        out = {"id": self.item_embedding.weight}
+        if self.disentangle:
+            out["common"] = inputs["common"]
+            out.update({f"specific_{m}": specifics[m] for m in self.modalities})
+        else:
+            out.update({f"projected_{m}": inputs[m] for m in self.modalities})
+        self.train(was_training)
+        return {k: v.detach().cpu() for k, v in out.items()}
 
     def forward(self) -> tuple[Tensor, Tensor]:
         emb = self._embed()

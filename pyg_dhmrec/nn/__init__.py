@@ -12,7 +12,12 @@ from pyg_dhmrec.nn.losses import (
     score_distribution_kl,
     squared_l2_penalty,
 )
-from pyg_dhmrec.nn.propagation import LightConv, LightPropagation, symmetric_spmm
+from pyg_dhmrec.nn.propagation import (
+    LightConv,
+    LightPropagation,
+    constant_spmm,
+    symmetric_spmm,
+)
 
 __all__ = [
     "AttentionFusion",
@@ -27,6 +32,7 @@ __all__ = [
     "LightPropagation",
     "symmetric_spmm",
     "bpr_loss",
+    "constant_spmm",
     "embedding_norm_penalty",
     "squared_l2_penalty",
 ]

@@ -1,0 +1,233 @@
+"""Grids, seed repeats, paired comparison, plots, recommendations and exports via the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ttest_rel
+
+from pyg_dhmrec.cli import main
+from pyg_dhmrec.experiment import expand_grid, load_run, point_name
+
+TINY = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def train_args(data_root: Path, output: Path, model: str = "lightgcn", *extra: str) -> list:
+    knn = ["--knn_k", "3"] if model == "dhmrec" else []
+    return [
+        *("--model", model, "--dataset", "synthetic", "--data-root", str(data_root)),
+        *("--output", str(output), "--synthetic", TINY, "--topk", "[10,20]"),
+        *("--device", "cpu", "--quiet", "--epochs", "2", *knn, *extra),
+    ]
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def grid(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("grid")
+    grid_file = folder / "grid.yaml"
+    grid_file.write_text("num_layers: [1, 2]\nreg_weight: [0.001, 0.0001]\n")
+    out = folder / "runs"
+    assert main([*train_args(data_root, out), "--grid", str(grid_file)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def seeds(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("seeds") / "runs"
+    assert main([*train_args(data_root, out), "--seeds", "2", "--seed", "5"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dhmrec_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dhmrec") / "run"
+    assert main(train_args(data_root, out, "dhmrec")) == 0
+    return out
+
+
+def test_expand_grid_and_point_names() -> None:
+    points = expand_grid({"a": [1, 2], "b": ["x"], "ablations": [["no_kl", "no_ii"]]})
+    assert points == [
+        {"a": 1, "b": "x", "ablations": ["no_kl", "no_ii"]},
+        {"a": 2, "b": "x", "ablations": ["no_kl", "no_ii"]},
+    ]
+    assert point_name(points[0]) == "a=1_b=x_ablations=[no_kl,no_ii]"
+    assert point_name({}) == "default"
+
+
+def test_grid_runs_every_point_and_selects_on_valid(grid: Path, capsys) -> None:
+    summary = read(grid / "grid.json")
+    names = [p["point"] for p in summary["points"]]
+    assert names == [
+        "num_layers=1_reg_weight=0.001",
+        "num_layers=1_reg_weight=0.0001",
+        "num_layers=2_reg_weight=0.001",
+        "num_layers=2_reg_weight=0.0001",
+    ]
+    runs = [read(grid / n / "results.json") for n in names]
+    assert [r["config"]["num_layers"] for r in runs] == [1, 1, 2, 2]
+    valid = [r["valid"]["recall@20"] for r in runs]
+    best = valid.index(max(valid))
+    assert summary["selected"] == names[best]
+    assert summary["selected_test"] == runs[best]["test"]
+    for row, r in zip(summary["points"], runs):
+        assert row["valid_recall@20"] == r["valid"]["recall@20"]
+        assert row["test_recall@20"] == r["test"]["recall@20"]
+        assert row["test_ndcg@20"] == r["test"]["ndcg@20"]
+        assert row["epochs_run"] == r["epochs_run"] == 2
+    table = (grid / "grid.md").read_text()
+    assert table.count("\n| num_layers=") == 4
+    assert f"selected on valid recall@20: {names[best]}" in table
+
+
+def test_grid_resumes(grid: Path, data_root: Path) -> None:
+    names = [p["point"] for p in read(grid / "grid.json")["points"]]
+    finished = grid / names[0] / "results.json"
+    mtime = finished.stat().st_mtime_ns
+    interrupted = grid / names[1]
+    before = read(interrupted / "results.json")
+    (interrupted / "results.json").unlink()  # as if killed after its last checkpoint
+    grid_file = grid.parent / "grid.yaml"
+    assert main([*train_args(data_root, grid), "--grid", str(grid_file)]) == 0
+    assert finished.stat().st_mtime_ns == mtime  # finished point skipped
+    after = read(interrupted / "results.json")
+    assert after["test"] == before["test"] and after["history"] == before["history"]
+
+
+def test_grid_unknown_key_names_file(data_root: Path, tmp_path: Path, capsys) -> None:
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("num_layer: [1, 2]\n")
+    assert main([*train_args(data_root, tmp_path / "o"), "--grid", str(grid_file)]) == 2
+    err = capsys.readouterr().err
+    assert re.match(rf"error: {re.escape(str(grid_file))}: unknown key 'num_layer'\.", err), err
+    grid_file.write_text("num_layers: 2\n")
+    assert main([*train_args(data_root, tmp_path / "o"), "--grid", str(grid_file)]) == 2
+    assert "key 'num_layers' must map to a non-empty list of values, got 2" in (
+        capsys.readouterr().err
+    )
+
+
+def test_seeds_mean_and_std(seeds: Path) -> None:
+    summary = read(seeds / "seeds.json")
+    assert summary["seeds"] == [5, 6]
+    runs = [read(seeds / f"seed={s}" / "results.json") for s in (5, 6)]
+    assert [r["seed"] for r in runs] == [5, 6]
+    values = [r["test"]["recall@20"] for r in runs]
+    stat = summary["test"]["recall@20"]
+    assert stat["values"] == values
+    assert stat["mean"] == pytest.approx(np.mean(values))
+    assert stat["std"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_compare_paired_t_test(seeds: Path, capsys) -> None:
+    a, b = seeds / "seed=5", seeds / "seed=6"
+    assert main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    pa, pb = torch.load(a / "per_user_test.pt"), torch.load(b / "per_user_test.pt")
+    assert torch.equal(pa["users"], pb["users"])
+    expected = ttest_rel(pa["recall@20"].double().numpy(), pb["recall@20"].double().numpy())
+    assert result["t"] == pytest.approx(expected.statistic, nan_ok=True)
+    assert result["p"] == pytest.approx(expected.pvalue, nan_ok=True)
+    assert result["mean_a"] == pytest.approx(read(a / "results.json")["test"]["recall@20"])
+    assert result["difference"] == pytest.approx(result["mean_a"] - result["mean_b"])
+    assert "paired t = " in out and "A - B: " in out
+
+
+def test_compare_different_users_is_an_error(seeds: Path, tmp_path: Path, capsys) -> None:
+    other_data = tmp_path / "data"
+    small = TINY.replace("num_users: 60", "num_users: 50")
+    args = train_args(other_data, tmp_path / "small")
+    args[args.index("--synthetic") + 1] = small
+    assert main(args) == 0
+    assert main(["compare", str(seeds / "seed=5"), str(tmp_path / "small")]) == 2
+    assert "evaluated different test users" in capsys.readouterr().err
+
+
+def test_plot_curves_and_sweep(grid: Path, tmp_path: Path, capsys) -> None:
+    run = grid / "num_layers=1_reg_weight=0.001"
+    assert main(["plot", "curves", str(run)]) == 0
+    assert (run / "figures" / "curves.png").stat().st_size > 1000
+    out = tmp_path / "figs"
+    argv = ["plot", "sweep", str(grid), "--x", "num_layers", "--lines", "reg_weight"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert (out / "sweep_num_layers.png").stat().st_size > 1000
+    assert main(["plot", "sweep", str(grid), "--out", str(out)]) == 0  # keys inferred
+    assert f"written: {out / 'sweep_num_layers.png'}" in capsys.readouterr().out
+
+
+def test_plot_tsne_of_dhmrec(dhmrec_run: Path, tmp_path: Path) -> None:
+    model, _, _ = load_run(dhmrec_run)
+    parts = model.item_representations()
+    assert set(parts) == {"id", "common", "specific_image", "specific_text"}
+    assert all(v.shape == (40, 64) for v in parts.values())
+    assert not model.training
+    assert main(["plot", "tsne", str(dhmrec_run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tsne.png").stat().st_size > 1000
+
+
+def test_plot_without_matplotlib(
+    grid: Path, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    run = grid / "num_layers=1_reg_weight=0.001"
+    assert main(["plot", "curves", str(run), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: plots need matplotlib, the optional 'plots' extra: ")
+    assert 'pip install -e ".[plots]"' in err
+
+
+def test_recommend_excludes_train_items(dhmrec_run: Path, capsys) -> None:
+    assert main(["recommend", "--run", str(dhmrec_run), "--users", "0", "1", "2", "--k", "5"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["user"] for r in rows] == [0, 1, 2]
+    model, data, _ = load_run(dhmrec_run)
+    train = data["user", "rates", "item"].edge_index
+    scores = model.full_scores(torch.tensor([0, 1, 2]))
+    for row in rows:
+        seen = set(train[1, train[0] == row["user"]].tolist())
+        assert len(row["items"]) == 5 and not seen & set(row["items"])
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+        unseen = [i for i in range(40) if i not in seen]
+        best = max(unseen, key=lambda i: float(scores[row["user"], i]))
+        assert row["items"][0] == best
+
+
+def test_recommend_user_out_of_range(dhmrec_run: Path, capsys) -> None:
+    assert main(["recommend", "--run", str(dhmrec_run), "--users", "0", "60"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: user id(s) [60] out of range: the run's dataset has users 0..59")
+
+
+def test_export_embeddings(dhmrec_run: Path, tmp_path: Path) -> None:
+    assert main(["export", "--run", str(dhmrec_run), "--out", str(tmp_path)]) == 0
+    users, items = (
+        np.load(tmp_path / "user_embeddings.npy"),
+        np.load(tmp_path / "item_embeddings.npy"),
+    )
+    assert users.shape == (60, 64) and items.shape == (40, 64)
+    model, _, _ = load_run(dhmrec_run)
+    expected = model.full_scores(torch.tensor([3]))
+    np.testing.assert_allclose(users[3] @ items.T, expected[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_commands_on_missing_run(tmp_path: Path, capsys) -> None:
+    assert main(["export", "--run", str(tmp_path)]) == 2
+    assert "no best.pt (the run has not finished)" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
+    assert "no results.json (not a finished run folder)" in capsys.readouterr().err
