@@ -329,7 +329,9 @@ def test_build_model_passes_config_keys(tiny: HeteroData) -> None:
     assert bpr.item_embedding.weight.shape == (7, 5) and bpr.reg_weight == 0.25
     default = build_model("lightgcn", tiny, {})
     assert default.user_embedding.weight.shape[1] == 64 and default.propagation.num_layers == 2
-    with pytest.raises(ValueError, match="unknown model 'mf'; available: bpr, dhmrec, lightgcn"):
+    with pytest.raises(
+        ValueError, match="unknown model 'mf'; available: bpr, dhmrec, freedom, lightgcn"
+    ):
         model_class("mf")
 
 

@@ -11,9 +11,15 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.dhmrec import DHMRec
+from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.models.lightgcn import LightGCN
 
-MODELS: dict[str, type[Recommender]] = {"bpr": BPR, "dhmrec": DHMRec, "lightgcn": LightGCN}
+MODELS: dict[str, type[Recommender]] = {
+    "bpr": BPR,
+    "dhmrec": DHMRec,
+    "freedom": FREEDOM,
+    "lightgcn": LightGCN,
+}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -37,6 +43,7 @@ def build_model(name: str, data: HeteroData, config: Mapping[str, Any]) -> Recom
 __all__ = [
     "BPR",
     "DHMRec",
+    "FREEDOM",
     "LightGCN",
     "MODELS",
     "Recommender",

@@ -1,0 +1,274 @@
+"""Tests of the FREEDOM recommender (Zhou & Shen, ACM MM 2023) on a tiny hand-built graph."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.cli import main
+from pyg_dhmrec.data.dataset import RATES, REV_RATES
+from pyg_dhmrec.data.graph import knn_adjacency
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.models import FREEDOM, build_model
+
+NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
+DIM = 8
+KNN_K = 3
+PARTS = {"bpr", "mm", "reg"}
+
+
+def _make_data(modalities: dict[str, int] | None = None) -> HeteroData:
+    """40 users, 30 items, 400 distinct interactions; every user and item has one at least.
+    Users and items with small ids are favoured, so degrees are skewed."""
+    g = torch.Generator().manual_seed(0)
+    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
+    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
+    while len(pairs) < NUM_EDGES:
+        u = int(NUM_USERS * torch.rand(1, generator=g).pow(2))
+        i = int(NUM_ITEMS * torch.rand(1, generator=g).pow(2))
+        pairs.add((u, i))
+    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
+    data = HeteroData()
+    data["user"].num_nodes = NUM_USERS
+    data["item"].num_nodes = NUM_ITEMS
+    for name, size in (modalities or {"image": 16, "text": 8}).items():
+        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
+    data[RATES].edge_index = edge_index
+    data[REV_RATES].edge_index = edge_index.flip(0)
+    return data
+
+
+@pytest.fixture(scope="module")
+def data() -> HeteroData:
+    return _make_data()
+
+
+@pytest.fixture(scope="module")
+def batch(data: HeteroData) -> BPRBatch:
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
+    return next(iter(sampler))
+
+
+def _model(data: HeteroData, seed: int = 0, **kwargs) -> FREEDOM:
+    torch.manual_seed(seed)
+    options = {"embedding_dim": DIM, "knn_k": KNN_K, "reg_weight": 0.1, "l2_weight": 1e-3}
+    options.update(kwargs)
+    return FREEDOM(data, **options)
+
+
+def _train_loss(model: FREEDOM, batch: BPRBatch) -> dict[str, torch.Tensor]:
+    model.train()
+    model.on_train_epoch_start()
+    return model.loss(batch)
+
+
+def test_loss_parts(data: HeteroData, batch: BPRBatch) -> None:
+    parts = _train_loss(_model(data), batch)
+    assert set(parts) == PARTS
+    for key, value in parts.items():
+        assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0, key
+    # Defaults: no L2 term, FREEDOM relies on the modality BPR term.
+    assert _train_loss(_model(data, l2_weight=0.0), batch)["reg"].item() == 0.0
+
+
+def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    sum(_train_loss(model, batch).values()).backward()
+    names = {name for name, _ in model.named_parameters()}
+    assert names == {
+        "user_embedding.weight",
+        "item_embedding.weight",
+        "projections.image.weight",
+        "projections.text.weight",
+    }
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_adam_step_lowers_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()  # fixes the pruned graph for the steps below
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(4):
+        loss = sum(model.loss(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0], losses
+    assert sum(model.loss(batch).values()).item() < losses[0]
+
+
+def test_item_item_graph_mixes_the_modality_knn_graphs(data: HeteroData) -> None:
+    model = _model(data)
+    expected = 0.1 * knn_adjacency(data["item"].image, KNN_K).to_dense()
+    expected += 0.9 * knn_adjacency(data["item"].text, KNN_K).to_dense()
+    torch.testing.assert_close(model.item_item.to_dense(), expected)
+    torch.testing.assert_close(model.item_item_t.to_dense(), expected.t())
+    # Graph data, not model state.
+    assert not any(k.startswith("item_item") for k in model.state_dict())
+    # Frozen: training does not change it.
+    before = model.item_item.to_dense().clone()
+    model.train()
+    model.on_train_epoch_start()
+    torch.testing.assert_close(model.item_item.to_dense(), before)
+
+
+def test_modality_weights(data: HeteroData) -> None:
+    model = _model(data, modality_weights={"image": 0.5, "text": 0.5})
+    expected = 0.5 * knn_adjacency(data["item"].image, KNN_K).to_dense()
+    expected += 0.5 * knn_adjacency(data["item"].text, KNN_K).to_dense()
+    torch.testing.assert_close(model.item_item.to_dense(), expected)
+    with pytest.raises(ValueError, match="one weight per modality"):
+        _model(data, modality_weights={"image": 1.0})
+    three = _make_data({"image": 6, "text": 4, "audio": 5})
+    with pytest.raises(ValueError, match="default modality_weights only for image and text"):
+        _model(three)
+    model = _model(three, modality_weights={"image": 0.2, "text": 0.3, "audio": 0.5})
+    assert model.modality_weights == {"image": 0.2, "text": 0.3, "audio": 0.5}
+    single = _make_data({"audio": 5})
+    model = _model(single)
+    torch.testing.assert_close(
+        model.item_item.to_dense(), knn_adjacency(single["item"].audio, KNN_K).to_dense()
+    )
+
+
+@pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
+def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
+    data = _make_data(modalities)
+    weights = {m: 1.0 / len(modalities) for m in modalities}
+    model = _model(data, modality_weights=weights)
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=32, seed=1)
+    parts = _train_loss(model, next(iter(sampler)))
+    assert set(parts) == PARTS
+    sum(parts.values()).backward()
+    for m in modalities:
+        assert model.projections[m].weight.grad.abs().sum() > 0
+
+
+def test_forward_is_lightgcn_plus_item_item_part(data: HeteroData) -> None:
+    model = _model(data, num_ui_layers=1, num_mm_layers=2).eval()
+    user, item = model()
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    adj = model.pruning.full_adjacency.to_dense()
+    ui = (ego + adj @ ego) / 2
+    ii = model.item_item.to_dense()
+    h = ii @ (ii @ model.item_embedding.weight)
+    torch.testing.assert_close(user, ui[:NUM_USERS])
+    torch.testing.assert_close(item, ui[NUM_USERS:] + h)
+
+
+def test_full_scores_and_evaluation(data: HeteroData) -> None:
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()
+    model.eval()
+    # Evaluation uses the full train graph, not the pruned one.
+    assert model.pruning() is model.pruning.full_adjacency
+    users = torch.arange(NUM_USERS)
+    scores = model.full_scores(users)
+    assert scores.shape == (NUM_USERS, NUM_ITEMS)
+    user_emb, item_emb = model()
+    torch.testing.assert_close(scores, user_emb @ item_emb.t())
+    # Train items are never ranked: with the train items as ground truth nothing is hit.
+    train = data[RATES].edge_index
+    evaluator = FullRankEvaluator(train, train, NUM_USERS, NUM_ITEMS, ks=(5,))
+    assert all(v == 0.0 for v in evaluator.evaluate(model.full_scores).values())
+
+
+def test_eval_is_deterministic(data: HeteroData) -> None:
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()
+    model.eval()
+    first = model.full_scores(torch.arange(NUM_USERS)).clone()
+    model.train()
+    model.on_train_epoch_start()  # a new pruned graph does not affect evaluation
+    model.eval()
+    torch.testing.assert_close(model.full_scores(torch.arange(NUM_USERS)), first)
+    torch.testing.assert_close(_model(data).eval().full_scores(torch.arange(NUM_USERS)), first)
+
+
+def test_degree_sensitive_pruning(data: HeteroData) -> None:
+    model = _model(data, dropout=0.8)
+    model.train()
+    edges = data[RATES].edge_index
+    num_keep = int(edges.size(1) * (1 - 0.8))
+    key = edges[0] * NUM_ITEMS + edges[1]
+    counts = torch.zeros(edges.size(1))
+    torch.manual_seed(1)
+    rounds = 300
+    graphs = set()
+    for _ in range(rounds):
+        model.on_train_epoch_start()
+        kept = model.pruning.kept_edge_index
+        assert kept.size(1) == num_keep
+        kept_key = kept[0] * NUM_ITEMS + kept[1]
+        assert kept_key.unique().numel() == num_keep  # without replacement
+        hit = torch.isin(key, kept_key)
+        assert hit.sum() == num_keep  # kept edges are train edges
+        counts += hit.float()
+        graphs.add(tuple(kept_key.tolist()))
+        # The model trains on the pruned graph, re-normalised on the kept degrees.
+        assert model.pruning()._nnz() == 2 * num_keep
+    assert len(graphs) > rounds // 2  # resampled every epoch
+    deg_u = torch.bincount(edges[0], minlength=NUM_USERS).float()
+    deg_i = torch.bincount(edges[1], minlength=NUM_ITEMS).float()
+    degree_product = deg_u[edges[0]] * deg_i[edges[1]]
+    order = degree_product.argsort()
+    quarter = edges.size(1) // 4
+    low, high = counts[order[:quarter]].mean(), counts[order[-quarter:]].mean()
+    assert degree_product[order[-quarter:]].min() > degree_product[order[:quarter]].max()
+    assert low > 1.5 * high, (low, high)
+
+
+def test_build_model_from_config(data: HeteroData) -> None:
+    config = {"embedding_dim": DIM, "knn_k": KNN_K, "dropout": 0.9, "num_ui_layers": 3}
+    model = build_model("freedom", data, config)
+    assert isinstance(model, FREEDOM)
+    assert model.pruning.dropout == 0.9 and model.ui_propagation.num_layers == 3
+    assert model.modality_weights == {"image": 0.1, "text": 0.9}
+
+
+def test_cli_end_to_end(tmp_path: Path) -> None:
+    tiny = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
+    argv = [
+        "--model",
+        "freedom",
+        "--dataset",
+        "synthetic",
+        "--data-root",
+        str(tmp_path),
+        "--synthetic",
+        tiny,
+        "--epochs",
+        "2",
+        "--quiet",
+        "--topk",
+        "[10,20]",
+        "--knn_k",
+        "3",
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "run"),
+    ]
+    assert main(argv) == 0
+    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["model"] == "freedom"
+    assert results["config"]["knn_k"] == 3
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    for record in results["history"]:
+        assert set(record["loss"]) == PARTS
+        assert all(math.isfinite(v) for v in record["loss"].values())
+    assert 0.0 <= results["test"]["recall@20"] <= 1.0
