@@ -495,29 +495,8 @@ def test_build_model_from_config(data: HeteroData) -> None:
 # ---------------------------------------------------------------- command line
 
 
-def test_cli_end_to_end(tmp_path: Path) -> None:
-    tiny = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
-    argv = [
-        "--model",
-        "dhmrec",
-        "--dataset",
-        "synthetic",
-        "--data-root",
-        str(tmp_path),
-        "--synthetic",
-        tiny,
-        "--epochs",
-        "2",
-        "--quiet",
-        "--topk",
-        "[10,20]",
-        "--knn_k",
-        "3",
-        "--device",
-        "cpu",
-        "--output",
-        str(tmp_path / "run"),
-    ]
+def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
+    argv = tiny_cli_argv("dhmrec")
     assert main(argv) == 0
     with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
         results = json.load(f)

@@ -6,7 +6,7 @@ All sparse outputs are ``torch.sparse_csr`` float32 tensors on the device of the
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Callable, Optional
 
 import torch
@@ -214,6 +214,21 @@ def csr_transpose(matrix: Tensor) -> Tensor:
     """The transpose of a sparse matrix, as ``torch.sparse_csr``."""
     coo = matrix.to_sparse_coo().coalesce()
     return to_csr(coo.indices().flip(0), coo.values(), matrix.size(1), matrix.size(0))
+
+
+def mix_modality_graphs(
+    graphs: Mapping[str, Tensor], weights: Mapping[str, float], key: str = "weights"
+) -> Tensor:
+    r""":math:`\sum_m w_m \tilde{I}^m` of per-modality item graphs (FREEDOM, DHMRec Eq. 12).
+
+    ``weights`` must name exactly the modalities of ``graphs``; ``key`` names the config key in
+    the error.
+    """
+    if set(weights) != set(graphs):
+        raise ValueError(
+            f"{key} must give one weight per modality {list(graphs)}, got {dict(weights)}"
+        )
+    return weighted_sum(list(graphs.values()), [float(weights[m]) for m in graphs])
 
 
 def weighted_sum(matrices: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

@@ -15,8 +15,8 @@ from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     csr_transpose,
     knn_adjacency,
+    mix_modality_graphs,
     user_item_matrix,
-    weighted_sum,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Recommender, pair_scores
@@ -179,15 +179,8 @@ class DHMRec(Recommender):
         graphs = {m: knn_adjacency(x, k) for m, x in features.items()}
         if self.disentangle:
             # No weights given: equal beta_m (the YAML holds FREEDOM's 0.1 image / 0.9 text).
-            weights = dict(weights or {m: 1.0 / len(self.modalities) for m in self.modalities})
-            if set(weights) != set(self.modalities):
-                raise ValueError(
-                    f"ii_modality_weights must give one weight per modality "
-                    f"{self.modalities}, got {weights}"
-                )
-            graphs["common"] = weighted_sum(
-                [graphs[m] for m in self.modalities], [weights[m] for m in self.modalities]
-            )
+            weights = weights or {m: 1.0 / len(self.modalities) for m in self.modalities}
+            graphs["common"] = mix_modality_graphs(graphs, weights, "ii_modality_weights")
         return graphs
 
     def reset_parameters(self) -> None:

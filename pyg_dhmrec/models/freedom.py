@@ -14,7 +14,7 @@ from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     csr_transpose,
     knn_adjacency,
-    weighted_sum,
+    mix_modality_graphs,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Recommender, pair_scores
@@ -30,7 +30,7 @@ class FREEDOM(Recommender):
     **Frozen item-item graph.** Per modality :math:`m`, :func:`knn_adjacency` builds the top-k
     cosine kNN graph on the raw features, binary and normalised :math:`D^{-1/2} S^m D^{-1/2}`
     (row degrees); the graphs are mixed as :math:`\tilde{I} = \sum_m w_m \tilde{I}^m`
-    (:func:`weighted_sum`). It is built once, never learned or updated ("freezing"), and stored
+    (:func:`mix_modality_graphs`). It is built once, never learned or updated ("freezing"), and stored
     with its transpose as non-persistent buffers. The item ID embeddings propagate over it:
     :math:`h = \tilde{I}^{L_{mm}} E_I` (last layer only).
 
@@ -101,9 +101,10 @@ class FREEDOM(Recommender):
         )
 
         self.modality_weights = self._weights(modality_weights)
-        item_item = weighted_sum(
-            [knn_adjacency(features[m], knn_k) for m in self.modalities],
-            [self.modality_weights[m] for m in self.modalities],
+        item_item = mix_modality_graphs(
+            {m: knn_adjacency(x, knn_k) for m, x in features.items()},
+            self.modality_weights,
+            "modality_weights",
         )
         self.register_buffer("item_item", item_item, persistent=False)
         self.register_buffer("item_item_t", csr_transpose(item_item), persistent=False)
@@ -126,13 +127,7 @@ class FREEDOM(Recommender):
                     f"FREEDOM has default modality_weights only for image and text; give one "
                     f"weight per modality {self.modalities}"
                 )
-        weights = {m: float(w) for m, w in weights.items()}
-        if set(weights) != set(self.modalities):
-            raise ValueError(
-                f"modality_weights must give one weight per modality {self.modalities}, "
-                f"got {weights}"
-            )
-        return weights
+        return {m: float(w) for m, w in weights.items()}
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
