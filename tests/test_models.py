@@ -352,3 +352,32 @@ def test_models_train_on_sampler_batches(tiny: HeteroData) -> None:
                 total += loss.item()
             means.append(total / len(sampler))
         assert means[-1] < means[0] * 0.7, (name, means)
+
+
+def test_memoized_shares_one_forward_and_is_undone() -> None:
+    from pyg_dhmrec.models.base import ModalityOutputs, Recommender
+
+    class Counting(Recommender):
+        def __init__(self) -> None:
+            torch.nn.Module.__init__(self)
+            self.calls = 0
+
+        def forward_modalities(self) -> ModalityOutputs:
+            self.calls += 1
+            x = torch.ones(2, 3) * self.calls
+            return ModalityOutputs(x, x, {"image": x})
+
+        def forward(self):  # noqa: ANN201
+            out = self.forward_modalities()
+            return out.user, out.item
+
+    model = Counting()
+    assert Counting.exposes_modalities() and not Recommender.exposes_modalities()
+    with model.memoized():
+        user, _ = model()
+        assert model.forward_modalities().user is user
+        assert model.calls == 1
+    model()
+    assert model.calls == 2 and "forward" not in model.__dict__
+    with pytest.raises(NotImplementedError, match="does not expose"):
+        Recommender.forward_modalities(model)

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRBatch
+
+
+class ModalityOutputs(NamedTuple):
+    """What a multimodal model exposes to plug-in objectives (e.g. MRdIB), from one forward pass.
+
+    ``user`` and ``item`` are the final scoring embeddings (``item`` is the fused
+    representation), ``modalities`` maps each modality to its item representation ``[I, d]``
+    before fusion. All share one autograd graph with the model's own loss.
+    """
+
+    user: Tensor
+    item: Tensor
+    modalities: dict[str, Tensor]
 
 
 class Recommender(torch.nn.Module):
@@ -19,7 +36,9 @@ class Recommender(torch.nn.Module):
     * :meth:`loss` -> a dict of named loss parts for one :class:`BPRBatch` (the trainer
       optimises their sum and logs each part per epoch);
     * optionally :meth:`on_train_epoch_start` (e.g. resample a pruned graph) and
-      :meth:`full_scores` (default: inner products of :meth:`forward`'s embeddings).
+      :meth:`full_scores` (default: inner products of :meth:`forward`'s embeddings);
+    * multimodal models: :meth:`forward_modalities`, with :meth:`forward` returning its
+      ``(user, item)`` so that inside :meth:`memoized` both share one propagation.
 
     In eval mode the embeddings are computed once and cached until the model is put back in
     training mode, so ranking users in chunks propagates the graph only once.
@@ -47,6 +66,37 @@ class Recommender(torch.nn.Module):
 
     def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def forward_modalities(self) -> ModalityOutputs:
+        """Final embeddings plus per-modality item representations (multimodal models)."""
+        raise NotImplementedError(
+            f"model {type(self).__name__} does not expose per-modality item representations "
+            f"(forward_modalities)"
+        )
+
+    @classmethod
+    def exposes_modalities(cls) -> bool:
+        return cls.forward_modalities is not Recommender.forward_modalities
+
+    @contextmanager
+    def memoized(self) -> Iterator[None]:
+        """Within the block, :meth:`forward` and :meth:`forward_modalities` run once and then
+        return the same tensors, so a plug-in objective adds no second propagation."""
+        cache: dict[str, object] = {}
+        for name in ("forward", "forward_modalities"):
+            compute = getattr(self, name)
+
+            def cached(_name: str = name, _compute=compute):  # noqa: ANN202
+                if _name not in cache:
+                    cache[_name] = _compute()
+                return cache[_name]
+
+            object.__setattr__(self, name, cached)
+        try:
+            yield
+        finally:
+            for name in ("forward", "forward_modalities"):
+                object.__delattr__(self, name)
 
     def on_train_epoch_start(self) -> None:
         """Called by the trainer before every training epoch."""

@@ -30,9 +30,9 @@ class FREEDOM(Recommender):
     **Frozen item-item graph.** Per modality :math:`m`, :func:`knn_adjacency` builds the top-k
     cosine kNN graph on the raw features, binary and normalised :math:`D^{-1/2} S^m D^{-1/2}`
     (row degrees); the graphs are mixed as :math:`\tilde{I} = \sum_m w_m \tilde{I}^m`
-    (:func:`mix_modality_graphs`). It is built once, never learned or updated ("freezing"), and stored
-    with its transpose as non-persistent buffers. The item ID embeddings propagate over it:
-    :math:`h = \tilde{I}^{L_{mm}} E_I` (last layer only).
+    (:func:`mix_modality_graphs`). It is built once, never learned or updated ("freezing"),
+    and stored with its transpose as non-persistent buffers. The item ID embeddings propagate
+    over it: :math:`h = \tilde{I}^{L_{mm}} E_I` (last layer only).
 
     **Denoised user-item graph.** LightGCN (mean over layers :math:`0..L_{ui}`) on the
     symmetric-normalised train graph. In training the graph is pruned by

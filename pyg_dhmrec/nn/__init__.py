@@ -9,6 +9,7 @@ from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention
 from pyg_dhmrec.nn.losses import (
     bpr_loss,
     embedding_norm_penalty,
+    info_nce,
     score_distribution_kl,
     squared_l2_penalty,
 )
@@ -34,5 +35,6 @@ __all__ = [
     "bpr_loss",
     "constant_spmm",
     "embedding_norm_penalty",
+    "info_nce",
     "squared_l2_penalty",
 ]

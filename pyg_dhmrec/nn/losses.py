@@ -52,3 +52,27 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
     log_p = torch.log_softmax(user_p @ item_p.t(), dim=-1)
     log_q = torch.log_softmax(user_q @ item_q.t(), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
+    r"""InfoNCE with in-batch negatives on cosine similarity.
+
+    .. math::
+        \mathcal{L} = -\frac{1}{B} \sum_{i=1}^{B} \log
+        \frac{\exp(\hat{a}_i^\top \hat{p}_i / \tau)}
+             {\sum_{j=1}^{B} \exp(\hat{a}_i^\top \hat{p}_j / \tau)}
+
+    with :math:`\hat{x} = x / \lVert x \rVert_2`. Row ``i`` of ``anchor`` and ``positive`` form
+    the positive pair; every other row of ``positive`` is a negative of anchor ``i``, and the
+    positive itself stays in the denominator (the SGL / SimGCL form).
+    """
+    if anchor.dim() != 2 or anchor.shape != positive.shape:
+        raise ValueError(
+            f"info_nce needs two [B, d] tensors of one shape, got {list(anchor.shape)} "
+            f"and {list(positive.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
+    target = torch.arange(anchor.size(0), device=anchor.device)
+    return F.cross_entropy(logits, target)
