@@ -17,9 +17,11 @@ from pyg_dhmrec.data.sampler import BPRBatch
 class ModalityOutputs(NamedTuple):
     """What a multimodal model exposes to plug-in objectives (e.g. MRdIB), from one forward pass.
 
-    ``user`` and ``item`` are the final scoring embeddings (``item`` is the fused
-    representation), ``modalities`` maps each modality to its item representation ``[I, d]``
-    before fusion. All share one autograd graph with the model's own loss.
+    ``user`` ``[U, d]`` and ``item`` ``[I, d]`` are the final scoring embeddings (``item`` is
+    the fused representation); ``modalities`` maps each modality to its item representation
+    before fusion, ``[I, d]`` with the same width ``d`` so that ``user @ rep.T`` is a score
+    (a model whose scoring space is wider pads, e.g. VBPR's zero ID half). All share one
+    autograd graph with the model's own loss.
     """
 
     user: Tensor
