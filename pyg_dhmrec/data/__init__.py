@@ -13,11 +13,14 @@ from pyg_dhmrec.data.graph import (
     knn_adjacency,
     normalized_adjacency,
 )
+from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_edges, item_cooccurrence_graph
 from pyg_dhmrec.data.mmrec_format import DataFormatError, read_feature_file, read_inter_file
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs
 
 __all__ = [
+    "item_cooccurrence_edges",
+    "item_cooccurrence_graph",
     "AmazonDataset",
     "AddItemKNNGraphs",
     "RATES",

@@ -9,16 +9,30 @@ from typing import Any
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.models.base import Recommender
+from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.dhmrec import DHMRec
 from pyg_dhmrec.models.freedom import FREEDOM
+from pyg_dhmrec.models.lattice import LATTICE
+from pyg_dhmrec.models.layergcn import LayerGCN
+from pyg_dhmrec.models.lgmrec import LGMRec
 from pyg_dhmrec.models.lightgcn import LightGCN
+from pyg_dhmrec.models.mgcn import MGCN
+from pyg_dhmrec.models.siger import SIGER
+from pyg_dhmrec.models.vbpr import VBPR
 
 MODELS: dict[str, type[Recommender]] = {
+    "bm3": BM3,
     "bpr": BPR,
     "dhmrec": DHMRec,
     "freedom": FREEDOM,
+    "lattice": LATTICE,
+    "layergcn": LayerGCN,
+    "lgmrec": LGMRec,
     "lightgcn": LightGCN,
+    "mgcn": MGCN,
+    "siger": SIGER,
+    "vbpr": VBPR,
 }
 
 
@@ -41,12 +55,19 @@ def build_model(name: str, data: HeteroData, config: Mapping[str, Any]) -> Recom
 
 
 __all__ = [
+    "BM3",
     "BPR",
     "DHMRec",
     "FREEDOM",
+    "LATTICE",
+    "LayerGCN",
+    "LGMRec",
     "LightGCN",
+    "MGCN",
     "MODELS",
     "Recommender",
+    "SIGER",
+    "VBPR",
     "build_model",
     "model_class",
     "model_keys",

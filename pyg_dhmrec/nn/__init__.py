@@ -1,3 +1,5 @@
+from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
+from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
@@ -6,12 +8,25 @@ from pyg_dhmrec.nn.disentangle import (
     orthogonality_loss,
 )
 from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention
+from pyg_dhmrec.nn.graph_learning import LearnedKNNGraph, cosine_knn_edges
+from pyg_dhmrec.nn.hypergraph import (
+    HypergraphPropagation,
+    hypergraph_contrastive_loss,
+    relaxed_dependencies,
+)
+from pyg_dhmrec.nn.information import CLUB, VariationalEncoder, kl_to_standard_normal
 from pyg_dhmrec.nn.losses import (
+    anchor_info_nce,
     bpr_loss,
     embedding_norm_penalty,
     info_nce,
     score_distribution_kl,
     squared_l2_penalty,
+)
+from pyg_dhmrec.nn.perturbation import (
+    ModulusPerturbation,
+    modulus_perturbation,
+    perturbed_propagation,
 )
 from pyg_dhmrec.nn.propagation import (
     LightConv,
@@ -21,7 +36,21 @@ from pyg_dhmrec.nn.propagation import (
 )
 
 __all__ = [
+    "anchor_info_nce",
+    "ModulusPerturbation",
+    "modulus_perturbation",
+    "perturbed_propagation",
+    "BehaviorAwareFusion",
+    "FusionParts",
+    "cosine_alignment_loss",
+    "dropout_view",
+    "LearnedKNNGraph",
+    "cosine_knn_edges",
+    "HypergraphPropagation",
+    "hypergraph_contrastive_loss",
+    "relaxed_dependencies",
     "AttentionFusion",
+    "CLUB",
     "CollaborativeGate",
     "DimensionAttention",
     "DisentangledEncoder",
@@ -36,5 +65,7 @@ __all__ = [
     "constant_spmm",
     "embedding_norm_penalty",
     "info_nce",
+    "kl_to_standard_normal",
     "squared_l2_penalty",
+    "VariationalEncoder",
 ]

@@ -76,3 +76,36 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
     logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
     target = torch.arange(anchor.size(0), device=anchor.device)
     return F.cross_entropy(logits, target)
+
+
+def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> Tensor:
+    r"""Anchor-based InfoNCE: several views of each node pulled to one anchor, contrasted in one
+    shared candidate set (SIGER's semantic alignment; a multi-positive InfoNCE).
+
+    .. math::
+        \mathcal{L} = -\frac{1}{BM} \sum_{i=1}^{B} \sum_{m=1}^{M} \log
+        \frac{\exp(\hat{a}_i^\top \hat{v}^m_i / \tau)}
+             {\sum_{j=1}^{B} \sum_{m'=1}^{M} \exp(\hat{a}_i^\top \hat{v}^{m'}_j / \tau)}
+
+    with :math:`\hat{x} = x / \lVert x \rVert_2`. Anchor :math:`a_i` is the query; every view
+    :math:`v^m_i` of node :math:`i` is a positive and the views of the other rows, of every
+    view kind, are negatives. Because the :math:`M` views compete in one denominator, they are
+    aligned with each other through the shared anchor, not only each with the anchor: a view
+    kind that drifts from the others (e.g. a noisy modality) raises the loss of all. The
+    minimum is :math:`\log M` (the positives share the mass); with :math:`M = 1` it is
+    :func:`info_nce`.
+    """
+    if isinstance(views, Tensor) or len(views) == 0:
+        raise ValueError("views must be a non-empty sequence of [B, d] tensors")
+    if anchor.dim() != 2 or any(v.shape != anchor.shape for v in views):
+        raise ValueError(
+            f"anchor_info_nce needs [B, d] anchor and views of one shape, got "
+            f"{list(anchor.shape)} and {[list(v.shape) for v in views]}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    candidates = F.normalize(torch.cat(list(views)), dim=-1)  # [M B, d], view-major
+    logits = F.normalize(anchor, dim=-1) @ candidates.t() / temperature  # [B, M B]
+    rows = torch.arange(anchor.size(0), device=anchor.device)
+    positives = torch.stack([logits[rows, m * anchor.size(0) + rows] for m in range(len(views))])
+    return (torch.logsumexp(logits, dim=-1) - positives).mean()

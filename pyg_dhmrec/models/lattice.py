@@ -1,0 +1,277 @@
+"""LATTICE (Zhang et al., ACM MM 2021): mining latent item-item structures from multimodal
+features for recommendation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.data.dataset import item_features
+from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
+from pyg_dhmrec.data.sampler import BPRBatch
+from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
+from pyg_dhmrec.nn import (
+    LearnedKNNGraph,
+    LightConv,
+    LightPropagation,
+    bpr_loss,
+    constant_spmm,
+    squared_l2_penalty,
+)
+
+#: When the learned item graph is rebuilt with gradient (see the class docstring).
+GRAPH_UPDATES = ("epoch", "batch")
+
+# An item graph: (edge_index [2, E] as (neighbour j, item i), weight [E]), or a constant
+# (adj, adj_t) pair of torch.sparse_csr matrices.
+Graph = tuple[Tensor, Tensor]
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class LATTICE(Recommender):
+    r"""LATTICE: learned modality-aware item-item graphs on top of a LightGCN backbone.
+
+    Equation numbers are those of the paper (arXiv 2104.09036).
+
+    **Initial graphs (Eqs. 1-3), frozen.** Per modality :math:`m`, the cosine similarity
+    :math:`S^m_{ij}` of the raw features, top-k sparsified *keeping the cosine values*
+    (Eq. 2, a weighted graph, not FREEDOM's binary one) and normalised
+    :math:`\tilde{S}^m = D^{-1/2} \hat{S}^m D^{-1/2}` (row degrees). Built once with
+    :class:`LearnedKNNGraph` under ``no_grad`` on the raw features and stored as non-persistent
+    buffers. The raw features stay fixed (*choice*: the original code and MMRec wrap them in a
+    trainable ``Embedding``; the paper learns only :math:`W_m, b_m`).
+
+    **Learned graphs (Eqs. 4-6).** :math:`\tilde{e}^m_i = W_m e^m_i + b_m` (a biased
+    ``Linear`` to ``feat_embed_dim``; the bias matters because cosine is not shift-invariant),
+    then the same cosine / top-k / normalisation on :math:`\tilde{e}^m` gives
+    :math:`\hat{A}^m` (:class:`LearnedKNNGraph`: neighbour sets without gradient, the kept
+    values and the degrees with gradient to :math:`W_m, b_m`). Skip connection to the initial
+    graph (Eq. 6): :math:`\tilde{A}^m = (1 - \lambda) \hat{A}^m + \lambda \tilde{S}^m`,
+    :math:`\lambda` = ``lambda_coeff``.
+
+    **Aggregation (Eq. 7).** :math:`A = \sum_m \alpha_m \tilde{A}^m` with
+    :math:`\alpha = \mathrm{softmax}(w)` over learnable logits :math:`w` (initialised equal,
+    i.e. uniform weights, as MMRec's ``[0.5, 0.5]``). *Choice*: the paper's order (normalise each
+    modality, then mix). The original code and MMRec mix the *unnormalised* learned top-k graphs
+    with :math:`\alpha` and normalise the sum, then add :math:`\lambda \sum_m \alpha_m
+    \tilde{S}^m`; both orders coincide for a single modality.
+
+    **Item graph convolution (Eq. 8).** :math:`H^{(l)} = A H^{(l-1)}`, :math:`H^{(0)} = E_I`
+    (the item ID embeddings, the backbone's layer 0), :math:`h = H^{(L)}` with
+    :math:`L` = ``n_layers``; each hop is one :class:`LightConv` over the weighted edges, so
+    gradients reach :math:`A`'s values. Where no gradient reaches :math:`A` (later batches of an
+    epoch, evaluation), :math:`A` is a constant CSR matrix and each hop one
+    :func:`constant_spmm` (on TikTok about 10x faster than edge-wise messages).
+
+    **Backbone and prediction (Eqs. 9-10).** LightGCN on the symmetric-normalised train graph
+    (mean over layers :math:`0..L_{ui}`, ``num_ui_layers``) gives :math:`x_u, x_i`;
+    :math:`\hat{x}_i = x_i + h_i / \lVert h_i \rVert_2`, score :math:`x_u^\top \hat{x}_i`.
+    *Choice*: LightGCN's :math:`D^{-1/2} A D^{-1/2}` as in the paper; the original code and MMRec
+    propagate with the NGCF-style :math:`D^{-1}(A + I)` instead.
+
+    **When the graph is learned** (``graph_update``). ``"epoch"`` (default, the original code
+    and MMRec): the first training forward of an epoch (after :meth:`on_train_epoch_start`)
+    rebuilds :math:`A` from the current parameters with gradient, so :math:`W_m, b_m, w` are
+    updated once per epoch; the later batches of the epoch reuse that :math:`A` detached (the
+    ID embeddings still get gradients through it). ``"batch"``: rebuilt with gradient on every
+    training forward (end-to-end, as the paper's description reads; slower). Evaluation always
+    rebuilds :math:`A` from the current parameters (as the original code does before testing);
+    the eval cache of :class:`Recommender` makes that once per evaluation.
+
+    **Loss (Eq. 11).** ``bpr``: BPR on the scores. ``reg``: ``reg_weight`` times
+    :func:`squared_l2_penalty` of the batch rows of the *final* embeddings
+    :math:`x_u, \hat{x}_{i^+}, \hat{x}_{i^-}` (the original code's and MMRec's regulariser,
+    :math:`\frac{1}{2B}\sum \lVert\cdot\rVert^2`).
+
+    **Per-modality representations** (:meth:`forward_modalities`): *choice*: modality
+    :math:`m`'s item representation is its structural part alone,
+    :math:`h^m / \lVert h^m \rVert_2` with :math:`h^m = (\tilde{A}^m)^L E_I` (the item ID
+    embeddings propagated over that modality's graph only), in the scoring space (width ``d``);
+    the fused item is :math:`x_i + h_i / \lVert h_i \rVert_2` with :math:`h` from the
+    :math:`\alpha`-mixed graph.
+
+    Any number (:math:`\ge 1`) of modalities is accepted; with one, :math:`\alpha = 1`.
+
+    Args:
+        data: graph with train edges and at least one item modality.
+        embedding_dim: size ``d`` of the user/item ID embeddings.
+        feat_embed_dim: width of the projected features :math:`\tilde{e}^m` (Eq. 4).
+        num_ui_layers: LightGCN layers :math:`L_{ui}` of the backbone.
+        n_layers: item-item graph convolution layers :math:`L` (Eq. 8), at least 1.
+        knn_k: neighbours kept per item (Eq. 2), including the item itself.
+        lambda_coeff: :math:`\lambda \in [0, 1]`, weight of the initial graph (Eq. 6).
+        reg_weight: weight of the squared L2 regulariser (:math:`\ge 0`).
+        graph_update: ``"epoch"`` or ``"batch"``, see above.
+    """
+
+    uses_modalities = True
+
+    def __init__(
+        self,
+        data: HeteroData,
+        embedding_dim: int = 64,
+        feat_embed_dim: int = 64,
+        num_ui_layers: int = 2,
+        n_layers: int = 1,
+        knn_k: int = 10,
+        lambda_coeff: float = 0.9,
+        reg_weight: float = 1e-5,
+        graph_update: str = "epoch",
+    ) -> None:
+        super().__init__(data)
+        embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
+        feat_embed_dim = _check_int("feat_embed_dim", feat_embed_dim, 1)
+        num_ui_layers = _check_int("num_ui_layers", num_ui_layers, 0)
+        self.n_layers = _check_int("n_layers", n_layers, 1)
+        self.knn_k = _check_int("knn_k", knn_k, 1)
+        if self.knn_k > self.num_items:
+            raise ValueError(
+                f"knn_k must be <= the number of items ({self.num_items}), got {knn_k}"
+            )
+        if not 0.0 <= lambda_coeff <= 1.0:  # also rejects NaN
+            raise ValueError(f"lambda_coeff must be in [0, 1], got {lambda_coeff!r}")
+        if not reg_weight >= 0:
+            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
+        if graph_update not in GRAPH_UPDATES:
+            raise ValueError(f"graph_update must be one of {GRAPH_UPDATES}, got {graph_update!r}")
+        self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
+        self.graph_update = graph_update
+
+        features = item_features(data)
+        if not features:
+            raise ValueError("LATTICE needs at least one item modality, the dataset has none")
+        for m, x in features.items():
+            if x.size(0) != self.num_items:
+                raise ValueError(
+                    f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
+                    f"({self.num_items})"
+                )
+        self.modalities = list(features)
+
+        self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
+        self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
+        self.projections = torch.nn.ModuleDict(
+            {m: torch.nn.Linear(x.size(1), feat_embed_dim) for m, x in features.items()}
+        )
+        self.modality_logits = torch.nn.Parameter(torch.zeros(len(self.modalities)))
+        self.graph_learner = LearnedKNNGraph(self.knn_k)
+
+        for m, x in features.items():
+            x = x.float()
+            self.register_buffer(f"feat_{m}", x, persistent=False)
+            with torch.no_grad():  # Eqs. 1-3 on the raw features: built once, frozen
+                edge_index, weight = self.graph_learner(x)
+            self.register_buffer(f"init_edge_index_{m}", edge_index.flip(0), persistent=False)
+            self.register_buffer(f"init_weight_{m}", weight, persistent=False)
+
+        self.item_conv = LightConv()
+        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
+        adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
+        self.register_buffer("adj", adj, persistent=False)
+
+        # The training graphs of the current epoch as CSR constants (graph_update="epoch").
+        self._train_graph: tuple[Graph, dict[str, Graph]] | None = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        for projection in self.projections.values():
+            projection.reset_parameters()  # PyTorch's default Linear initialisation, as MMRec
+        torch.nn.init.zeros_(self.modality_logits)  # equal logits: uniform alpha
+        self._train_graph = None
+
+    def on_train_epoch_start(self) -> None:
+        self._train_graph = None  # the next training forward learns a new graph
+
+    def _apply(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+        self._train_graph = None  # a cached graph would stay on the old device
+        return super()._apply(fn, *args, **kwargs)
+
+    def modality_weights(self) -> Tensor:
+        r""":math:`\alpha = \mathrm{softmax}(w)`, one weight per modality (Eq. 7)."""
+        return torch.softmax(self.modality_logits, dim=0)
+
+    def build_item_graphs(self) -> tuple[dict[str, Graph], Tensor]:
+        r"""Per modality :math:`\tilde{A}^m = (1-\lambda)\hat{A}^m + \lambda\tilde{S}^m` (Eq. 6)
+        as ``(edge_index, weight)`` with ``edge_index`` in (neighbour, item) order, and
+        :math:`\alpha` (Eq. 7); differentiable in :math:`W_m, b_m, w`."""
+        graphs = {}
+        for m in self.modalities:
+            projected = self.projections[m](getattr(self, f"feat_{m}"))  # Eq. 4
+            edge_index, weight = self.graph_learner(projected)  # Eqs. 5 and 2-3
+            graphs[m] = (
+                torch.cat([edge_index.flip(0), getattr(self, f"init_edge_index_{m}")], dim=1),
+                torch.cat(
+                    [
+                        (1.0 - self.lambda_coeff) * weight,
+                        self.lambda_coeff * getattr(self, f"init_weight_{m}"),
+                    ]
+                ),
+            )
+        return graphs, self.modality_weights()
+
+    def _item_operators(self) -> tuple[Graph, dict[str, Graph]]:
+        r"""The fused graph :math:`A` and each :math:`\tilde{A}^m`, either as differentiable
+        ``(edge_index, weight)`` or, when no gradient reaches them, as constant
+        ``(adj, adj_t)`` CSR pairs (fused sparse products, several times faster on CPU)."""
+        epoch_mode = self.training and self.graph_update == "epoch"
+        if epoch_mode and self._train_graph is not None:
+            return self._train_graph
+        graphs, alpha = self.build_item_graphs()
+        fused = (
+            torch.cat([ei for ei, _ in graphs.values()], dim=1),
+            torch.cat([a * w for a, (_, w) in zip(alpha, graphs.values())]),  # Eq. 7
+        )
+        constant = None
+        if epoch_mode or not fused[1].requires_grad:
+            constant = self._constant(fused), {m: self._constant(g) for m, g in graphs.items()}
+        if epoch_mode:
+            self._train_graph = constant  # later batches of the epoch reuse it, detached
+        return (fused, graphs) if fused[1].requires_grad else constant
+
+    def _constant(self, graph: Graph) -> Graph:
+        edge_index, weight = graph[0], graph[1].detach()
+        n = self.num_items
+        return to_csr(edge_index.flip(0), weight, n, n), to_csr(edge_index, weight, n, n)
+
+    def _propagate(self, graph: Graph) -> Tensor:
+        h = self.item_embedding.weight
+        first, second = graph
+        for _ in range(self.n_layers):  # Eq. 8
+            if first.layout == torch.sparse_csr:
+                h = constant_spmm(first, h, second)
+            else:
+                h = self.item_conv(h, first, second)
+        return h
+
+    def forward_modalities(self) -> ModalityOutputs:
+        fused, graphs = self._item_operators()
+        h = F.normalize(self._propagate(fused), dim=1)
+        per_modality = {m: F.normalize(self._propagate(g), dim=1) for m, g in graphs.items()}
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        ui = self.ui_propagation(ego, self.adj)
+        return ModalityOutputs(
+            ui[: self.num_users], ui[self.num_users :] + h, per_modality
+        )  # Eq. 9
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        out = self.forward_modalities()
+        return out.user, out.item
+
+    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
+        user_emb, item_emb = self.forward()
+        pos, neg = pair_scores(user_emb, item_emb, batch)
+        reg = squared_l2_penalty(
+            user_emb[batch.user], item_emb[batch.pos_item], item_emb[batch.neg_item]
+        )
+        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}

@@ -1,0 +1,120 @@
+"""Hypergraphs with learned soft incidence: dependencies, message passing and cross-view
+contrast (as in LGMRec, Guo et al., AAAI 2024)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def relaxed_dependencies(logits: Tensor, temperature: float, noise: bool = False) -> Tensor:
+    r"""Row-wise soft assignment of nodes to hyperedges (LGMRec Eq. 8, Gumbel-softmax).
+
+    .. math::
+        \tilde{h}_{n} = \mathrm{softmax}\Big(\frac{h_{n} + g_{n}}{\tau}\Big), \qquad
+        g_{n} = \log \delta - \log(1 - \delta), \quad \delta \sim \mathcal{U}(0, 1)^{A}
+
+    Every row of the result is a distribution over the :math:`A` hyperedges. The noise
+    :math:`g` (the paper's :math:`\log\delta - \log(1-\delta)`, a logistic sample) is added only
+    with ``noise=True`` (training); without it the rows are the plain tempered softmax, so
+    evaluation is deterministic. Noise is drawn from torch's global RNG.
+
+    Args:
+        logits: ``[N, A]`` node-hyperedge scores :math:`h`.
+        temperature: :math:`\tau > 0`.
+        noise: add the relaxation noise :math:`g`.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be [num_nodes, num_hyperedges], got {list(logits.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if noise:
+        eps = torch.finfo(logits.dtype).eps
+        delta = torch.rand_like(logits).clamp(eps, 1.0 - eps)  # keeps both logs finite
+        logits = logits + torch.log(delta) - torch.log1p(-delta)
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+class HypergraphPropagation(torch.nn.Module):
+    r"""Parameter-free node -> hyperedge -> node message passing (LGMRec Eq. 9).
+
+    With the ``[N, A]`` dependency (soft incidence) matrix :math:`H` of the propagated nodes and
+    an optional ``[M, A]`` matrix :math:`H'` of other nodes that only read the hyperedges,
+
+    .. math::
+        X^{(h+1)} = H \, (H^\top X^{(h)}), \quad h = 0, \dots, L-1, \qquad
+        Y = H' \, (H^\top X^{(L-1)})
+
+    i.e. every layer gathers the nodes into the hyperedges (:math:`H^\top X`) and scatters the
+    hyperedge messages back; the readers (e.g. users, whose dependencies come from their
+    interactions) take the messages of the last layer. Returns :math:`(X^{(L)}, Y)` (``Y`` is
+    ``None`` without :math:`H'`). No normalisation is applied: dependency rows from
+    :func:`relaxed_dependencies` are already distributions. The products are dense, cost
+    :math:`O((N + M) A d)` per layer.
+
+    Args:
+        num_layers: :math:`L \ge 1`.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+        self.num_layers = num_layers
+
+    def reset_parameters(self) -> None:
+        pass  # parameter-free
+
+    def forward(
+        self, x: Tensor, incidence: Tensor, readers: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x`` ``[N, d]``, ``incidence`` ``[N, A]``, ``readers`` ``[M, A]`` or ``None``."""
+        if incidence.dim() != 2 or incidence.size(0) != x.size(0):
+            raise ValueError(
+                f"incidence must be [num_nodes={x.size(0)}, num_hyperedges], "
+                f"got {list(incidence.shape)}"
+            )
+        if readers is not None and (readers.dim() != 2 or readers.size(1) != incidence.size(1)):
+            raise ValueError(
+                f"readers must be [num_readers, num_hyperedges={incidence.size(1)}], "
+                f"got {list(readers.shape)}"
+            )
+        out, read = x, None
+        for _ in range(self.num_layers):
+            edges = incidence.t() @ out  # [A, d] hyperedge messages
+            out = incidence @ edges
+        if readers is not None:
+            read = readers @ edges
+        return out, read
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(num_layers={self.num_layers})"
+
+
+def hypergraph_contrastive_loss(
+    anchor: Tensor, positive: Tensor, index: Tensor, temperature: float
+) -> Tensor:
+    r"""Cross-view InfoNCE of LGMRec's hypergraph contrastive loss (Eq. 11), summed over a batch.
+
+    .. math::
+        \mathcal{L} = -\sum_{b=1}^{B} \log
+        \frac{\exp(s(a_{n_b}, p_{n_b}) / \tau)}{\sum_{n=1}^{N} \exp(s(a_{n_b}, p_n) / \tau)},
+        \qquad s(x, y) = \frac{x^\top y}{\lVert x \rVert \lVert y \rVert}
+
+    ``anchor`` and ``positive`` are two views ``[N, d]`` of the same ``N`` nodes; the batch
+    ``index`` ``[B]`` picks the anchors, and every node of the other view is a candidate (not
+    only the batch's, unlike :func:`~pyg_dhmrec.nn.info_nce`). Summed, not averaged, over the
+    batch, as in the paper's sum over nodes; duplicates in ``index`` count once each.
+    """
+    if anchor.dim() != 2 or anchor.shape != positive.shape:
+        raise ValueError(
+            f"anchor and positive must be two [N, d] views of one shape, got "
+            f"{list(anchor.shape)} and {list(positive.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    # 1/tau scales the [B, d] anchors, not the [B, N] logits (one big op less, both passes).
+    anchors = F.normalize(anchor[index], dim=-1) / temperature
+    logits = anchors @ F.normalize(positive, dim=-1).t()
+    return F.cross_entropy(logits, index, reduction="sum")

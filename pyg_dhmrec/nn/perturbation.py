@@ -1,0 +1,86 @@
+"""Embedding perturbation for contrastive views (SimGCL-style noise, modulus-scaled)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pyg_dhmrec.nn.propagation import LightPropagation, constant_spmm
+
+
+def modulus_perturbation(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
+    r"""Noise whose norm is a fixed fraction of each row's own norm (modulus).
+
+    .. math::
+        \Delta_i = \epsilon \, \lVert x_i \rVert_2 \,
+        \frac{\mathrm{sign}(x_i) \odot u_i}{\lVert u_i \rVert_2}, \quad
+        u_i \sim \mathcal{U}(0, 1)^d
+
+    The direction is SimGCL's: random, but inside the hyperoctant of :math:`x_i`, so the noise
+    never flips a coordinate's sign by itself. SimGCL's norm is a constant :math:`\epsilon`;
+    here it is :math:`\epsilon \lVert x_i \rVert`, so every row is perturbed by the same
+    *relative* amount: large-norm rows are not left almost untouched and small-norm rows are
+    not swamped. Under cosine similarity the angle between :math:`x_i` and
+    :math:`x_i + \Delta_i` therefore depends on :math:`\epsilon` and the random direction
+    only, not on the scale of :math:`x_i`. :math:`\lVert \Delta_i \rVert = \epsilon \lVert x_i
+    \rVert` exactly when :math:`x_i` has no zero coordinate (a zero coordinate gets no noise).
+    The modulus is detached: it sets the noise's size and gets no gradient (the noise is a
+    random input, as in SimGCL, where ``sign`` passes no gradient either).
+
+    Args:
+        x: ``[N, d]`` embeddings.
+        eps: relative intensity :math:`\epsilon \ge 0`; 0 gives zero noise.
+        generator: optional random generator for :math:`u`.
+
+    Returns:
+        The noise :math:`\Delta`, ``[N, d]`` (add it to ``x``).
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be a 2-D tensor [N, d], got shape {list(x.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    direction = torch.sign(x.detach()) * F.normalize(u, dim=-1)
+    modulus = torch.linalg.vector_norm(x.detach(), dim=-1, keepdim=True)
+    return eps * modulus * direction
+
+
+class ModulusPerturbation(torch.nn.Module):
+    r""":math:`x + \Delta` with :func:`modulus_perturbation`'s noise of relative intensity
+    ``eps``; parameter-free. Applied whenever called (a model calls it for its contrastive
+    views only)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x + modulus_perturbation(x, self.eps, generator)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def perturbed_propagation(
+    propagation: LightPropagation,
+    x: Tensor,
+    adj: Tensor,
+    perturb: Callable[[Tensor], Tensor],
+    adj_t: Tensor | None = None,
+) -> Tensor:
+    r"""``propagation(x, adj, adj_t)`` with ``perturb`` applied after every hop (SimGCL):
+    :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`, combined over layers by the
+    propagation's ``mode``. Layer 0 (the input) is not perturbed."""
+    conv = propagation.conv
+    out = total = x
+    for _ in range(propagation.num_layers):
+        out = perturb(conv(out, adj) if adj_t is None else constant_spmm(adj, out, adj_t))
+        total = total + out
+    if propagation.mode == "last":
+        return out
+    return total / (propagation.num_layers + 1) if propagation.mode == "mean" else total

@@ -1,0 +1,335 @@
+"""Tests of the BM3 recommender (Zhou et al., WWW 2023) on a tiny hand-built graph."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import HeteroData
+
+import pyg_dhmrec.models.bm3 as bm3_module
+from pyg_dhmrec.cli import main
+from pyg_dhmrec.data.dataset import RATES, REV_RATES
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.models import BM3, build_model
+from pyg_dhmrec.nn import cosine_alignment_loss, dropout_view
+
+NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
+DIM = 8
+PARTS = {"rec", "align", "mask", "reg"}
+
+
+def _make_data(modalities: dict[str, int] | None = None) -> HeteroData:
+    """40 users, 30 items, 400 distinct interactions; every user and item has one at least."""
+    g = torch.Generator().manual_seed(0)
+    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
+    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
+    while len(pairs) < NUM_EDGES:
+        u = int(NUM_USERS * torch.rand(1, generator=g).pow(2))
+        i = int(NUM_ITEMS * torch.rand(1, generator=g).pow(2))
+        pairs.add((u, i))
+    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
+    data = HeteroData()
+    data["user"].num_nodes = NUM_USERS
+    data["item"].num_nodes = NUM_ITEMS
+    modalities = {"image": 16, "text": 8} if modalities is None else modalities
+    for name, size in modalities.items():
+        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
+    data[RATES].edge_index = edge_index
+    data[REV_RATES].edge_index = edge_index.flip(0)
+    return data
+
+
+@pytest.fixture(scope="module")
+def data() -> HeteroData:
+    return _make_data()
+
+
+@pytest.fixture(scope="module")
+def batch(data: HeteroData) -> BPRBatch:
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
+    return next(iter(sampler))
+
+
+def _model(data: HeteroData, seed: int = 0, **kwargs) -> BM3:
+    torch.manual_seed(seed)
+    return BM3(data, **{"embedding_dim": DIM, **kwargs}).train()
+
+
+def _loss(model: BM3, batch: BPRBatch, seed: int = 1) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)  # same dropout masks for equal seeds
+    return model.loss(batch)
+
+
+def _identity_predictor(model: BM3) -> None:
+    with torch.no_grad():
+        model.predictor.weight.copy_(torch.eye(DIM))
+        model.predictor.bias.zero_()
+
+
+def test_loss_parts(data: HeteroData, batch: BPRBatch) -> None:
+    parts = _loss(_model(data), batch)
+    assert set(parts) == PARTS
+    for key, value in parts.items():
+        assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0, key
+    assert _loss(_model(data, reg_weight=0.0), batch)["reg"].item() == 0.0
+
+
+def test_loss_does_not_depend_on_negatives(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    other = BPRBatch(batch.user, batch.pos_item, (batch.neg_item + 7) % NUM_ITEMS)
+    assert not torch.equal(other.neg_item, batch.neg_item)
+    first, second = _loss(model, batch), _loss(model, other)
+    for key in PARTS:
+        assert torch.equal(first[key], second[key]), key
+
+
+def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    sum(_loss(model, batch).values()).backward()
+    names = {name for name, _ in model.named_parameters()}
+    assert names == {
+        "features.image",
+        "features.text",
+        "user_embedding.weight",
+        "item_embedding.weight",
+        "projections.image.weight",
+        "projections.image.bias",
+        "projections.text.weight",
+        "projections.text.bias",
+        "predictor.weight",
+        "predictor.bias",
+    }
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # Only the batch's positive items' raw features are fine-tuned.
+    touched = model.features["image"].grad.abs().sum(-1) > 0
+    assert set(touched.nonzero().flatten().tolist()) == set(batch.pos_item.tolist())
+
+
+def test_frozen_features(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data, finetune_features=False)
+    names = {name for name, _ in model.named_parameters()}
+    assert not any(name.startswith("features") for name in names)
+    assert not any(key.startswith(("features", "raw_")) for key in model.state_dict())
+    sum(_loss(model, batch).values()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    torch.testing.assert_close(model.raw_image, data["item"].image)
+
+
+def test_reset_restores_finetuned_features(data: HeteroData) -> None:
+    model = _model(data)
+    assert "features.image" in model.state_dict()  # learned, so saved with the model
+    with torch.no_grad():
+        model.features["image"].add_(1.0)
+    model.reset_parameters()
+    torch.testing.assert_close(model.features["image"], data["item"].image)
+
+
+def test_adam_step_lowers_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(4):
+        loss = sum(_loss(model, batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0], losses
+    assert sum(_loss(model, batch).values()).item() < losses[0]
+
+
+def test_cosine_alignment_hand_computed() -> None:
+    online = torch.tensor([[1.0, 0.0], [1.0, 1.0], [3.0, 4.0]])
+    target = torch.tensor([[0.0, 1.0], [1.0, 0.0], [4.0, 3.0]])
+    # cosines 0, 1/sqrt(2), 24/25
+    expected = 1.0 - (0.0 + 1.0 / math.sqrt(2.0) + 24.0 / 25.0) / 3.0
+    assert cosine_alignment_loss(online, target).item() == pytest.approx(expected, abs=1e-6)
+    assert cosine_alignment_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    assert cosine_alignment_loss(-target, target).item() == pytest.approx(2.0, abs=1e-6)
+    with pytest.raises(ValueError, match=r"two \[B, d\] tensors of one shape"):
+        cosine_alignment_loss(online, target[:2])
+
+
+def test_loss_parts_hand_computed(data: HeteroData, batch: BPRBatch) -> None:
+    """No layers, no dropout, identity predictor: every part reduces to plain cosines."""
+    model = _model(data, num_layers=0, dropout=0.0, reg_weight=0.5, cl_weight=3.0)
+    _identity_predictor(model)
+    parts = _loss(model, batch)
+    e_u = model.user_embedding.weight.detach()[batch.user]
+    e_i = model.item_embedding.weight.detach()[batch.pos_item]
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+
+    # h_u = e_u, h_i = e_i + e_i (layer-0 mean plus the residual ID term): cos is scale-free.
+    assert parts["rec"].item() == pytest.approx(2 * (1 - cos(e_u, e_i).mean().item()), abs=1e-5)
+    align = 0.0
+    for m in ("image", "text"):
+        proj = model.projections[m]
+        h_m = (data["item"][m] @ proj.weight.detach().t() + proj.bias.detach())[batch.pos_item]
+        align += 1 - cos(h_m, e_i).mean().item()
+    assert parts["align"].item() == pytest.approx(3.0 * align, abs=1e-5)
+    assert parts["mask"].item() == pytest.approx(0.0, abs=1e-5)  # view == online w/o dropout
+    norms = model.user_embedding.weight.norm() + (2 * model.item_embedding.weight).norm()
+    assert parts["reg"].item() == pytest.approx(0.5 * norms.item() / NUM_ITEMS, rel=1e-5)
+
+
+def test_dropout_view_keeps_the_asked_fraction() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200, 100, requires_grad=True)
+    view = dropout_view(x, 0.3)
+    assert not view.requires_grad  # stop-gradient target
+    kept = view != 0
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.02)
+    torch.testing.assert_close(view[kept], torch.full_like(view[kept], 1 / 0.7))
+    assert torch.equal(dropout_view(x, 0.0), x.detach())
+    for p in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout p must be in"):
+            dropout_view(x, p)
+
+
+def test_model_target_views_use_its_dropout(
+    data: HeteroData, batch: BPRBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    views, rates = [], []
+
+    def recording(x: torch.Tensor, p: float) -> torch.Tensor:
+        out = dropout_view(x, p)
+        views.append(out)
+        rates.append(p)
+        return out
+
+    monkeypatch.setattr(bm3_module, "dropout_view", recording)
+    _loss(_model(data, embedding_dim=32, dropout=0.3), batch)
+    assert rates == [0.3] * 4  # user, item, and one per modality
+    assert all(not v.requires_grad for v in views)
+    zeros = torch.cat([(v == 0).flatten() for v in views]).float().mean().item()
+    assert zeros == pytest.approx(0.3, abs=0.03)
+
+
+def test_targets_get_no_gradient(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data, dropout=0.0)
+    with model.memoized():
+        out = model.forward_modalities()
+        parts = model.loss(batch)
+    users, items = batch.user, batch.pos_item
+    online = out.online
+    # rec: h_u is reached only through the predicted user, h_i only through the predicted item.
+    got_u, got_i = torch.autograd.grad(parts["rec"], [online.user, online.item], retain_graph=True)
+    ref = 1 - F.cosine_similarity(out.user[users], online.item[items].detach()).mean()
+    torch.testing.assert_close(got_u, torch.autograd.grad(ref, online.user, retain_graph=True)[0])
+    ref = 1 - F.cosine_similarity(out.item[items], online.user[users].detach()).mean()
+    torch.testing.assert_close(got_i, torch.autograd.grad(ref, online.item, retain_graph=True)[0])
+    # mask: the projected feature h_m is reached only through the predicted feature.
+    h_m = online.features["image"]
+    got = torch.autograd.grad(parts["mask"], h_m, retain_graph=True)[0]
+    ref = 2.0 * (1 - F.cosine_similarity(out.modalities["image"][items], h_m[items].detach()))
+    torch.testing.assert_close(got, torch.autograd.grad(ref.mean(), h_m, retain_graph=True)[0])
+    # align: the ID embeddings are a target only, so they get no gradient from it.
+    parts["align"].backward()
+    assert model.user_embedding.weight.grad is None
+    assert model.item_embedding.weight.grad is None
+    assert model.projections["image"].weight.grad.abs().sum() > 0
+
+
+def test_forward_modalities(data: HeteroData) -> None:
+    model = _model(data).eval()
+    out = model.forward_modalities()
+    assert set(out.modalities) == {"image", "text"}
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    ui = (ego + model.adj.to_dense() @ ego) / 2  # one layer, mean over layers 0..1
+    pred = model.predictor
+    torch.testing.assert_close(out.user, pred(ui[:NUM_USERS]))
+    torch.testing.assert_close(out.item, pred(ui[NUM_USERS:] + model.item_embedding.weight))
+    for m, rep in out.modalities.items():
+        assert rep.shape == (NUM_ITEMS, DIM)
+        torch.testing.assert_close(rep, pred(model.projections[m](data["item"][m])))
+    user, item = model()
+    torch.testing.assert_close(user, out.user)
+    torch.testing.assert_close(item, out.item)
+
+
+def test_memoized_loss_propagates_once(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data)
+    calls = []
+    model.propagation.register_forward_hook(lambda *_: calls.append(1))
+    with model.memoized():
+        model.forward_modalities()
+        model.forward()
+        model.loss(batch)
+    assert len(calls) == 1
+    model.loss(batch)
+    assert len(calls) == 2
+
+
+def test_full_scores_and_evaluation(data: HeteroData) -> None:
+    model = _model(data).eval()
+    users = torch.arange(NUM_USERS)
+    scores = model.full_scores(users)
+    assert scores.shape == (NUM_USERS, NUM_ITEMS)
+    out = model.forward_modalities()
+    torch.testing.assert_close(scores, out.user @ out.item.t())  # predicted online embeddings
+    torch.testing.assert_close(model.full_scores(users), scores)  # deterministic in eval
+    train = data[RATES].edge_index
+    evaluator = FullRankEvaluator(train, train, NUM_USERS, NUM_ITEMS, ks=(5,))
+    assert all(v == 0.0 for v in evaluator.evaluate(model.full_scores).values())
+
+
+@pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
+def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
+    data = _make_data(modalities)
+    model = _model(data)
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=32, seed=1)
+    parts = _loss(model, next(iter(sampler)))
+    assert set(parts) == PARTS
+    sum(parts.values()).backward()
+    for m in modalities:
+        assert model.projections[m].weight.grad.abs().sum() > 0
+    assert set(model.forward_modalities().modalities) == set(modalities)
+
+
+def test_bad_inputs(data: HeteroData) -> None:
+    bare = _make_data({})
+    with pytest.raises(ValueError, match="at least one item modality"):
+        BM3(bare)
+    for kwargs, message in (
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"dropout": -0.2}, r"dropout must be in \[0, 1\), got -0.2"),
+        ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
+        ({"cl_weight": -1.0}, "cl_weight must be >= 0"),
+        ({"embedding_dim": 0}, "embedding_dim must be > 0"),
+        ({"num_layers": -1}, "num_layers must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            BM3(data, **kwargs)
+
+
+def test_build_model_from_config(data: HeteroData) -> None:
+    config = {"embedding_dim": DIM, "num_layers": 2, "dropout": 0.3, "reg_weight": 0.01}
+    model = build_model("bm3", data, {**config, "cl_weight": 1.0, "finetune_features": False})
+    assert isinstance(model, BM3)
+    assert model.propagation.num_layers == 2 and model.dropout == 0.3
+    assert (model.reg_weight, model.cl_weight, model.finetune_features) == (0.01, 1.0, False)
+
+
+def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
+    argv = tiny_cli_argv("bm3")
+    at = argv.index("--knn_k")  # BM3 builds no kNN graph
+    assert main(argv[:at] + argv[at + 2 :]) == 0
+    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["model"] == "bm3"
+    assert results["config"]["cl_weight"] == 2.0
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    for record in results["history"]:
+        assert set(record["loss"]) == PARTS
+        assert all(math.isfinite(v) for v in record["loss"].values())
+    assert 0.0 <= results["test"]["recall@20"] <= 1.0

@@ -1,0 +1,268 @@
+"""Tests of the VBPR recommender (He & McAuley, AAAI 2016) on small hand-built graphs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.cli import main
+from pyg_dhmrec.data.dataset import RATES, REV_RATES
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.models import VBPR, build_model
+from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
+
+NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
+DIM = 8
+PARTS = {"bpr", "reg"}
+
+
+def _make_data(
+    modalities: dict[str, int] | None = None, num_users: int = NUM_USERS, num_items: int = NUM_ITEMS
+) -> HeteroData:
+    """Every user and item has one interaction at least; small ids are favoured."""
+    g = torch.Generator().manual_seed(0)
+    num_edges = min(NUM_EDGES, num_users * num_items // 2)
+    pairs = {(u, u % num_items) for u in range(num_users)}
+    pairs |= {(i % num_users, i) for i in range(num_items)}
+    while len(pairs) < num_edges:
+        u = int(num_users * torch.rand(1, generator=g).pow(2))
+        i = int(num_items * torch.rand(1, generator=g).pow(2))
+        pairs.add((u, i))
+    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
+    data = HeteroData()
+    data["user"].num_nodes = num_users
+    data["item"].num_nodes = num_items
+    for name, size in ({"image": 16, "text": 8} if modalities is None else modalities).items():
+        data["item"][name] = torch.randn(num_items, size, generator=g)
+    data[RATES].edge_index = edge_index
+    data[REV_RATES].edge_index = edge_index.flip(0)
+    return data
+
+
+@pytest.fixture(scope="module")
+def data() -> HeteroData:
+    return _make_data()
+
+
+@pytest.fixture(scope="module")
+def batch(data: HeteroData) -> BPRBatch:
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
+    return next(iter(sampler))
+
+
+def _model(data: HeteroData, seed: int = 0, **kwargs) -> VBPR:
+    torch.manual_seed(seed)
+    options = {"embedding_dim": DIM, "reg_weight": 0.1}
+    options.update(kwargs)
+    return VBPR(data, **options)
+
+
+def test_loss_parts_and_hand_values(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data).train()
+    parts = model.loss(batch)
+    assert set(parts) == PARTS
+    for key, value in parts.items():
+        assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0, key
+    # Recomputed from the parameters: x_ui = gamma_u.gamma_i + theta_u.(sum_m E_m f_i^m).
+    gamma_u, theta_u = model.user_embedding.weight.split(DIM, dim=-1)
+    visual = data["item"].image @ model.projections["image"].weight.t()
+    visual = visual + data["item"].text @ model.projections["text"].weight.t()
+    item = torch.cat([model.item_embedding.weight, visual], dim=-1)
+
+    def score(items: torch.Tensor) -> torch.Tensor:
+        u = batch.user
+        return (gamma_u[u] * model.item_embedding.weight[items]).sum(-1) + (
+            theta_u[u] * visual[items]
+        ).sum(-1)
+
+    torch.testing.assert_close(parts["bpr"], bpr_loss(score(batch.pos_item), score(batch.neg_item)))
+    user = model.user_embedding.weight
+    reg = embedding_norm_penalty(user[batch.user], item[batch.pos_item], item[batch.neg_item])
+    torch.testing.assert_close(parts["reg"], 0.1 * reg)
+    assert _model(data, reg_weight=0.0).loss(batch)["reg"].item() == 0.0
+
+
+def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data).train()
+    sum(model.loss(batch).values()).backward()
+    names = {name for name, _ in model.named_parameters()}
+    assert names == {
+        "user_embedding.weight",
+        "item_embedding.weight",
+        "projections.image.weight",
+        "projections.text.weight",
+    }
+    assert model.user_embedding.weight.shape == (NUM_USERS, 2 * DIM)
+    assert model.item_embedding.weight.shape == (NUM_ITEMS, DIM)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # Both user halves learn: gamma_u from the ID part, theta_u from the feature part.
+    grad = model.user_embedding.weight.grad
+    assert grad[:, :DIM].abs().sum() > 0 and grad[:, DIM:].abs().sum() > 0
+
+
+def test_adam_step_lowers_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(4):
+        loss = sum(model.loss(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0], losses
+    assert sum(model.loss(batch).values()).item() < losses[0]
+
+
+def _hand_model() -> VBPR:
+    """2 users, 3 items, d = 2; image 2-d and text 1-d features with hand-set parameters."""
+    data = HeteroData()
+    data["user"].num_nodes, data["item"].num_nodes = 2, 3
+    data["item"].image = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    data["item"].text = torch.tensor([[3.0], [0.0], [-1.0]])
+    edge_index = torch.tensor([[0, 1], [0, 2]])
+    data[RATES].edge_index, data[REV_RATES].edge_index = edge_index, edge_index.flip(0)
+    model = VBPR(data, embedding_dim=2)
+    with torch.no_grad():
+        model.projections["image"].weight.copy_(torch.tensor([[1.0, 2.0], [0.0, -1.0]]))
+        model.projections["text"].weight.copy_(torch.tensor([[0.5], [1.0]]))
+        model.item_embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        model.user_embedding.weight.copy_(
+            torch.tensor([[1.0, 2.0, 1.0, 0.0], [0.0, -1.0, 0.0, 1.0]])
+        )
+    return model
+
+
+def test_block_projection_equals_one_linear_map_of_the_concatenated_features() -> None:
+    model = _hand_model()
+    out = model.forward_modalities()
+    # By hand: E_image f^image = [1, 0], [4, -2], [-1, 1]; E_text f^text = [1.5, 3], [0, 0],
+    # [-0.5, -1]; their sums are the feature half of the item embedding.
+    visual = torch.tensor([[2.5, 3.0], [4.0, -2.0], [-1.5, 0.0]])
+    ids = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    torch.testing.assert_close(out.item, torch.cat([ids, visual], dim=-1))
+    # The same as E = [E_image, E_text] applied to the concatenation [f^image; f^text].
+    e = torch.cat([model.projections["image"].weight, model.projections["text"].weight], dim=1)
+    f = torch.cat([model.feat_image, model.feat_text], dim=1)
+    torch.testing.assert_close(out.item[:, 2:], f @ e.t())
+    # Scores by hand: user 0 = gamma [1, 2], theta [1, 0]; user 1 = gamma [0, -1], theta [0, 1].
+    expected = torch.tensor([[1 + 2.5, 2 + 4.0, 3 - 1.5], [0 + 3.0, -1 - 2.0, -1 + 0.0]])
+    torch.testing.assert_close(out.user @ out.item.t(), expected)
+    torch.testing.assert_close(model.eval().full_scores(torch.arange(2)), expected)
+
+
+def test_modality_representations_sum_to_the_item_embedding() -> None:
+    model = _hand_model()
+    out = model.forward_modalities()
+    assert list(out.modalities) == ["image", "text"]
+    image, text = out.modalities["image"], out.modalities["text"]
+    torch.testing.assert_close(image, torch.tensor([[0, 0, 1, 0], [0, 0, 4, -2], [0, 0, -1, 1.0]]))
+    torch.testing.assert_close(
+        text, torch.tensor([[0, 0, 1.5, 3], [0, 0, 0, 0], [0, 0, -0.5, -1.0]])
+    )
+    id_half = torch.cat([model.item_embedding.weight, torch.zeros(3, 2)], dim=-1)
+    torch.testing.assert_close(id_half + image + text, out.item)
+    # user . [0; E_m f^m] = theta_u^T E_m f^m: the modality's part of the score.
+    # By hand: theta_0 = [1, 0], theta_1 = [0, 1] against E_image f^image above.
+    torch.testing.assert_close(out.user @ image.t(), torch.tensor([[1, 4, -1], [0, -2, 1.0]]))
+    user, item = model()
+    assert user is model.user_embedding.weight
+    torch.testing.assert_close(item, out.item)
+
+
+def test_memoized_forward_shares_one_computation(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data).train()
+    with model.memoized():
+        out = model.forward_modalities()
+        user, item = model()
+        assert user is out.user and item is out.item
+        parts = model.loss(batch)
+    torch.testing.assert_close(sum(parts.values()), sum(_model(data).loss(batch).values()))
+
+
+@pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
+def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
+    data = _make_data(modalities)
+    model = _model(data).train()
+    out = model.forward_modalities()
+    assert list(out.modalities) == list(modalities)
+    for rep in out.modalities.values():
+        assert rep.shape == (NUM_ITEMS, 2 * DIM) and not rep[:, :DIM].any()
+    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=32, seed=1)
+    parts = model.loss(next(iter(sampler)))
+    assert set(parts) == PARTS
+    sum(parts.values()).backward()
+    for m in modalities:
+        assert model.projections[m].weight.grad.abs().sum() > 0
+
+
+def test_initialisation_is_xavier_of_the_concatenated_map() -> None:
+    data = _make_data({"image": 500, "text": 300}, num_users=20, num_items=10)
+    model = VBPR(data, embedding_dim=64)
+    expected = math.sqrt(2.0 / (500 + 300 + 64))  # one Xavier-normal [64, 800] map
+    weights = torch.cat([p.weight.flatten() for p in model.projections.values()])
+    assert abs(weights.std().item() / expected - 1) < 0.03
+    for m, p in model.projections.items():
+        assert abs(p.weight.std().item() / expected - 1) < 0.05, m
+    bound = math.sqrt(6.0 / (20 + 128))  # Xavier-uniform bound of the [20, 2d] user table
+    assert model.user_embedding.weight.abs().max() <= bound
+
+
+def test_full_scores_and_evaluation(data: HeteroData) -> None:
+    model = _model(data).eval()
+    users = torch.arange(NUM_USERS)
+    scores = model.full_scores(users)
+    assert scores.shape == (NUM_USERS, NUM_ITEMS)
+    user_emb, item_emb = model()
+    torch.testing.assert_close(scores, user_emb @ item_emb.t())
+    # Train items are never ranked: with the train items as ground truth nothing is hit.
+    train = data[RATES].edge_index
+    evaluator = FullRankEvaluator(train, train, NUM_USERS, NUM_ITEMS, ks=(5,))
+    assert all(v == 0.0 for v in evaluator.evaluate(model.full_scores).values())
+    torch.testing.assert_close(_model(data).eval().full_scores(users), scores)
+
+
+def test_bad_inputs(data: HeteroData) -> None:
+    with pytest.raises(ValueError, match="at least one item modality"):
+        VBPR(_make_data({}))
+    with pytest.raises(ValueError, match="reg_weight must be >= 0"):
+        _model(data, reg_weight=-1.0)
+    with pytest.raises(ValueError, match="reg_weight must be >= 0"):
+        _model(data, reg_weight=float("nan"))
+    with pytest.raises(ValueError, match="embedding_dim must be a positive integer"):
+        _model(data, embedding_dim=0)
+    with pytest.raises(ValueError, match="embedding_dim must be a positive integer"):
+        _model(data, embedding_dim=2.5)
+    short = _make_data({"image": 4})
+    short["item"].image = short["item"].image[:-1]
+    with pytest.raises(ValueError, match="modality 'image' has 29 feature rows"):
+        VBPR(short)
+
+
+def test_build_model_from_config(data: HeteroData) -> None:
+    model = build_model("vbpr", data, {"embedding_dim": DIM, "reg_weight": 0.5, "knn_k": 3})
+    assert isinstance(model, VBPR)
+    assert model.reg_weight == 0.5 and model.embedding_dim == DIM
+
+
+def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
+    argv = tiny_cli_argv("vbpr")
+    k = argv.index("--knn_k")  # the shared fixture's kNN option is not a VBPR setting
+    assert main(argv[:k] + argv[k + 2 :]) == 0
+    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["model"] == "vbpr"
+    assert results["config"]["reg_weight"] == 0.001
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    for record in results["history"]:
+        assert set(record["loss"]) == PARTS
+        assert all(math.isfinite(v) for v in record["loss"].values())
+    assert 0.0 <= results["test"]["recall@20"] <= 1.0
