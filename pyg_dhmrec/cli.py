@@ -38,8 +38,9 @@ from pyg_dhmrec.experiment import (
     run_seeds,
     write_json,
 )
-from pyg_dhmrec.models import build_model, model_class, model_keys
+from pyg_dhmrec.models import model_class, model_keys
 from pyg_dhmrec.plots import MissingExtraError
+from pyg_dhmrec.plugins import build_recommender, check_plugin, plugin_keys
 from pyg_dhmrec.train import (
     CHECKPOINT,
     Trainer,
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dataset", help=f"one of {available_datasets()} (default {DEFAULT_DATASET})"
     )
+    parser.add_argument(
+        "--plugin",
+        help=f"plug-in objective wrapped around the model: one of {available('plugins')}, "
+        "or none (default: the config's plugin, null)",
+    )
     parser.add_argument("--data-root", dest="data_root", help="folder of the dataset folders")
     parser.add_argument("--output", help="run folder for results.json and best.pt")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
@@ -91,6 +97,8 @@ def resolve_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, 
     for key in ("data_root", "output", "device"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.plugin is not None:
+        overrides["plugin"] = None if args.plugin.lower() in ("none", "null") else args.plugin
     if args.quiet:
         overrides["progress"] = False
     config = load_config(model, dataset, overrides)
@@ -102,6 +110,16 @@ def resolve_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, 
             f"configs/models/{model}.yaml: key(s) {', '.join(sorted(unused))} are not "
             f"arguments of the model; it takes {', '.join(sorted(model_keys(model)))}"
         )
+    plugin = config["plugin"]
+    if plugin is not None:
+        check_plugin(plugin, model)
+        declared = set(load_yaml(CONFIG_DIR / "plugins" / f"{plugin}.yaml")) - {"per_dataset"}
+        unused = declared - set(plugin_keys(plugin))
+        if unused:
+            raise ConfigError(
+                f"configs/plugins/{plugin}.yaml: key(s) {', '.join(sorted(unused))} are not "
+                f"arguments of the plugin; it takes {', '.join(sorted(plugin_keys(plugin)))}"
+            )
     return config
 
 
@@ -113,7 +131,9 @@ def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, A
             f"--resume {folder}: no {CHECKPOINT} in that folder; expected a run folder "
             f"written by run.py (config.json and {CHECKPOINT})"
         )
-    fixed = [f"--{k}" for k in ("model", "dataset", "data_root", "output", "grid", "seeds")]
+    fixed = [
+        f"--{k}" for k in ("model", "dataset", "plugin", "data_root", "output", "grid", "seeds")
+    ]
     given = [o for o in fixed if getattr(args, o[2:]) is not None] + [
         a for a in extra if a.startswith("--")
     ]
@@ -132,11 +152,12 @@ def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, A
 
 
 def default_output(config: Mapping[str, Any], suffix: str = "") -> Path:
-    """``config['output']``, else ``runs/<model>-<dataset>[-suffix | -<time>]``."""
+    """``config['output']``, else ``runs/<model>[+<plugin>]-<dataset>[-suffix | -<time>]``."""
     if config["output"]:
         return Path(config["output"])
     tail = suffix or time.strftime("%Y%m%d-%H%M%S")
-    return Path(f"runs/{config['model']}-{config['dataset']}-{tail}")
+    model = config["model"] + (f"+{config['plugin']}" if config.get("plugin") else "")
+    return Path(f"runs/{model}-{config['dataset']}-{tail}")
 
 
 def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
@@ -159,9 +180,10 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     if cls.uses_modalities:
         dataset.require_modalities()
     data = dataset[0]
-    model = build_model(config["model"], data, config)
+    model = build_recommender(config, data)
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s (%d parameters) on %s", config["model"], n_params, device)
+    name = config["model"] + (f" + plugin {config['plugin']}" if config.get("plugin") else "")
+    log.info("model %s (%d parameters) on %s", name, n_params, device)
     trainer = Trainer(model, data, config, device, output=output)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT)

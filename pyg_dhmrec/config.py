@@ -1,10 +1,13 @@
-"""Layered YAML configuration: overall < dataset < model < command line.
+"""Layered YAML configuration: overall < dataset < model < plug-in < command line.
 
 ``configs/overall.yaml`` defines every general key (training, evaluation and dataset keys) with
 its default and one comment line; ``configs/models/<name>.yaml`` defines the model's own keys.
-A later layer may only override a key some layer defined, with a value of the same type; anything
-else is an error naming the file (or the command-line option) and what was expected.
-A model file may hold ``per_dataset: {<dataset>: {key: value}}``, applied right after it.
+When ``plugin`` names a plug-in objective (in any layer or on the command line),
+``configs/plugins/<plugin>.yaml`` adds its own keys, which must all be new (prefixed
+``<plugin>_``). A later layer may only override a key some layer defined, with a value of the
+same type; anything else is an error naming the file (or the command-line option) and what was
+expected. Model and plug-in files may hold ``per_dataset: {<dataset>: {key: value}}``, applied
+right after the file.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class ConfigError(ValueError):
 
 
 def available(kind: str, config_dir: Path = CONFIG_DIR) -> list[str]:
-    """Names of the known ``datasets`` or ``models`` (one YAML file each), templates aside."""
+    """Names of the known ``datasets``, ``models`` or ``plugins`` (one YAML file each),
+    templates aside."""
     names = sorted(p.stem for p in (config_dir / kind).glob("*.yaml"))
     return [n for n in names if kind != "datasets" or n not in DATASET_TEMPLATES]
 
@@ -171,13 +175,46 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _file_with_per_dataset(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A model or plug-in file: its keys and its ``per_dataset`` mapping."""
+    layer = load_yaml(path)
+    per_dataset = layer.pop("per_dataset", None) or {}
+    if not isinstance(per_dataset, dict):
+        raise ConfigError(f"{path}: 'per_dataset' must map dataset names to mappings")
+    return layer, per_dataset
+
+
+def _plugin_layer(
+    config: dict[str, Any], plugin: Any, dataset: str, config_dir: Path
+) -> dict[str, Any]:
+    """Add ``configs/plugins/<plugin>.yaml`` (and its ``per_dataset`` entry) to ``config``."""
+    path = config_dir / "plugins" / f"{plugin}.yaml"
+    if not isinstance(plugin, str) or not path.exists():
+        raise ConfigError(
+            f"unknown plugin {plugin!r}; available: "
+            f"{', '.join(available('plugins', config_dir)) or 'none'} (or null for none)"
+        )
+    layer, per_dataset = _file_with_per_dataset(path)
+    clash = sorted(set(layer) & set(config))
+    if clash:
+        raise ConfigError(
+            f"{path}: key(s) {', '.join(clash)} are already defined by another layer; plug-in "
+            f"keys must be new (named {plugin}_<argument>)"
+        )
+    config = merge(config, layer, str(path), allow_new=True)
+    if dataset in per_dataset:
+        config = merge(config, per_dataset[dataset], f"{path} (per_dataset.{dataset})")
+    return config
+
+
 def load_config(
     model: str,
     dataset: str,
     overrides: Mapping[str, Any] | None = None,
     config_dir: Path = CONFIG_DIR,
 ) -> dict[str, Any]:
-    """Merge overall < dataset < model (< its ``per_dataset`` entry) < ``overrides``.
+    """Merge overall < dataset < model (< its ``per_dataset`` entry) < plug-in (< its
+    ``per_dataset`` entry) < ``overrides``.
 
     ``dataset`` is a file's name or ``<template>:<Category>`` (see :func:`dataset_layer`);
     ``config['dataset']`` is the resulting dataset name.
@@ -192,15 +229,16 @@ def load_config(
     config = merge(config, dataset_settings, dataset_source)
 
     model_path = config_dir / "models" / f"{model}.yaml"
-    model_layer = load_yaml(model_path)
-    per_dataset = model_layer.pop("per_dataset", None) or {}
-    if not isinstance(per_dataset, dict):
-        raise ConfigError(f"{model_path}: 'per_dataset' must map dataset names to mappings")
+    model_layer, per_dataset = _file_with_per_dataset(model_path)
     # Model files may define new (model-specific) keys; they become part of the schema.
     config = merge(config, model_layer, str(model_path), allow_new=True)
     if dataset in per_dataset:
         config = merge(config, per_dataset[dataset], f"{model_path} (per_dataset.{dataset})")
 
-    config = merge(config, overrides or {}, "command line")
+    overrides = overrides or {}
+    plugin = overrides.get("plugin", config.get("plugin"))
+    if plugin is not None:
+        config = _plugin_layer(config, plugin, dataset, config_dir)
+    config = merge(config, overrides, "command line")
     config["model"], config["dataset"] = model, dataset
     return config

@@ -19,7 +19,8 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.config import ConfigError, load_yaml, merge
 from pyg_dhmrec.data.dataset import RATES, load_dataset
-from pyg_dhmrec.models import Recommender, build_model, model_class
+from pyg_dhmrec.models import Recommender, model_class
+from pyg_dhmrec.plugins import build_recommender
 from pyg_dhmrec.train import CHECKPOINT, PER_USER
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def load_run(
     if model_class(config["model"]).uses_modalities:
         dataset.require_modalities()
     data = dataset[0]
-    model = build_model(config["model"], data, config)
+    model = build_recommender(config, data)  # with the run's plug-in, if any
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except RuntimeError as e:

@@ -321,6 +321,7 @@ class Trainer:
         train_times, eval_times = state["train_times"], state["eval_times"]
         return {
             "model": cfg["model"],
+            "plugin": cfg.get("plugin"),  # the objective wrapped around the model, or None
             "dataset": cfg["dataset"],
             "seed": cfg["seed"],
             "config": cfg,

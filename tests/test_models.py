@@ -329,9 +329,8 @@ def test_build_model_passes_config_keys(tiny: HeteroData) -> None:
     assert bpr.item_embedding.weight.shape == (7, 5) and bpr.reg_weight == 0.25
     default = build_model("lightgcn", tiny, {})
     assert default.user_embedding.weight.shape[1] == 64 and default.propagation.num_layers == 2
-    with pytest.raises(
-        ValueError, match="unknown model 'mf'; available: bpr, dhmrec, freedom, lightgcn"
-    ):
+    available = "bm3, bpr, dhmrec, freedom, lattice, layergcn, lgmrec, lightgcn, mgcn, siger, vbpr"
+    with pytest.raises(ValueError, match=f"unknown model 'mf'; available: {available}"):
         model_class("mf")
 
 

@@ -3,7 +3,8 @@ hierarchical fusion for recommendation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from pyg_dhmrec.data.graph import (
     user_item_matrix,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Recommender, pair_scores
+from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
@@ -82,6 +83,14 @@ class DHMRec(Recommender):
     the views instead of attention), ``no_pnf`` (standard attention, no negative branch and no
     :math:`\alpha`'s), ``no_kl`` (no KL term), ``no_ii`` (no item-item graphs; the views'
     user-item outputs are fused directly).
+
+    **Modality representations** (:meth:`forward_modalities`, for plug-in objectives): for
+    modality :math:`m`, the item rows of its view :math:`\hat{E}_m` (the specific part
+    :math:`S_m`, or :math:`W_1^m X_m` with ``no_dis``, after user-item and item-item
+    propagation), i.e. the modality-only input of the fusion. *Choice*: it is ``d``-wide like
+    the prediction, so :math:`e_u^\top \hat{e}_{m,i}` is a score; the attended view
+    :math:`\mathrm{Attn}_m` would already mix the other views through :math:`E_{fus}`. Inside
+    :meth:`memoized` the loss and :meth:`forward_modalities` share one :meth:`_embed` pass.
 
     Args:
         data: graph with train edges and item features (at least two modalities).
@@ -217,7 +226,7 @@ class DHMRec(Recommender):
         items = torch.cat([inputs[v] for v in self.views], dim=-1)
         users = self._to_users(items)
         ui = self.ui_propagation(torch.cat([users, items]), self.pruning.full_adjacency)
-        view_embs = []
+        view_embs, view_items = [], {}
         for j, view in enumerate(self.views):
             user_v, item_v = self._split(ui[:, j * d : (j + 1) * d])
             if self.item_graphs:
@@ -225,6 +234,7 @@ class DHMRec(Recommender):
                     item_v, getattr(self, f"ii_{view}"), getattr(self, f"ii_{view}_t")
                 )
                 user_v = self._to_users(item_v)
+            view_items[view] = item_v
             view_embs.append(torch.cat([user_v, item_v]))
         mm = self.fusion(view_embs) if self.attention else torch.stack(view_embs).mean(0)
 
@@ -235,6 +245,7 @@ class DHMRec(Recommender):
             "mm": mm,
             "commons": commons,
             "specifics": specifics,
+            "views": view_items,
         }
 
     def _to_users(self, item_emb: Tensor) -> Tensor:
@@ -261,9 +272,34 @@ class DHMRec(Recommender):
         self.train(was_training)
         return {k: v.detach().cpu() for k, v in out.items()}
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward_modalities(self) -> ModalityOutputs:
+        r"""Final embeddings; modality ``m``'s representation is its view's item embedding
+        :math:`\hat{E}_m` (propagated, before attention fusion)."""
         emb = self._embed()
-        return self._split(emb["id"] + self.alpha_mm * emb["mm"])
+        user, item = self._split(emb["id"] + self.alpha_mm * emb["mm"])
+        return ModalityOutputs(user, item, {m: emb["views"][m] for m in self.modalities})
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        out = self.forward_modalities()
+        return out.user, out.item
+
+    @contextmanager
+    def memoized(self) -> Iterator[None]:
+        """As :meth:`Recommender.memoized`, and :meth:`_embed` too: :meth:`loss` reads parts
+        that :class:`ModalityOutputs` does not carry, from the same single pass."""
+        compute, cache = self._embed, []
+
+        def cached() -> dict[str, Any]:
+            if not cache:
+                cache.append(compute())
+            return cache[0]
+
+        object.__setattr__(self, "_embed", cached)
+        try:
+            with super().memoized():
+                yield
+        finally:
+            object.__delattr__(self, "_embed")
 
     def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
         emb = self._embed()

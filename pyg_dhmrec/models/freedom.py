@@ -17,7 +17,7 @@ from pyg_dhmrec.data.graph import (
     mix_modality_graphs,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Recommender, pair_scores
+from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
 from pyg_dhmrec.nn import LightPropagation, bpr_loss, squared_l2_penalty
 
 #: FREEDOM's published mixing weights of the modality kNN graphs (image 0.1, text 0.9).
@@ -54,6 +54,10 @@ class FREEDOM(Recommender):
     batch's layer-0 ID embeddings. FREEDOM's published configuration regularises only through
     the modality BPR term (``reg_weight``), so ``l2_weight`` defaults to 0; the part is always
     returned so the logged loss parts stay the same.
+
+    **Modality representations** (:meth:`forward_modalities`, for plug-in objectives): the
+    projections :math:`W_m x_m` of every item, in the scoring space (the ``mm`` term scores
+    them against :math:`e_u`); :meth:`forward` and :meth:`loss` read the same pass.
 
     Any number of modalities (at least one) is accepted. Without ``modality_weights``, FREEDOM's
     0.1 image / 0.9 text is used for exactly the modalities image and text, weight 1 for a
@@ -138,22 +142,28 @@ class FREEDOM(Recommender):
     def on_train_epoch_start(self) -> None:
         self.pruning.resample()
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward_modalities(self) -> ModalityOutputs:
+        """Final embeddings; the modality representations are the projections
+        :math:`W_m x_m` of all items (those the ``mm`` term scores)."""
         h = self.mm_propagation(self.item_embedding.weight, self.item_item, self.item_item_t)
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         ui = self.ui_propagation(ego, self.pruning())
-        return ui[: self.num_users], ui[self.num_users :] + h
+        projected = {m: self.projections[m](getattr(self, f"feat_{m}")) for m in self.modalities}
+        return ModalityOutputs(ui[: self.num_users], ui[self.num_users :] + h, projected)
+
+    def forward(self) -> tuple[Tensor, Tensor]:
+        out = self.forward_modalities()
+        return out.user, out.item
 
     def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
+        user_emb, item_emb, projected = self.forward_modalities()
         pos, neg = pair_scores(user_emb, item_emb, batch)
         users = user_emb[batch.user]
         mm = user_emb.new_zeros(())
         for m in self.modalities:
-            feat, proj = getattr(self, f"feat_{m}"), self.projections[m]
             mm = mm + bpr_loss(
-                (users * proj(feat[batch.pos_item])).sum(-1),
-                (users * proj(feat[batch.neg_item])).sum(-1),
+                (users * projected[m][batch.pos_item]).sum(-1),
+                (users * projected[m][batch.neg_item]).sum(-1),
             )
         reg = squared_l2_penalty(
             self.user_embedding(batch.user),
