@@ -10,50 +10,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
+from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 import pyg_dhmrec.models.bm3 as bm3_module
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.data.dataset import RATES, REV_RATES
-from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
-from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import BM3, build_model
 from pyg_dhmrec.nn import cosine_alignment_loss, dropout_view
 
-NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
 DIM = 8
 PARTS = {"rec", "align", "mask", "reg"}
 
 
-def _make_data(modalities: dict[str, int] | None = None) -> HeteroData:
-    """40 users, 30 items, 400 distinct interactions; every user and item has one at least."""
-    g = torch.Generator().manual_seed(0)
-    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
-    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
-    while len(pairs) < NUM_EDGES:
-        u = int(NUM_USERS * torch.rand(1, generator=g).pow(2))
-        i = int(NUM_ITEMS * torch.rand(1, generator=g).pow(2))
-        pairs.add((u, i))
-    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
-    data = HeteroData()
-    data["user"].num_nodes = NUM_USERS
-    data["item"].num_nodes = NUM_ITEMS
-    modalities = {"image": 16, "text": 8} if modalities is None else modalities
-    for name, size in modalities.items():
-        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
-    data[RATES].edge_index = edge_index
-    data[REV_RATES].edge_index = edge_index.flip(0)
-    return data
-
-
 @pytest.fixture(scope="module")
 def data() -> HeteroData:
-    return _make_data()
+    """40 users, 30 items, 400 interactions with skewed degrees; image and text features."""
+    return toy_graph(modalities=MODALITIES)
 
 
 @pytest.fixture(scope="module")
 def batch(data: HeteroData) -> BPRBatch:
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
-    return next(iter(sampler))
+    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> BM3:
@@ -89,7 +66,8 @@ def test_loss_does_not_depend_on_negatives(data: HeteroData, batch: BPRBatch) ->
         assert torch.equal(first[key], second[key]), key
 
 
-def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
+def test_parameters_and_finetuned_feature_rows(data: HeteroData, batch: BPRBatch) -> None:
+    # Every parameter gets a gradient: test_model_contract.
     model = _model(data)
     sum(_loss(model, batch).values()).backward()
     names = {name for name, _ in model.named_parameters()}
@@ -105,9 +83,6 @@ def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> N
         "predictor.weight",
         "predictor.bias",
     }
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
     # Only the batch's positive items' raw features are fine-tuned.
     touched = model.features["image"].grad.abs().sum(-1) > 0
     assert set(touched.nonzero().flatten().tolist()) == set(batch.pos_item.tolist())
@@ -130,20 +105,6 @@ def test_reset_restores_finetuned_features(data: HeteroData) -> None:
         model.features["image"].add_(1.0)
     model.reset_parameters()
     torch.testing.assert_close(model.features["image"], data["item"].image)
-
-
-def test_adam_step_lowers_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(4):
-        loss = sum(_loss(model, batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[1] < losses[0], losses
-    assert sum(_loss(model, batch).values()).item() < losses[0]
 
 
 def test_cosine_alignment_hand_computed() -> None:
@@ -270,25 +231,21 @@ def test_memoized_loss_propagates_once(data: HeteroData, batch: BPRBatch) -> Non
     assert len(calls) == 2
 
 
-def test_full_scores_and_evaluation(data: HeteroData) -> None:
+def test_full_scores_use_the_predicted_online_embeddings(data: HeteroData) -> None:
+    # Shape, masking and determinism: test_model_contract.
     model = _model(data).eval()
-    users = torch.arange(NUM_USERS)
-    scores = model.full_scores(users)
-    assert scores.shape == (NUM_USERS, NUM_ITEMS)
+    scores = model.full_scores(torch.arange(NUM_USERS))
     out = model.forward_modalities()
-    torch.testing.assert_close(scores, out.user @ out.item.t())  # predicted online embeddings
-    torch.testing.assert_close(model.full_scores(users), scores)  # deterministic in eval
-    train = data[RATES].edge_index
-    evaluator = FullRankEvaluator(train, train, NUM_USERS, NUM_ITEMS, ks=(5,))
-    assert all(v == 0.0 for v in evaluator.evaluate(model.full_scores).values())
+    torch.testing.assert_close(scores, out.user @ out.item.t())
+    online = out.online
+    assert not torch.allclose(scores, online.user @ online.item.t())
 
 
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
 def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
-    data = _make_data(modalities)
+    data = toy_graph(modalities=modalities)
     model = _model(data)
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=32, seed=1)
-    parts = _loss(model, next(iter(sampler)))
+    parts = _loss(model, first_batch(data, batch_size=32, seed=1))
     assert set(parts) == PARTS
     sum(parts.values()).backward()
     for m in modalities:
@@ -297,7 +254,7 @@ def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
 
 
 def test_bad_inputs(data: HeteroData) -> None:
-    bare = _make_data({})
+    bare = toy_graph(modalities={})
     with pytest.raises(ValueError, match="at least one item modality"):
         BM3(bare)
     for kwargs, message in (

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 from torch_geometric.data import HeteroData
+from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.data.dataset import RATES, REV_RATES
+from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.graph import (
     knn_adjacency,
     normalized_adjacency,
     user_item_matrix,
     weighted_sum,
 )
-from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
+from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import DHMRec, build_model
 from pyg_dhmrec.models.dhmrec import ABLATIONS
 from pyg_dhmrec.nn import (
@@ -28,7 +29,6 @@ from pyg_dhmrec.nn import (
     score_distribution_kl,
 )
 
-NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
 DIM = 8
 KNN_K = 3
 WEIGHTS = {"image": 0.1, "text": 0.9}
@@ -36,25 +36,10 @@ ALL_PARTS = {"bpr", "jsd", "orth", "kl", "reg"}
 
 
 def _make_data(extra_modalities: dict[str, int] | None = None, text: bool = True) -> HeteroData:
-    """40 users, 30 items, 400 distinct interactions; every user and item has one at least."""
-    g = torch.Generator().manual_seed(0)
-    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
-    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
-    while len(pairs) < NUM_EDGES:
-        u = int(torch.randint(NUM_USERS, (1,), generator=g))
-        pairs.add((u, int(torch.randint(NUM_ITEMS, (1,), generator=g))))
-    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
-    data = HeteroData()
-    data["user"].num_nodes = NUM_USERS
-    data["item"].num_nodes = NUM_ITEMS
-    data["item"].image = torch.randn(NUM_ITEMS, 16, generator=g)
-    if text:
-        data["item"].text = torch.randn(NUM_ITEMS, 8, generator=g)
-    for name, size in (extra_modalities or {}).items():
-        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
-    data[RATES].edge_index = edge_index
-    data[REV_RATES].edge_index = edge_index.flip(0)
-    return data
+    """40 users, 30 items, 400 uniformly drawn interactions; image 16-d, text 8-d (unless
+    ``text`` is false), then ``extra_modalities``."""
+    modalities = {"image": 16, **({"text": 8} if text else {}), **(extra_modalities or {})}
+    return toy_graph(modalities=modalities, skewed=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +49,7 @@ def data() -> HeteroData:
 
 @pytest.fixture(scope="module")
 def batch(data: HeteroData) -> BPRBatch:
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
-    return next(iter(sampler))
+    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> DHMRec:
@@ -97,41 +81,8 @@ def _assert_all_gradients(model: DHMRec) -> None:
     assert not missing, f"zero gradient: {missing}"
 
 
-# ---------------------------------------------------------------- gradients and training
-
-
-def test_every_parameter_gets_a_gradient_at_initialisation(
-    data: HeteroData, batch: BPRBatch
-) -> None:
-    model = _model(data)
-    sum(_train_loss(model, batch).values()).backward()
-    _assert_all_gradients(model)
-
-
-def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data)
-    parts = _train_loss(model, batch)
-    sum(parts.values()).backward()
-    _assert_all_gradients(model)
-    # The ID embeddings get gradients from BPR, KL, reg and (items) the gates.
-    assert model.item_embedding.weight.grad.abs().sum() > 0
-
-
-def test_adam_steps_lower_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data)
-    model.train()
-    model.on_train_epoch_start()  # fixes the pruned graph for all steps below
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(6):
-        loss = sum(model.loss(batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    final = sum(model.loss(batch).values()).item()
-    assert losses[1] < losses[0], losses  # the first step already helps
-    assert final < 0.95 * losses[0], (losses, final)
+# ---------------------------------------------------------------- the loss
+# Every parameter gets a gradient and one step lowers the loss: test_model_contract.
 
 
 def test_loss_parts_full_model(data: HeteroData, batch: BPRBatch) -> None:

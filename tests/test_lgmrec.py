@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
+from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.data.dataset import RATES, REV_RATES
-from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
-from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import LGMRec, build_model
 from pyg_dhmrec.nn import (
     HypergraphPropagation,
@@ -22,34 +22,17 @@ from pyg_dhmrec.nn import (
     relaxed_dependencies,
 )
 
-NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 300
+NUM_EDGES = 300
 DIM = 8
 PARTS = {"bpr", "hcl", "reg"}
 
 
 def _make_data(modalities: dict[str, int] | None = None) -> HeteroData:
-    """40 users, 30 items, 300 distinct interactions; every user and item has one at least."""
-    g = torch.Generator().manual_seed(0)
-    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
-    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
-    while len(pairs) < NUM_EDGES:
-        pairs.add(
-            (
-                int(torch.randint(NUM_USERS, (1,), generator=g)),
-                int(torch.randint(NUM_ITEMS, (1,), generator=g)),
-            )
-        )
-    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
-    data = HeteroData()
-    data["user"].num_nodes = NUM_USERS
-    data["item"].num_nodes = NUM_ITEMS
+    """40 users, 30 items, 300 uniformly drawn interactions; image 12-d and text 6-d features
+    unless ``modalities`` says otherwise."""
     if modalities is None:
         modalities = {"image": 12, "text": 6}
-    for name, size in modalities.items():
-        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
-    data[RATES].edge_index = edge_index
-    data[REV_RATES].edge_index = edge_index.flip(0)
-    return data
+    return toy_graph(num_interactions=NUM_EDGES, modalities=modalities, skewed=False)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +42,7 @@ def data() -> HeteroData:
 
 @pytest.fixture(scope="module")
 def batch(data: HeteroData) -> BPRBatch:
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
-    return next(iter(sampler))
+    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> LGMRec:
@@ -146,13 +128,13 @@ def test_hypergraph_blocks_reject_bad_input() -> None:
 # --- the model ------------------------------------------------------------------------------
 
 
-def test_loss_parts_and_gradients(data: HeteroData, batch: BPRBatch) -> None:
+def test_loss_parts_and_parameters(data: HeteroData, batch: BPRBatch) -> None:
+    # Every parameter gets a gradient: test_model_contract.
     model = _model(data).train()
     parts = model.loss(batch)
     assert set(parts) == PARTS
     for key, value in parts.items():
         assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0, key
-    sum(parts.values()).backward()
     names = {name for name, _ in model.named_parameters()}
     assert names == {
         "user_embedding.weight",
@@ -162,23 +144,6 @@ def test_loss_parts_and_gradients(data: HeteroData, batch: BPRBatch) -> None:
         "hyperedges.image",
         "hyperedges.text",
     }
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
-
-
-def test_adam_step_lowers_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(5):
-        torch.manual_seed(1)  # the same dropout masks and relaxation noise every step
-        loss = sum(model.loss(batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[1] < losses[0] and losses[-1] < losses[0], losses
 
 
 def test_dependencies(data: HeteroData) -> None:
@@ -250,17 +215,6 @@ def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     )
 
 
-def test_full_scores_mask_train_items(data: HeteroData) -> None:
-    model = _model(data).eval()
-    scores = model.full_scores(torch.arange(NUM_USERS))
-    assert scores.shape == (NUM_USERS, NUM_ITEMS)
-    user_emb, item_emb = model()
-    torch.testing.assert_close(scores, user_emb @ item_emb.t())
-    train = data[RATES].edge_index
-    evaluator = FullRankEvaluator(train, train, NUM_USERS, NUM_ITEMS, ks=(5,))
-    assert all(v == 0.0 for v in evaluator.evaluate(model.full_scores).values())
-
-
 def test_loss_shares_one_propagation_when_memoized(data: HeteroData, batch: BPRBatch) -> None:
     model = _model(data).train()
     calls = []
@@ -282,8 +236,7 @@ def test_loss_shares_one_propagation_when_memoized(data: HeteroData, batch: BPRB
 def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
     data = _make_data(modalities)
     model = _model(data).train()
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=32, seed=1)
-    parts = model.loss(next(iter(sampler)))
+    parts = model.loss(first_batch(data, batch_size=32, seed=1))
     assert set(parts) == PARTS
     assert (parts["hcl"].item() == 0.0) == (len(modalities) == 1)  # nothing to contrast
     sum(parts.values()).backward()

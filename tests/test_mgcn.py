@@ -9,50 +9,29 @@ from pathlib import Path
 import pytest
 import torch
 from torch_geometric.data import HeteroData
+from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
-from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
-from pyg_dhmrec.metrics import FullRankEvaluator
+from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import MGCN, build_model
 from pyg_dhmrec.nn import BehaviorAwareFusion, info_nce
 
-NUM_USERS, NUM_ITEMS, NUM_EDGES = 40, 30, 400
 DIM = 8
 KNN_K = 3
 PARTS = {"bpr", "cl", "reg"}
 
 
-def _make_data(modalities: dict[str, int] | None = None) -> HeteroData:
-    """40 users, 30 items, 400 distinct interactions; every user and item has one at least."""
-    g = torch.Generator().manual_seed(0)
-    pairs = {(u, u % NUM_ITEMS) for u in range(NUM_USERS)}
-    pairs |= {(i % NUM_USERS, i) for i in range(NUM_ITEMS)}
-    while len(pairs) < NUM_EDGES:
-        u = int(NUM_USERS * torch.rand(1, generator=g).pow(2))
-        i = int(NUM_ITEMS * torch.rand(1, generator=g).pow(2))
-        pairs.add((u, i))
-    edge_index = torch.tensor(sorted(pairs), dtype=torch.long).t().contiguous()
-    data = HeteroData()
-    data["user"].num_nodes = NUM_USERS
-    data["item"].num_nodes = NUM_ITEMS
-    for name, size in (modalities or {"image": 16, "text": 8}).items():
-        data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
-    data[RATES].edge_index = edge_index
-    data[REV_RATES].edge_index = edge_index.flip(0)
-    return data
-
-
 @pytest.fixture(scope="module")
 def data() -> HeteroData:
-    return _make_data()
+    """40 users, 30 items, 400 interactions with skewed degrees; image and text features."""
+    return toy_graph(modalities=MODALITIES)
 
 
 @pytest.fixture(scope="module")
 def batch(data: HeteroData) -> BPRBatch:
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=64, seed=0)
-    return next(iter(sampler))
+    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> MGCN:
@@ -70,10 +49,9 @@ def test_loss_parts(data: HeteroData, batch: BPRBatch) -> None:
     assert _model(data, cl_weight=0.0).loss(batch)["cl"].item() == 0.0
 
 
-def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data)
-    sum(model.loss(batch).values()).backward()
-    names = {name for name, _ in model.named_parameters()}
+def test_parameters(data: HeteroData) -> None:
+    # Every parameter gets a gradient: test_model_contract.
+    names = {name for name, _ in _model(data).named_parameters()}
     expected = {"user_embedding.weight", "item_embedding.weight"}
     for m in ("image", "text"):
         expected |= {f"features.{m}", f"projections.{m}.weight", f"projections.{m}.bias"}
@@ -82,9 +60,6 @@ def test_every_parameter_gets_a_gradient(data: HeteroData, batch: BPRBatch) -> N
     expected |= {"fusion.attention_query.weight"}
     expected |= {f"fusion.preference.{j}.{p}" for j in (0, 1) for p in ("weight", "bias")}
     assert names == expected
-    for name, p in model.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
 
 
 def test_frozen_features(data: HeteroData, batch: BPRBatch) -> None:
@@ -98,20 +73,6 @@ def test_frozen_features(data: HeteroData, batch: BPRBatch) -> None:
         tuned.features["image"].add_(1.0)
     tuned.reset_parameters()
     torch.testing.assert_close(tuned.features["image"].detach(), data["item"].image)
-
-
-def test_adam_step_lowers_the_batch_loss(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    losses = []
-    for _ in range(3):
-        loss = sum(model.loss(batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[1] < losses[0], losses
-    assert sum(model.loss(batch).values()).item() < losses[0]
 
 
 def test_purifier_is_id_times_gated_features(data: HeteroData) -> None:
@@ -256,24 +217,11 @@ def test_memoized_loss_shares_one_pass(data: HeteroData, batch: BPRBatch) -> Non
     assert len(calls) == 2
 
 
-def test_full_scores_and_evaluation(data: HeteroData) -> None:
-    model = _model(data).eval()
-    scores = model.full_scores(torch.arange(NUM_USERS))
-    assert scores.shape == (NUM_USERS, NUM_ITEMS)
-    user_emb, item_emb = model()
-    torch.testing.assert_close(scores, user_emb @ item_emb.t())
-    # Train items are never ranked: with the train items as ground truth nothing is hit.
-    train = data[RATES].edge_index
-    evaluator = FullRankEvaluator(train, train, NUM_USERS, NUM_ITEMS, ks=(5,))
-    assert all(v == 0.0 for v in evaluator.evaluate(model.full_scores).values())
-
-
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
 def test_any_number_of_modalities(modalities: dict[str, int]) -> None:
-    data = _make_data(modalities)
+    data = toy_graph(modalities=modalities)
     model = _model(data)
-    sampler = BPRSampler(data[RATES].edge_index, NUM_USERS, NUM_ITEMS, batch_size=32, seed=1)
-    parts = model.loss(next(iter(sampler)))
+    parts = model.loss(first_batch(data, batch_size=32, seed=1))
     assert set(parts) == PARTS
     sum(parts.values()).backward()
     for m in modalities:
@@ -307,7 +255,7 @@ def test_bad_hyper_parameters(data: HeteroData, kwargs: dict, match: str) -> Non
 
 
 def test_bad_modalities() -> None:
-    data = _make_data({"image": 4})
+    data = toy_graph(modalities={"image": 4})
     del data["item"].image
     with pytest.raises(ValueError, match="at least one item modality"):
         _model(data)
