@@ -120,7 +120,11 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
             r"command line: key 'epochs' expects int \(like its default 1000\), got str 'abc'$",
         ),
         (["--epoch", "3"], r"command line: unknown key 'epoch'\. Did you mean: epochs\?"),
-        (["--model", "nope"], r"unknown model 'nope'; available: bpr, dhmrec, freedom, lightgcn$"),
+        (
+            ["--model", "nope"],
+            r"unknown model 'nope'; available: bm3, bpr, dhmrec, freedom, lattice, layergcn, "
+            r"lgmrec, lightgcn, mgcn, siger, vbpr$",
+        ),
         (["--dataset", "nope"], r"unknown dataset 'nope'; available: baby, .*synthetic"),
         (
             ["--resume", "{tmp}"],

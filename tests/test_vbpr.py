@@ -195,7 +195,7 @@ def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
     with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
         results = json.load(f)
     assert results["model"] == "vbpr"
-    assert results["config"]["reg_weight"] == 0.001
+    assert results["config"]["reg_weight"] == 0.1  # configs/models/vbpr.yaml
     assert [h["epoch"] for h in results["history"]] == [1, 2]
     for record in results["history"]:
         assert set(record["loss"]) == PARTS

@@ -151,11 +151,11 @@ class SIGER(Recommender):
         infusion_k: int = 10,
         use_perturbation: bool = True,
         perturbation_eps: float = 0.1,
-        cl_weight: float = 0.1,
+        cl_weight: float = 1e-3,
         cl_temperature: float = 0.2,
         use_alignment: bool = True,
-        anchor_align_weight: float = 0.1,
-        fused_align_weight: float = 0.1,
+        anchor_align_weight: float = 1e-3,
+        fused_align_weight: float = 1e-3,
         align_temperature: float = 0.2,
     ) -> None:
         super().__init__(data)
