@@ -3,7 +3,8 @@
 # published ones; no tuning), each row appended to benchmarks/RESULTS.md by benchmark.py.
 #   STAGES="baselines siger mrdib" JOBS=2 bash benchmarks/tiktok_experiments.sh
 # baselines: LightGCN and the seven baselines of DHMRec's Table 1 (DHMRec: dhmrec_experiments.sh);
-# siger: SIGER and each ablation with FREEDOM's backbone settings; mrdib: base models + MRdIB.
+# siger: SIGER and each ablation with FREEDOM's backbone settings; mrdib: base models + MRdIB
+# (the bases alone are baselines rows; DHMRec alone: dhmrec_experiments.sh).
 # JOBS runs go at once, each with one thread (OMP_NUM_THREADS=1) so that they do not oversubscribe.
 set -u
 DATA_ROOT=${DATA_ROOT:-../shared/data}
@@ -11,7 +12,7 @@ DEVICE=${DEVICE:-auto}
 OUT=${RUNS:-runs/tiktok}
 STAGES=${STAGES:-baselines siger mrdib}
 BASELINES=${BASELINES:-lightgcn layergcn vbpr freedom lattice mgcn lgmrec bm3}
-MRDIB_BASES=${MRDIB_BASES:-vbpr freedom lgmrec}
+MRDIB_BASES=${MRDIB_BASES:-vbpr freedom dhmrec}  # any model exposing modalities, e.g. lgmrec
 JOBS=${JOBS:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 B="python benchmarks/benchmark.py --dataset tiktok --data-root $DATA_ROOT --device $DEVICE"
