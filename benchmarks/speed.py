@@ -4,7 +4,8 @@
 
 Each model trains ``--epochs`` epochs (no early stopping) in its own ``run.py`` process, alone on
 the machine, and the table of seconds per training epoch, seconds per full-ranking evaluation
-and peak memory is printed and saved as ``<out>/speed-<dataset>.md`` (and ``.json``).
+and peak memory is printed and saved as ``<out>/speed-<dataset>.md`` (and ``.json``). Other
+options go to every ``run.py`` (e.g. ``--plugin mrdib``; use another ``--out`` for that table).
 Accuracy after so few epochs means nothing and is not reported.
 """
 
@@ -48,9 +49,11 @@ def main() -> None:
         machine = (
             env["device_name"] if env["device"] != "cpu" else f"CPU, {env['torch_threads']} threads"
         )
-        records[model] = {"timing": t, "peak_rss_mb": r["peak_rss_mb"], "environment": env}
+        plugin = r.get("config", {}).get("plugin")
+        name = f"{model} + {plugin}" if plugin else model
+        records[name] = {"timing": t, "peak_rss_mb": r["peak_rss_mb"], "environment": env}
         rows.append(
-            f"| {model} | {args.dataset} | {args.epochs} | {t['train_s_per_epoch']:.2f} "
+            f"| {name} | {args.dataset} | {args.epochs} | {t['train_s_per_epoch']:.2f} "
             f"| {t['eval_s']:.2f} | {r['peak_rss_mb']:.0f}{gpu} | {machine} "
             f"| {env.get('git_commit') or '-'} |"
         )
