@@ -260,7 +260,9 @@ def test_bad_modalities() -> None:
     with pytest.raises(ValueError, match="at least one item modality"):
         _model(data)
     data["item"].image = torch.randn(NUM_ITEMS - 1, 4)
-    with pytest.raises(ValueError, match="modality 'image' have 29 rows, expected one per item"):
+    with pytest.raises(
+        ValueError, match="modality 'image' has 29 feature rows, expected one per item"
+    ):
         _model(data)
 
 

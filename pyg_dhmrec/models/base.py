@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.data.dataset import RATES, item_features
 from pyg_dhmrec.data.sampler import BPRBatch
 
 
@@ -59,6 +59,31 @@ class Recommender(torch.nn.Module):
     def train_edge_index(data: HeteroData) -> Tensor:
         """The [2, E] (user, item) train interactions."""
         return data[RATES].edge_index
+
+    def register_item_features(
+        self, data: HeteroData, min_modalities: int = 1, prefix: str = "feat_"
+    ) -> dict[str, Tensor]:
+        """The item feature matrices of ``data`` (float, in dataset-config order), checked to
+        number at least ``min_modalities`` with one row per item. Sets ``self.modalities`` and
+        registers each as the non-persistent buffer ``<prefix><modality>``."""
+        features = {m: x.detach().float() for m, x in item_features(data).items()}
+        name = type(self).__name__
+        if not features:
+            raise ValueError(f"{name} needs at least one item modality, the dataset has none")
+        if len(features) < min_modalities:
+            raise ValueError(
+                f"{name} needs at least {min_modalities} modalities, the dataset has "
+                f"{list(features)}"
+            )
+        for m, x in features.items():
+            if x.size(0) != self.num_items:
+                raise ValueError(
+                    f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
+                    f"({self.num_items})"
+                )
+            self.register_buffer(f"{prefix}{m}", x, persistent=False)
+        self.modalities = list(features)
+        return features
 
     def reset_parameters(self) -> None:
         raise NotImplementedError

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import ModalityOutputs, Recommender
@@ -125,19 +124,15 @@ class BM3(Recommender):
         for name, value in (("reg_weight", reg_weight), ("cl_weight", cl_weight)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        features = item_features(data)
-        if not features:
-            raise ValueError("BM3 needs at least one item modality, the dataset has none")
-        self.modalities = list(features)
+        features = self.register_item_features(data, prefix="raw_")
         self.dropout, self.reg_weight, self.cl_weight = dropout, reg_weight, cl_weight
         self.finetune_features = bool(finetune_features)
 
         # Raw features: trainable copies if fine-tuned (raw kept to reset them), else buffers.
         self.features = torch.nn.ParameterDict()
-        for m, x in features.items():
-            self.register_buffer(f"raw_{m}", x, persistent=False)
-            if self.finetune_features:
-                self.features[m] = torch.nn.Parameter(x.detach().clone())
+        if self.finetune_features:
+            for m, x in features.items():
+                self.features[m] = torch.nn.Parameter(x.clone())
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)

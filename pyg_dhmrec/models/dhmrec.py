@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     csr_transpose,
@@ -135,14 +134,7 @@ class DHMRec(Recommender):
         self.alpha_mm, self.gamma_dis = alpha_mm, gamma_dis
         self.gamma_kl, self.gamma_reg = gamma_kl, gamma_reg
 
-        features = item_features(data)
-        if len(features) < 2:
-            raise ValueError(
-                f"DHMRec needs at least 2 modalities, the dataset has {list(features)}"
-            )
-        self.modalities = list(features)
-        for m, x in features.items():
-            self.register_buffer(f"feat_{m}", x, persistent=False)
+        features = self.register_item_features(data, min_modalities=2)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     csr_transpose,
@@ -91,12 +90,7 @@ class FREEDOM(Recommender):
     ) -> None:
         super().__init__(data)
         self.reg_weight, self.l2_weight = reg_weight, l2_weight
-        features = item_features(data)
-        if not features:
-            raise ValueError("FREEDOM needs at least one item modality, the dataset has none")
-        self.modalities = list(features)
-        for m, x in features.items():
-            self.register_buffer(f"feat_{m}", x, persistent=False)
+        features = self.register_item_features(data)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)

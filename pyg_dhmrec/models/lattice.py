@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
@@ -146,16 +145,7 @@ class LATTICE(Recommender):
         self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
         self.graph_update = graph_update
 
-        features = item_features(data)
-        if not features:
-            raise ValueError("LATTICE needs at least one item modality, the dataset has none")
-        for m, x in features.items():
-            if x.size(0) != self.num_items:
-                raise ValueError(
-                    f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
-                    f"({self.num_items})"
-                )
-        self.modalities = list(features)
+        features = self.register_item_features(data)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
@@ -166,8 +156,6 @@ class LATTICE(Recommender):
         self.graph_learner = LearnedKNNGraph(self.knn_k)
 
         for m, x in features.items():
-            x = x.float()
-            self.register_buffer(f"feat_{m}", x, persistent=False)
             with torch.no_grad():  # Eqs. 1-3 on the raw features: built once, frozen
                 edge_index, weight = self.graph_learner(x)
             self.register_buffer(f"init_edge_index_{m}", edge_index.flip(0), persistent=False)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import csr_transpose, normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
@@ -145,17 +144,7 @@ class LGMRec(Recommender):
         self.alpha, self.cl_weight = float(alpha), float(cl_weight)
         self.reg_weight, self.temperature = float(reg_weight), float(temperature)
 
-        features = item_features(data)
-        if not features:
-            raise ValueError("LGMRec needs at least one item modality, the dataset has none")
-        for m, x in features.items():
-            if x.size(0) != self.num_items:
-                raise ValueError(
-                    f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
-                    f"({self.num_items})"
-                )
-            self.register_buffer(f"feat_{m}", x.float(), persistent=False)
-        self.modalities = list(features)
+        features = self.register_item_features(data)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)

@@ -7,7 +7,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import csr_transpose, normalized_adjacency, to_csr, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
@@ -124,23 +123,12 @@ class MGCN(Recommender):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.cl_weight, self.temperature, self.reg_weight = cl_weight, temperature, reg_weight
 
-        features = item_features(data)
-        if not features:
-            raise ValueError("MGCN needs at least one item modality, the dataset has none")
-        for m, x in features.items():
-            if x.size(0) != self.num_items:
-                raise ValueError(
-                    f"features of modality '{m}' have {x.size(0)} rows, expected one per item "
-                    f"({self.num_items})"
-                )
-        self.modalities = list(features)
+        # The buffers hold the initial features: the frozen input, or the trained copy's reset.
+        features = self.register_item_features(data)
         self.finetune_features = bool(finetune_features)
-        for m, x in features.items():
-            # The initial features: the frozen input, or the reset value of the trained copy.
-            self.register_buffer(f"feat_{m}", x.detach().float(), persistent=False)
         if self.finetune_features:
             self.features = torch.nn.ParameterDict(
-                {m: torch.nn.Parameter(x.detach().float().clone()) for m, x in features.items()}
+                {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}
             )
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     csr_transpose,
@@ -193,12 +192,7 @@ class SIGER(Recommender):
         self.anchor_align_weight, self.fused_align_weight = anchor_align_weight, fused_align_weight
         self.align_temperature = align_temperature
 
-        features = item_features(data)
-        if not features:
-            raise ValueError("SIGER needs at least one item modality, the dataset has none")
-        self.modalities = list(features)
-        for m, x in features.items():
-            self.register_buffer(f"feat_{m}", x, persistent=False)
+        features = self.register_item_features(data)
         self.modality_weights = self._weights(modality_weights)
 
         # Same modules in the same order as FREEDOM, so one seed gives the same initialisation.

@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
@@ -75,17 +74,7 @@ class VBPR(Recommender):
         if not reg_weight >= 0:  # also rejects NaN
             raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
         self.embedding_dim, self.reg_weight = int(embedding_dim), float(reg_weight)
-        features = item_features(data)
-        if not features:
-            raise ValueError("VBPR needs at least one item modality, the dataset has none")
-        for m, x in features.items():
-            if x.size(0) != self.num_items:
-                raise ValueError(
-                    f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
-                    f"({self.num_items})"
-                )
-            self.register_buffer(f"feat_{m}", x.float(), persistent=False)
-        self.modalities = list(features)
+        features = self.register_item_features(data)
         self.feature_dims = {m: int(x.size(1)) for m, x in features.items()}
 
         d = self.embedding_dim
