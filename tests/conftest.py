@@ -6,6 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from torch_geometric.data import HeteroData
+from toy_graphs import MODALITIES, first_batch, toy_graph
+
+from pyg_dhmrec.data.sampler import BPRBatch
 
 TINY_SYNTHETIC = (
     "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
@@ -25,3 +29,16 @@ def tiny_cli_argv(tmp_path: Path) -> Callable[..., list[str]]:
         ]
 
     return argv
+
+
+@pytest.fixture(scope="module")
+def data() -> HeteroData:
+    """40 users, 30 items, 400 interactions with skewed degrees; image and text features
+    (a module may override it with its own graph)."""
+    return toy_graph(modalities=MODALITIES)
+
+
+@pytest.fixture(scope="module")
+def batch(data: HeteroData) -> BPRBatch:
+    """The first BPR batch of the module's ``data``."""
+    return first_batch(data)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
-from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
+from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 import pyg_dhmrec.models.bm3 as bm3_module
 from pyg_dhmrec.cli import main
@@ -20,17 +20,6 @@ from pyg_dhmrec.nn import cosine_alignment_loss, dropout_view
 
 DIM = 8
 PARTS = {"rec", "align", "mask", "reg"}
-
-
-@pytest.fixture(scope="module")
-def data() -> HeteroData:
-    """40 users, 30 items, 400 interactions with skewed degrees; image and text features."""
-    return toy_graph(modalities=MODALITIES)
-
-
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> BM3:

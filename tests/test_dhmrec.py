@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch_geometric.data import HeteroData
-from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
+from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, toy_graph
 
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
@@ -45,11 +45,6 @@ def _make_data(extra_modalities: dict[str, int] | None = None, text: bool = True
 @pytest.fixture(scope="module")
 def data() -> HeteroData:
     return _make_data()
-
-
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> DHMRec:

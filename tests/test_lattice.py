@@ -16,7 +16,6 @@ from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
-from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import LATTICE, build_model
 from pyg_dhmrec.nn import LearnedKNNGraph, cosine_knn_edges
 
@@ -27,11 +26,6 @@ PARTS = {"bpr", "reg"}
 @pytest.fixture(scope="module")
 def data() -> HeteroData:
     return toy_graph(modalities=MODALITIES)
-
-
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> LATTICE:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.data import HeteroData
-from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
+from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, toy_graph
 
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
@@ -35,11 +35,6 @@ def _graph(edges: list[tuple[int, int]], num_users: int, num_items: int) -> Hete
 def data() -> HeteroData:
     """40 users, 30 items, 400 interactions with skewed degrees; no item features."""
     return toy_graph()
-
-
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> LayerGCN:

@@ -40,11 +40,6 @@ def data() -> HeteroData:
     return _make_data()
 
 
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
-
-
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> LGMRec:
     torch.manual_seed(seed)
     options = {"embedding_dim": DIM, "cl_weight": 0.01, "reg_weight": 1e-3}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch_geometric.data import HeteroData
-from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
+from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
@@ -21,17 +21,6 @@ from pyg_dhmrec.nn import BehaviorAwareFusion, info_nce
 DIM = 8
 KNN_K = 3
 PARTS = {"bpr", "cl", "reg"}
-
-
-@pytest.fixture(scope="module")
-def data() -> HeteroData:
-    """40 users, 30 items, 400 interactions with skewed degrees; image and text features."""
-    return toy_graph(modalities=MODALITIES)
-
-
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
 
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> MGCN:

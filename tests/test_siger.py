@@ -43,11 +43,6 @@ def data() -> HeteroData:
     return toy_graph(modalities=MODALITIES)
 
 
-@pytest.fixture(scope="module")
-def batch(data: HeteroData) -> BPRBatch:
-    return first_batch(data)
-
-
 def _model(data: HeteroData, seed: int = 0, cls: type = SIGER, **kwargs) -> SIGER:
     torch.manual_seed(seed)
     options = {"embedding_dim": DIM, "knn_k": KNN_K, "reg_weight": 0.1, "l2_weight": 1e-3}
