@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ from torch_geometric.data import HeteroData
 from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
 import pyg_dhmrec.models.bm3 as bm3_module
-from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import BM3, build_model
 from pyg_dhmrec.nn import cosine_alignment_loss, dropout_view
@@ -84,7 +81,7 @@ def test_frozen_features(data: HeteroData, batch: BPRBatch) -> None:
     assert not any(key.startswith(("features", "raw_")) for key in model.state_dict())
     sum(_loss(model, batch).values()).backward()
     assert all(p.grad is not None for p in model.parameters())
-    torch.testing.assert_close(model.raw_image, data["item"].image)
+    torch.testing.assert_close(model.feature("image"), data["item"].image)
 
 
 def test_reset_restores_finetuned_features(data: HeteroData) -> None:
@@ -110,7 +107,7 @@ def test_cosine_alignment_hand_computed() -> None:
 
 def test_loss_parts_hand_computed(data: HeteroData, batch: BPRBatch) -> None:
     """No layers, no dropout, identity predictor: every part reduces to plain cosines."""
-    model = _model(data, num_layers=0, dropout=0.0, reg_weight=0.5, cl_weight=3.0)
+    model = _model(data, num_ui_layers=0, dropout=0.0, reg_weight=0.5, cl_weight=3.0)
     _identity_predictor(model)
     parts = _loss(model, batch)
     e_u = model.user_embedding.weight.detach()[batch.user]
@@ -167,9 +164,8 @@ def test_model_target_views_use_its_dropout(
 
 def test_targets_get_no_gradient(data: HeteroData, batch: BPRBatch) -> None:
     model = _model(data, dropout=0.0)
-    with model.memoized():
-        out = model.forward_modalities()
-        parts = model.loss(batch)
+    out = model()
+    parts = model.loss(batch, out)
     users, items = batch.user, batch.pos_item
     online = out.online
     # rec: h_u is reached only through the predicted user, h_i only through the predicted item.
@@ -190,41 +186,25 @@ def test_targets_get_no_gradient(data: HeteroData, batch: BPRBatch) -> None:
     assert model.projections["image"].weight.grad.abs().sum() > 0
 
 
-def test_forward_modalities(data: HeteroData) -> None:
+def test_forward_embeddings(data: HeteroData) -> None:
     model = _model(data).eval()
-    out = model.forward_modalities()
+    out = model()
     assert set(out.modalities) == {"image", "text"}
     ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
-    ui = (ego + model.adj.to_dense() @ ego) / 2  # one layer, mean over layers 0..1
+    ui = (ego + model.adjacency.matrix.to_dense() @ ego) / 2  # one layer, mean over layers 0..1
     pred = model.predictor
     torch.testing.assert_close(out.user, pred(ui[:NUM_USERS]))
     torch.testing.assert_close(out.item, pred(ui[NUM_USERS:] + model.item_embedding.weight))
     for m, rep in out.modalities.items():
         assert rep.shape == (NUM_ITEMS, DIM)
         torch.testing.assert_close(rep, pred(model.projections[m](data["item"][m])))
-    user, item = model()
-    torch.testing.assert_close(user, out.user)
-    torch.testing.assert_close(item, out.item)
-
-
-def test_memoized_loss_propagates_once(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data)
-    calls = []
-    model.propagation.register_forward_hook(lambda *_: calls.append(1))
-    with model.memoized():
-        model.forward_modalities()
-        model.forward()
-        model.loss(batch)
-    assert len(calls) == 1
-    model.loss(batch)
-    assert len(calls) == 2
 
 
 def test_full_scores_use_the_predicted_online_embeddings(data: HeteroData) -> None:
     # Shape, masking and determinism: test_model_contract.
     model = _model(data).eval()
     scores = model.full_scores(torch.arange(NUM_USERS))
-    out = model.forward_modalities()
+    out = model()
     torch.testing.assert_close(scores, out.user @ out.item.t())
     online = out.online
     assert not torch.allclose(scores, online.user @ online.item.t())
@@ -239,7 +219,7 @@ def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
     sum(parts.values()).backward()
     for m in modalities:
         assert model.projections[m].weight.grad.abs().sum() > 0
-    assert set(model.forward_modalities().modalities) == set(modalities)
+    assert set(model().modalities) == set(modalities)
 
 
 def test_bad_inputs(data: HeteroData) -> None:
@@ -252,30 +232,15 @@ def test_bad_inputs(data: HeteroData) -> None:
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"cl_weight": -1.0}, "cl_weight must be >= 0"),
         ({"embedding_dim": 0}, "embedding_dim must be > 0"),
-        ({"num_layers": -1}, "num_layers must be >= 0"),
+        ({"num_ui_layers": -1}, "num_layers must be >= 0"),
     ):
         with pytest.raises(ValueError, match=message):
             BM3(data, **kwargs)
 
 
 def test_build_model_from_config(data: HeteroData) -> None:
-    config = {"embedding_dim": DIM, "num_layers": 2, "dropout": 0.3, "reg_weight": 0.01}
+    config = {"embedding_dim": DIM, "num_ui_layers": 2, "dropout": 0.3, "reg_weight": 0.01}
     model = build_model("bm3", data, {**config, "cl_weight": 1.0, "finetune_features": False})
     assert isinstance(model, BM3)
-    assert model.propagation.num_layers == 2 and model.dropout == 0.3
+    assert model.ui_propagation.num_layers == 2 and model.dropout == 0.3
     assert (model.reg_weight, model.cl_weight, model.finetune_features) == (0.01, 1.0, False)
-
-
-def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
-    argv = tiny_cli_argv("bm3")
-    at = argv.index("--knn_k")  # BM3 builds no kNN graph
-    assert main(argv[:at] + argv[at + 2 :]) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "bm3"
-    assert results["config"]["cl_weight"] == 2.0
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == PARTS
-        assert all(math.isfinite(v) for v in record["loss"].values())
-    assert 0.0 <= results["test"]["recall@20"] <= 1.0

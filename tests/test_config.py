@@ -134,7 +134,7 @@ def test_unknown_cli_key_without_close_match() -> None:
         (["--epochs", "true"], r"key 'epochs' expects int .*got bool True"),
         (["--topk", "10"], r"key 'topk' expects list .*got int 10"),
         (["--progress", "1"], r"key 'progress' expects bool .*got int 1"),
-        (["--num_layers", "two"], r"key 'num_layers' expects int .*got str 'two'"),
+        (["--num_ui_layers", "two"], r"key 'num_ui_layers' expects int .*got str 'two'"),
     ],
 )
 def test_wrong_cli_type(args: list, pattern: str) -> None:
@@ -146,11 +146,11 @@ def test_cli_values_reach_the_config() -> None:
     config = load_config(
         "lightgcn",
         "synthetic",
-        parse_cli_overrides(["--learning_rate", "1", "--topk=[5,10]", "--num-layers", "3"]),
+        parse_cli_overrides(["--learning_rate", "1", "--topk=[5,10]", "--num-ui-layers", "3"]),
     )
     assert config["learning_rate"] == 1.0 and isinstance(config["learning_rate"], float)
     assert config["topk"] == [5, 10]
-    assert config["num_layers"] == 3
+    assert config["num_ui_layers"] == 3
     assert config["epochs"] == 1000  # untouched default of overall.yaml
 
 
@@ -312,4 +312,30 @@ def test_model_yaml_keys_are_constructor_arguments(model: str) -> None:
 
 def test_model_keys_values() -> None:
     assert model_keys("bpr") == {"embedding_dim", "reg_weight"}
-    assert model_keys("lightgcn") == {"embedding_dim", "num_layers", "reg_weight"}
+    assert model_keys("lightgcn") == {"embedding_dim", "num_ui_layers", "reg_weight"}
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "value"),
+    [
+        ("bm3", "cl_weight", 2.0),
+        ("lattice", "frozen_graph_weight", 0.9),
+        ("layergcn", "num_ui_layers", 4),
+        ("layergcn", "pruning", "alternate"),
+        ("mgcn", "temperature", 0.2),
+        ("vbpr", "reg_weight", 0.1),
+    ],
+)
+def test_model_file_settings_reach_the_config(model: str, key: str, value: object) -> None:
+    # The settings a run of each model starts from (the model files' published values); the
+    # run itself, end to end, is test_model_contract's test_cli_trains_and_writes_results.
+    config = load_config(model, "synthetic")
+    assert config[key] == value and type(config[key]) is type(value)
+
+
+def test_model_keys_from_the_command_line() -> None:
+    overrides = parse_cli_overrides(["--num_hyperedges", "3", "--keep-rate", "0.4"])
+    config = load_config("lgmrec", "synthetic", overrides)
+    assert config["num_hyperedges"] == 3 and config["keep_rate"] == 0.4
+    with pytest.raises(ConfigError, match="unknown key 'num_hyperedges'"):
+        load_config("freedom", "synthetic", parse_cli_overrides(["--num_hyperedges", "3"]))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, toy_graph
 
-from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.graph import (
     knn_adjacency,
@@ -52,7 +49,7 @@ def _model(data: HeteroData, seed: int = 0, **kwargs) -> DHMRec:
     options = {
         "embedding_dim": DIM,
         "knn_k": KNN_K,
-        "ii_modality_weights": WEIGHTS,
+        "modality_weights": WEIGHTS,
         "num_ui_layers": 2,
         "num_ii_layers": 1,
     }
@@ -92,21 +89,21 @@ def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -
     model = _model(data, alpha_mm=0.6, gamma_dis=0.3, gamma_kl=0.7, gamma_reg=0.01)
     parts = _train_loss(model, batch)
     with torch.no_grad():
-        emb = model._embed()  # train mode: same pruned graph as the loss
-        final = emb["id"] + 0.6 * emb["mm"]
+        emb = model()  # train mode: same pruned graph as the loss
+        final = emb.id + 0.6 * emb.mm
         user_f, item_f = final[:NUM_USERS], final[NUM_USERS:]
         pos = (user_f[batch.user] * item_f[batch.pos_item]).sum(-1)
         neg = (user_f[batch.user] * item_f[batch.neg_item]).sum(-1)
         bpr = -torch.log(torch.sigmoid(pos - neg)).mean()  # Eq. 24, mean over the batch
         items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
-        commons = [emb["commons"][m][items] for m in ("image", "text")]
+        commons = [emb.commons[m][items] for m in ("image", "text")]
         jsd = 0.3 * jensen_shannon_divergence(commons)
         orth = 0.3 * (
-            orthogonality_loss(emb["commons"]["image"][items], emb["specifics"]["image"][items])
-            + orthogonality_loss(emb["commons"]["text"][items], emb["specifics"]["text"][items])
+            orthogonality_loss(emb.commons["image"][items], emb.specifics["image"][items])
+            + orthogonality_loss(emb.commons["text"][items], emb.specifics["text"][items])
         )
         users = torch.unique(batch.user)
-        mm, idv = emb["mm"], emb["id"]
+        mm, idv = emb.mm, emb.id
         kl = 0.7 * score_distribution_kl(
             mm[:NUM_USERS][users], mm[NUM_USERS:], idv[:NUM_USERS][users], idv[NUM_USERS:]
         )
@@ -174,18 +171,17 @@ def test_multimodal_embedding_by_hand(data: HeteroData) -> None:
     model = _model(data)
     model.eval()
     with torch.no_grad():
-        emb = model._embed()
+        emb = model()
         views = _dense_views(model, data)
-        assert emb["mm"].shape == (NUM_USERS + NUM_ITEMS, DIM)
-        assert torch.allclose(emb["mm"], model.fusion(views), atol=1e-4)
+        assert emb.mm.shape == (NUM_USERS + NUM_ITEMS, DIM)
+        assert torch.allclose(emb.mm, model.fusion(views), atol=1e-4)
         # id view: LightGCN mean over 3 layers of the full graph in eval mode (Eqs. 7-8).
         adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
         ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
         expected_id = (ego + adj @ ego + adj @ (adj @ ego)) / 3
-        assert torch.allclose(emb["id"], expected_id, atol=1e-5)
-        user_emb, item_emb = model()
+        assert torch.allclose(emb.id, expected_id, atol=1e-5)
         final = expected_id + 1.0 * model.fusion(views)  # Eq. 22 with alpha_mm = 1
-        assert torch.allclose(torch.cat([user_emb, item_emb]), final, atol=1e-4)
+        assert torch.allclose(torch.cat([emb.user, emb.item]), final, atol=1e-4)
 
 
 def test_no_af_fuses_by_the_mean_of_the_views(data: HeteroData) -> None:
@@ -193,7 +189,7 @@ def test_no_af_fuses_by_the_mean_of_the_views(data: HeteroData) -> None:
     assert not hasattr(model, "fusion")
     model.eval()
     with torch.no_grad():
-        mm = model._embed()["mm"]
+        mm = model().mm
         views = _dense_views(model, data)
         assert len(views) == 3
         assert mm.shape == (NUM_USERS + NUM_ITEMS, DIM)
@@ -206,47 +202,31 @@ def test_no_ii_views_are_the_user_item_outputs(data: HeteroData) -> None:
     model.eval()
     with torch.no_grad():
         views = _dense_views(model, data)  # item_graphs is False: no kNN hop
-        assert torch.allclose(model._embed()["mm"], sum(views) / 3, atol=1e-5)
+        assert torch.allclose(model().mm, sum(views) / 3, atol=1e-5)
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def test_evaluation_is_deterministic_and_uses_the_full_graph(data: HeteroData) -> None:
+def test_training_prunes_the_id_graph_and_evaluation_uses_the_full_one(data: HeteroData) -> None:
+    # Full-graph evaluation and its determinism for every pruning model: test_model_contract.
     model = _model(data)
     train = data[RATES].edge_index
     full = normalized_adjacency(train, NUM_USERS, NUM_ITEMS).to_dense()
-    users = torch.tensor([3, 0, 39, 17])
-
     model.train()
-    with pytest.raises(RuntimeError, match=r"call model\.eval\(\) first"):
-        model.full_scores(users)
     model.on_train_epoch_start()
     pruned = model.pruning()
     # edge_dropout 0.8: floor(400 * 0.2) = 80 kept edges, stored in both directions.
     assert pruned._nnz() == 2 * math.floor(NUM_EDGES * (1 - 0.8))
-    assert pruned._nnz() < full.count_nonzero()
     with torch.no_grad():
-        train_id = model._embed()["id"]
-
+        train_out = model()
     model.eval()
     assert torch.allclose(model.pruning().to_dense(), full, atol=1e-7)
-    scores = model.full_scores(users)
-    assert scores.shape == (4, NUM_ITEMS)
-    assert not scores.requires_grad
-    assert torch.equal(model.full_scores(users), scores)
-    user_emb, item_emb = model()
-    assert torch.allclose(scores, user_emb[users] @ item_emb.t(), atol=1e-5)
     with torch.no_grad():
-        assert not torch.allclose(model._embed()["id"], train_id, atol=1e-4)  # pruned in training
-
-    # A new pruned sample in training changes nothing at evaluation.
-    model.train()
-    model.on_train_epoch_start()
-    model.eval()
-    again = model.full_scores(users)
-    assert torch.allclose(again, scores, atol=1e-6)
-    assert model.full_scores(torch.arange(NUM_USERS)).shape == (NUM_USERS, NUM_ITEMS)
+        eval_out = model()
+    assert not torch.allclose(eval_out.id, train_out.id, atol=1e-4)  # pruned in training
+    # Only the ID view is pruned: the modality views propagate over the full graph.
+    torch.testing.assert_close(eval_out.mm, train_out.mm)
 
 
 # ---------------------------------------------------------------- item-item graphs
@@ -256,15 +236,19 @@ def test_common_item_graph_is_the_weighted_sum(data: HeteroData) -> None:
     model = _model(data)
     image = knn_adjacency(data["item"].image, KNN_K)
     text = knn_adjacency(data["item"].text, KNN_K)
-    assert torch.allclose(model.ii_image.to_dense(), image.to_dense())
-    assert torch.allclose(model.ii_text.to_dense(), text.to_dense())
+    graphs = {view: op.matrix.to_dense() for view, op in model.item_item.items()}
+    assert list(graphs) == ["image", "text", "common"]
+    assert torch.allclose(graphs["image"], image.to_dense())
+    assert torch.allclose(graphs["text"], text.to_dense())
     expected = weighted_sum([image, text], [0.1, 0.9]).to_dense()
-    assert torch.allclose(model.ii_common.to_dense(), expected, atol=1e-7)
+    assert torch.allclose(graphs["common"], expected, atol=1e-7)
     assert torch.allclose(
-        model.ii_common.to_dense(), 0.1 * image.to_dense() + 0.9 * text.to_dense(), atol=1e-7
+        graphs["common"], 0.1 * image.to_dense() + 0.9 * text.to_dense(), atol=1e-7
     )
+    for op in model.item_item.values():
+        torch.testing.assert_close(op.transpose.to_dense(), op.matrix.to_dense().t())
     # kNN graph: k = 3 entries per row.
-    assert model.ii_image._nnz() == NUM_ITEMS * KNN_K
+    assert model.item_item["image"].matrix._nnz() == NUM_ITEMS * KNN_K
 
 
 @pytest.mark.parametrize(
@@ -273,7 +257,7 @@ def test_common_item_graph_is_the_weighted_sum(data: HeteroData) -> None:
 )
 def test_mismatched_modality_weights_raise(data: HeteroData, weights: dict) -> None:
     with pytest.raises(ValueError, match="one weight per modality"):
-        _model(data, ii_modality_weights=weights)
+        _model(data, modality_weights=weights)
 
 
 # ---------------------------------------------------------------- ablations
@@ -307,7 +291,7 @@ def test_each_ablation_removes_exactly_its_part(
         assert {"projections.image.weight", "projections.text.weight"} <= names
         assert model.views == ["image", "text"]
         assert model.fusion.fuse.in_features == 2 * DIM
-        assert {"ii_image", "ii_text"} <= buffers and "ii_common" not in buffers
+        assert set(model.item_item) == {"image", "text"}  # no common view, no common graph
     else:
         assert not any("projections" in n for n in names)
     if ablation == "no_af":
@@ -318,10 +302,11 @@ def test_each_ablation_removes_exactly_its_part(
         assert any("fusion" in n for n in names)
         assert names == {n for n in full_names if "alpha" not in n}
     if ablation == "no_ii":
-        assert not any(b.startswith("ii_") for b in buffers)
+        assert not hasattr(model, "item_item")
+        assert not any(b.startswith("item_item") for b in buffers)
         assert names == full_names
     else:
-        assert "ii_image" in buffers
+        assert "item_item.image.matrix" in buffers
     if ablation == "no_kl":
         assert names == full_names
 
@@ -339,8 +324,13 @@ def test_unknown_ablation_raises(data: HeteroData) -> None:
 
 
 def test_full_model_buffers(data: HeteroData) -> None:
-    buffers = {name for name, _ in _model(data).named_buffers()}
-    assert {"ii_image", "ii_text", "ii_common", "feat_image", "feat_text", "user_item"} <= buffers
+    model = _model(data)
+    buffers = {name for name, _ in model.named_buffers()}
+    graphs = {f"item_item.{view}.matrix" for view in ("image", "text", "common")}
+    assert graphs | {"feat_image", "feat_text", "user_item.matrix"} <= buffers
+    torch.testing.assert_close(model.feature("image"), data["item"].image)
+    # Graph data and raw features are not model state.
+    assert not any(k.startswith(("item_item", "user_item", "feat_")) for k in model.state_dict())
 
 
 def test_all_ablations_together(data: HeteroData, batch: BPRBatch) -> None:
@@ -373,20 +363,22 @@ def test_no_dis_projections_are_xavier_initialised(data: HeteroData) -> None:
 def test_three_modalities(batch: BPRBatch) -> None:
     data = _make_data({"audio": 6})
     weights = {"image": 0.2, "text": 0.3, "audio": 0.5}
-    model = _model(data, ii_modality_weights=weights)
+    model = _model(data, modality_weights=weights)
     assert model.modalities == ["image", "text", "audio"]
     assert model.views == ["common", "image", "text", "audio"]
     assert model.fusion.fuse.in_features == 4 * DIM
     image, text, audio = (knn_adjacency(data["item"][m], KNN_K).to_dense() for m in weights)
     assert torch.allclose(
-        model.ii_common.to_dense(), 0.2 * image + 0.3 * text + 0.5 * audio, atol=1e-7
+        model.item_item["common"].matrix.to_dense(),
+        0.2 * image + 0.3 * text + 0.5 * audio,
+        atol=1e-7,
     )
     parts = _train_loss(model, batch)
     assert set(parts) == ALL_PARTS
     with torch.no_grad():
-        emb = model._embed()
+        emb = model()
         items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
-        commons = [emb["commons"][m][items] for m in ("image", "text", "audio")]
+        commons = [emb.commons[m][items] for m in ("image", "text", "audio")]
         jsd = 0.1 * jensen_shannon_divergence(commons)  # gamma_dis 0.1, M = 3
     assert parts["jsd"].item() == pytest.approx(jsd.item(), rel=1e-4)
     sum(parts.values()).backward()
@@ -398,7 +390,7 @@ def test_three_modalities(batch: BPRBatch) -> None:
 def test_single_modality_raises() -> None:
     data = _make_data(text=False)
     with pytest.raises(ValueError, match=r"at least 2 modalities.*\['image'\]"):
-        _model(data, ii_modality_weights={"image": 1.0})
+        _model(data, modality_weights={"image": 1.0})
 
 
 def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
@@ -406,10 +398,9 @@ def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
     model.eval()
     users = torch.arange(NUM_USERS)
     with torch.no_grad():
-        emb = model._embed()
-        id_user, id_item = emb["id"][:NUM_USERS], emb["id"][NUM_USERS:]
-        user_emb, item_emb = model()
-    assert torch.equal(user_emb, id_user) and torch.equal(item_emb, id_item)
+        emb = model()
+        id_user, id_item = emb.id[:NUM_USERS], emb.id[NUM_USERS:]
+    assert torch.equal(emb.user, id_user) and torch.equal(emb.item, id_item)
     scores = model.full_scores(users)
     assert torch.allclose(scores, id_user @ id_item.t(), atol=1e-6)
     # With alpha_mm = 0.5 the fused multimodal embedding enters (Eq. 22).
@@ -417,7 +408,7 @@ def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
     model.train()
     model.eval()
     mixed = model.full_scores(users)
-    final = emb["id"] + 0.5 * emb["mm"]
+    final = emb.id + 0.5 * emb.mm
     assert torch.allclose(mixed, final[:NUM_USERS] @ final[NUM_USERS:].t(), atol=1e-5)
     assert not torch.allclose(mixed, scores, atol=1e-3)
 
@@ -426,7 +417,7 @@ def test_build_model_from_config(data: HeteroData) -> None:
     config = {
         "embedding_dim": 6,
         "knn_k": 2,
-        "ii_modality_weights": WEIGHTS,
+        "modality_weights": WEIGHTS,
         "ablations": ["no_kl"],
         "alpha_mm": 0.4,
         "epochs": 3,
@@ -435,22 +426,4 @@ def test_build_model_from_config(data: HeteroData) -> None:
     assert isinstance(model, DHMRec)
     assert model.user_embedding.weight.shape == (NUM_USERS, 6)
     assert model.alpha_mm == 0.4 and model.ablations == ("no_kl",)
-    assert model.ii_image._nnz() == NUM_ITEMS * 2
-
-
-# ---------------------------------------------------------------- command line
-
-
-def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
-    argv = tiny_cli_argv("dhmrec")
-    assert main(argv) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "dhmrec"
-    assert results["config"]["knn_k"] == 3
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == ALL_PARTS
-        assert all(math.isfinite(v) for v in record["loss"].values())
-    assert 0.0 <= results["test"]["recall@20"] <= 1.0
-    assert results["test"]["recall@20"] >= results["test"]["recall@10"]
+    assert model.item_item["image"].matrix._nnz() == NUM_ITEMS * 2

@@ -40,7 +40,7 @@ def read(path: Path) -> dict:
 def grid(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("grid")
     grid_file = folder / "grid.yaml"
-    grid_file.write_text("num_layers: [1, 2]\nreg_weight: [0.001, 0.0001]\n")
+    grid_file.write_text("num_ui_layers: [1, 2]\nreg_weight: [0.001, 0.0001]\n")
     out = folder / "runs"
     assert main([*train_args(data_root, out), "--grid", str(grid_file)]) == 0
     return out
@@ -74,13 +74,13 @@ def test_grid_runs_every_point_and_selects_on_valid(grid: Path, capsys) -> None:
     summary = read(grid / "grid.json")
     names = [p["point"] for p in summary["points"]]
     assert names == [
-        "num_layers=1_reg_weight=0.001",
-        "num_layers=1_reg_weight=0.0001",
-        "num_layers=2_reg_weight=0.001",
-        "num_layers=2_reg_weight=0.0001",
+        "num_ui_layers=1_reg_weight=0.001",
+        "num_ui_layers=1_reg_weight=0.0001",
+        "num_ui_layers=2_reg_weight=0.001",
+        "num_ui_layers=2_reg_weight=0.0001",
     ]
     runs = [read(grid / n / "results.json") for n in names]
-    assert [r["config"]["num_layers"] for r in runs] == [1, 1, 2, 2]
+    assert [r["config"]["num_ui_layers"] for r in runs] == [1, 1, 2, 2]
     valid = [r["valid"]["recall@20"] for r in runs]
     best = valid.index(max(valid))
     assert summary["selected"] == names[best]
@@ -91,7 +91,7 @@ def test_grid_runs_every_point_and_selects_on_valid(grid: Path, capsys) -> None:
         assert row["test_ndcg@20"] == r["test"]["ndcg@20"]
         assert row["epochs_run"] == r["epochs_run"] == 2
     table = (grid / "grid.md").read_text()
-    assert table.count("\n| num_layers=") == 4
+    assert table.count("\n| num_ui_layers=") == 4
     assert f"selected on valid recall@20: {names[best]}" in table
 
 
@@ -115,9 +115,9 @@ def test_grid_unknown_key_names_file(data_root: Path, tmp_path: Path, capsys) ->
     assert main([*train_args(data_root, tmp_path / "o"), "--grid", str(grid_file)]) == 2
     err = capsys.readouterr().err
     assert re.match(rf"error: {re.escape(str(grid_file))}: unknown key 'num_layer'\.", err), err
-    grid_file.write_text("num_layers: 2\n")
+    grid_file.write_text("num_ui_layers: 2\n")
     assert main([*train_args(data_root, tmp_path / "o"), "--grid", str(grid_file)]) == 2
-    assert "key 'num_layers' must map to a non-empty list of values, got 2" in (
+    assert "key 'num_ui_layers' must map to a non-empty list of values, got 2" in (
         capsys.readouterr().err
     )
 
@@ -160,15 +160,15 @@ def test_compare_different_users_is_an_error(seeds: Path, tmp_path: Path, capsys
 
 
 def test_plot_curves_and_sweep(grid: Path, tmp_path: Path, capsys) -> None:
-    run = grid / "num_layers=1_reg_weight=0.001"
+    run = grid / "num_ui_layers=1_reg_weight=0.001"
     assert main(["plot", "curves", str(run)]) == 0
     assert (run / "figures" / "curves.png").stat().st_size > 1000
     out = tmp_path / "figs"
-    argv = ["plot", "sweep", str(grid), "--x", "num_layers", "--lines", "reg_weight"]
+    argv = ["plot", "sweep", str(grid), "--x", "num_ui_layers", "--lines", "reg_weight"]
     assert main([*argv, "--out", str(out)]) == 0
-    assert (out / "sweep_num_layers.png").stat().st_size > 1000
+    assert (out / "sweep_num_ui_layers.png").stat().st_size > 1000
     assert main(["plot", "sweep", str(grid), "--out", str(out)]) == 0  # keys inferred
-    assert f"written: {out / 'sweep_num_layers.png'}" in capsys.readouterr().out
+    assert f"written: {out / 'sweep_num_ui_layers.png'}" in capsys.readouterr().out
 
 
 def test_plot_tsne_of_dhmrec(dhmrec_run: Path, tmp_path: Path) -> None:
@@ -185,7 +185,7 @@ def test_plot_without_matplotlib(
     grid: Path, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    run = grid / "num_layers=1_reg_weight=0.001"
+    run = grid / "num_ui_layers=1_reg_weight=0.001"
     assert main(["plot", "curves", str(run), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: plots need matplotlib, the optional 'plots' extra: ")

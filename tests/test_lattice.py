@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +11,6 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
-from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.models import LATTICE, build_model
@@ -121,7 +118,7 @@ def test_initial_graph_is_the_weighted_cosine_knn_graph(data: HeteroData) -> Non
 
 
 def test_mixing_with_the_initial_graph_and_modality_weights(data: HeteroData) -> None:
-    model = _model(data, lambda_coeff=0.7, n_layers=2).eval()
+    model = _model(data, frozen_graph_weight=0.7, num_ii_layers=2).eval()
     with torch.no_grad():
         model.modality_logits.copy_(torch.tensor([0.3, -0.2]))
     alpha = torch.softmax(torch.tensor([0.3, -0.2]), 0)
@@ -136,18 +133,21 @@ def test_mixing_with_the_initial_graph_and_modality_weights(data: HeteroData) ->
         fused += a * expected  # Eq. 7
     # Prediction: LightGCN items + L2-normalised two-hop propagation over the fused graph.
     with torch.no_grad():
-        user, item = model()
+        out = model()
         ids = model.item_embedding.weight
         ego = torch.cat([model.user_embedding.weight, ids])
         adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
         ui = (ego + adj @ ego + adj @ (adj @ ego)) / 3
         h = F.normalize(fused @ (fused @ ids), dim=1)
-    torch.testing.assert_close(user, ui[:NUM_USERS])
-    torch.testing.assert_close(item, ui[NUM_USERS:] + h)
+    torch.testing.assert_close(out.user, ui[:NUM_USERS])
+    torch.testing.assert_close(out.item, ui[NUM_USERS:] + h)
 
 
 def test_lambda_one_ignores_the_learned_graph(data: HeteroData) -> None:
-    a, b = _model(data, lambda_coeff=1.0).eval(), _model(data, lambda_coeff=1.0).eval()
+    a, b = (
+        _model(data, frozen_graph_weight=1.0).eval(),
+        _model(data, frozen_graph_weight=1.0).eval(),
+    )
     with torch.no_grad():
         b.projections["image"].weight.mul_(-3.0)
         first, second = a.full_scores(torch.arange(5)), b.full_scores(torch.arange(5))
@@ -225,19 +225,18 @@ def test_adam_steps_lower_the_batch_loss_with_per_batch_graphs(data: HeteroData,
 
 
 def test_modality_representations(data: HeteroData) -> None:
-    # Scores, masking and memoization: test_model_contract.
+    # Scores, masking and the loss reading the given pass: test_model_contract.
     model = _model(data).eval()
-    user, _ = model()
     # Per-modality representations: the item IDs propagated over that modality's graph only.
     with torch.no_grad():
-        out = model.forward_modalities()
+        out = model()
     graphs, _ = model.build_item_graphs()
     for m, rep in out.modalities.items():
         ei, w = graphs[m]
         graph = _dense(ei.flip(0), w, NUM_ITEMS)
         expected = F.normalize(graph @ model.item_embedding.weight, dim=1)
         torch.testing.assert_close(rep, expected.detach())
-        assert (user @ rep.t()).shape == (NUM_USERS, NUM_ITEMS)
+        assert (out.user @ rep.t()).shape == (NUM_USERS, NUM_ITEMS)
 
 
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
@@ -247,16 +246,16 @@ def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
     sum(model.loss(first_batch(data, batch_size=32, seed=1)).values()).backward()
     for m in modalities:
         assert model.projections[m].weight.grad.abs().sum() > 0
-    assert set(model.forward_modalities().modalities) == set(modalities)
+    assert set(model().modalities) == set(modalities)
     assert model.modality_weights().shape == (len(modalities),)
 
 
 def test_bad_inputs(data: HeteroData) -> None:
     cases = [
-        ({"lambda_coeff": 1.5}, "lambda_coeff must be in"),
+        ({"frozen_graph_weight": 1.5}, "frozen_graph_weight must be in"),
         ({"knn_k": 0}, "knn_k must be an integer >= 1"),
         ({"knn_k": 31}, "knn_k must be <= the number of items"),
-        ({"n_layers": 0}, "n_layers must be an integer >= 1"),
+        ({"num_ii_layers": 0}, "num_ii_layers must be an integer >= 1"),
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"graph_update": "step"}, "graph_update must be one of"),
         ({"feat_embed_dim": 2.5}, "feat_embed_dim must be an integer"),
@@ -269,25 +268,19 @@ def test_bad_inputs(data: HeteroData) -> None:
         _model(empty)
 
 
-def test_build_model_and_cli(tmp_path: Path, tiny_cli_argv, data: HeteroData) -> None:
-    model = build_model("lattice", data, {"embedding_dim": DIM, "knn_k": 4, "lambda_coeff": 0.5})
-    assert isinstance(model, LATTICE) and model.knn_k == 4 and model.lambda_coeff == 0.5
-    assert main(tiny_cli_argv("lattice")) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "lattice" and results["config"]["lambda_coeff"] == 0.9
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == PARTS
-        assert all(math.isfinite(v) for v in record["loss"].values())
+def test_build_model_from_config(data: HeteroData) -> None:
+    config = {"embedding_dim": DIM, "knn_k": 4, "frozen_graph_weight": 0.5, "num_ii_layers": 2}
+    model = build_model("lattice", data, config)
+    assert isinstance(model, LATTICE) and model.knn_k == 4 and model.frozen_graph_weight == 0.5
+    assert model.num_ii_layers == 2
 
 
 def test_edge_wise_and_csr_propagation_agree(data: HeteroData) -> None:
-    model = _model(data, n_layers=2).train()
+    model = _model(data, num_ii_layers=2).train()
     model.on_train_epoch_start()
-    learned = model.forward_modalities()  # learns the graph: edge-wise, with gradient
+    learned = model()  # learns the graph: edge-wise, with gradient
     assert learned.item.requires_grad and model._train_graph is not None
-    reused = model.forward_modalities()  # the epoch's graph as CSR constants
+    reused = model()  # the epoch's graph as CSR constants
     torch.testing.assert_close(reused.item, learned.item)
     for m in learned.modalities:
         torch.testing.assert_close(reused.modalities[m], learned.modalities[m])

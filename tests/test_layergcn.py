@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 from toy_graphs import NUM_EDGES, NUM_ITEMS, NUM_USERS, toy_graph
 
-from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import LayerGCN, build_model
@@ -26,6 +23,7 @@ def _graph(edges: list[tuple[int, int]], num_users: int, num_items: int) -> Hete
     data = HeteroData()
     data["user"].num_nodes = num_users
     data["item"].num_nodes = num_items
+    data["item"].modalities = []  # ID-only
     data[RATES].edge_index = edge_index
     data[REV_RATES].edge_index = edge_index.flip(0)
     return data
@@ -39,7 +37,7 @@ def data() -> HeteroData:
 
 def _model(data: HeteroData, seed: int = 0, **kwargs) -> LayerGCN:
     torch.manual_seed(seed)
-    options = {"embedding_dim": DIM, "reg_weight": 0.1, "dropout": 0.2}
+    options = {"embedding_dim": DIM, "reg_weight": 0.1, "edge_dropout": 0.2}
     options.update(kwargs)
     return LayerGCN(data, **options)
 
@@ -59,7 +57,8 @@ def test_loss_parts_are_batch_sums(data: HeteroData, batch: BPRBatch) -> None:
     for key, value in parts.items():
         assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0, key
     # Sums over the batch, not means (the authors' BPR and L2 terms).
-    user, item = model()
+    out = model()
+    user, item = out.user, out.item
     u = user[batch.user]
     diff = (u * item[batch.pos_item]).sum(-1) - (u * item[batch.neg_item]).sum(-1)
     torch.testing.assert_close(parts["bpr"], -F.logsigmoid(diff).sum())
@@ -81,10 +80,13 @@ def test_parameters(data: HeteroData) -> None:
 
 def test_refinement_on_one_edge_by_hand() -> None:
     """One user, one item, one edge: the normalised graph swaps the two embeddings."""
-    model = _model(_graph([(0, 0)], 1, 1), embedding_dim=2, num_layers=2, dropout=0.0).eval()
+    model = _model(
+        _graph([(0, 0)], 1, 1), embedding_dim=2, num_ui_layers=2, edge_dropout=0.0
+    ).eval()
     # Each hop is orthogonal to the node's ego embedding: weight 0, nothing survives.
     _set_embeddings(model, [[1.0, 0.0]], [[0.0, 1.0]])
-    user, item = model()
+    out = model()
+    user, item = out.user, out.item
     layers, weights = model.propagation.layers(
         torch.cat([model.user_embedding.weight, model.item_embedding.weight]),
         model.pruning(),
@@ -106,7 +108,8 @@ def test_refinement_on_one_edge_by_hand() -> None:
     torch.testing.assert_close(weights[1], torch.tensor([1.0, 1.0]))
     torch.testing.assert_close(layers[0], torch.tensor([[r, r], [r, 0.0]]))
     torch.testing.assert_close(layers[1], torch.tensor([[r, 0.0], [r, r]]))
-    user, item = model()
+    out = model()
+    user, item = out.user, out.item
     torch.testing.assert_close(user, torch.tensor([[2 * r, r]]))
     torch.testing.assert_close(item, torch.tensor([[2 * r, r]]))
 
@@ -121,7 +124,7 @@ def test_refinement_on_one_edge_by_hand() -> None:
 
 def test_refinement_weights_are_cosines_on_a_normalised_graph() -> None:
     """Users 0, 1; items 0, 1; edges (0, 0), (0, 1), (1, 1): degrees u = (2, 1), i = (1, 2)."""
-    model = _model(_graph([(0, 0), (0, 1), (1, 1)], 2, 2), embedding_dim=2, num_layers=1)
+    model = _model(_graph([(0, 0), (0, 1), (1, 1)], 2, 2), embedding_dim=2, num_ui_layers=1)
     _set_embeddings(model, [[1.0, 0.0], [0.0, 2.0]], [[3.0, 4.0], [1.0, -1.0]])
     model.eval()
     s2 = math.sqrt(2)
@@ -144,18 +147,9 @@ def test_refinement_weights_are_cosines_on_a_normalised_graph() -> None:
     torch.testing.assert_close(weights[0], expected_w)
     expected = expected_w[:, None] * torch.tensor([hops[k] for k in ("u0", "u1", "i0", "i1")])
     torch.testing.assert_close(layers[0], expected)
-    user, item = model()
+    out = model()
+    user, item = out.user, out.item
     torch.testing.assert_close(torch.cat([user, item]), expected)
-
-
-def test_evaluation_uses_the_full_graph(data: HeteroData) -> None:
-    # Scores, masking and determinism: test_model_contract.
-    model = _model(data)
-    model.train()
-    model.on_train_epoch_start()
-    assert model.pruning() is not model.pruning.full_adjacency
-    model.eval()
-    assert model.pruning() is model.pruning.full_adjacency
 
 
 def _keep_counts(model: LayerGCN, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +178,7 @@ def _keep_counts(model: LayerGCN, rounds: int) -> tuple[torch.Tensor, torch.Tens
 
 def test_pruning_alternates_degree_sensitive_and_uniform(data: HeteroData) -> None:
     torch.manual_seed(1)
-    model = _model(data, dropout=0.8).train()
+    model = _model(data, edge_dropout=0.8).train()
     assert model.pruning.num_keep == int(NUM_EDGES * (1 - 0.8))
     low, high = _keep_counts(model, 150)
     # Draws 1, 3, ...: low-degree edges survive far more often; draws 2, 4, ...: uniform.
@@ -192,16 +186,16 @@ def test_pruning_alternates_degree_sensitive_and_uniform(data: HeteroData) -> No
     assert 0.8 < low[1] / high[1] < 1.25, (low, high)
     assert abs(high[1] - 0.2) < 0.03
 
-    model = _model(data, dropout=0.8, pruning="degree").train()
+    model = _model(data, edge_dropout=0.8, pruning="degree").train()
     low, high = _keep_counts(model, 60)
     assert (low > 1.5 * high).all(), (low, high)
-    model = _model(data, dropout=0.8, pruning="uniform").train()
+    model = _model(data, edge_dropout=0.8, pruning="uniform").train()
     low, high = _keep_counts(model, 60)
     assert ((low / high - 1).abs() < 0.25).all(), (low, high)
 
 
 def test_no_dropout_trains_on_the_full_graph(data: HeteroData) -> None:
-    model = _model(data, dropout=0.0).train()
+    model = _model(data, edge_dropout=0.0).train()
     model.on_train_epoch_start()
     assert model.pruning() is model.pruning.full_adjacency
     assert model.pruning.kept_edge_index is None
@@ -209,9 +203,9 @@ def test_no_dropout_trains_on_the_full_graph(data: HeteroData) -> None:
 
 def test_bad_hyper_parameters(data: HeteroData) -> None:
     with pytest.raises(ValueError, match="num_layers must be an int >= 1"):
-        _model(data, num_layers=0)
+        _model(data, num_ui_layers=0)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
-        _model(data, dropout=1.0)
+        _model(data, edge_dropout=1.0)
     with pytest.raises(ValueError, match="reg_weight must be >= 0"):
         _model(data, reg_weight=-1e-3)
     with pytest.raises(ValueError, match="pruning must be one of"):
@@ -219,23 +213,8 @@ def test_bad_hyper_parameters(data: HeteroData) -> None:
 
 
 def test_build_model_from_config(data: HeteroData) -> None:
-    config = {"embedding_dim": DIM, "num_layers": 3, "dropout": 0.2, "reg_weight": 1e-2}
+    config = {"embedding_dim": DIM, "num_ui_layers": 3, "edge_dropout": 0.2, "reg_weight": 1e-2}
     model = build_model("layergcn", data, config)
     assert isinstance(model, LayerGCN) and not model.uses_modalities
     assert model.propagation.num_layers == 3 and model.pruning.dropout == 0.2
     assert model.reg_weight == 1e-2 and model.pruning.mode == "alternate"
-
-
-def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
-    argv = tiny_cli_argv("layergcn")
-    at = argv.index("--knn_k")  # not a LayerGCN key
-    assert main(argv[:at] + argv[at + 2 :]) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "layergcn"
-    assert results["config"]["num_layers"] == 4 and results["config"]["pruning"] == "alternate"
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == PARTS
-        assert all(math.isfinite(v) for v in record["loss"].values())
-    assert 0.0 <= results["test"]["recall@20"] <= 1.0

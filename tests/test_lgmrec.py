@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,6 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
-from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import LGMRec, build_model
@@ -164,7 +161,7 @@ def test_forward_follows_the_equations(data: HeteroData) -> None:
     model = _model(
         data, num_ui_layers=1, num_mm_layers=2, num_hyper_layers=2, temperature=tau, alpha=alpha
     ).eval()
-    user, item = model()
+    out = model()
     r = _dense_interactions(data)
     deg_u, deg_i = r.sum(1), r.sum(0)
     r_hat = r / torch.sqrt(deg_u[:, None] * deg_i[None, :])
@@ -187,9 +184,8 @@ def test_forward_follows_the_equations(data: HeteroData) -> None:
             glob = glob + torch.cat([g_users, g_items])  # Eq. 10
             reps[m] = mge[NUM_USERS:] + alpha * F.normalize(g_items, dim=-1)
         final = local + alpha * F.normalize(glob, dim=-1)  # Eq. 12
-    torch.testing.assert_close(user, final[:NUM_USERS])
-    torch.testing.assert_close(item, final[NUM_USERS:])
-    out = model.forward_modalities()
+    torch.testing.assert_close(out.user, final[:NUM_USERS])
+    torch.testing.assert_close(out.item, final[NUM_USERS:])
     assert set(out.modalities) == {"image", "text"}
     for m in reps:
         torch.testing.assert_close(out.modalities[m], reps[m])
@@ -201,7 +197,7 @@ def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     model.eval()
     first = model.full_scores(torch.arange(NUM_USERS)).clone()
     model.train()
-    a, b = model()[1], model()[1]
+    a, b = model().item, model().item
     assert not torch.allclose(a, b)  # a new dropout mask and noise each training pass
     model.eval()
     torch.testing.assert_close(model.full_scores(torch.arange(NUM_USERS)), first)
@@ -210,21 +206,20 @@ def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     )
 
 
-def test_loss_shares_one_propagation_when_memoized(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data).train()
+def test_loss_reads_the_global_views_of_the_given_pass(data: HeteroData, batch: BPRBatch) -> None:
+    model = _model(data, cl_weight=0.3).train()
     calls = []
     original = model._modality_graph_embedding
     model._modality_graph_embedding = lambda m: calls.append(m) or original(m)
-    with model.memoized():
-        out = model.forward_modalities()
-        model.loss(batch)
-        assert model()[0] is out.user
-    assert len(calls) == 2  # one MGE pass per modality in all
+    out = model()
+    parts = model.loss(batch, out)
+    assert len(calls) == 2  # one MGE pass per modality, in the given pass only
     # The contrastive part is the two-modality Eq. 11 on the pass's global views.
     (user_a, item_a), (user_b, item_b) = out.global_views["image"], out.global_views["text"]
     expected = hypergraph_contrastive_loss(user_a, user_b, batch.user, model.temperature)
     expected += hypergraph_contrastive_loss(item_a, item_b, batch.pos_item, model.temperature)
     torch.testing.assert_close(model.hypergraph_contrastive(out, batch), expected)
+    torch.testing.assert_close(parts["hcl"], 0.3 * expected)
 
 
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
@@ -238,7 +233,7 @@ def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
     for m in modalities:
         assert model.projections[m].weight.grad.abs().sum() > 0
         assert model.hyperedges[m].grad.abs().sum() > 0
-    assert set(model.forward_modalities().modalities) == set(modalities)
+    assert set(model().modalities) == set(modalities)
 
 
 def test_bad_inputs(data: HeteroData) -> None:
@@ -265,19 +260,3 @@ def test_build_model_from_config(data: HeteroData) -> None:
     assert isinstance(model, LGMRec)
     assert model.hyperedges["image"].shape == (7, 12)
     assert model.dependency_dropout.p == pytest.approx(0.6) and model.alpha == 0.6
-
-
-def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
-    argv = tiny_cli_argv("lgmrec")
-    knn = argv.index("--knn_k")  # LGMRec has no kNN graph
-    argv = argv[:knn] + argv[knn + 2 :] + ["--num_hyperedges", "3"]
-    assert main(argv) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "lgmrec"
-    assert results["config"]["num_hyperedges"] == 3
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == PARTS
-        assert all(math.isfinite(v) for v in record["loss"].values())
-    assert 0.0 <= results["test"]["recall@20"] <= 1.0

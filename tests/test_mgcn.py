@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
-from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
@@ -55,7 +52,7 @@ def test_frozen_features(data: HeteroData, batch: BPRBatch) -> None:
     model = _model(data, finetune_features=False)
     assert not any(name.startswith("features") for name, _ in model.named_parameters())
     sum(model.loss(batch).values()).backward()
-    torch.testing.assert_close(model.feat_image, data["item"].image)
+    torch.testing.assert_close(model.feature("image"), data["item"].image)
     # Trained copies are restored to the raw features by reset_parameters.
     tuned = _model(data)
     with torch.no_grad():
@@ -88,6 +85,7 @@ def _tiny_data(features: list[list[float]]) -> HeteroData:
     data["user"].num_nodes = 2
     data["item"].num_nodes = len(features)
     data["item"].image = torch.tensor(features)
+    data["item"].modalities = ["image"]
     edge_index = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 2]])
     data[RATES].edge_index = edge_index
     data[REV_RATES].edge_index = edge_index.flip(0)
@@ -103,11 +101,11 @@ def test_item_graph_keeps_normalised_cosine_weights() -> None:
     d = torch.tensor([1.8, 1.8, 1.6])
     s = torch.tensor([[1.0, 0.8, 0.0], [0.8, 1.0, 0.0], [0.0, 0.6, 1.0]])
     expected = s / (d.sqrt()[:, None] * d.sqrt()[None, :])
-    torch.testing.assert_close(model.ii_image.to_dense(), expected)
-    torch.testing.assert_close(model.ii_image_t.to_dense(), expected.t())
+    torch.testing.assert_close(model.item_item["image"].matrix.to_dense(), expected)
+    torch.testing.assert_close(model.item_item["image"].transpose.to_dense(), expected.t())
     assert expected[2, 1].item() == pytest.approx(0.6 / math.sqrt(1.6 * 1.8))
     # Frozen graph data, not model state.
-    assert not any(k.startswith("ii_") for k in model.state_dict())
+    assert not any(k.startswith("item_item") for k in model.state_dict())
 
 
 def test_fuser_attention_and_decomposition() -> None:
@@ -153,31 +151,31 @@ def test_fuser_hand_computed_weights() -> None:
 
 
 def test_forward_composes_the_two_views(data: HeteroData) -> None:
-    model = _model(data, num_ui_layers=1, num_mm_layers=2).eval()
-    out = model.forward_modalities()
+    model = _model(data, num_ui_layers=1, num_ii_layers=2).eval()
+    out = model()
     ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
     adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
     id_view = (ego + adj @ ego) / 2
     r = user_item_matrix(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
     views = []
     for m in ("image", "text"):
-        s = getattr(model, f"ii_{m}").to_dense()
+        s = model.item_item[m].matrix.to_dense()
         item_m = s @ (s @ model.purify(m))
         torch.testing.assert_close(out.modalities[m], item_m)
         views.append(torch.cat([r @ item_m, item_m]))
-    final = id_view + model.fusion(views, id_view)
+    mm_view = model.fusion(views, id_view)
+    torch.testing.assert_close(out.id_view, id_view)
+    torch.testing.assert_close(out.mm_view, mm_view)
+    final = id_view + mm_view
     torch.testing.assert_close(out.user, final[:NUM_USERS])
     torch.testing.assert_close(out.item, final[NUM_USERS:])
-    user, item = model()
-    torch.testing.assert_close(user, out.user)
-    torch.testing.assert_close(item, out.item)
 
 
 def test_contrastive_term(data: HeteroData, batch: BPRBatch) -> None:
     model = _model(data)
-    parts = model.loss(batch)
-    _, item = model.forward()
-    id_view, mm_view = model._view_pair(item)
+    out = model()
+    parts = model.loss(batch, out)  # reads the two views of the pass it is given
+    id_view, mm_view = out.id_view, out.mm_view
     u, i = batch.user, batch.pos_item + NUM_USERS
     expected = info_nce(mm_view[i], id_view[i], 0.2) + info_nce(mm_view[u], id_view[u], 0.2)
     torch.testing.assert_close(parts["cl"], 0.1 * expected)
@@ -192,20 +190,6 @@ def test_contrastive_term(data: HeteroData, batch: BPRBatch) -> None:
     assert low < high - 1.0, (low, high)
 
 
-def test_memoized_loss_shares_one_pass(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data)
-    calls = []
-    original = model.ui_propagation.forward
-    model.ui_propagation.forward = lambda *a: calls.append(1) or original(*a)
-    with model.memoized():
-        out = model.forward_modalities()
-        model.loss(batch)
-        assert model.forward()[1] is out.item
-    assert len(calls) == 1
-    model.loss(batch)  # outside the block, one pass per call
-    assert len(calls) == 2
-
-
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
 def test_any_number_of_modalities(modalities: dict[str, int]) -> None:
     data = toy_graph(modalities=modalities)
@@ -215,7 +199,7 @@ def test_any_number_of_modalities(modalities: dict[str, int]) -> None:
     sum(parts.values()).backward()
     for m in modalities:
         assert model.projections[m].weight.grad.abs().sum() > 0
-    out = model.forward_modalities()
+    out = model()
     assert set(out.modalities) == set(modalities)
     assert all(rep.shape == (NUM_ITEMS, DIM) for rep in out.modalities.values())
     if len(modalities) == 1:  # one view: it is all shared, nothing specific
@@ -234,7 +218,7 @@ def test_any_number_of_modalities(modalities: dict[str, int]) -> None:
         ({"cl_weight": -1.0}, "cl_weight must be >= 0"),
         ({"reg_weight": -1e-4}, "reg_weight must be >= 0"),
         ({"num_ui_layers": -1}, "num_ui_layers must be an int >= 0"),
-        ({"num_mm_layers": 1.5}, "num_mm_layers must be an int >= 0"),
+        ({"num_ii_layers": 1.5}, "num_ii_layers must be an int >= 0"),
         ({"embedding_dim": 0}, "embedding_dim must be an int >= 1"),
     ],
 )
@@ -246,9 +230,13 @@ def test_bad_hyper_parameters(data: HeteroData, kwargs: dict, match: str) -> Non
 def test_bad_modalities() -> None:
     data = toy_graph(modalities={"image": 4})
     del data["item"].image
+    with pytest.raises(ValueError, match=r"declares \['image'\], but the item store has no"):
+        _model(data)
+    data["item"].modalities = []
     with pytest.raises(ValueError, match="at least one item modality"):
         _model(data)
     data["item"].image = torch.randn(NUM_ITEMS - 1, 4)
+    data["item"].modalities = ["image"]
     with pytest.raises(
         ValueError, match="modality 'image' has 29 feature rows, expected one per item"
     ):
@@ -260,15 +248,3 @@ def test_build_model_from_config(data: HeteroData) -> None:
     model = build_model("mgcn", data, config)
     assert isinstance(model, MGCN)
     assert model.ui_propagation.num_layers == 3 and model.cl_weight == 0.001
-
-
-def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
-    assert main(tiny_cli_argv("mgcn")) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "mgcn" and results["config"]["temperature"] == 0.2
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == PARTS
-        assert all(math.isfinite(v) for v in record["loss"].values())
-    assert 0.0 <= results["test"]["recall@20"] <= 1.0

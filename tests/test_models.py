@@ -28,6 +28,7 @@ def _graph(num_users: int, num_items: int, pairs: list) -> HeteroData:
     data = HeteroData()
     data["user"].num_nodes = num_users
     data["item"].num_nodes = num_items
+    data["item"].modalities = []  # ID-only
     edge_index = torch.tensor(pairs, dtype=torch.long).t().contiguous()
     data[RATES].edge_index = edge_index
     data[REV_RATES].edge_index = edge_index.flip(0)
@@ -51,7 +52,7 @@ def _make(name: str, data: HeteroData) -> Recommender:
     torch.manual_seed(0)
     if name == "bpr":
         return BPR(data, embedding_dim=8, reg_weight=1e-3)
-    return LightGCN(data, embedding_dim=8, num_layers=2, reg_weight=1e-3)
+    return LightGCN(data, embedding_dim=8, num_ui_layers=2, reg_weight=1e-3)
 
 
 # ---------------------------------------------------------------- losses
@@ -201,7 +202,7 @@ def test_normalized_adjacency_of_hand_graph() -> None:
 
 @pytest.mark.parametrize("num_layers", [0, 1, 2, 3])
 def test_lightgcn_forward_equals_hand_computation(num_layers: int) -> None:
-    model = LightGCN(_two_by_three(), embedding_dim=2, num_layers=num_layers)
+    model = LightGCN(_two_by_three(), embedding_dim=2, num_ui_layers=num_layers)
     users = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     items = torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
     with torch.no_grad():
@@ -212,7 +213,8 @@ def test_lightgcn_forward_equals_hand_computation(num_layers: int) -> None:
     for _ in range(num_layers):
         layers.append(A_HAT @ layers[-1])
     expected = torch.stack(layers).mean(0)
-    user_out, item_out = model()
+    out = model()
+    user_out, item_out = out.user, out.item
     assert user_out.shape == (2, 2) and item_out.shape == (3, 2)
     assert torch.allclose(torch.cat([user_out, item_out]), expected, atol=1e-6)
     if num_layers == 1:
@@ -274,7 +276,7 @@ def test_bpr_loss_parts_hand_value() -> None:
 
 
 def test_lightgcn_regulariser_uses_ego_embeddings() -> None:
-    model = LightGCN(_two_by_three(), embedding_dim=2, num_layers=2, reg_weight=0.5)
+    model = LightGCN(_two_by_three(), embedding_dim=2, num_ui_layers=2, reg_weight=0.5)
     with torch.no_grad():
         model.user_embedding.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 1.0]]))
         model.item_embedding.weight.copy_(torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 0.0]]))
@@ -293,8 +295,8 @@ def test_full_scores(name: str, tiny: HeteroData) -> None:
     scores = model.full_scores(users)
     assert scores.shape == (3, 7)
     assert not scores.requires_grad
-    user_emb, item_emb = model()
-    assert torch.allclose(scores, user_emb[users] @ item_emb.t(), atol=1e-6)
+    out = model()
+    assert torch.allclose(scores, out.user[users] @ out.item.t(), atol=1e-6)
     # The embeddings are computed once in eval mode, again after a round trip through train.
     calls = []
     forward = model.forward
@@ -317,18 +319,18 @@ def test_full_scores(name: str, tiny: HeteroData) -> None:
 
 
 def test_build_model_passes_config_keys(tiny: HeteroData) -> None:
-    config = {"embedding_dim": 5, "num_layers": 3, "reg_weight": 0.25, "epochs": 7, "seed": 1}
+    config = {"embedding_dim": 5, "num_ui_layers": 3, "reg_weight": 0.25, "epochs": 7, "seed": 1}
     model = build_model("lightgcn", tiny, config)
     assert isinstance(model, LightGCN)
     assert model.user_embedding.weight.shape == (5, 5)
     assert model.item_embedding.weight.shape == (7, 5)
-    assert model.propagation.num_layers == 3
+    assert model.ui_propagation.num_layers == 3
     assert model.reg_weight == 0.25
-    bpr = build_model("bpr", tiny, config)  # num_layers is not a BPR argument: not passed
+    bpr = build_model("bpr", tiny, config)  # num_ui_layers is not a BPR argument: not passed
     assert isinstance(bpr, BPR)
     assert bpr.item_embedding.weight.shape == (7, 5) and bpr.reg_weight == 0.25
     default = build_model("lightgcn", tiny, {})
-    assert default.user_embedding.weight.shape[1] == 64 and default.propagation.num_layers == 2
+    assert default.user_embedding.weight.shape[1] == 64 and default.ui_propagation.num_layers == 2
     available = "bm3, bpr, dhmrec, freedom, lattice, layergcn, lgmrec, lightgcn, mgcn, siger, vbpr"
     with pytest.raises(ValueError, match=f"unknown model 'mf'; available: {available}"):
         model_class("mf")
@@ -351,32 +353,3 @@ def test_models_train_on_sampler_batches(tiny: HeteroData) -> None:
                 total += loss.item()
             means.append(total / len(sampler))
         assert means[-1] < means[0] * 0.7, (name, means)
-
-
-def test_memoized_shares_one_forward_and_is_undone() -> None:
-    from pyg_dhmrec.models.base import ModalityOutputs, Recommender
-
-    class Counting(Recommender):
-        def __init__(self) -> None:
-            torch.nn.Module.__init__(self)
-            self.calls = 0
-
-        def forward_modalities(self) -> ModalityOutputs:
-            self.calls += 1
-            x = torch.ones(2, 3) * self.calls
-            return ModalityOutputs(x, x, {"image": x})
-
-        def forward(self):  # noqa: ANN201
-            out = self.forward_modalities()
-            return out.user, out.item
-
-    model = Counting()
-    assert Counting.exposes_modalities() and not Recommender.exposes_modalities()
-    with model.memoized():
-        user, _ = model()
-        assert model.forward_modalities().user is user
-        assert model.calls == 1
-    model()
-    assert model.calls == 2 and "forward" not in model.__dict__
-    with pytest.raises(NotImplementedError, match="does not expose"):
-        Recommender.forward_modalities(model)

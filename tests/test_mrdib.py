@@ -18,7 +18,7 @@ from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.experiment import load_run, recommend
 from pyg_dhmrec.metrics import FullRankEvaluator
 from pyg_dhmrec.models import build_model
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender
+from pyg_dhmrec.models.base import Embeddings, Recommender
 from pyg_dhmrec.nn import CLUB, VariationalEncoder, bpr_loss, kl_to_standard_normal
 from pyg_dhmrec.plugins import MRdIB, attach_plugin, modality_models, plugin_keys
 
@@ -49,8 +49,10 @@ def _data(modalities: dict[str, int] | None = None) -> HeteroData:
     edge_index = torch.tensor(sorted(pairs)).t().contiguous()
     data = HeteroData()
     data["user"].num_nodes, data["item"].num_nodes = NUM_USERS, NUM_ITEMS
-    for name, size in (modalities or {"image": 12, "text": 6}).items():
+    modalities = modalities or {"image": 12, "text": 6}
+    for name, size in modalities.items():
         data["item"][name] = torch.randn(NUM_ITEMS, size, generator=g)
+    data["item"].modalities = list(modalities)
     data[RATES].edge_index = edge_index
     data[REV_RATES].edge_index = edge_index.flip(0)
     return data
@@ -163,6 +165,14 @@ def test_club_bound_decreases_when_the_inputs_are_made_independent() -> None:
 # ---------------------------------------------------------------- the plug-in
 
 
+def _assert_same_embeddings(a: Embeddings, b: Embeddings) -> None:
+    assert type(a) is type(b)
+    assert torch.equal(a.user, b.user) and torch.equal(a.item, b.item)
+    assert a.modalities.keys() == b.modalities.keys()
+    for m, rep in a.modalities.items():
+        assert torch.equal(rep, b.modalities[m]), m
+
+
 @pytest.mark.parametrize("name", modality_models())
 def test_attaching_leaves_the_base_unchanged_at_initialisation(name: str, data: HeteroData) -> None:
     plain = _base(name, data).eval()
@@ -172,8 +182,7 @@ def test_attaching_leaves_the_base_unchanged_at_initialisation(name: str, data: 
     for key, value in plain.state_dict().items():
         assert torch.equal(base_state[key], value), key
     # The wrapper ranks with the base's outputs.
-    for a, b in zip(plain(), wrapped()):
-        assert torch.equal(a, b)
+    _assert_same_embeddings(plain(), wrapped())
     users = torch.arange(NUM_USERS)
     assert torch.equal(wrapped.full_scores(users), plain.full_scores(users))
     # Its own parameters come after the base's; detaching gives the base model back.
@@ -181,8 +190,7 @@ def test_attaching_leaves_the_base_unchanged_at_initialisation(name: str, data: 
     assert own and all(k.startswith(("encoders.", "club.")) for k in own)
     detached = wrapped.base
     assert type(detached) is type(plain)
-    for a, b in zip(plain(), detached()):
-        assert torch.equal(a, b)
+    _assert_same_embeddings(plain(), detached())
 
 
 @pytest.mark.parametrize("name", BASES)
@@ -238,7 +246,7 @@ def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -
     """In eval mode the codes are the means, so every part can be recomputed by hand."""
     model = _wrapped("freedom", data, redundant_weight=0.3).eval()
     parts = model.loss(batch)
-    out = model.base.forward_modalities()
+    out = model.base()
     u = out.user[batch.user]
     pos, neg = batch.pos_item, batch.neg_item
     items = torch.unique(torch.cat([pos, neg]))
@@ -268,13 +276,12 @@ class _Fixed(Recommender):
         self.a = torch.nn.Parameter(torch.tensor([[0.5, 0.0], [0.0, 0.0]]))  # margin 0.5
         self.b = torch.nn.Parameter(torch.tensor([[3.0, 1.0], [1.0, -1.0]]))  # margin 2
 
-    def forward_modalities(self) -> ModalityOutputs:
-        return ModalityOutputs(self.user, self.item, {"a": self.a, "b": self.b})
+    exposes_modalities = True
 
-    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.user, self.item
+    def forward(self) -> Embeddings:
+        return Embeddings(self.user, self.item, {"a": self.a, "b": self.b})
 
-    def loss(self, batch: BPRBatch) -> dict[str, torch.Tensor]:
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, torch.Tensor]:
         return {"bpr": self.user.sum() * 0}
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +10,7 @@ import torch.nn.functional as F
 from torch_geometric.data import HeteroData
 from toy_graphs import MODALITIES, NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 
-from pyg_dhmrec.cli import main
+from pyg_dhmrec.config import load_config, parse_cli_overrides
 from pyg_dhmrec.data import item_cooccurrence_edges, item_cooccurrence_graph
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.graph import knn_adjacency, user_item_matrix
@@ -25,7 +23,6 @@ from pyg_dhmrec.nn import (
     anchor_info_nce,
     info_nce,
     modulus_perturbation,
-    perturbed_propagation,
 )
 
 DIM = 8
@@ -89,11 +86,18 @@ def test_reduces_to_freedom_with_the_switches_off(data: HeteroData, batch: BPRBa
         assert name == name_f and torch.equal(p, p_f), name
     for model in (siger, freedom):
         model.eval()
-    for a, b in zip(siger(), freedom()):
-        torch.testing.assert_close(a, b)
+    out, out_f = siger(), freedom()
+    torch.testing.assert_close(out.user, out_f.user)
+    torch.testing.assert_close(out.item, out_f.item)
+    # FREEDOM's modality representations (W_m x_m, the mm term) are SIGER's ``projected``.
+    assert out.projected.keys() == out_f.modalities.keys()
+    for m, rep in out.projected.items():
+        torch.testing.assert_close(rep, out_f.modalities[m])
     # One hop: sum_m w_m (S_m E) == (sum_m w_m S_m) E, FREEDOM's mixed graph.
-    fused = sum(siger.modality_weights[m] * h for m, h in siger.forward_modalities()[2].items())
-    torch.testing.assert_close(fused, freedom.item_item.to_dense() @ freedom.item_embedding.weight)
+    fused = sum(siger.modality_weights[m] * h for m, h in out.modalities.items())
+    torch.testing.assert_close(
+        fused, freedom.item_item.matrix.to_dense() @ freedom.item_embedding.weight
+    )
     parts, parts_f = _train_loss(siger, batch, seed=3), _train_loss(freedom, batch, seed=3)
     for key in parts_f:
         torch.testing.assert_close(parts[key], parts_f[key])
@@ -101,10 +105,10 @@ def test_reduces_to_freedom_with_the_switches_off(data: HeteroData, batch: BPRBa
 
 
 def test_per_modality_propagation_differs_from_mixed_graph_beyond_one_hop(data: HeteroData) -> None:
-    model = _model(data, use_infusion=False, num_mm_layers=2).eval()
+    model = _model(data, use_infusion=False, num_ii_layers=2).eval()
     e = model.item_embedding.weight
     graphs = {m: knn_adjacency(data["item"][m], KNN_K).to_dense() for m in ("image", "text")}
-    semantic = model.forward_modalities().modalities
+    semantic = model().modalities
     for m, s in graphs.items():
         torch.testing.assert_close(semantic[m], s @ (s @ e))
     mixed = 0.1 * graphs["image"] + 0.9 * graphs["text"]
@@ -112,23 +116,20 @@ def test_per_modality_propagation_differs_from_mixed_graph_beyond_one_hop(data: 
     assert not torch.allclose(fused, mixed @ (mixed @ e))
 
 
-def test_forward_modalities_and_prediction(data: HeteroData) -> None:
+def test_forward_embeddings_and_prediction(data: HeteroData) -> None:
     model = _model(data, num_ui_layers=1).eval()
-    out = model.forward_modalities()
+    out = model()
     assert set(out.modalities) == {"image", "text"}
     e = model.item_embedding.weight
     for m, h in out.modalities.items():
         assert h.shape == (NUM_ITEMS, DIM)
-        torch.testing.assert_close(h, model.semantic_graph(m).to_dense() @ e)
+        torch.testing.assert_close(h, model.semantic_graphs[m].matrix.to_dense() @ e)
     ego = torch.cat([model.user_embedding.weight, e])
     ui = (ego + model.pruning.full_adjacency.to_dense() @ ego) / 2
     fused = 0.1 * out.modalities["image"] + 0.9 * out.modalities["text"]
     torch.testing.assert_close(out.user, ui[:NUM_USERS])
     torch.testing.assert_close(out.item, ui[NUM_USERS:] + fused)
-    user, item = model()
-    torch.testing.assert_close(user, out.user)
-    torch.testing.assert_close(item, out.item)
-    assert SIGER.exposes_modalities()
+    assert SIGER.exposes_modalities
 
 
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
@@ -160,15 +161,16 @@ def test_each_switch_removes_exactly_its_part(
     if switch == "use_infusion":
         for m in full.modalities:
             knn = knn_adjacency(data["item"][m], KNN_K).to_dense()
-            torch.testing.assert_close(ablated.semantic_graph(m).to_dense(), knn)
-            assert not torch.allclose(full.semantic_graph(m).to_dense(), knn)
+            torch.testing.assert_close(ablated.semantic_graphs[m].matrix.to_dense(), knn)
+            assert not torch.allclose(full.semantic_graphs[m].matrix.to_dense(), knn)
         assert all(parts_off[k].item() > 0 for k in LOSS_PARTS)  # every part still there
     else:
         for key in set(LOSS_PARTS) - SWITCHES[switch]:
             torch.testing.assert_close(parts[key], parts_off[key])
         for m in full.modalities:
             assert torch.equal(
-                full.semantic_graph(m).to_dense(), ablated.semantic_graph(m).to_dense()
+                full.semantic_graphs[m].matrix.to_dense(),
+                ablated.semantic_graphs[m].matrix.to_dense(),
             )
 
 
@@ -178,19 +180,12 @@ def test_switches_from_the_config_and_command_line(data: HeteroData) -> None:
     assert isinstance(model, SIGER)
     assert not model.use_alignment and model.use_infusion and model.cl_weight == 0.5
     assert model.modality_weights == {"image": 0.1, "text": 0.9}
-
-
-def test_cli_end_to_end(tmp_path: Path, tiny_cli_argv) -> None:
-    argv = tiny_cli_argv("siger", "--infusion_k", "3", "--use_infusion", "false")
-    assert main(argv) == 0
-    with open(tmp_path / "run" / "results.json", encoding="utf-8") as f:
-        results = json.load(f)
-    assert results["model"] == "siger" and results["config"]["use_infusion"] is False
-    assert [h["epoch"] for h in results["history"]] == [1, 2]
-    for record in results["history"]:
-        assert set(record["loss"]) == set(LOSS_PARTS)
-        assert all(math.isfinite(v) for v in record["loss"].values())
-    assert 0.0 <= results["test"]["recall@20"] <= 1.0
+    # Switches are booleans on the command line too.
+    overrides = parse_cli_overrides(["--use_infusion", "false", "--infusion_k", "3"])
+    config = load_config("siger", "synthetic", overrides)
+    assert config["use_infusion"] is False and config["infusion_k"] == 3
+    model = build_model("siger", data, {**config, "embedding_dim": DIM, "knn_k": KNN_K})
+    assert not model.use_infusion and model.use_perturbation and model.use_alignment
 
 
 # --- (1) collaborative-signal infusion ---
@@ -241,6 +236,7 @@ def _infusion_case() -> tuple[HeteroData, torch.Tensor]:
     data["user"].num_nodes, data["item"].num_nodes = 6, 6
     angle = torch.arange(6, dtype=torch.float) * 0.3
     data["item"].image = torch.stack([angle.cos(), angle.sin()], 1)
+    data["item"].modalities = ["image"]
     pairs = [(u, 0) for u in range(4)] + [(u, 1) for u in range(4)]
     pairs += [(4, 2), (4, 3), (5, 4), (5, 5), (4, 5)]
     edge_index = torch.tensor(pairs).t()
@@ -252,12 +248,12 @@ def _infusion_case() -> tuple[HeteroData, torch.Tensor]:
 def test_infused_graph_sparsity_normalisation_and_weights() -> None:
     data, edges = _infusion_case()
     beta, k = 0.4, 2
-    plain = SIGER(data, embedding_dim=4, knn_k=3, use_infusion=False).semantic_graph("image")
+    plain = SIGER(data, embedding_dim=4, knn_k=3, use_infusion=False).semantic_graphs["image"]
     model = SIGER(data, embedding_dim=4, knn_k=3, infusion_k=k, infusion_weight=beta)
     knn = knn_adjacency(data["item"].image, 3).to_dense()
     collaborative = item_cooccurrence_graph(edges, 6, 6, k).to_dense()
-    infused = model.semantic_graph("image").to_dense()
-    torch.testing.assert_close(plain.to_dense(), knn)
+    infused = model.semantic_graphs["image"].matrix.to_dense()
+    torch.testing.assert_close(plain.matrix.to_dense(), knn)
     torch.testing.assert_close(infused, (1 - beta) * knn + beta * collaborative)
     # Sparsity: at most knn_k + infusion_k entries per row, the collaborative part top-k.
     assert ((infused != 0).sum(1) <= 3 + k).all()
@@ -297,30 +293,30 @@ def test_noise_norm_scales_with_the_embedding_norm() -> None:
         modulus_perturbation(torch.ones(3), 0.1)
 
 
-def test_perturbed_propagation_perturbs_every_hop() -> None:
+def test_propagation_perturbs_every_hop() -> None:
     adj = torch.tensor([[0.0, 0.5], [0.5, 0.0]]).to_sparse_csr()
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
     dense = adj.to_dense()
     for mode in ("mean", "last", "sum"):
         prop = LightPropagation(2, mode=mode)
-        torch.testing.assert_close(perturbed_propagation(prop, x, adj, lambda h: h), prop(x, adj))
+        torch.testing.assert_close(prop(x, adj, perturb=lambda h: h), prop(x, adj))
         h1 = dense @ x + 1
         h2 = dense @ h1 + 1
         expected = {"mean": (x + h1 + h2) / 3, "last": h2, "sum": x + h1 + h2}[mode]
-        torch.testing.assert_close(perturbed_propagation(prop, x, adj, lambda h: h + 1), expected)
+        torch.testing.assert_close(prop(x, adj, perturb=lambda h: h + 1), expected)
 
 
 def test_model_views_differ_by_the_designed_relative_noise(data: HeteroData) -> None:
     model = _model(data, perturbation_eps=0.0)
     model.train()
     model.on_train_epoch_start()
-    clean = model.forward_modalities()
+    clean = model()
     user, item, semantic = model._encode(perturb=True)
     torch.testing.assert_close(user, clean.user)  # intensity 0: the views are the clean pass
-    model = _model(data, num_mm_layers=1, perturbation_eps=0.3)
+    model = _model(data, num_ii_layers=1, perturbation_eps=0.3)
     model.train()
     model.on_train_epoch_start()
-    clean = model.forward_modalities().modalities
+    clean = model().modalities
     _, _, semantic = model._encode(perturb=True)
     for m in model.modalities:
         # One semantic hop: h' = h + noise with |noise| = 0.3 |h| per item.
@@ -422,6 +418,7 @@ def test_bad_arguments_raise(kwargs: dict, pattern: str, data: HeteroData) -> No
 def test_bad_data_raises(data: HeteroData) -> None:
     bare = HeteroData()
     bare["user"].num_nodes, bare["item"].num_nodes = NUM_USERS, NUM_ITEMS
+    bare["item"].modalities = []
     bare[RATES].edge_index = data[RATES].edge_index
     with pytest.raises(ValueError, match="at least one item modality"):
         SIGER(bare)
