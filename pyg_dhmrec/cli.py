@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyg_dhmrec.atomic_files import write_json
 from pyg_dhmrec.config import (
     CONFIG_DIR,
     ConfigError,
@@ -36,7 +37,6 @@ from pyg_dhmrec.experiment import (
     run_config,
     run_grid,
     run_seeds,
-    write_json,
 )
 from pyg_dhmrec.models import model_class, model_keys
 from pyg_dhmrec.plots import MissingExtraError
@@ -188,7 +188,7 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT)
     else:
-        write_json(config, output / "config.json")
+        write_json(output / "config.json", config)
     results = trainer.fit()
     results["dataset_stats"] = dataset.stats
     path = save_results(results, output)

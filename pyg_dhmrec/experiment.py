@@ -7,7 +7,6 @@ import itertools
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
+from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
 from pyg_dhmrec.config import ConfigError, load_yaml, merge
 from pyg_dhmrec.data.dataset import RATES, load_dataset
 from pyg_dhmrec.models import Recommender, model_class
@@ -33,16 +33,6 @@ Runner = Callable[[dict[str, Any], bool], dict[str, Any]]
 
 class ExperimentError(ValueError):
     """A run folder, grid or request that an experiment command cannot use."""
-
-
-def write_json(data: Any, path: Path) -> Path:
-    """Write JSON atomically (write to a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------- grids
@@ -166,8 +156,8 @@ def run_grid(
     best = select_best(results)
     table = grid_table(names, results)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "grid.md").write_text(
-        table + f"\n\nselected on valid {SELECT_METRIC}: {names[best]}\n", encoding="utf-8"
+    write_text(
+        output / "grid.md", table + f"\n\nselected on valid {SELECT_METRIC}: {names[best]}\n"
     )
     summary = {
         "model": config["model"],
@@ -182,7 +172,7 @@ def run_grid(
             {**row, "config": point} for row, point in zip(grid_rows(names, results), points)
         ],
     }
-    write_json(summary, output / "grid.json")
+    write_json(output / "grid.json", summary)
     summary["table"] = table
     return summary
 
@@ -221,7 +211,7 @@ def run_seeds(
         "best_epochs": [r["best_epoch"] for r in results],
         "test": test,
     }
-    write_json(summary, output / "seeds.json")
+    write_json(output / "seeds.json", summary)
     return summary
 
 
@@ -305,7 +295,7 @@ def export_embeddings(model: Recommender, output: Path) -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
     paths = output / "user_embeddings.npy", output / "item_embeddings.npy"
     for path, emb in zip(paths, (user_emb, item_emb)):
-        np.save(path, emb.detach().float().cpu().numpy())
+        write_npy(path, emb.detach().float().cpu().numpy())
     return paths
 
 

@@ -25,7 +25,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pyg_dhmrec.atomic_files import write_npy, write_text
 from pyg_dhmrec.data.download import download_file, file_md5
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.data.split import split_per_user
@@ -324,26 +324,6 @@ def encode_texts(
     return _tfidf_svd(texts, dim, seed)
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
 def _table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
     lines = ["\t".join(header)]
     lines += ["\t".join(str(v) for v in row) for row in zip(*columns)]
@@ -406,16 +386,16 @@ def build_amazon_dataset(
     image_feat, found = _scan_image_features(files["image"], asin_to_item, IMAGE_DIM, 1 << 24)
     image_feat = _fill_missing(files["image"], image_feat, found, log)
 
-    _write_text(
+    write_text(
         folder / "u_id_mapping.csv",
         _table(["user_id", "userID"], [user_names.tolist(), range(len(user_names))]),
     )
-    _write_text(
+    write_text(
         folder / "i_id_mapping.csv",
         _table(["asin", "itemID"], [item_names.tolist(), range(len(item_names))]),
     )
-    _write_npy(folder / "image_feat.npy", image_feat)
-    _write_npy(folder / "text_feat.npy", text_feat)
+    write_npy(folder / "image_feat.npy", image_feat)
+    write_npy(folder / "text_feat.npy", text_feat)
     order = np.lexsort((item, user))
     header, columns = ["userID", "itemID"], [user[order], item[order]]
     if table.ratings is not None:
@@ -426,7 +406,7 @@ def build_amazon_dataset(
         columns.append(table.timestamps[keep][order])
     header.append("x_label")
     columns.append(label[order])
-    _write_text(folder / f"{name}.inter", _table(header, columns))  # after the features
+    write_text(folder / f"{name}.inter", _table(header, columns))  # after the features
 
     counts = np.bincount(label, minlength=3)
     meta = {
@@ -451,7 +431,7 @@ def build_amazon_dataset(
         "image_dim": IMAGE_DIM,
         "items_without_image": int((~found).sum()),
     }
-    _write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n")  # last: build finished
+    write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n")  # last: build finished
     log(f"{name}: built in {folder}")
 
 
