@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pyg_dhmrec.atomic_files import write_json
 from pyg_dhmrec.config import (
     CONFIG_DIR,
     ConfigError,
     available,
     available_datasets,
+    check_config_for_data,
     load_config,
     load_yaml,
     parse_cli_overrides,
@@ -29,6 +29,7 @@ from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.experiment import (
     ExperimentError,
+    claim_run_folder,
     compare_runs,
     export_embeddings,
     load_grid,
@@ -134,9 +135,7 @@ def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, A
     fixed = [
         f"--{k}" for k in ("model", "dataset", "plugin", "data_root", "output", "grid", "seeds")
     ]
-    given = [o for o in fixed if getattr(args, o[2:]) is not None] + [
-        a for a in extra if a.startswith("--")
-    ]
+    given = [o for o in fixed if getattr(args, o[2:]) is not None] + list(extra)
     if given:
         raise ConfigError(
             f"--resume {folder} continues with the folder's config.json; drop "
@@ -165,12 +164,16 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
 
     The run folder gets ``config.json`` first and ``checkpoint.pt`` after every epoch; with
     ``resume``, training continues from that checkpoint and ends as an uninterrupted run would.
+    The folder is locked for the run and must not hold a run of another configuration.
     """
     config = dict(config)
     output = default_output(config)
     config["output"] = str(output)
-    if resume and not (output / CHECKPOINT).is_file():
-        raise ConfigError(f"{output}: no {CHECKPOINT} to resume from")
+    with claim_run_folder(output, config, resume):
+        return _run_in_folder(config, output, resume)
+
+
+def _run_in_folder(config: dict[str, Any], output: Path, resume: bool) -> dict[str, Any]:
     device = resolve_device(config["device"])
     seed_everything(config["seed"], device)
     t0 = time.perf_counter()
@@ -180,6 +183,7 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     if cls.uses_modalities:
         dataset.require_modalities()
     data = dataset[0]
+    check_config_for_data(config, dataset.stats["items"])
     model = build_recommender(config, data)
     n_params = sum(p.numel() for p in model.parameters())
     name = config["model"] + (f" + plugin {config['plugin']}" if config.get("plugin") else "")
@@ -187,8 +191,6 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     trainer = Trainer(model, data, config, device, output=output)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT)
-    else:
-        write_json(output / "config.json", config)
     results = trainer.fit()
     results["dataset_stats"] = dataset.stats
     path = save_results(results, output)

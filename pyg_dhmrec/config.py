@@ -13,6 +13,7 @@ right after the file.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Dataset files that are templates, used as --dataset <template>:<Category>.
 DATASET_TEMPLATES = ("amazon",)
 _CATEGORY_RE = re.compile(r"^[A-Za-z0-9_]+$")
+# Mapping-valued keys that a later layer updates key by key instead of replacing.
+MERGED_MAPPINGS = ("amazon",)
 
 
 class ConfigError(ValueError):
@@ -139,7 +142,9 @@ def merge(
     """Return ``base`` overridden by ``layer``; new keys only when ``allow_new``."""
     out = dict(base)
     for key, value in layer.items():
-        if key in base:
+        if key in MERGED_MAPPINGS and isinstance(base.get(key), dict) and isinstance(value, dict):
+            out[key] = {**base[key], **value}  # a partial mapping overrides only its keys
+        elif key in base:
             out[key] = coerce(key, value, base[key], source)
         elif allow_new:
             out[key] = value
@@ -179,8 +184,16 @@ def _file_with_per_dataset(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A model or plug-in file: its keys and its ``per_dataset`` mapping."""
     layer = load_yaml(path)
     per_dataset = layer.pop("per_dataset", None) or {}
-    if not isinstance(per_dataset, dict):
-        raise ConfigError(f"{path}: 'per_dataset' must map dataset names to mappings")
+    bad = (
+        [k for k, v in per_dataset.items() if not isinstance(v, dict)]
+        if isinstance(per_dataset, dict)
+        else ["-"]
+    )
+    if bad:
+        raise ConfigError(
+            f"{path}: 'per_dataset' must map dataset names to mappings of key: value"
+            + (f"; entry '{bad[0]}' is not a mapping" if bad != ["-"] else "")
+        )
     return layer, per_dataset
 
 
@@ -241,4 +254,79 @@ def load_config(
         config = _plugin_layer(config, plugin, dataset, config_dir)
     config = merge(config, overrides, "command line")
     config["model"], config["dataset"] = model, dataset
+    validate_config(config)
     return config
+
+
+# ----- value checks of the merged configuration (types are checked by merge) -----
+METRIC_NAMES = ("recall", "ndcg", "precision", "map")
+MAX_EMBEDDING_DIM = 4096
+# key -> (smallest, largest) allowed integer; None: no bound.
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "seed": (0, 2**32 - 1),  # numpy's seed range
+    "epochs": (1, None),
+    "batch_size": (1, None),
+    "embedding_dim": (1, MAX_EMBEDDING_DIM),
+    "eval_step": (1, None),
+    "patience": (1, None),
+    "eval_batch_size": (1, None),
+    "knn_k": (1, None),  # the dataset's item count bounds it too (check_config_for_data)
+    "infusion_k": (1, None),
+}
+
+
+def validate_config(config: Mapping[str, Any], source: str | None = None) -> None:
+    """Raise :class:`ConfigError` naming the key for a value of the right type but outside its
+    range (``epochs`` 0, an empty ``topk``, ``embedding_dim`` 10**8)."""
+
+    def bad(key: str, expected: str) -> ConfigError:
+        where = f"{source}: " if source else ""
+        return ConfigError(f"{where}key '{key}' must be {expected}, got {config[key]!r}")
+
+    for key, (low, high) in _INT_RANGES.items():
+        value = config.get(key)
+        if value is None or key not in config:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(key, "an integer")
+        if value < low or (high is not None and value > high):
+            raise bad(key, f"an integer >= {low}" if high is None else f"in [{low}, {high}]")
+    for key, strict in (("learning_rate", True), ("weight_decay", False)):
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not (
+            math.isfinite(value) and (value > 0 if strict else value >= 0)
+        ):
+            raise bad(key, "a finite number > 0" if strict else "a finite number >= 0")
+    topk = config.get("topk")
+    if "topk" in config and (
+        not isinstance(topk, list)
+        or not topk
+        or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk)
+    ):
+        raise bad("topk", "a non-empty list of cut-offs, integers >= 1, e.g. [10, 20]")
+    metrics = config.get("metrics")
+    if "metrics" in config and (
+        not isinstance(metrics, list) or not metrics or not set(metrics) <= set(METRIC_NAMES)
+    ):
+        raise bad("metrics", f"a non-empty list of {', '.join(METRIC_NAMES)}")
+    modalities = config.get("modalities")
+    if isinstance(modalities, dict) and not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in modalities.items()
+    ):
+        raise bad("modalities", "a mapping of modality name -> feature file name")
+
+
+def check_config_for_data(config: Mapping[str, Any], num_items: int) -> None:
+    """Range checks that need the dataset: cut-offs and kNN sizes against its item count."""
+    too_large = [k for k in config.get("topk") or [] if k > num_items]
+    if too_large:
+        raise ConfigError(
+            f"key 'topk': cut-off(s) {too_large} exceed the dataset's {num_items} items"
+        )
+    for key in ("knn_k", "infusion_k"):
+        value = config.get(key)
+        if isinstance(value, int) and value > num_items - 1:
+            raise ConfigError(
+                f"key '{key}' must be in [1, {num_items - 1}] (neighbours among the dataset's "
+                f"{num_items} items), got {value}"
+            )

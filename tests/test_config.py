@@ -205,11 +205,13 @@ def test_cli_scientific_notation_floats() -> None:
         "lightgcn",
         "synthetic",
         parse_cli_overrides(
-            ["--reg_weight", "1e-5", "--weight_decay=-2E-3", "--learning_rate=1e-2"]
+            ["--reg_weight", "1e-5", "--weight_decay=2E-3", "--learning_rate=1e-2"]
         ),
     )
     assert config["reg_weight"] == 1e-5 and isinstance(config["reg_weight"], float)
-    assert config["weight_decay"] == -2e-3
+    assert config["weight_decay"] == 2e-3
+    with pytest.raises(ConfigError, match=r"key 'weight_decay' must be a finite number >= 0"):
+        load_config("bpr", "synthetic", parse_cli_overrides(["--weight_decay=-2E-3"]))
     assert config["learning_rate"] == 0.01
     with pytest.raises(ConfigError, match=r"key 'epochs' expects int .*got str '1e3'"):
         load_config("bpr", "synthetic", parse_cli_overrides(["--epochs", "1e3"]))

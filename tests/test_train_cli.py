@@ -156,7 +156,7 @@ def test_eval_step(data_root: Path, tmp_path: Path) -> None:
         (["--epoch", "3"], ["unknown key 'epoch'", "Did you mean: epochs?", "Known keys: "]),
         (["--frobnicate", "1"], ["unknown key 'frobnicate'", "Known keys: amazon, batch_size"]),
         (["--epochs", "abc"], ["key 'epochs' expects int"]),
-        (["--topk", "[10,50]"], ["Cut-off k=50 exceeds the number of ranked positions (40)"]),
+        (["--topk", "[10,50]"], ["key 'topk': cut-off(s) [50] exceed the dataset's 40 items"]),
         (["--early_stop_metric", "recall@5"], ["choose one of recall@10, recall@20"]),
     ],
     ids=["model", "dataset", "typo", "option", "type", "topk", "metric"],
