@@ -27,6 +27,9 @@ __all__ = [
     "write_torch",
     "torch_bytes",
     "sha256_bytes",
+    "DamagedFile",
+    "write_torch_checked",
+    "read_torch_checked",
 ]
 
 FILE_MODE = 0o644
@@ -88,3 +91,50 @@ def write_torch(path: str | os.PathLike, obj: Any) -> Path:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class DamagedFile(ValueError):
+    """A file that is not the expected kind, was cut short or changed after it was written."""
+
+
+def _header(kind: str) -> bytes:
+    return f"pyg_dhmrec {kind} sha256:".encode("ascii")
+
+
+def write_torch_checked(path: str | os.PathLike, obj: Any, kind: str) -> Path:
+    """``torch.save`` of ``obj`` behind a header line naming ``kind`` and the sha256 of the
+    bytes that follow, atomically; :func:`read_torch_checked` verifies both."""
+    body = torch_bytes(obj)
+    return write_bytes(path, _header(kind) + sha256_bytes(body).encode("ascii") + b"\n" + body)
+
+
+def read_torch_checked(path: str | os.PathLike, kind: str) -> Any:
+    """The object of a file written by :func:`write_torch_checked` for ``kind``.
+
+    Raises :class:`DamagedFile` (message starting with the path) when the file cannot be read,
+    lacks the header, fails the checksum (truncated, flipped bytes) or does not unpickle.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DamagedFile(f"{path}: cannot be read ({e.strerror or e})") from None
+    header = _header(kind)
+    end = len(header) + 64
+    if not raw.startswith(header) or raw[end : end + 1] != b"\n":
+        raise DamagedFile(
+            f"{path}: not a {kind} file written by this version of pyg_dhmrec (it does not "
+            f"start with the header line {header.decode()}<sha256>)"
+        )
+    body = raw[end + 1 :]
+    if sha256_bytes(body) != raw[len(header) : end].decode("ascii", "replace"):
+        raise DamagedFile(
+            f"{path}: checksum mismatch: its {len(body)} bytes after the header differ from "
+            "what was written (the file was cut short or altered)"
+        )
+    try:
+        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 (unpickling raises many kinds; the checksum passed)
+        raise DamagedFile(f"{path}: not readable ({type(e).__name__}: {e})") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 import os
@@ -23,7 +22,13 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
-from pyg_dhmrec.atomic_files import sha256_bytes, torch_bytes, write_bytes, write_json, write_torch
+from pyg_dhmrec.atomic_files import (
+    DamagedFile,
+    read_torch_checked,
+    write_json,
+    write_torch,
+    write_torch_checked,
+)
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRSampler
 from pyg_dhmrec.metrics import FullRankEvaluator
@@ -33,7 +38,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 2  # 2: sha256 header line, early stopping as EarlyStopping.state_dict()
-CHECKPOINT_MAGIC = b"pyg_dhmrec checkpoint sha256:"
+CHECKPOINT_KIND = "checkpoint"  # header word of checkpoint.pt
 BEST = "best.pt"
 RESULTS = "results.json"
 PER_USER = "per_user_test.pt"
@@ -148,35 +153,15 @@ class CheckpointError(ValueError):
 
 def write_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
     """``torch.save`` of ``payload`` behind a header line holding its sha256, atomically."""
-    body = torch_bytes(dict(payload))
-    header = CHECKPOINT_MAGIC + sha256_bytes(body).encode("ascii") + b"\n"
-    return write_bytes(path, header + body)
+    return write_torch_checked(path, dict(payload), CHECKPOINT_KIND)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The payload of a file written by :func:`write_checkpoint`, its checksum verified."""
-    path = Path(path)
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
-    digest_end = len(CHECKPOINT_MAGIC) + 64
-    if not raw.startswith(CHECKPOINT_MAGIC) or raw[digest_end : digest_end + 1] != b"\n":
-        raise CheckpointError(
-            f"{path}: not a checkpoint written by this version of pyg_dhmrec (it does not start "
-            f"with the {CHECKPOINT_MAGIC.strip().decode()!r} header line)"
-        )
-    recorded = raw[len(CHECKPOINT_MAGIC) : digest_end].decode("ascii", "replace")
-    body = raw[digest_end + 1 :]
-    if sha256_bytes(body) != recorded:
-        raise CheckpointError(
-            f"{path}: checksum mismatch, the file is damaged (sha256 of its {len(body)} bytes "
-            f"differs from the one recorded when it was written); it cannot be resumed from"
-        )
-    try:
-        payload = torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 (unpickling raises many kinds; the checksum passed)
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+        payload = read_torch_checked(path, CHECKPOINT_KIND)
+    except DamagedFile as e:
+        raise CheckpointError(f"{e}; it cannot be resumed from") from None
     if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: not a version {CHECKPOINT_VERSION} pyg_dhmrec checkpoint")
     keys = {"model", "optimizer", "sampler", "rng", "progress", "early_stopping", "history"}

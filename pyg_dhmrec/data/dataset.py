@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData, InMemoryDataset
 
+from pyg_dhmrec.atomic_files import DamagedFile, read_torch_checked, write_torch_checked
 from pyg_dhmrec.data.mmrec_format import (
     DataFormatError,
     read_feature_file,
@@ -29,7 +31,9 @@ log = logging.getLogger(__name__)
 
 RATES = ("user", "rates", "item")
 REV_RATES = ("item", "rev_rates", "user")
-PROCESSED_VERSION = 1  # bump when the processed layout changes
+PROCESSED_VERSION = 2  # bump when the processed layout changes (2: one checked file, content hash)
+CACHE_KIND = "processed dataset"  # header word of the cache file
+_STALE_CACHE_RE = re.compile(r"data_[0-9a-f]{16}\.(pt|json)")
 
 
 class MMRecDataset(InMemoryDataset):
@@ -53,8 +57,9 @@ class MMRecDataset(InMemoryDataset):
         transform: PyG transform applied on access.
         force_reload: rebuild the processed file even if a valid one exists.
 
-    The processed file name carries a fingerprint of the raw files (size and modification
-    time) and of the modality list, so changed raw files are re-processed automatically.
+    The processed file name carries a fingerprint of the raw files' contents and of the
+    modality list, so changed raw files are re-processed automatically. The cache is one
+    checksummed file written atomically; a damaged one is rebuilt with a warning.
     """
 
     def __init__(
@@ -73,10 +78,12 @@ class MMRecDataset(InMemoryDataset):
         self.inter_file = inter_file or f"{name}.inter"
         self.url = url
         self._cache_dir = cache_dir
-        super().__init__(root, transform, force_reload=force_reload)
-        self.load(self.processed_paths[0], data_cls=HeteroData)
-        with open(self._stats_path, encoding="utf-8") as f:
-            self.stats: dict[str, Any] = json.load(f)
+        self._digests: dict[tuple, str] = {}
+        super().__init__(root, transform, force_reload=force_reload)  # calls _process
+        cached, self._cached = self._cached, None
+        self.data = HeteroData.from_dict(cached["data"])
+        self.slices = cached["slices"]
+        self.stats: dict[str, Any] = cached["stats"]
 
     # ----- folders -----
     @property
@@ -90,6 +97,10 @@ class MMRecDataset(InMemoryDataset):
         default = os.path.join(self.raw_dir, "processed")
         if _writable(default):
             return default
+        return self._user_cache_dir
+
+    @property
+    def _user_cache_dir(self) -> str:
         digest = hashlib.sha1(os.path.abspath(self.raw_dir).encode()).hexdigest()[:10]
         return os.path.join(Path.home(), ".cache", "pyg_dhmrec", f"{self.name}-{digest}")
 
@@ -102,22 +113,36 @@ class MMRecDataset(InMemoryDataset):
         return [f"data_{self.fingerprint()}.pt"]
 
     @property
-    def _stats_path(self) -> str:
-        return self.processed_paths[0][: -len(".pt")] + ".json"
-
-    @property
     def modalities(self) -> list[str]:
         """Modalities whose features are loaded, in config order."""
         return self.modalities_present(self._data)
 
     def fingerprint(self) -> str:
-        """Hash of the raw files' names, sizes and modification times and of the settings."""
+        """Hash of the raw files' names and contents and of the settings (modality list).
+
+        Content, not size and modification time: an edit that keeps both (``cp -p``,
+        ``rsync -a``) still gives a new fingerprint. Each file is hashed once per process
+        (again only when its size, times or inode change).
+        """
         parts = [f"v{PROCESSED_VERSION}", self.inter_file]
         for modality, file in [("inter", self.inter_file), *sorted(self.modality_files.items())]:
             path = Path(self.raw_dir) / file
-            stat = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else "-"
-            parts.append(f"{modality}={file}:{stat}")
+            parts.append(f"{modality}={file}:{self._content_digest(path)}")
         return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+    def _content_digest(self, path: Path) -> str:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "-"
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if key not in self._digests:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            self._digests[key] = digest.hexdigest()
+        return self._digests[key]
 
     # ----- download / process -----
     def download(self) -> None:
@@ -162,9 +187,6 @@ class MMRecDataset(InMemoryDataset):
                 features = read_feature_file(raw / file, inter.num_items, modality)
                 data["item"][modality] = torch.from_numpy(features)
 
-        for stale in Path(self.processed_dir).glob("data_*"):
-            stale.unlink()
-        self.save([data], self.processed_paths[0])
         stats = {
             "users": inter.num_users,
             "items": inter.num_items,
@@ -176,8 +198,43 @@ class MMRecDataset(InMemoryDataset):
             "cold_start_users": inter.num_cold_start_users,
             "modalities": {m: list(data["item"][m].shape) for m in self.modalities_present(data)},
         }
-        with open(self._stats_path, "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=1)
+        collated, slices = self.collate([data])
+        # One file holds graph and stats, so no kill can leave one without the other.
+        cache = {"data": collated.to_dict(), "slices": slices, "stats": stats}
+        write_torch_checked(self.processed_paths[0], cache, CACHE_KIND)
+        for stale in Path(self.processed_dir).iterdir():
+            if _STALE_CACHE_RE.fullmatch(stale.name) and str(stale) != self.processed_paths[0]:
+                stale.unlink(missing_ok=True)  # this class's cache of older raw files
+
+    def _process(self) -> None:
+        # Replaces PyG's: the cache is one checksummed file, verified here and rebuilt (with
+        # one warning) when damaged; PyG's pre_transform.pt/pre_filter.pt are not written.
+        path = self.processed_paths[0]
+        self._cached = None
+        if not self.force_reload and os.path.exists(path):
+            try:
+                self._cached = self._read_cache(path)
+                return
+            except DamagedFile as e:
+                log.warning("%s; rebuilding the processed dataset cache", e)
+        try:
+            os.makedirs(self.processed_dir, exist_ok=True)
+            self.process()
+        except PermissionError as e:
+            raise DataFormatError(
+                f"dataset '{self.name}': cannot write the processed cache in "
+                f"{self.processed_dir} ({e.strerror}); the dataset folder {self.raw_dir} and the "
+                f"user cache {os.path.dirname(self._user_cache_dir)} are read-only here: set "
+                "--cache_dir to a writable folder"
+            ) from None
+        self._cached = self._read_cache(path)
+
+    @staticmethod
+    def _read_cache(path: str) -> dict[str, Any]:
+        cache = read_torch_checked(path, CACHE_KIND)
+        if not isinstance(cache, dict) or not {"data", "slices", "stats"} <= set(cache):
+            raise DamagedFile(f"{path}: not a processed dataset (keys data, slices, stats)")
+        return cache
 
     def modalities_present(self, data: HeteroData) -> list[str]:
         return [m for m in self.modality_files if m in data["item"]]
