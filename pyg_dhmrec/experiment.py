@@ -244,7 +244,7 @@ def _read_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise ExperimentError(
-            f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); the file is "
+            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); the file is "
             "truncated or was edited by hand"
         ) from None
     except UnicodeDecodeError as e:

@@ -220,7 +220,7 @@ class MMRecDataset(InMemoryDataset):
         try:
             os.makedirs(self.processed_dir, exist_ok=True)
             self.process()
-        except PermissionError as e:
+        except (PermissionError, NotADirectoryError) as e:
             raise DataFormatError(
                 f"dataset '{self.name}': cannot write the processed cache in "
                 f"{self.processed_dir} ({e.strerror}); the dataset folder {self.raw_dir} and the "
