@@ -20,6 +20,7 @@ import yaml
 
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.config import ConfigError, load_config
+from pyg_dhmrec.data import amazon as amazon_module
 from pyg_dhmrec.data.amazon import (
     IMAGE_DIM,
     encode_texts,
@@ -203,6 +204,7 @@ def test_build_files_and_training(built: Path, server: tuple[str, ServerState], 
         assert (built / name).is_file(), name
     assert sorted(p.name for p in (built / "raw").iterdir()) == [
         f"image_features_{CATEGORY}.b",
+        "manifest.json",
         f"meta_{CATEGORY}.json.gz",
         f"reviews_{CATEGORY}_5.json.gz",
     ]
@@ -292,10 +294,23 @@ def test_split_reproducible_by_seed(server: tuple[str, ServerState], tmp_path: P
     )
 
 
-def test_interrupted_build_is_redone(server: tuple[str, ServerState], tmp_path: Path) -> None:
+def test_interrupted_build_is_redone(
+    server: tuple[str, ServerState], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     amazon = _amazon(server[0])
-    AmazonDataset(str(tmp_path), "toy", amazon)
-    (tmp_path / "toy" / "meta.json").unlink()  # as if killed before the last step
+    write_json = amazon_module.write_json
+
+    def killed_before_meta_json(path: Path, data: object) -> Path:
+        if Path(path).name == "meta.json":
+            raise KeyboardInterrupt  # the process dies before the last step
+        return write_json(path, data)
+
+    monkeypatch.setattr(amazon_module, "write_json", killed_before_meta_json)
+    with pytest.raises(KeyboardInterrupt):
+        AmazonDataset(str(tmp_path), "toy", amazon)
+    monkeypatch.undo()
+    assert not (tmp_path / "toy" / "meta.json").exists()
+    assert (tmp_path / "toy" / ".build.json").is_file()
     inter_mtime = (tmp_path / "toy" / "toy.inter").stat().st_mtime_ns
     dataset = AmazonDataset(str(tmp_path), "toy", amazon)
     assert (tmp_path / "toy" / "meta.json").is_file()

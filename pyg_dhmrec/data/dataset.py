@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -33,6 +32,9 @@ RATES = ("user", "rates", "item")
 REV_RATES = ("item", "rev_rates", "user")
 PROCESSED_VERSION = 2  # bump when the processed layout changes (2: one checked file, content hash)
 CACHE_KIND = "processed dataset"  # header word of the cache file
+MIRROR_ENV = "PYG_DHMREC_AMAZON_MIRROR"  # base URL of the raw Amazon files, when no key sets one
+_CHECKS = ("size", "md5")  # what a raw Amazon file's expected values are given as
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
 _STALE_CACHE_RE = re.compile(r"data_[0-9a-f]{16}\.(pt|json)")
 
 
@@ -286,17 +288,35 @@ class AmazonDataset(MMRecDataset):
     """An Amazon (2014 release) dataset built from its raw files when the folder lacks it.
 
     ``amazon`` is the dataset YAML's ``amazon`` mapping: ``category``, ``reviews_url``,
-    ``meta_url``, ``image_url`` and optionally ``k_core`` (5), ``text_encoder`` (``auto``) and
-    ``seed`` (2024, of the train/valid/test split). A folder with ``<name>.inter`` but no
-    ``raw/`` (e.g. MMRec's preprocessed files) is used as is; a folder this class built is
+    ``meta_url``, ``image_url`` and optionally ``k_core`` (5), ``text_encoder`` (``auto``),
+    ``seed`` (2024, of the train/valid/test split), ``mirror`` (a base URL serving the three
+    files by name; else the ``PYG_DHMREC_AMAZON_MIRROR`` environment variable) and
+    ``<file>_size`` / ``<file>_md5`` (``file`` one of reviews, meta, image): what each raw file
+    must be. A folder holding ``<name>.inter`` that this class did not build (e.g. MMRec's
+    preprocessed files) is used as is, with or without ``raw/``; a folder this class built is
     rebuilt when its ``meta.json`` is missing (interrupted build) or records other settings.
     """
 
     REQUIRED = ("category", "reviews_url", "meta_url", "image_url")
-    OPTIONAL = {"k_core": 5, "text_encoder": "auto", "seed": 2024}
+    OPTIONAL = {
+        "k_core": 5,
+        "text_encoder": "auto",
+        "seed": 2024,
+        "mirror": None,
+        **{
+            f"{key}_{check}": None
+            for key in ("reviews", "meta", "image")
+            for check in ("size", "md5")
+        },
+    }
 
     def __init__(self, root: str, name: str, amazon: Mapping[str, Any], **kwargs: Any) -> None:
-        from pyg_dhmrec.data.amazon import META_FILE, settings_of
+        from pyg_dhmrec.data.amazon import (
+            RAW_KEYS,
+            amazon_folder_state,
+            build_amazon_dataset,
+            settings_of,
+        )
 
         where = f"configs/datasets/{name}.yaml, key 'amazon'"
         if not isinstance(amazon, Mapping):
@@ -310,45 +330,50 @@ class AmazonDataset(MMRecDataset):
                 + (f"missing {', '.join(missing)}; " if missing else "")
                 + f"expected {', '.join(self.REQUIRED)} and optionally {', '.join(self.OPTIONAL)}"
             )
-        self.amazon = {**self.OPTIONAL, **dict(amazon)}
-        self.urls = {key: self.amazon[f"{key}_url"] for key in ("reviews", "meta", "image")}
-        a = self.amazon
+        a = self.amazon = {**self.OPTIONAL, **dict(amazon)}
+        for key in RAW_KEYS:
+            size, md5 = a[f"{key}_size"], a[f"{key}_md5"]
+            if size is not None and (
+                isinstance(size, bool) or not isinstance(size, int) or size < 1
+            ):
+                raise DataFormatError(
+                    f"dataset '{name}': {where}: '{key}_size' must be a positive number of bytes, "
+                    f"got {size!r}"
+                )
+            if md5 is not None and not (isinstance(md5, str) and _MD5_RE.fullmatch(md5)):
+                raise DataFormatError(
+                    f"dataset '{name}': {where}: '{key}_md5' must be 32 hex digits, got {md5!r}"
+                )
+        self.urls = {key: a[f"{key}_url"] for key in RAW_KEYS}
         self.settings = settings_of(
             a["category"], self.urls, a["seed"], a["k_core"], a["text_encoder"]
         )
         if not kwargs.get("modalities"):  # the built folder always holds both modalities
             kwargs["modalities"] = {"image": "image_feat.npy", "text": "text_feat.npy"}
         folder = Path(root) / name
-        meta_path = folder / META_FILE
-        if meta_path.is_file():
-            with open(meta_path, encoding="utf-8") as f:
-                if json.load(f).get("settings") != self.settings:
-                    log.info("%s: built with other settings, rebuilding", folder)
-                    meta_path.unlink()  # raw_file_names then asks for a build
+        reason = amazon_folder_state(folder, name, self.settings)
+        if reason is not None:
+            log.info(
+                "building dataset '%s' from the raw Amazon files of %s (%s)",
+                name,
+                a["category"],
+                reason,
+            )
+            build_amazon_dataset(
+                folder,
+                name,
+                a["category"],
+                self.urls,
+                seed=a["seed"],
+                k=a["k_core"],
+                text_encoder=a["text_encoder"],
+                log=log.info,
+                expected={
+                    key: {"size": a[f"{key}_size"], "md5": a[f"{key}_md5"]} for key in RAW_KEYS
+                },
+                mirror=a["mirror"] or os.environ.get(MIRROR_ENV) or None,
+            )
         super().__init__(root, name, **kwargs)
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        # A folder we built (it has raw/) is finished only once meta.json is written.
-        if (Path(self.raw_dir) / "raw").is_dir():
-            return [self.inter_file, "meta.json"]
-        return [self.inter_file]
-
-    def download(self) -> None:
-        from pyg_dhmrec.data.amazon import build_amazon_dataset
-
-        a = self.amazon
-        log.info("building dataset '%s' from the raw Amazon files of %s", self.name, a["category"])
-        build_amazon_dataset(
-            self.raw_dir,
-            self.name,
-            a["category"],
-            self.urls,
-            seed=a["seed"],
-            k=a["k_core"],
-            text_encoder=a["text_encoder"],
-            log=log.info,
-        )
 
 
 def item_features(data: HeteroData) -> dict[str, Tensor]:
