@@ -310,7 +310,14 @@ class AmazonDataset(MMRecDataset):
         },
     }
 
-    def __init__(self, root: str, name: str, amazon: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        amazon: Mapping[str, Any],
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
         from pyg_dhmrec.data.amazon import (
             RAW_KEYS,
             amazon_folder_state,
@@ -368,6 +375,7 @@ class AmazonDataset(MMRecDataset):
                 k=a["k_core"],
                 text_encoder=a["text_encoder"],
                 log=log.info,
+                progress=progress,
                 expected={
                     key: {"size": a[f"{key}_size"], "md5": a[f"{key}_md5"]} for key in RAW_KEYS
                 },
@@ -398,7 +406,8 @@ def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
     if config.get("synthetic"):
         return SyntheticDataset(root, name, config["synthetic"], **kwargs)
     if config.get("amazon"):  # built from the raw Amazon files when missing
-        return AmazonDataset(root, name, config["amazon"], **kwargs)
+        progress = bool(config.get("progress", True))  # download bars follow --quiet
+        return AmazonDataset(root, name, config["amazon"], progress=progress, **kwargs)
     return MMRecDataset(root, name, **kwargs)
 
 
