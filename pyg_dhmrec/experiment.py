@@ -233,6 +233,7 @@ def run_seeds(
 #: Keys that may differ between the runs of one folder (where and how visibly it runs).
 FOLDER_FREE_KEYS = ("device", "progress", "output")
 LOCK_FILE = "run.lock"
+MAX_SHOWN_DIFFERENCES = 6  # differing keys listed in the error
 CONFIG_FILE = "config.json"
 #: Files a run writes into its folder (config.json and the lock file aside).
 RUN_FILES = (RESULTS, BEST, PER_USER, CHECKPOINT)
@@ -289,24 +290,26 @@ def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) 
 
 
 def check_same_config(folder: Path, requested: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The stored configuration of ``folder`` (None when it holds no run); an error naming the
-    differing keys when it is not ``requested``."""
+    """The stored configuration of ``folder`` (None when it holds no training yet); an error
+    naming the differing keys when it is not ``requested``."""
     folder = Path(folder)
+    progress = [name for name in RUN_FILES if (folder / name).exists()]
+    if not progress:
+        return None  # at most the config.json of a run that stopped before its first epoch
     if not ((folder / CONFIG_FILE).is_file() or (folder / RESULTS).is_file()):
-        stray = [name for name in RUN_FILES if (folder / name).exists()]
-        if stray:
-            raise ExperimentError(
-                f"{folder}: holds {', '.join(stray)} but no {CONFIG_FILE}, so its configuration "
-                "is unknown; choose another --output or delete the folder"
-            )
-        return None
+        raise ExperimentError(
+            f"{folder}: holds {', '.join(progress)} but no {CONFIG_FILE}, so its configuration "
+            "is unknown; choose another --output or delete the folder"
+        )
     stored = run_config(folder)
     differences = config_differences(stored, requested)
     if differences:
+        shown = "; ".join(differences[:MAX_SHOWN_DIFFERENCES])
+        if len(differences) > MAX_SHOWN_DIFFERENCES:
+            shown += f"; and {len(differences) - MAX_SHOWN_DIFFERENCES} more key(s)"
         raise ExperimentError(
-            f"{folder}: holds a run of another configuration ({'; '.join(differences)}; stored "
-            "-> requested); a folder holds one configuration: choose another --output or "
-            "delete the folder"
+            f"{folder}: holds a run of another configuration ({shown}; stored -> requested); a "
+            "folder holds one configuration: choose another --output or delete the folder"
         )
     return stored
 

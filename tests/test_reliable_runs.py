@@ -57,7 +57,7 @@ def checkpoint_epoch(path: Path) -> int:
 def test_sigkill_then_resume_matches_uninterrupted(
     data_root: Path, tmp_path: Path, model: str
 ) -> None:
-    common = ("--epochs", "12", "--patience", "50", "--batch_size", "128", "--seed", "3")
+    common = ("--epochs", "7", "--patience", "50", "--batch_size", "256", "--seed", "3")
     assert main(train_args(data_root, tmp_path / "full", model, *common)) == 0
     full = read(tmp_path / "full")
 
@@ -83,7 +83,7 @@ def test_sigkill_then_resume_matches_uninterrupted(
     resumed = read(killed)
     assert resumed["test"] == full["test"]
     assert resumed["valid"] == full["valid"]
-    assert (resumed["best_epoch"], resumed["epochs_run"]) == (full["best_epoch"], 12)
+    assert (resumed["best_epoch"], resumed["epochs_run"]) == (full["best_epoch"], 7)
     assert without_timings(resumed["history"]) == without_timings(full["history"])
     assert torch.equal(
         torch.load(killed / "per_user_test.pt")["recall@20"],
@@ -278,3 +278,14 @@ def test_checkpoint_of_other_model_size_refused(
         "run's config.json (Error(s) in loading state_dict for LightGCN:"
     ), err
     assert "size mismatch" in err and "torch.Size([60, 8])" in err
+
+
+def test_run_stopped_before_training_does_not_claim_the_folder(
+    data_root: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    # Fails on the data check, after config.json is written: nothing was trained.
+    assert main(train_args(data_root, out, "lightgcn", "--topk", "[10,50]")) == 2
+    assert "key 'topk': cut-off(s) [50] exceed the dataset's 40 items" in capsys.readouterr().err
+    assert main(train_args(data_root, out, "lightgcn", "--epochs", "1")) == 0  # the fixed run
+    assert json.loads((out / "config.json").read_text())["topk"] == [10, 20]
