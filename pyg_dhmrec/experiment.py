@@ -421,8 +421,12 @@ def load_run(
     data = dataset[0]
     model = build_recommender(config, data)  # with the run's plug-in, if any
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except RuntimeError as e:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
+        raise ExperimentError(f"{weights}: not a readable state_dict ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise ExperimentError(f"{weights}: does not fit the model of config.json ({e})") from None
     model.to(device).eval()
     return model, data, config
@@ -471,7 +475,10 @@ def load_per_user(folder: Path) -> dict[str, Tensor]:
     path = Path(folder) / PER_USER
     if not path.is_file():
         raise ExperimentError(f"{folder}: no {PER_USER} (runs save it when they finish)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
+        raise ExperimentError(f"{path}: not readable ({e})") from None
 
 
 def compare_runs(a: Path, b: Path, metric: str = "recall@20") -> dict[str, Any]:

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -761,3 +762,17 @@ def test_partial_amazon_override_merges() -> None:
     assert amazon["text_encoder"] == "tfidf"
     assert amazon["category"] == "Sports_and_Outdoors"
     assert amazon["reviews_url"].endswith("reviews_Sports_and_Outdoors_5.json.gz")
+
+
+@pytest.mark.parametrize("reader", ["reviews", "meta"])
+def test_cut_gzip_read_is_an_error_naming_the_file(tmp_path: Path, reader: str) -> None:
+    path = tmp_path / "cut.json.gz"
+    data = _gz_lines([json.dumps(r) for r in _reviews()] if reader == "reviews" else _meta_lines())
+    path.write_bytes(data[: len(data) - 12])  # the gzip trailer and some data missing
+    with pytest.raises(
+        DataFormatError, match=rf"^{re.escape(str(path))}: truncated or corrupt gzip"
+    ):
+        if reader == "reviews":
+            read_review_table(path)
+        else:
+            item_texts(path, {ASINS[0]: 0})

@@ -26,7 +26,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,28 +90,44 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a (gzipped) text file; a cut or corrupt file is an error
+    naming it, not an EOFError."""
+    number = 0
+    try:
+        with _open_text(path) as f:
+            for number, line in enumerate(f, start=1):
+                yield number, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(
+            f"{path}: truncated or corrupt gzip data after line {number} ({e}); delete it to "
+            "download it again"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}:{number + 1}: not UTF-8 text ({e.reason})") from None
+
+
 def read_review_table(path: str | os.PathLike) -> Reviews:
     """Read a (gzipped) JSON-lines review file; a malformed line is an error naming its number."""
     path = Path(path)
     users, items, ratings, times = [], [], [], []
     has_rating = has_time = True
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                user, item = str(row["reviewerID"]), str(row["asin"])
-            except (json.JSONDecodeError, TypeError) as e:
-                raise DataFormatError(f"{path}:{number}: not a JSON object ({e})") from None
-            except KeyError as e:
-                raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
-            users.append(user)
-            items.append(item)
-            has_rating = has_rating and "overall" in row
-            has_time = has_time and "unixReviewTime" in row
-            ratings.append(row.get("overall", 0.0))
-            times.append(row.get("unixReviewTime", 0))
+    for number, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            user, item = str(row["reviewerID"]), str(row["asin"])
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataFormatError(f"{path}:{number}: not a JSON object ({e})") from None
+        except KeyError as e:
+            raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
+        users.append(user)
+        items.append(item)
+        has_rating = has_rating and "overall" in row
+        has_time = has_time and "unixReviewTime" in row
+        ratings.append(row.get("overall", 0.0))
+        times.append(row.get("unixReviewTime", 0))
     if not users:
         raise DataFormatError(f"{path}: no reviews")
     try:
@@ -259,20 +276,19 @@ def item_texts(meta_path: str | os.PathLike, asin_to_item: Mapping[str, int]) ->
     """
     meta_path = Path(meta_path)
     texts = [""] * len(asin_to_item)
-    with _open_text(meta_path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            quick = _ASIN_RE.search(line)
-            if quick and quick.group(1) not in asin_to_item:
-                continue  # skip parsing items outside the dataset (most of the file)
-            try:
-                row = _parse_meta_line(line)
-            except (ValueError, SyntaxError) as e:
-                raise DataFormatError(f"{meta_path}:{number}: not a metadata dict ({e})") from None
-            item = asin_to_item.get(str(row.get("asin", "")))
-            if item is not None and not texts[item]:
-                texts[item] = _item_text(row)
+    for number, line in _numbered_lines(meta_path):
+        if not line.strip():
+            continue
+        quick = _ASIN_RE.search(line)
+        if quick and quick.group(1) not in asin_to_item:
+            continue  # skip parsing items outside the dataset (most of the file)
+        try:
+            row = _parse_meta_line(line)
+        except (ValueError, SyntaxError) as e:
+            raise DataFormatError(f"{meta_path}:{number}: not a metadata dict ({e})") from None
+        item = asin_to_item.get(str(row.get("asin", "")))
+        if item is not None and not texts[item]:
+            texts[item] = _item_text(row)
     return texts
 
 
