@@ -490,8 +490,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise DataFormatError(
-            f"{path}: not valid JSON ({e}); it is written by the Amazon build: delete it to "
-            "rebuild the folder"
+            f"{path}: not valid JSON ({e}); the Amazon build writes it and never edits it: delete "
+            "the dataset folder to build it again"
         ) from None
     if not isinstance(value, dict):
         raise DataFormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
