@@ -1,7 +1,7 @@
 """Run a model on a dataset (optionally over a grid), select on VALID, record in RESULTS.md.
 
     python benchmarks/benchmark.py --model lightgcn --dataset baby --data-root ../shared/data \
-        --grid num_layers=1,2,3,4 --grid reg_weight=1e-3,1e-4 --jobs 4
+        --grid num_ui_layers=1,2,3,4 --grid reg_weight=1e-3,1e-4 --jobs 4
 
 Every grid point runs as its own ``run.py`` process (``--jobs`` at a time) writing
 ``<out>/<model>-<dataset>/<point>/results.json``; finished points are skipped and points with

@@ -26,7 +26,7 @@ done
 for dataset in $DATASETS; do
   for model in $MODELS; do
     case $model in
-      lightgcn) grid="--grid num_layers=1,2,3,4 --grid reg_weight=1e-2,1e-4" ;;
+      lightgcn) grid="--grid num_ui_layers=1,2,3,4 --grid reg_weight=1e-2,1e-4" ;;
       dhmrec) grid="--grid alpha_mm=0.2,0.5,1.0,1.5 --grid gamma_kl=0.1,1.0" ;;
     esac
     timeout "$STAGE_TIMEOUT" $B --model "$model" --dataset "$dataset" \

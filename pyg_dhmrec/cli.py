@@ -19,12 +19,10 @@ from pyg_dhmrec.config import (
     ConfigError,
     available,
     available_datasets,
-    check_config_for_data,
     load_config,
     load_yaml,
     parse_cli_overrides,
 )
-from pyg_dhmrec.data.dataset import load_dataset
 from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.experiment import (
@@ -39,9 +37,10 @@ from pyg_dhmrec.experiment import (
     run_grid,
     run_seeds,
 )
+from pyg_dhmrec.loader import load_data_and_model
 from pyg_dhmrec.models import model_class, model_keys
 from pyg_dhmrec.plots import MissingExtraError
-from pyg_dhmrec.plugins import build_recommender, check_plugin, plugin_keys
+from pyg_dhmrec.plugins import check_plugin, plugin_keys
 from pyg_dhmrec.train import (
     CHECKPOINT,
     Trainer,
@@ -176,15 +175,7 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
 def _run_in_folder(config: dict[str, Any], output: Path, resume: bool) -> dict[str, Any]:
     device = resolve_device(config["device"])
     seed_everything(config["seed"], device)
-    t0 = time.perf_counter()
-    dataset = load_dataset(config)
-    log.info("%r loaded in %.1fs", dataset, time.perf_counter() - t0)
-    cls = model_class(config["model"])
-    if cls.uses_modalities:
-        dataset.require_modalities()
-    data = dataset[0]
-    check_config_for_data(config, dataset.stats["items"])
-    model = build_recommender(config, data)
+    dataset, data, model = load_data_and_model(config)
     n_params = sum(p.numel() for p in model.parameters())
     name = config["model"] + (f" + plugin {config['plugin']}" if config.get("plugin") else "")
     log.info("model %s (%d parameters) on %s", name, n_params, device)

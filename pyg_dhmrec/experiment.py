@@ -21,9 +21,9 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
 from pyg_dhmrec.config import ConfigError, load_config, load_yaml, merge, validate_config
-from pyg_dhmrec.data.dataset import RATES, load_dataset
-from pyg_dhmrec.models import Recommender, model_class
-from pyg_dhmrec.plugins import build_recommender
+from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.loader import load_data_and_model
+from pyg_dhmrec.models import Recommender
 from pyg_dhmrec.train import BEST, CHECKPOINT, PER_USER, RESULTS
 
 log = logging.getLogger(__name__)
@@ -415,11 +415,7 @@ def load_run(
     if not weights.is_file():
         raise ExperimentError(f"{folder}: no best.pt (the run has not finished)")
     config = run_config(folder)
-    dataset = load_dataset(config)
-    if model_class(config["model"]).uses_modalities:
-        dataset.require_modalities()
-    data = dataset[0]
-    model = build_recommender(config, data)  # with the run's plug-in, if any
+    _, data, model = load_data_and_model(config)  # with the run's plug-in, if any
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
@@ -461,11 +457,11 @@ def recommend(
 def export_embeddings(model: Recommender, output: Path) -> tuple[Path, Path]:
     """Write the final ``user_embeddings.npy`` and ``item_embeddings.npy`` (eval mode)."""
     model.eval()
-    user_emb, item_emb = model()
+    out = model()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     paths = output / "user_embeddings.npy", output / "item_embeddings.npy"
-    for path, emb in zip(paths, (user_emb, item_emb)):
+    for path, emb in zip(paths, (out.user, out.item)):
         write_npy(path, emb.detach().float().cpu().numpy())
     return paths
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch_geometric.index import index2ptr
 
 METRICS = ("recall", "ndcg", "precision", "map")
 
@@ -145,9 +146,7 @@ def _to_csr(edge_index: Tensor, num_users: int, num_items: int, name: str) -> tu
     # duplicate interactions would inflate |GT| and hence deflate recall
     key = torch.unique(user * num_items + item, sorted=True)
     row, col = key // num_items, key % num_items
-    rowptr = torch.zeros(num_users + 1, dtype=torch.long)
-    rowptr[1:] = torch.bincount(row, minlength=num_users).cumsum(dim=0)
-    return rowptr, col
+    return index2ptr(row, num_users), col
 
 
 def _gather_rows(rowptr: Tensor, col: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:

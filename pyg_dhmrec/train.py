@@ -175,7 +175,8 @@ class Trainer:
     """Trains a :class:`Recommender` on a dataset graph and evaluates it by full ranking.
 
     Every epoch: the model's :meth:`~Recommender.on_train_epoch_start`, one pass of BPR
-    batches (the sum of the model's loss parts is minimised with Adam), then, every
+    batches (per batch one :meth:`~Recommender.forward` pass, whose output the model's
+    :meth:`~Recommender.loss` reads; the sum of the loss parts is minimised with Adam), then, every
     ``eval_step`` epochs, valid metrics. The best epoch is the one with the highest valid
     ``early_stop_metric``; training stops after ``patience`` evaluations without a strict
     improvement. Test metrics are computed once, with the best epoch's parameters.
@@ -243,7 +244,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         for batch in bar:
-            parts = self.model.loss(batch.to(self.device))
+            out = self.model()  # one embedding pass per step, shared by every loss part
+            parts = self.model.loss(batch.to(self.device), out)
             total = sum(parts.values())
             if not torch.isfinite(total):
                 bad = [k for k, v in parts.items() if not torch.isfinite(v)]

@@ -336,7 +336,7 @@ def test_per_dataset_entry_not_a_mapping(tmp_path: Path) -> None:
     from pyg_dhmrec.config import ConfigError, _file_with_per_dataset
 
     path = tmp_path / "m.yaml"
-    path.write_text("num_layers: 2\nper_dataset:\n  baby: 3\n")
+    path.write_text("num_ui_layers: 2\nper_dataset:\n  baby: 3\n")
     with pytest.raises(ConfigError) as info:
         _file_with_per_dataset(path)
     assert str(info.value) == (

@@ -77,11 +77,9 @@ def test_symmetric_normalize_row_degree_asymmetric():
     s3 = 1.0 / math.sqrt(3.0)
     torch.testing.assert_close(w, torch.tensor([s3, s3, 1.0, s3, 0.0]))
 
-    # "both": row sum for the source, column sum (in-degree) for the target:
-    # in-degrees d0=1, d1=1, d2=2, d3=1.
-    _, w_both = symmetric_normalize(edge_index, 4, degree="both")
-    s6 = 1.0 / math.sqrt(6.0)
-    torch.testing.assert_close(w_both, torch.tensor([s3, s6, S2, 1.0, s3]))
+    # "col": column sums (in-degrees) on both sides: d0=1, d1=1, d2=2, d3=1.
+    _, w_col = symmetric_normalize(edge_index, 4, degree="col")
+    torch.testing.assert_close(w_col, torch.tensor([1.0, S2, S2, S2, 1.0]))
 
     _, w_weighted = symmetric_normalize(
         edge_index, 4, torch.tensor([2.0, 1.0, 4.0, 1.0, 1.0]), degree="row"
@@ -92,7 +90,7 @@ def test_symmetric_normalize_row_degree_asymmetric():
     assert torch.isfinite(w_weighted).all()
 
     with pytest.raises(ValueError, match="degree"):
-        symmetric_normalize(edge_index, 4, degree="col")
+        symmetric_normalize(edge_index, 4, degree="both")
 
 
 def test_to_csr_sums_duplicates():
@@ -294,6 +292,7 @@ def test_add_item_knn_graphs_transform_matches_knn_adjacency() -> None:
     data["item"].num_nodes = 6
     data["item"].image = torch.randn(6, 5)
     data["item"].text = torch.randn(6, 3)
+    data["item"].modalities = ["image", "text"]
     out = AddItemKNNGraphs(k=2)(data)
     for name in ("image", "text"):
         store = out["item", f"knn_{name}", "item"]
@@ -303,5 +302,5 @@ def test_add_item_knn_graphs_transform_matches_knn_adjacency() -> None:
         dense = torch.zeros(6, 6)
         dense[store.edge_index[0], store.edge_index[1]] = store.edge_weight
         assert torch.allclose(dense, knn_adjacency(data["item"][name], k=2).to_dense())
-    with pytest.raises(ValueError, match="item features 'audio' not found"):
+    with pytest.raises(ValueError, match=r"modalities \['audio'\] not found"):
         AddItemKNNGraphs(k=2, modalities=["audio"])(data)

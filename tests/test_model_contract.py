@@ -7,15 +7,20 @@ parameter learns, full ranking masks the train items, and the per-modality outpu
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from torch_geometric.data import HeteroData
 from toy_graphs import first_batch, toy_graph
 
+from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.metrics import FullRankEvaluator
-from pyg_dhmrec.models import MODELS, Recommender, build_model
+from pyg_dhmrec.models import MODELS, Recommender, build_model, model_keys
+from pyg_dhmrec.train import Trainer
 
 NUM_USERS, NUM_ITEMS, NUM_EDGES = 24, 20, 110
 MODALITIES = {"image": 6, "text": 4}
@@ -23,8 +28,22 @@ DIM = 8
 #: Small settings, passed to the models whose constructor takes them.
 CONFIG = {"embedding_dim": DIM, "knn_k": 3, "infusion_k": 3, "num_hyperedges": 4}
 NAMES = sorted(MODELS)
-MULTIMODAL = [name for name in NAMES if MODELS[name].exposes_modalities()]
+#: Models that prune the user-item graph in training (FREEDOM's degree-sensitive dropout).
+PRUNED = ["dhmrec", "freedom", "layergcn", "siger"]
+MULTIMODAL = [name for name in NAMES if MODELS[name].exposes_modalities]
 SEED = 7  # fixes pruned graphs, dropout masks and noise before every loss
+#: The trainer's keys that the tests do not vary (configs/overall.yaml's values).
+TRAIN_DEFAULTS = {
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    "topk": [5],
+    "metrics": ["recall"],
+    "eval_batch_size": 64,
+    "early_stop_metric": "recall@5",
+    "patience": 20,
+    "model": "x",
+    "dataset": "toy",
+}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +82,49 @@ def _loss(model: Recommender, batch: BPRBatch) -> torch.Tensor:
 def test_the_registry_is_covered() -> None:
     assert MULTIMODAL, "no model exposes per-modality representations"
     for name in NAMES:
-        assert MODELS[name].exposes_modalities() <= MODELS[name].uses_modalities, name
+        assert MODELS[name].exposes_modalities <= MODELS[name].uses_modalities, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_trains_and_writes_results(name: str, tmp_path, tiny_cli_argv) -> None:
+    """``run.py`` end to end on a tiny synthetic folder: every epoch logs the model's declared
+    loss parts, finite, and the run ends with test metrics of the best-valid epoch."""
+    argv = tiny_cli_argv(name)
+    if "knn_k" not in model_keys(name):  # the fixture's --knn_k 3 is an unknown key here
+        i = argv.index("--knn_k")
+        del argv[i : i + 2]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+    assert results["model"] == name
+    assert results["config"].get("knn_k", 3) == 3
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    for record in results["history"]:
+        assert set(record["loss"]) == set(MODELS[name].loss_parts), record["loss"]
+        assert all(math.isfinite(v) for v in record["loss"].values())
+    assert 1 <= results["best_epoch"] <= 2
+    assert 0.0 <= results["test"]["recall@20"] <= 1.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_returns_the_declared_parts(
+    name: str, graphs: dict[bool, HeteroData], batch: BPRBatch
+) -> None:
+    model = _build(name, graphs)
+    _epoch_start(model)
+    assert set(model.loss(batch)) == set(MODELS[name].loss_parts)
+
+
+@pytest.mark.parametrize("name", PRUNED)
+def test_evaluation_uses_the_full_graph(name: str, graphs: dict[bool, HeteroData]) -> None:
+    """Edge pruning is a training-time augmentation: training draws a pruned graph, evaluation
+    propagates over the full normalised train graph."""
+    model = _build(name, {k: g for k, g in graphs.items()}, seed=0)
+    model.train()
+    _epoch_start(model)
+    assert model.pruning() is not model.pruning.full_adjacency
+    assert model.pruning()._nnz() < model.pruning.full_adjacency._nnz()
+    model.eval()
+    assert model.pruning() is model.pruning.full_adjacency
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -122,8 +183,8 @@ def test_full_scores_rank_all_items_and_mask_train_items(
     users = torch.tensor([3, 0, NUM_USERS - 1, 7])
     scores = model.full_scores(users)
     assert scores.shape == (len(users), NUM_ITEMS) and not scores.requires_grad
-    user, item = model()
-    torch.testing.assert_close(scores, user[users] @ item.t())
+    out = model()
+    torch.testing.assert_close(scores, out.user[users] @ out.item.t())
     all_scores = model.full_scores(torch.arange(NUM_USERS))
     assert all_scores.shape == (NUM_USERS, NUM_ITEMS) and torch.isfinite(all_scores).all()
     # Train items are never ranked: with the train items as ground truth nothing is hit
@@ -153,12 +214,14 @@ def test_evaluation_is_deterministic(
 
 @pytest.mark.parametrize("name", MULTIMODAL)
 @pytest.mark.parametrize("training", [False, True])
-def test_forward_modalities(name: str, training: bool, graphs: dict[bool, HeteroData]) -> None:
+def test_modality_representations(
+    name: str, training: bool, graphs: dict[bool, HeteroData]
+) -> None:
     model = _build(name, graphs).train(training)
     if training:
         _epoch_start(model)
     torch.manual_seed(SEED)
-    out = model.forward_modalities()
+    out = model()
     width = out.item.size(1)
     assert out.user.shape == (NUM_USERS, width) and out.item.shape == (NUM_ITEMS, width)
     assert list(out.modalities) == list(MODALITIES)
@@ -166,39 +229,43 @@ def test_forward_modalities(name: str, training: bool, graphs: dict[bool, Hetero
         assert rep.shape == (NUM_ITEMS, width), m
         assert torch.isfinite(rep).all(), m
         assert (out.user @ rep.t()).shape == (NUM_USERS, NUM_ITEMS)
-    torch.manual_seed(SEED)
-    user, item = model()
-    torch.testing.assert_close(user, out.user)
-    torch.testing.assert_close(item, out.item)
 
 
-@pytest.mark.parametrize("name", MULTIMODAL)
-def test_memoized_runs_forward_once(
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_reads_the_pass_it_is_given(
     name: str, graphs: dict[bool, HeteroData], batch: BPRBatch
 ) -> None:
     model = _build(name, graphs)
     _epoch_start(model)
-    calls = []
-    original = model.forward_modalities
-    model.forward_modalities = lambda: calls.append(1) or original()
     torch.manual_seed(SEED)
-    with model.memoized():
-        out = model.forward_modalities()
-        assert model.forward_modalities() is out
-        user, item = model()
-        assert user is out.user and item is out.item
-        parts = model.loss(batch)
-    assert len(calls) == 1, "forward_modalities ran more than once inside memoized()"
-    assert "forward" not in vars(model) and "forward_modalities" not in vars(model)
-    # Memoizing changes no value: the same loss as a plain call (same graph and noise).
-    torch.testing.assert_close(sum(parts.values()), _loss(model, batch))
-    # Outside the block every call computes again.
-    assert model()[1] is not out.item
+    out = model()
+    given = model.loss(batch, out)
+    # The same value as a loss that runs its own pass (same graph and noise) ...
+    torch.testing.assert_close(sum(given.values()), _loss(model, batch))
+    # ... and its gradient flows through the given pass's embeddings.
+    out.user.retain_grad()
+    sum(given.values()).backward()
+    assert out.user.grad is not None and out.user.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trainer_runs_one_forward_pass_per_step(name: str) -> None:
+    data = toy_graph(NUM_USERS, NUM_ITEMS, NUM_EDGES, MODALITIES)
+    data[RATES].valid_edge_index = data[RATES].edge_index[:, :5]
+    data[RATES].test_edge_index = data[RATES].edge_index[:, 5:10]
+    torch.manual_seed(0)
+    model = build_model(name, data, CONFIG)
+    calls = []
+    forward = model.forward
+    model.forward = lambda: calls.append(1) or forward()  # noqa: E731 - counts the passes
+    config = {"batch_size": 32, "epochs": 1, "eval_step": 1, "seed": 0, "progress": False}
+    trainer = Trainer(model, data, {**TRAIN_DEFAULTS, **config}, torch.device("cpu"))
+    trainer.train_epoch(1)
+    assert len(calls) == len(trainer.sampler)
 
 
 @pytest.mark.parametrize("name", [name for name in NAMES if name not in MULTIMODAL])
 def test_id_only_models_expose_no_modalities(name: str, graphs: dict[bool, HeteroData]) -> None:
     model = _build(name, graphs)
-    assert not model.uses_modalities
-    with pytest.raises(NotImplementedError, match="does not expose per-modality"):
-        model.forward_modalities()
+    assert not model.uses_modalities and not model.exposes_modalities
+    assert model().modalities == {}

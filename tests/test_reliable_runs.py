@@ -116,8 +116,8 @@ def test_nan_loss_exit_2_keeps_last_checkpoint(
         epochs["n"] += 1
         original_start(self)
 
-    def nan_at_epoch_3(self: LightGCN, batch):
-        parts = original_loss(self, batch)
+    def nan_at_epoch_3(self: LightGCN, batch, out=None):
+        parts = original_loss(self, batch, out)
         if epochs["n"] >= 3:
             parts["reg"] = parts["reg"] * float("nan")
         return parts
@@ -156,21 +156,21 @@ def test_grid_rerun_with_changed_base_option_refused(
     data_root: Path, tmp_path: Path, capsys
 ) -> None:
     grid = tmp_path / "grid.yaml"
-    grid.write_text("num_layers: [1, 2]\n")
+    grid.write_text("num_ui_layers: [1, 2]\n")
     out = tmp_path / "grid"
     assert (
         main([*train_args(data_root, out, "lightgcn", "--epochs", "1"), "--grid", str(grid)]) == 0
     )
-    (out / "num_layers=2" / "results.json").unlink()  # as if killed after its last checkpoint
+    (out / "num_ui_layers=2" / "results.json").unlink()  # as if killed after its last checkpoint
     capsys.readouterr()
     args = [*train_args(data_root, out, "lightgcn", "--epochs", "2"), "--grid", str(grid)]
     assert main(args) == 2
     assert capsys.readouterr().err == (
-        f"error: {out / 'num_layers=1'}: holds a run of another configuration (epochs: 1 -> 2; "
+        f"error: {out / 'num_ui_layers=1'}: holds a run of another configuration (epochs: 1 -> 2; "
         "stored -> requested); a folder holds one configuration: choose another --output or "
         "delete the folder\n"
     )
-    assert not (out / "num_layers=2" / "results.json").exists()  # nothing resumed either
+    assert not (out / "num_ui_layers=2" / "results.json").exists()  # nothing resumed either
 
 
 def test_killed_rerun_of_finished_folder_is_not_taken_as_finished(

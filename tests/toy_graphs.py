@@ -32,7 +32,8 @@ def toy_graph(
     ``int(n * U(0, 1)^2)`` (small ids favoured, so degrees are skewed), otherwise uniform
     ``randint`` (user, then item). Then, from the same generator and in the given order, one
     ``randn`` feature matrix ``data["item"][name]`` of ``[num_items, size]`` per entry of
-    ``modalities`` (``None``: no features, an ID-only graph). The edges are sorted, and
+    ``modalities`` (``None``: no features, an ID-only graph), declared in
+    ``data["item"].modalities``. The edges are sorted, and
     ``data[REV_RATES]`` holds them flipped.
     """
     if num_interactions > num_users * num_items:
@@ -54,6 +55,7 @@ def toy_graph(
     data["item"].num_nodes = num_items
     for name, size in (modalities or {}).items():
         data["item"][name] = torch.randn(num_items, size, generator=g)
+    data["item"].modalities = list(modalities or {})
     data[RATES].edge_index = edge_index
     data[REV_RATES].edge_index = edge_index.flip(0)
     return data

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 RATES = ("user", "rates", "item")
 REV_RATES = ("item", "rev_rates", "user")
-PROCESSED_VERSION = 2  # bump when the processed layout changes (2: one checked file, content hash)
+PROCESSED_VERSION = 3  # bump when the processed layout changes (3: declared item modalities)
 CACHE_KIND = "processed dataset"  # header word of the cache file
 MIRROR_ENV = "PYG_DHMREC_AMAZON_MIRROR"  # base URL of the raw Amazon files, when no key sets one
 _CHECKS = ("size", "md5")  # what a raw Amazon file's expected values are given as
@@ -184,10 +184,13 @@ class MMRecDataset(InMemoryDataset):
         data[RATES].valid_edge_index = torch.from_numpy(inter.edges("valid"))
         data[RATES].test_edge_index = torch.from_numpy(inter.edges("test"))
         data[REV_RATES].edge_index = train.flip(0)
+        present = []
         for modality, file in self.modality_files.items():
             if (raw / file).exists():
                 features = read_feature_file(raw / file, inter.num_items, modality)
                 data["item"][modality] = torch.from_numpy(features)
+                present.append(modality)
+        data["item"].modalities = present  # declared: transforms may add other tensors here
 
         stats = {
             "users": inter.num_users,
@@ -239,7 +242,7 @@ class MMRecDataset(InMemoryDataset):
         return cache
 
     def modalities_present(self, data: HeteroData) -> list[str]:
-        return [m for m in self.modality_files if m in data["item"]]
+        return list(modality_names(data))
 
     def require_modalities(self) -> None:
         """Raise naming the missing feature files when a model needs the modality features."""
@@ -384,14 +387,32 @@ class AmazonDataset(MMRecDataset):
         super().__init__(root, name, **kwargs)
 
 
-def item_features(data: HeteroData) -> dict[str, Tensor]:
-    """The modality feature matrices on the item store, in dataset-config order."""
+def modality_names(data: HeteroData) -> list[str]:
+    """The item modalities declared in ``data['item'].modalities`` (dataset-config order).
+
+    The list is declared, not inferred from the tensors on the item store, because transforms
+    may add other item tensors. A graph built by hand declares it too, e.g.
+    ``data['item'].modalities = ['image', 'text']`` (``[]`` for an ID-only graph).
+    """
     store = data["item"]
-    return {
-        key: value
-        for key, value in store.items()
-        if key != "num_nodes" and isinstance(value, Tensor) and value.dim() == 2
-    }
+    if "modalities" not in store:
+        raise ValueError(
+            "data['item'].modalities is not set: declare the item feature matrices that are "
+            "modalities, e.g. data['item'].modalities = ['image', 'text'] ([] for none)"
+        )
+    names = list(store.modalities)
+    missing = [m for m in names if not isinstance(store.get(m), Tensor)]
+    if missing:
+        raise ValueError(
+            f"data['item'].modalities declares {names}, but the item store has no feature "
+            f"matrix {missing}"
+        )
+    return names
+
+
+def item_features(data: HeteroData) -> dict[str, Tensor]:
+    """The declared modality feature matrices on the item store (:func:`modality_names`)."""
+    return {m: data["item"][m] for m in modality_names(data)}
 
 
 def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import degree
 
 
 @dataclass
@@ -52,9 +53,9 @@ class BPRSampler:
         self.edge_index = edge_index.detach().cpu().long()
         self.num_users, self.num_items, self.batch_size = num_users, num_items, batch_size
         self.keys = torch.unique(self.edge_index[0] * num_items + self.edge_index[1])
-        degree = torch.bincount(self.edge_index[0], minlength=num_users)
-        if (degree >= num_items).any():
-            user = int(torch.nonzero(degree >= num_items)[0])
+        user_degree = degree(self.edge_index[0], num_users, dtype=torch.long)
+        if (user_degree >= num_items).any():
+            user = int(torch.nonzero(user_degree >= num_items)[0])
             raise ValueError(f"user {user} trained on every item: no negative can be drawn")
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -1,43 +1,274 @@
-"""PyG transforms that add derived graphs to a dataset's ``HeteroData``."""
+"""Derived graphs as ``HeteroData`` edge types: PyG transforms, cached with the dataset.
+
+A :class:`DerivedGraph` computes one or more edge types from a dataset graph (item kNN graphs
+from the modality features, the item co-interaction graph from the train edges, ...). Each
+edge store it writes records the transform's settings, so a model can check that ``data``
+holds the graph it asks for. :func:`add_derived_graphs` applies transforms once and caches
+their output beside the processed dataset, keyed by the settings: a second run with the same
+settings loads them; other settings build and cache their own.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import torch
+from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.transforms import BaseTransform
+from torch_geometric.typing import EdgeType
 
-from pyg_dhmrec.data.dataset import item_features
-from pyg_dhmrec.data.graph import normalized_knn_edges
+from pyg_dhmrec.data.dataset import RATES, item_features
+from pyg_dhmrec.data.graph import cosine_knn_edges, normalized_knn_edges, symmetric_normalize
+from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_edges
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AddItemCooccurrenceGraph",
+    "AddItemKNNGraphs",
+    "DerivedGraph",
+    "add_derived_graphs",
+    "co_interaction_edge_type",
+    "knn_edge_type",
+]
+
+#: Stores are tensors plus these settings attributes.
+SETTINGS_ATTR = "settings"
 
 
-class AddItemKNNGraphs(BaseTransform):
-    r"""Adds one frozen item-item kNN graph per modality as edge type
-    ``('item', 'knn_<modality>', 'item')`` with ``edge_index`` (item -> its top-k cosine
-    neighbours) and ``edge_weight``, FREEDOM's normalisation (:func:`normalized_knn_edges`).
+def knn_edge_type(modality: str) -> EdgeType:
+    """``('item', 'knn_<modality>', 'item')``."""
+    return ("item", f"knn_{modality}", "item")
+
+
+def co_interaction_edge_type() -> EdgeType:
+    """``('item', 'co_interaction', 'item')``."""
+    return ("item", "co_interaction", "item")
+
+
+class DerivedGraph(BaseTransform):
+    """A transform that adds derived edge types to a dataset's ``HeteroData``.
+
+    Subclasses implement :meth:`settings` (what the graph depends on besides the dataset,
+    JSON-serialisable) and :meth:`compute` (``edge type -> {attribute: tensor}``). Every
+    written edge store also holds ``settings``, the transform's settings, which
+    :meth:`present` compares.
+    """
+
+    def settings(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def edge_types(self, data: HeteroData) -> list[EdgeType]:
+        """The edge types :meth:`compute` writes for ``data``."""
+        raise NotImplementedError
+
+    def key(self) -> str:
+        """Cache key: the transform's name and its settings."""
+        body = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha1(body.encode()).hexdigest()[:12]
+        return f"{type(self).__name__}-{digest}"
+
+    def present(self, data: HeteroData) -> bool:
+        """Whether ``data`` holds every edge type of this transform, built with its settings."""
+        for edge_type in self.edge_types(data):
+            if edge_type not in data.edge_types:
+                return False
+            if data[edge_type].get(SETTINGS_ATTR) != self.settings():
+                return False
+        return True
+
+    def forward(self, data: HeteroData) -> HeteroData:
+        return _write(data, self.compute(data), self.settings())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({args})"
+
+
+class AddItemKNNGraphs(DerivedGraph):
+    r"""One frozen top-:math:`k` cosine kNN item graph per modality, edge type
+    ``('item', 'knn_<modality>', 'item')`` with ``edge_index`` (row 0 the item :math:`i`, row 1
+    its neighbour :math:`j`, so the operator is :math:`A_{ij}` = ``edge_weight``) and
+    ``edge_weight``, normalised :math:`D^{-1/2} S D^{-1/2}` with row degrees.
+
+    ``weighting="binary"``: :math:`S_{ij} = 1` for a kept neighbour (FREEDOM, DHMRec, SIGER;
+    :func:`~pyg_dhmrec.data.graph.normalized_knn_edges`); ``"cosine"``: :math:`S_{ij}` is the
+    cosine similarity (LATTICE Eqs. 1-3, MGCN; :func:`~pyg_dhmrec.data.graph.cosine_knn_edges`).
+    The item itself is always among its :math:`k` neighbours.
 
     Args:
         k: neighbours per item.
-        modalities: which item feature matrices to use (default: every one on the item store).
-        chunk_size: rows of the similarity matrix computed at once.
+        modalities: item modalities to build graphs for (default: every declared one).
+        weighting: ``"binary"`` or ``"cosine"``.
+        chunk_size: rows of the similarity matrix computed at once (memory only).
     """
 
     def __init__(
-        self, k: int = 10, modalities: Sequence[str] | None = None, chunk_size: int = 1024
+        self,
+        k: int = 10,
+        modalities: Sequence[str] | None = None,
+        weighting: str = "binary",
+        chunk_size: int = 1024,
     ) -> None:
-        self.k, self.modalities, self.chunk_size = k, modalities, chunk_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"knn_k must be a positive int, got {k!r}")
+        if weighting not in ("binary", "cosine"):
+            raise ValueError(f"kNN weighting must be 'binary' or 'cosine', got {weighting!r}")
+        self.k, self.weighting, self.chunk_size = k, weighting, chunk_size
+        self.modalities = None if modalities is None else list(modalities)
 
-    def forward(self, data: HeteroData) -> HeteroData:
+    def settings(self) -> dict[str, Any]:
+        return {"k": self.k, "weighting": self.weighting, "modalities": self.modalities}
+
+    def _modalities(self, data: HeteroData) -> list[str]:
         features = item_features(data)
-        for name in self.modalities or list(features):
-            if name not in features:
-                raise ValueError(
-                    f"item features '{name}' not found; the item store has {list(features)}"
-                )
-            edge_index, weight = normalized_knn_edges(features[name], self.k, self.chunk_size)
-            data["item", f"knn_{name}", "item"].edge_index = edge_index
-            data["item", f"knn_{name}", "item"].edge_weight = weight
-        return data
+        names = self.modalities if self.modalities is not None else list(features)
+        missing = [m for m in names if m not in features]
+        if missing:
+            raise ValueError(
+                f"AddItemKNNGraphs: modalities {missing} not found; the dataset declares "
+                f"{list(features)}"
+            )
+        return names
 
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(k={self.k}, modalities={self.modalities})"
+    def edge_types(self, data: HeteroData) -> list[EdgeType]:
+        return [knn_edge_type(m) for m in self._modalities(data)]
+
+    def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
+        features = item_features(data)
+        num_items = int(data["item"].num_nodes)
+        out = {}
+        for m in self._modalities(data):
+            x = features[m].detach().float()
+            if self.k > num_items:
+                raise ValueError(
+                    f"knn_k = {self.k} exceeds the number of items ({num_items}); choose "
+                    f"knn_k in [1, {num_items}]"
+                )
+            with torch.no_grad():
+                if self.weighting == "binary":
+                    edge_index, weight = normalized_knn_edges(x, self.k, self.chunk_size)
+                else:
+                    edge_index, weight = cosine_knn_edges(x, self.k, chunk_size=self.chunk_size)
+            out[knn_edge_type(m)] = {"edge_index": edge_index, "edge_weight": weight}
+        return out
+
+
+class AddItemCooccurrenceGraph(DerivedGraph):
+    r"""The item co-interaction graph, edge type ``('item', 'co_interaction', 'item')``:
+    each item's top-:math:`k` co-interacted items by count :math:`C = R^\top R` on the train
+    edges (:func:`~pyg_dhmrec.data.item_cooccurrence.item_cooccurrence_edges`), weighted
+    :math:`C_{ij} / \sqrt{d_i d_j}` with row degrees of the kept counts (SIGER's infusion).
+
+    Args:
+        k: co-interacted neighbours kept per item.
+        chunk_size: items whose rows of :math:`C` are computed at once (memory only).
+    """
+
+    def __init__(self, k: int = 10, chunk_size: int = 1024) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"co-interaction k must be a positive int, got {k!r}")
+        self.k, self.chunk_size = k, chunk_size
+
+    def settings(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    def edge_types(self, data: HeteroData) -> list[EdgeType]:
+        return [co_interaction_edge_type()]
+
+    def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
+        num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
+        pairs, counts = item_cooccurrence_edges(
+            data[RATES].edge_index, num_users, num_items, self.k, self.chunk_size
+        )
+        pairs, weight = symmetric_normalize(pairs, num_items, counts, degree="row")
+        return {co_interaction_edge_type(): {"edge_index": pairs, "edge_weight": weight}}
+
+
+def _write(
+    data: HeteroData, stores: Mapping[EdgeType, Mapping[str, Tensor]], settings: dict[str, Any]
+) -> HeteroData:
+    for edge_type, attrs in stores.items():
+        for name, value in attrs.items():
+            data[edge_type][name] = value
+        data[edge_type][SETTINGS_ATTR] = settings
+    return data
+
+
+def add_derived_graphs(
+    data: HeteroData,
+    transforms: Iterable[DerivedGraph],
+    cache_dir: str | Path | None = None,
+) -> HeteroData:
+    """Add each transform's edge types to ``data`` (in place; returned for chaining).
+
+    Edge types already in ``data`` with the transform's settings are kept as they are. With
+    ``cache_dir`` (the loader passes a folder beside the processed dataset, keyed by the raw
+    files' fingerprint), a transform's output is loaded from ``<cache_dir>/<key>.pt`` when
+    present and written there (atomically) after it is built; every build or load is logged
+    with its time.
+    """
+    for transform in transforms:
+        if transform.present(data):
+            continue
+        t0 = time.perf_counter()
+        path = Path(cache_dir) / f"{transform.key()}.pt" if cache_dir is not None else None
+        stores = _load_cached(path, transform) if path is not None else None
+        if stores is not None:
+            _write(data, stores, transform.settings())
+            log.info(
+                "derived graph %r: loaded from the cache %s in %.2fs",
+                transform,
+                path,
+                time.perf_counter() - t0,
+            )
+            continue
+        stores = transform.compute(data)
+        _write(data, stores, transform.settings())
+        built = time.perf_counter() - t0
+        if path is None:
+            log.info("derived graph %r: built in %.2fs (not cached)", transform, built)
+            continue
+        try:
+            _save_cached(path, transform, stores)
+            log.info("derived graph %r: built in %.2fs, cached in %s", transform, built, path)
+        except OSError as e:  # a read-only cache costs a rebuild next time, not the run
+            log.warning("derived graph %r: built in %.2fs, not cached (%s)", transform, built, e)
+    return data
+
+
+def _load_cached(path: Path, transform: DerivedGraph) -> dict[EdgeType, dict[str, Tensor]] | None:
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload["settings"] != json.loads(json.dumps(transform.settings())):
+            raise ValueError("settings differ")
+        return {tuple(edge_type.split("__")): attrs for edge_type, attrs in payload["stores"]}
+    except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt, never trusted
+        log.warning("derived graph cache %s unreadable (%s): rebuilding it", path, e)
+        return None
+
+
+def _save_cached(
+    path: Path, transform: DerivedGraph, stores: Mapping[EdgeType, Mapping[str, Tensor]]
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "settings": transform.settings(),
+        "stores": [("__".join(et), dict(attrs)) for et, attrs in stores.items()],
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves no half-written cache file

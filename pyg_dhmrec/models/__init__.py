@@ -48,6 +48,17 @@ def model_keys(name: str) -> set[str]:
     return {k for k in params if k not in ("self", "data")}
 
 
+def model_settings(name: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's constructor arguments: the config's value where it has the key, else the
+    constructor's default."""
+    params = inspect.signature(model_class(name).__init__).parameters
+    return {
+        k: config[k] if k in config else p.default
+        for k, p in params.items()
+        if k not in ("self", "data") and (k in config or p.default is not p.empty)
+    }
+
+
 def build_model(name: str, data: HeteroData, config: Mapping[str, Any]) -> Recommender:
     """Instantiate a model, passing the config keys that name its constructor arguments."""
     kwargs = {k: config[k] for k in model_keys(name) if k in config}
@@ -71,4 +82,5 @@ __all__ = [
     "build_model",
     "model_class",
     "model_keys",
+    "model_settings",
 ]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import NamedTuple
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,21 +12,24 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import RATES, item_features
 from pyg_dhmrec.data.sampler import BPRBatch
+from pyg_dhmrec.data.transforms import DerivedGraph, add_derived_graphs
 
 
-class ModalityOutputs(NamedTuple):
-    """What a multimodal model exposes to plug-in objectives (e.g. MRdIB), from one forward pass.
+@dataclass
+class Embeddings:
+    """One forward pass of a model: what :meth:`Recommender.loss`, plug-in objectives and
+    ranking read.
 
-    ``user`` ``[U, d]`` and ``item`` ``[I, d]`` are the final scoring embeddings (``item`` is
-    the fused representation); ``modalities`` maps each modality to its item representation
-    before fusion, ``[I, d]`` with the same width ``d`` so that ``user @ rep.T`` is a score
-    (a model whose scoring space is wider pads, e.g. VBPR's zero ID half). All share one
-    autograd graph with the model's own loss.
+    ``user`` ``[U, d]`` and ``item`` ``[I, d]`` are the final scoring embeddings. Multimodal
+    models fill ``modalities``: each modality's item representation before fusion, ``[I, d]``
+    with the same width ``d`` so that ``user @ rep.T`` is a score (a model whose scoring space
+    is wider pads, e.g. VBPR's zero ID half). A model whose loss needs more of the same pass
+    subclasses this dataclass with its own fields. All share one autograd graph.
     """
 
     user: Tensor
     item: Tensor
-    modalities: dict[str, Tensor]
+    modalities: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Recommender(torch.nn.Module):
@@ -34,13 +37,17 @@ class Recommender(torch.nn.Module):
 
     A model implements
 
-    * :meth:`forward` -> ``(user_emb [U, d], item_emb [I, d])`` on the training graph;
-    * :meth:`loss` -> a dict of named loss parts for one :class:`BPRBatch` (the trainer
-      optimises their sum and logs each part per epoch);
-    * optionally :meth:`on_train_epoch_start` (e.g. resample a pruned graph) and
-      :meth:`full_scores` (default: inner products of :meth:`forward`'s embeddings);
-    * multimodal models: :meth:`forward_modalities`, with :meth:`forward` returning its
-      ``(user, item)`` so that inside :meth:`memoized` both share one propagation.
+    * :meth:`forward` -> :class:`Embeddings`, one pass over the training graph;
+    * :meth:`loss` ``(batch, out)`` -> a dict of named loss parts for one :class:`BPRBatch`
+      from the pass ``out`` (the trainer calls :meth:`forward` once per step, hands its output
+      to :meth:`loss` and to plug-in objectives, optimises the sum of the parts and logs each
+      part per epoch);
+    * optionally :meth:`on_train_epoch_start` (e.g. resample a pruned graph),
+      :meth:`full_scores` (default: inner products of :meth:`forward`'s embeddings) and
+      :meth:`graph_transforms` (the derived edge types it reads from ``data``).
+
+    ``exposes_modalities`` is true for models whose :class:`Embeddings` carry per-modality item
+    representations (what plug-in objectives such as MRdIB need).
 
     In eval mode the embeddings are computed once and cached until the model is put back in
     training mode, so ranking users in chunks propagates the graph only once.
@@ -48,24 +55,40 @@ class Recommender(torch.nn.Module):
 
     #: Whether the model reads item modality features (then every configured one must exist).
     uses_modalities: bool = False
+    #: Whether :meth:`forward` fills :attr:`Embeddings.modalities`.
+    exposes_modalities: bool = False
+    #: Names of the loss parts :meth:`loss` returns at the default settings (logged per epoch).
+    loss_parts: tuple[str, ...] = ()
 
     def __init__(self, data: HeteroData) -> None:
         super().__init__()
         self.num_users = int(data["user"].num_nodes)
         self.num_items = int(data["item"].num_nodes)
-        self._eval_embeddings: tuple[Tensor, Tensor] | None = None
+        self._eval_embeddings: Embeddings | None = None
 
     @staticmethod
     def train_edge_index(data: HeteroData) -> Tensor:
         """The [2, E] (user, item) train interactions."""
         return data[RATES].edge_index
 
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        """The transforms whose edge types the model reads from ``data``, for the constructor
+        arguments ``settings``. The dataset loader applies them with a cache before building
+        the model; the constructor builds (uncached) any that ``data`` lacks."""
+        return []
+
+    def with_graphs(self, data: HeteroData, **settings: Any) -> HeteroData:
+        """``data`` holding the edge types of :meth:`graph_transforms` for ``settings``."""
+        return add_derived_graphs(data, self.graph_transforms(settings))
+
     def register_item_features(
         self, data: HeteroData, min_modalities: int = 1, prefix: str = "feat_"
     ) -> dict[str, Tensor]:
         """The item feature matrices of ``data`` (float, in dataset-config order), checked to
         number at least ``min_modalities`` with one row per item. Sets ``self.modalities`` and
-        registers each as the non-persistent buffer ``<prefix><modality>``."""
+        registers each as the non-persistent buffer ``<prefix><modality>``; :meth:`feature`
+        reads them back."""
         features = {m: x.detach().float() for m, x in item_features(data).items()}
         name = type(self).__name__
         if not features:
@@ -83,47 +106,22 @@ class Recommender(torch.nn.Module):
                 )
             self.register_buffer(f"{prefix}{m}", x, persistent=False)
         self.modalities = list(features)
+        self._feature_prefix = prefix
         return features
+
+    def feature(self, modality: str) -> Tensor:
+        """The raw ``[I, f]`` features of ``modality`` (see :meth:`register_item_features`)."""
+        return self.get_buffer(f"{self._feature_prefix}{modality}")
 
     def reset_parameters(self) -> None:
         raise NotImplementedError
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Embeddings:
         raise NotImplementedError
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        """Named loss parts of ``batch`` from the pass ``out`` (``None``: run :meth:`forward`)."""
         raise NotImplementedError
-
-    def forward_modalities(self) -> ModalityOutputs:
-        """Final embeddings plus per-modality item representations (multimodal models)."""
-        raise NotImplementedError(
-            f"model {type(self).__name__} does not expose per-modality item representations "
-            f"(forward_modalities)"
-        )
-
-    @classmethod
-    def exposes_modalities(cls) -> bool:
-        return cls.forward_modalities is not Recommender.forward_modalities
-
-    @contextmanager
-    def memoized(self) -> Iterator[None]:
-        """Within the block, :meth:`forward` and :meth:`forward_modalities` run once and then
-        return the same tensors, so a plug-in objective adds no second propagation."""
-        cache: dict[str, object] = {}
-        for name in ("forward", "forward_modalities"):
-            compute = getattr(self, name)
-
-            def cached(_name: str = name, _compute=compute):  # noqa: ANN202
-                if _name not in cache:
-                    cache[_name] = _compute()
-                return cache[_name]
-
-            object.__setattr__(self, name, cached)
-        try:
-            yield
-        finally:
-            for name in ("forward", "forward_modalities"):
-                object.__delattr__(self, name)
 
     def on_train_epoch_start(self) -> None:
         """Called by the trainer before every training epoch."""
@@ -138,7 +136,7 @@ class Recommender(torch.nn.Module):
         ids = getattr(self, "item_embedding", None)
         if isinstance(ids, torch.nn.Embedding):
             out["id"] = ids.weight.detach().cpu()
-        out["final"] = self.forward()[1].detach().cpu()
+        out["final"] = self.forward().item.detach().cpu()
         self.train(was_training)
         return out
 
@@ -153,8 +151,8 @@ class Recommender(torch.nn.Module):
             raise RuntimeError("full_scores is for evaluation: call model.eval() first")
         if self._eval_embeddings is None:
             self._eval_embeddings = self.forward()
-        user_emb, item_emb = self._eval_embeddings
-        return user_emb[users] @ item_emb.t()
+        out = self._eval_embeddings
+        return out.user[users] @ out.item.t()
 
 
 def pair_scores(user_emb: Tensor, item_emb: Tensor, batch: BPRBatch) -> tuple[Tensor, Tensor]:

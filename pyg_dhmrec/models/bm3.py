@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -10,8 +11,9 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender
+from pyg_dhmrec.models.base import Embeddings, Recommender
 from pyg_dhmrec.nn import (
+    FrozenSparse,
     LightPropagation,
     cosine_alignment_loss,
     dropout_view,
@@ -27,19 +29,12 @@ class BM3Online(NamedTuple):
     features: dict[str, Tensor]  # h_m = e_m W_m + b_m, [I, d] per modality
 
 
-class BM3Outputs(ModalityOutputs):
-    """:class:`ModalityOutputs` in the scoring (predictor) space, carrying the pre-predictor
-    :class:`BM3Online` tensors of the same forward pass as ``online``, so that the loss and a
-    plug-in objective share one propagation under :meth:`Recommender.memoized`."""
+@dataclass
+class BM3Embeddings(Embeddings):
+    """:class:`Embeddings` in the scoring (predictor) space, carrying the pre-predictor
+    :class:`BM3Online` tensors of the same forward pass as ``online`` (the loss's targets)."""
 
-    online: BM3Online
-
-    def __new__(
-        cls, user: Tensor, item: Tensor, modalities: dict[str, Tensor], online: BM3Online
-    ) -> BM3Outputs:
-        self = super().__new__(cls, user, item, modalities)
-        self.online = online
-        return self
+    online: BM3Online | None = None
 
 
 class BM3(Recommender):
@@ -85,7 +80,7 @@ class BM3(Recommender):
     **Prediction (Eq. 11).** :math:`s(u, i) = \tilde{h}_u^\top \tilde{h}_i`, the predictor
     outputs (the code scores with the predicted online embeddings too); the full graph is used.
 
-    **forward_modalities.** ``user``/``item`` are :math:`\tilde{h}_u, \tilde{h}_i` and
+    **Embeddings.** ``user``/``item`` are :math:`\tilde{h}_u, \tilde{h}_i` and
     ``modalities[m]`` is :math:`\tilde{h}_m = f_p(h_m)`, the projected feature in the scoring
     space (the online view :math:`\mathcal{L}_{align}` aligns with the item); BM3 has no fusion
     of modalities into the item embedding (features shape it only through the loss).
@@ -97,20 +92,23 @@ class BM3(Recommender):
     Args:
         data: graph with train edges and item features.
         embedding_dim: size ``d`` of embeddings and projected features.
-        num_layers: LightGCN layers :math:`L`.
+        num_ui_layers: LightGCN layers :math:`L`.
         dropout: probability :math:`p` of zeroing an entry of a target view.
         reg_weight: weight of the embedding-norm regulariser.
         cl_weight: weight of the inter- and intra-modality alignment terms.
         finetune_features: train the raw item features :math:`e_m` as parameters.
     """
 
+    loss_parts = ("rec", "align", "mask", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
 
     def __init__(
         self,
         data: HeteroData,
         embedding_dim: int = 64,
-        num_layers: int = 1,
+        num_ui_layers: int = 1,
         dropout: float = 0.5,
         reg_weight: float = 0.1,
         cl_weight: float = 2.0,
@@ -140,9 +138,9 @@ class BM3(Recommender):
             {m: torch.nn.Linear(x.size(1), embedding_dim) for m, x in features.items()}
         )
         self.predictor = torch.nn.Linear(embedding_dim, embedding_dim)
-        self.propagation = LightPropagation(num_layers, mode="mean", symmetric=True)
+        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
         adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
-        self.register_buffer("adj", adj, persistent=False)
+        self.adjacency = FrozenSparse(adj, symmetric=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -153,36 +151,30 @@ class BM3(Recommender):
             torch.nn.init.xavier_normal_(layer.weight)
         with torch.no_grad():
             for m, feature in self.features.items():
-                feature.copy_(getattr(self, f"raw_{m}"))
+                feature.copy_(self.feature(m))
 
     def _feature(self, modality: str) -> Tensor:
-        return (
-            self.features[modality] if self.finetune_features else getattr(self, f"raw_{modality}")
-        )
+        return self.features[modality] if self.finetune_features else self.feature(modality)
 
     def online(self) -> BM3Online:
         """The pre-predictor representations :math:`h_u, h_i, h_m` (Eqs. 1-3)."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = self.propagation(ego, self.adj)
+        out = self.ui_propagation(ego, self.adjacency)
         item = out[self.num_users :] + self.item_embedding.weight  # code's residual ID term
         features = {m: self.projections[m](self._feature(m)) for m in self.modalities}
         return BM3Online(out[: self.num_users], item, features)
 
-    def forward_modalities(self) -> BM3Outputs:
+    def forward(self) -> BM3Embeddings:
         online = self.online()
-        return BM3Outputs(
+        return BM3Embeddings(
             self.predictor(online.user),
             self.predictor(online.item),
             {m: self.predictor(h) for m, h in online.features.items()},
             online,
         )
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        out = self.forward_modalities()
+    def loss(self, batch: BPRBatch, out: BM3Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
         online = out.online
         users, items = batch.user, batch.pos_item  # no negatives: batch.neg_item is unused
         user_target = dropout_view(online.user[users], self.dropout)

@@ -7,7 +7,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
 
 
@@ -28,6 +28,8 @@ class BPR(Recommender):
         reg_weight: :math:`\lambda`.
     """
 
+    loss_parts = ("bpr", "reg")
+
     def __init__(self, data: HeteroData, embedding_dim: int = 64, reg_weight: float = 1e-4):
         super().__init__(data)
         self.reg_weight = reg_weight
@@ -39,13 +41,13 @@ class BPR(Recommender):
         torch.nn.init.xavier_normal_(self.user_embedding.weight)
         torch.nn.init.xavier_normal_(self.item_embedding.weight)
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        return self.user_embedding.weight, self.item_embedding.weight
+    def forward(self) -> Embeddings:
+        return Embeddings(self.user_embedding.weight, self.item_embedding.weight)
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         reg = embedding_norm_penalty(
-            user_emb[batch.user], item_emb[batch.pos_item], item_emb[batch.neg_item]
+            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
         )
         return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}

@@ -3,8 +3,8 @@ hierarchical fusion for recommendation."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,20 +13,20 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
-    csr_transpose,
-    knn_adjacency,
     mix_modality_graphs,
+    to_csr,
     user_item_matrix,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
+from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
     DisentangledEncoder,
+    FrozenSparse,
     LightPropagation,
     bpr_loss,
-    constant_spmm,
     jensen_shannon_divergence,
     logit_pooling,
     orthogonality_loss,
@@ -35,6 +35,19 @@ from pyg_dhmrec.nn import (
 )
 
 ABLATIONS = ("no_dis", "no_af", "no_pnf", "no_kl", "no_ii")
+
+
+@dataclass
+class DHMRecEmbeddings(Embeddings):
+    """:class:`Embeddings` plus the parts of the same pass that the loss reads: the propagated
+    ID view ``id`` and fused multimodal view ``mm`` (``[U + I, d]`` each), and the common
+    codes ``commons`` (:math:`C_m`) and specific parts ``specifics`` (:math:`S_m`) per
+    modality (empty with ``no_dis``)."""
+
+    id: Tensor | None = None
+    mm: Tensor | None = None
+    commons: dict[str, Tensor] = field(default_factory=dict)
+    specifics: dict[str, Tensor] = field(default_factory=dict)
 
 
 class DHMRec(Recommender):
@@ -58,7 +71,8 @@ class DHMRec(Recommender):
     the :math:`L+1` layers.
 
     **Item-item views (Eqs. 9-14).** Frozen top-k cosine kNN graphs on the raw features, binary,
-    normalised :math:`D^{-1/2} \hat{I} D^{-1/2}` with row degrees (FREEDOM's normalisation); the
+    normalised :math:`D^{-1/2} \hat{I} D^{-1/2}` with row degrees (FREEDOM's normalisation),
+    read from ``data``'s ``('item', 'knn_<m>', 'item')`` edge types (:class:`AddItemKNNGraphs`); the
     common graph is :math:`\sum_m \beta_m \tilde{I}^m`. Each view's items propagate
     ``num_ii_layers`` hops from the user-item view's output and keep the last layer; users are
     :math:`\tilde{R} \hat{E}_I` (Eq. 14).
@@ -83,13 +97,12 @@ class DHMRec(Recommender):
     :math:`\alpha`'s), ``no_kl`` (no KL term), ``no_ii`` (no item-item graphs; the views'
     user-item outputs are fused directly).
 
-    **Modality representations** (:meth:`forward_modalities`, for plug-in objectives): for
+    **Modality representations** (:attr:`Embeddings.modalities`, for plug-in objectives): for
     modality :math:`m`, the item rows of its view :math:`\hat{E}_m` (the specific part
     :math:`S_m`, or :math:`W_1^m X_m` with ``no_dis``, after user-item and item-item
     propagation), i.e. the modality-only input of the fusion. *Choice*: it is ``d``-wide like
     the prediction, so :math:`e_u^\top \hat{e}_{m,i}` is a score; the attended view
-    :math:`\mathrm{Attn}_m` would already mix the other views through :math:`E_{fus}`. Inside
-    :meth:`memoized` the loss and :meth:`forward_modalities` share one :meth:`_embed` pass.
+    :math:`\mathrm{Attn}_m` would already mix the other views through :math:`E_{fus}`.
 
     Args:
         data: graph with train edges and item features (at least two modalities).
@@ -97,7 +110,7 @@ class DHMRec(Recommender):
         num_ui_layers: user-item propagation layers :math:`L`.
         num_ii_layers: item-item propagation layers.
         knn_k: neighbours per item in the kNN graphs.
-        ii_modality_weights: :math:`\beta_m` per modality for the common item-item graph
+        modality_weights: :math:`\beta_m` per modality for the common item-item graph
             (default: equal weights).
         edge_dropout: fraction of train edges pruned each epoch in the id view.
         alpha_mm: :math:`\alpha_{mm}`.
@@ -105,7 +118,16 @@ class DHMRec(Recommender):
         ablations: names from ``ABLATIONS``.
     """
 
+    loss_parts = ("bpr", "jsd", "orth", "kl", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
+
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        if "no_ii" in settings.get("ablations", ()):
+            return []
+        return [AddItemKNNGraphs(k=settings["knn_k"])]
 
     def __init__(
         self,
@@ -114,7 +136,7 @@ class DHMRec(Recommender):
         num_ui_layers: int = 2,
         num_ii_layers: int = 1,
         knn_k: int = 10,
-        ii_modality_weights: Mapping[str, float] | None = None,
+        modality_weights: Mapping[str, float] | None = None,
         edge_dropout: float = 0.8,
         alpha_mm: float = 1.0,
         gamma_dis: float = 0.1,
@@ -126,6 +148,7 @@ class DHMRec(Recommender):
         unknown = sorted(set(ablations) - set(ABLATIONS))
         if unknown:
             raise ValueError(f"unknown DHMRec ablation(s) {unknown}; choose from {ABLATIONS}")
+        data = self.with_graphs(data, knn_k=knn_k, ablations=ablations)
         self.ablations = tuple(ablations)
         self.disentangle = "no_dis" not in ablations
         self.attention = "no_af" not in ablations
@@ -159,15 +182,16 @@ class DHMRec(Recommender):
         self.pruning = DegreeSensitiveEdgeDropout(
             train, self.num_users, self.num_items, edge_dropout
         )
-        user_item = user_item_matrix(train, self.num_users, self.num_items)
-        self.register_buffer("user_item", user_item, persistent=False)
-        self.register_buffer("user_item_t", csr_transpose(user_item), persistent=False)
+        self.user_item = FrozenSparse(user_item_matrix(train, self.num_users, self.num_items))
         self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
         self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
         if self.item_graphs:
-            for view, adj in self._item_graphs(features, knn_k, ii_modality_weights).items():
-                self.register_buffer(f"ii_{view}", adj, persistent=False)
-                self.register_buffer(f"ii_{view}_t", csr_transpose(adj), persistent=False)
+            self.item_item = torch.nn.ModuleDict(
+                {
+                    view: FrozenSparse(adj)
+                    for view, adj in self._item_graphs(data, modality_weights).items()
+                }
+            )
         if self.attention:
             self.fusion = AttentionFusion(
                 embedding_dim, len(self.views), negative="no_pnf" not in ablations
@@ -175,13 +199,17 @@ class DHMRec(Recommender):
         self.reset_parameters()
 
     def _item_graphs(
-        self, features: Mapping[str, Tensor], k: int, weights: Mapping[str, float] | None
+        self, data: HeteroData, weights: Mapping[str, float] | None
     ) -> dict[str, Tensor]:
-        graphs = {m: knn_adjacency(x, k) for m, x in features.items()}
+        n = self.num_items
+        graphs = {}
+        for m in self.modalities:
+            store = data[knn_edge_type(m)]
+            graphs[m] = to_csr(store.edge_index, store.edge_weight, n, n)
         if self.disentangle:
             # No weights given: equal beta_m (the YAML holds FREEDOM's 0.1 image / 0.9 text).
             weights = weights or {m: 1.0 / len(self.modalities) for m in self.modalities}
-            graphs["common"] = mix_modality_graphs(graphs, weights, "ii_modality_weights")
+            graphs["common"] = mix_modality_graphs(graphs, weights, "modality_weights")
         return graphs
 
     def reset_parameters(self) -> None:
@@ -203,15 +231,18 @@ class DHMRec(Recommender):
         """Item inputs of every view, plus the common codes C_m and specifics S_m."""
         commons, specifics = {}, {}
         if not self.disentangle:
-            inputs = {m: self.projections[m](getattr(self, f"feat_{m}")) for m in self.modalities}
+            inputs = {m: self.projections[m](self.feature(m)) for m in self.modalities}
             return inputs, commons, specifics
         for m in self.modalities:
-            commons[m], private = self.encoders[m](getattr(self, f"feat_{m}"))
+            commons[m], private = self.encoders[m](self.feature(m))
             specifics[m] = self.gates[m](private, self.item_embedding.weight)
         inputs = {"common": logit_pooling([commons[m] for m in self.modalities]), **specifics}
         return inputs, commons, specifics
 
-    def _embed(self) -> dict[str, Any]:
+    def forward(self) -> DHMRecEmbeddings:
+        r"""Final embeddings :math:`E_{id} + \alpha_{mm}\tilde{E}_{mm}` (Eq. 22); modality
+        ``m``'s representation is its view's item embedding :math:`\hat{E}_m` (propagated,
+        before attention fusion)."""
         inputs, commons, specifics = self._disentangle()
         d = self.item_embedding.embedding_dim
         # All modality views share the full graph: propagate them as one wide matrix.
@@ -222,9 +253,7 @@ class DHMRec(Recommender):
         for j, view in enumerate(self.views):
             user_v, item_v = self._split(ui[:, j * d : (j + 1) * d])
             if self.item_graphs:
-                item_v = self.ii_propagation(
-                    item_v, getattr(self, f"ii_{view}"), getattr(self, f"ii_{view}_t")
-                )
+                item_v = self.ii_propagation(item_v, self.item_item[view])
                 user_v = self._to_users(item_v)
             view_items[view] = item_v
             view_embs.append(torch.cat([user_v, item_v]))
@@ -232,17 +261,20 @@ class DHMRec(Recommender):
 
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         id_emb = self.ui_propagation(ego, self.pruning())
-        return {
-            "id": id_emb,
-            "mm": mm,
-            "commons": commons,
-            "specifics": specifics,
-            "views": view_items,
-        }
+        user, item = self._split(id_emb + self.alpha_mm * mm)
+        return DHMRecEmbeddings(
+            user,
+            item,
+            {m: view_items[m] for m in self.modalities},
+            id=id_emb,
+            mm=mm,
+            commons=commons,
+            specifics=specifics,
+        )
 
     def _to_users(self, item_emb: Tensor) -> Tensor:
         """Eq. 14: users aggregate their interacted items, weighted 1/sqrt(|N_u||N_i|)."""
-        return constant_spmm(self.user_item, item_emb, self.user_item_t)
+        return self.user_item(item_emb)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[: self.num_users], x[self.num_users :]
@@ -264,52 +296,22 @@ class DHMRec(Recommender):
         self.train(was_training)
         return {k: v.detach().cpu() for k, v in out.items()}
 
-    def forward_modalities(self) -> ModalityOutputs:
-        r"""Final embeddings; modality ``m``'s representation is its view's item embedding
-        :math:`\hat{E}_m` (propagated, before attention fusion)."""
-        emb = self._embed()
-        user, item = self._split(emb["id"] + self.alpha_mm * emb["mm"])
-        return ModalityOutputs(user, item, {m: emb["views"][m] for m in self.modalities})
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    @contextmanager
-    def memoized(self) -> Iterator[None]:
-        """As :meth:`Recommender.memoized`, and :meth:`_embed` too: :meth:`loss` reads parts
-        that :class:`ModalityOutputs` does not carry, from the same single pass."""
-        compute, cache = self._embed, []
-
-        def cached() -> dict[str, Any]:
-            if not cache:
-                cache.append(compute())
-            return cache[0]
-
-        object.__setattr__(self, "_embed", cached)
-        try:
-            with super().memoized():
-                yield
-        finally:
-            object.__delattr__(self, "_embed")
-
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        emb = self._embed()
-        user_emb, item_emb = self._split(emb["id"] + self.alpha_mm * emb["mm"])
-        pos, neg = pair_scores(user_emb, item_emb, batch)
+    def loss(self, batch: BPRBatch, out: DHMRecEmbeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         parts = {"bpr": bpr_loss(pos, neg)}
         if self.disentangle:
             items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
-            commons = [emb["commons"][m][items] for m in self.modalities]
+            commons = [out.commons[m][items] for m in self.modalities]
             parts["jsd"] = self.gamma_dis * jensen_shannon_divergence(commons)
             parts["orth"] = self.gamma_dis * sum(
-                orthogonality_loss(emb["commons"][m][items], emb["specifics"][m][items])
+                orthogonality_loss(out.commons[m][items], out.specifics[m][items])
                 for m in self.modalities
             )
         if self.kl_alignment:
             users = torch.unique(batch.user)
-            mm_user, mm_item = self._split(emb["mm"])
-            id_user, id_item = self._split(emb["id"])
+            mm_user, mm_item = self._split(out.mm)
+            id_user, id_item = self._split(out.id)
             parts["kl"] = self.gamma_kl * score_distribution_kl(
                 mm_user[users], mm_item, id_user[users], id_item
             )

@@ -4,6 +4,7 @@ recommendation."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -11,13 +12,13 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
-    csr_transpose,
-    knn_adjacency,
     mix_modality_graphs,
+    to_csr,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
-from pyg_dhmrec.nn import LightPropagation, bpr_loss, squared_l2_penalty
+from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, squared_l2_penalty
 
 #: FREEDOM's published mixing weights of the modality kNN graphs (image 0.1, text 0.9).
 DEFAULT_MODALITY_WEIGHTS = {"image": 0.1, "text": 0.9}
@@ -26,12 +27,13 @@ DEFAULT_MODALITY_WEIGHTS = {"image": 0.1, "text": 0.9}
 class FREEDOM(Recommender):
     r"""FREEDOM: a frozen item-item graph plus a degree-sensitively denoised user-item graph.
 
-    **Frozen item-item graph.** Per modality :math:`m`, :func:`knn_adjacency` builds the top-k
-    cosine kNN graph on the raw features, binary and normalised :math:`D^{-1/2} S^m D^{-1/2}`
-    (row degrees); the graphs are mixed as :math:`\tilde{I} = \sum_m w_m \tilde{I}^m`
-    (:func:`mix_modality_graphs`). It is built once, never learned or updated ("freezing"),
-    and stored with its transpose as non-persistent buffers. The item ID embeddings propagate
-    over it: :math:`h = \tilde{I}^{L_{mm}} E_I` (last layer only).
+    **Frozen item-item graph.** Per modality :math:`m`, the edge type
+    ``('item', 'knn_<m>', 'item')`` of ``data`` (:class:`AddItemKNNGraphs`, cached with the
+    dataset) holds the top-k cosine kNN graph on the raw features, binary and normalised
+    :math:`D^{-1/2} S^m D^{-1/2}` (row degrees); the graphs are mixed as
+    :math:`\tilde{I} = \sum_m w_m \tilde{I}^m` (:func:`mix_modality_graphs`) into one
+    :class:`FrozenSparse` operator, never learned or updated ("freezing"). The item ID
+    embeddings propagate over it: :math:`h = \tilde{I}^{L_{ii}} E_I` (last layer only).
 
     **Denoised user-item graph.** LightGCN (mean over layers :math:`0..L_{ui}`) on the
     symmetric-normalised train graph. In training the graph is pruned by
@@ -54,9 +56,9 @@ class FREEDOM(Recommender):
     the modality BPR term (``reg_weight``), so ``l2_weight`` defaults to 0; the part is always
     returned so the logged loss parts stay the same.
 
-    **Modality representations** (:meth:`forward_modalities`, for plug-in objectives): the
+    **Modality representations** (:attr:`Embeddings.modalities`, for plug-in objectives): the
     projections :math:`W_m x_m` of every item, in the scoring space (the ``mm`` term scores
-    them against :math:`e_u`); :meth:`forward` and :meth:`loss` read the same pass.
+    them against :math:`e_u`).
 
     Any number of modalities (at least one) is accepted. Without ``modality_weights``, FREEDOM's
     0.1 image / 0.9 text is used for exactly the modalities image and text, weight 1 for a
@@ -66,29 +68,37 @@ class FREEDOM(Recommender):
         data: graph with train edges and item features.
         embedding_dim: size ``d`` of the embeddings.
         num_ui_layers: user-item propagation layers :math:`L_{ui}`.
-        num_mm_layers: item-item propagation layers :math:`L_{mm}`.
+        num_ii_layers: item-item propagation layers :math:`L_{ii}`.
         knn_k: neighbours per item in the kNN graphs.
         modality_weights: :math:`w_m` per modality.
-        dropout: fraction :math:`\rho` of train edges pruned per epoch.
+        edge_dropout: fraction :math:`\rho` of train edges pruned per epoch.
         reg_weight: weight of the modality BPR term.
         l2_weight: weight of the squared L2 penalty on the batch's ID embeddings.
     """
 
+    loss_parts = ("bpr", "mm", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
+
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        return [AddItemKNNGraphs(k=settings["knn_k"])]
 
     def __init__(
         self,
         data: HeteroData,
         embedding_dim: int = 64,
         num_ui_layers: int = 2,
-        num_mm_layers: int = 1,
+        num_ii_layers: int = 1,
         knn_k: int = 10,
         modality_weights: Mapping[str, float] | None = None,
-        dropout: float = 0.8,
+        edge_dropout: float = 0.8,
         reg_weight: float = 1e-4,
         l2_weight: float = 0.0,
     ) -> None:
         super().__init__(data)
+        data = self.with_graphs(data, knn_k=knn_k)
         self.reg_weight, self.l2_weight = reg_weight, l2_weight
         features = self.register_item_features(data)
 
@@ -100,21 +110,26 @@ class FREEDOM(Recommender):
 
         self.modality_weights = self._weights(modality_weights)
         item_item = mix_modality_graphs(
-            {m: knn_adjacency(x, knn_k) for m, x in features.items()},
+            {m: self.knn_graph(data, m) for m in self.modalities},
             self.modality_weights,
             "modality_weights",
         )
-        self.register_buffer("item_item", item_item, persistent=False)
-        self.register_buffer("item_item_t", csr_transpose(item_item), persistent=False)
-        self.mm_propagation = LightPropagation(num_mm_layers, mode="last")
+        self.item_item = FrozenSparse(item_item)
+        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
 
         self.pruning = DegreeSensitiveEdgeDropout(
-            self.train_edge_index(data), self.num_users, self.num_items, dropout
+            self.train_edge_index(data), self.num_users, self.num_items, edge_dropout
         )
         self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
         self.reset_parameters()
 
+    def knn_graph(self, data: HeteroData, modality: str) -> Tensor:
+        """The normalised kNN graph of ``modality`` from ``data``, as ``[I, I]`` CSR."""
+        store = data[knn_edge_type(modality)]
+        return to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
+
     def _weights(self, weights: Mapping[str, float] | None) -> dict[str, float]:
+        name = type(self).__name__
         if weights is None:
             if set(self.modalities) == set(DEFAULT_MODALITY_WEIGHTS):
                 weights = DEFAULT_MODALITY_WEIGHTS
@@ -122,10 +137,15 @@ class FREEDOM(Recommender):
                 weights = {self.modalities[0]: 1.0}
             else:
                 raise ValueError(
-                    f"FREEDOM has default modality_weights only for image and text; give one "
+                    f"{name} has default modality_weights only for image and text; give one "
                     f"weight per modality {self.modalities}"
                 )
-        return {m: float(w) for m, w in weights.items()}
+        if set(weights) != set(self.modalities):
+            raise ValueError(
+                f"modality_weights must give one weight per modality {self.modalities}, "
+                f"got {dict(weights)}"
+            )
+        return {m: float(weights[m]) for m in self.modalities}
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -136,36 +156,49 @@ class FREEDOM(Recommender):
     def on_train_epoch_start(self) -> None:
         self.pruning.resample()
 
-    def forward_modalities(self) -> ModalityOutputs:
-        """Final embeddings; the modality representations are the projections
-        :math:`W_m x_m` of all items (those the ``mm`` term scores)."""
-        h = self.mm_propagation(self.item_embedding.weight, self.item_item, self.item_item_t)
+    def behaviour(self) -> tuple[Tensor, Tensor]:
+        """LightGCN on the (pruned, in training) user-item graph: ``(b_u, b_i)``."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         ui = self.ui_propagation(ego, self.pruning())
-        projected = {m: self.projections[m](getattr(self, f"feat_{m}")) for m in self.modalities}
-        return ModalityOutputs(ui[: self.num_users], ui[self.num_users :] + h, projected)
+        return ui[: self.num_users], ui[self.num_users :]
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
+    def projected_features(self) -> dict[str, Tensor]:
+        """:math:`W_m x_m` of every item, per modality."""
+        return {m: self.projections[m](self.feature(m)) for m in self.modalities}
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb, projected = self.forward_modalities()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
-        users = user_emb[batch.user]
-        mm = user_emb.new_zeros(())
+    def forward(self) -> Embeddings:
+        """Final embeddings; the modality representations are the projections
+        :math:`W_m x_m` of all items (those the ``mm`` term scores)."""
+        h = self.ii_propagation(self.item_embedding.weight, self.item_item)
+        user, item = self.behaviour()
+        return Embeddings(user, item + h, self.projected_features())
+
+    def modality_bpr(self, out: Embeddings, batch: BPRBatch) -> Tensor:
+        r""":math:`\sum_m` BPR of :math:`e_u^\top W_m x_{i^+}` against
+        :math:`e_u^\top W_m x_{i^-}`."""
+        users = out.user[batch.user]
+        mm = out.user.new_zeros(())
         for m in self.modalities:
+            projected = out.modalities[m]
             mm = mm + bpr_loss(
-                (users * projected[m][batch.pos_item]).sum(-1),
-                (users * projected[m][batch.neg_item]).sum(-1),
+                (users * projected[batch.pos_item]).sum(-1),
+                (users * projected[batch.neg_item]).sum(-1),
             )
-        reg = squared_l2_penalty(
+        return mm
+
+    def id_penalty(self, batch: BPRBatch) -> Tensor:
+        """:func:`squared_l2_penalty` of the batch's layer-0 ID embeddings."""
+        return squared_l2_penalty(
             self.user_embedding(batch.user),
             self.item_embedding(batch.pos_item),
             self.item_embedding(batch.neg_item),
         )
+
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         return {
             "bpr": bpr_loss(pos, neg),
-            "mm": self.reg_weight * mm,
-            "reg": self.l2_weight * reg,
+            "mm": self.reg_weight * self.modality_bpr(out, batch),
+            "reg": self.l2_weight * self.id_penalty(batch),
         }

@@ -3,6 +3,7 @@ features for recommendation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -12,8 +13,10 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
+from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import (
+    FrozenSparse,
     LearnedKNNGraph,
     LightConv,
     LightPropagation,
@@ -55,7 +58,7 @@ class LATTICE(Recommender):
     :math:`\hat{A}^m` (:class:`LearnedKNNGraph`: neighbour sets without gradient, the kept
     values and the degrees with gradient to :math:`W_m, b_m`). Skip connection to the initial
     graph (Eq. 6): :math:`\tilde{A}^m = (1 - \lambda) \hat{A}^m + \lambda \tilde{S}^m`,
-    :math:`\lambda` = ``lambda_coeff``.
+    :math:`\lambda` = ``frozen_graph_weight``.
 
     **Aggregation (Eq. 7).** :math:`A = \sum_m \alpha_m \tilde{A}^m` with
     :math:`\alpha = \mathrm{softmax}(w)` over learnable logits :math:`w` (initialised equal,
@@ -66,7 +69,7 @@ class LATTICE(Recommender):
 
     **Item graph convolution (Eq. 8).** :math:`H^{(l)} = A H^{(l-1)}`, :math:`H^{(0)} = E_I`
     (the item ID embeddings, the backbone's layer 0), :math:`h = H^{(L)}` with
-    :math:`L` = ``n_layers``; each hop is one :class:`LightConv` over the weighted edges, so
+    :math:`L` = ``num_ii_layers``; each hop is one :class:`LightConv` over the weighted edges, so
     gradients reach :math:`A`'s values. Where no gradient reaches :math:`A` (later batches of an
     epoch, evaluation), :math:`A` is a constant CSR matrix and each hop one
     :func:`constant_spmm` (on TikTok about 10x faster than edge-wise messages).
@@ -91,7 +94,7 @@ class LATTICE(Recommender):
     :math:`x_u, \hat{x}_{i^+}, \hat{x}_{i^-}` (the original code's and MMRec's regulariser,
     :math:`\frac{1}{2B}\sum \lVert\cdot\rVert^2`).
 
-    **Per-modality representations** (:meth:`forward_modalities`): *choice*: modality
+    **Per-modality representations** (:attr:`Embeddings.modalities`): *choice*: modality
     :math:`m`'s item representation is its structural part alone,
     :math:`h^m / \lVert h^m \rVert_2` with :math:`h^m = (\tilde{A}^m)^L E_I` (the item ID
     embeddings propagated over that modality's graph only), in the scoring space (width ``d``);
@@ -105,14 +108,22 @@ class LATTICE(Recommender):
         embedding_dim: size ``d`` of the user/item ID embeddings.
         feat_embed_dim: width of the projected features :math:`\tilde{e}^m` (Eq. 4).
         num_ui_layers: LightGCN layers :math:`L_{ui}` of the backbone.
-        n_layers: item-item graph convolution layers :math:`L` (Eq. 8), at least 1.
+        num_ii_layers: item-item graph convolution layers :math:`L` (Eq. 8), at least 1.
         knn_k: neighbours kept per item (Eq. 2), including the item itself.
-        lambda_coeff: :math:`\lambda \in [0, 1]`, weight of the initial graph (Eq. 6).
+        frozen_graph_weight: :math:`\lambda \in [0, 1]`, weight of the initial (frozen)
+            graph in the skip connection (Eq. 6).
         reg_weight: weight of the squared L2 regulariser (:math:`\ge 0`).
         graph_update: ``"epoch"`` or ``"batch"``, see above.
     """
 
+    loss_parts = ("bpr", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
+
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        return [AddItemKNNGraphs(k=settings["knn_k"], weighting="cosine")]
 
     def __init__(
         self,
@@ -120,9 +131,9 @@ class LATTICE(Recommender):
         embedding_dim: int = 64,
         feat_embed_dim: int = 64,
         num_ui_layers: int = 2,
-        n_layers: int = 1,
+        num_ii_layers: int = 1,
         knn_k: int = 10,
-        lambda_coeff: float = 0.9,
+        frozen_graph_weight: float = 0.9,
         reg_weight: float = 1e-5,
         graph_update: str = "epoch",
     ) -> None:
@@ -130,21 +141,22 @@ class LATTICE(Recommender):
         embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
         feat_embed_dim = _check_int("feat_embed_dim", feat_embed_dim, 1)
         num_ui_layers = _check_int("num_ui_layers", num_ui_layers, 0)
-        self.n_layers = _check_int("n_layers", n_layers, 1)
+        self.num_ii_layers = _check_int("num_ii_layers", num_ii_layers, 1)
         self.knn_k = _check_int("knn_k", knn_k, 1)
         if self.knn_k > self.num_items:
             raise ValueError(
                 f"knn_k must be <= the number of items ({self.num_items}), got {knn_k}"
             )
-        if not 0.0 <= lambda_coeff <= 1.0:  # also rejects NaN
-            raise ValueError(f"lambda_coeff must be in [0, 1], got {lambda_coeff!r}")
+        if not 0.0 <= frozen_graph_weight <= 1.0:  # also rejects NaN
+            raise ValueError(f"frozen_graph_weight must be in [0, 1], got {frozen_graph_weight!r}")
         if not reg_weight >= 0:
             raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
         if graph_update not in GRAPH_UPDATES:
             raise ValueError(f"graph_update must be one of {GRAPH_UPDATES}, got {graph_update!r}")
-        self.lambda_coeff, self.reg_weight = float(lambda_coeff), float(reg_weight)
+        self.frozen_graph_weight, self.reg_weight = float(frozen_graph_weight), float(reg_weight)
         self.graph_update = graph_update
 
+        data = self.with_graphs(data, knn_k=self.knn_k)
         features = self.register_item_features(data)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
@@ -155,16 +167,15 @@ class LATTICE(Recommender):
         self.modality_logits = torch.nn.Parameter(torch.zeros(len(self.modalities)))
         self.graph_learner = LearnedKNNGraph(self.knn_k)
 
-        for m, x in features.items():
-            with torch.no_grad():  # Eqs. 1-3 on the raw features: built once, frozen
-                edge_index, weight = self.graph_learner(x)
-            self.register_buffer(f"init_edge_index_{m}", edge_index.flip(0), persistent=False)
-            self.register_buffer(f"init_weight_{m}", weight, persistent=False)
+        for m in self.modalities:  # Eqs. 1-3 on the raw features: built once, frozen
+            store = data[knn_edge_type(m)]
+            self.register_buffer(f"init_edge_index_{m}", store.edge_index.flip(0), persistent=False)
+            self.register_buffer(f"init_weight_{m}", store.edge_weight, persistent=False)
 
         self.item_conv = LightConv()
         self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
         adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
-        self.register_buffer("adj", adj, persistent=False)
+        self.adjacency = FrozenSparse(adj, symmetric=True)
 
         # The training graphs of the current epoch as CSR constants (graph_update="epoch").
         self._train_graph: tuple[Graph, dict[str, Graph]] | None = None
@@ -195,14 +206,14 @@ class LATTICE(Recommender):
         :math:`\alpha` (Eq. 7); differentiable in :math:`W_m, b_m, w`."""
         graphs = {}
         for m in self.modalities:
-            projected = self.projections[m](getattr(self, f"feat_{m}"))  # Eq. 4
+            projected = self.projections[m](self.feature(m))  # Eq. 4
             edge_index, weight = self.graph_learner(projected)  # Eqs. 5 and 2-3
             graphs[m] = (
                 torch.cat([edge_index.flip(0), getattr(self, f"init_edge_index_{m}")], dim=1),
                 torch.cat(
                     [
-                        (1.0 - self.lambda_coeff) * weight,
-                        self.lambda_coeff * getattr(self, f"init_weight_{m}"),
+                        (1.0 - self.frozen_graph_weight) * weight,
+                        self.frozen_graph_weight * getattr(self, f"init_weight_{m}"),
                     ]
                 ),
             )
@@ -235,31 +246,25 @@ class LATTICE(Recommender):
     def _propagate(self, graph: Graph) -> Tensor:
         h = self.item_embedding.weight
         first, second = graph
-        for _ in range(self.n_layers):  # Eq. 8
+        for _ in range(self.num_ii_layers):  # Eq. 8
             if first.layout == torch.sparse_csr:
                 h = constant_spmm(first, h, second)
             else:
                 h = self.item_conv(h, first, second)
         return h
 
-    def forward_modalities(self) -> ModalityOutputs:
+    def forward(self) -> Embeddings:
         fused, graphs = self._item_operators()
         h = F.normalize(self._propagate(fused), dim=1)
         per_modality = {m: F.normalize(self._propagate(g), dim=1) for m, g in graphs.items()}
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        ui = self.ui_propagation(ego, self.adj)
-        return ModalityOutputs(
-            ui[: self.num_users], ui[self.num_users :] + h, per_modality
-        )  # Eq. 9
+        ui = self.ui_propagation(ego, self.adjacency)
+        return Embeddings(ui[: self.num_users], ui[self.num_users :] + h, per_modality)  # Eq. 9
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         reg = squared_l2_penalty(
-            user_emb[batch.user], item_emb[batch.pos_item], item_emb[batch.neg_item]
+            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
         )
         return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}

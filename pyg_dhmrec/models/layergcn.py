@@ -8,7 +8,7 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import DegreeSensitiveEdgeDropout
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import LightConv, bpr_loss, squared_l2_penalty
 
 #: Edge sampling schemes of the pruned training graph (see :class:`LayerGCN`).
@@ -128,19 +128,21 @@ class LayerGCN(Recommender):
     Args:
         data: the dataset graph; its train edges form :math:`A`.
         embedding_dim: size ``d`` of the embeddings.
-        num_layers: :math:`L \ge 1`.
+        num_ui_layers: :math:`L \ge 1`.
         reg_weight: weight of the squared L2 regulariser (``>= 0``).
-        dropout: fraction :math:`\rho \in [0, 1)` of train edges dropped per epoch.
+        edge_dropout: fraction :math:`\rho \in [0, 1)` of train edges dropped per epoch.
         pruning: ``"alternate"``, ``"degree"`` or ``"uniform"`` edge sampling.
     """
+
+    loss_parts = ("bpr", "reg")
 
     def __init__(
         self,
         data: HeteroData,
         embedding_dim: int = 64,
-        num_layers: int = 4,
+        num_ui_layers: int = 4,
         reg_weight: float = 1e-3,
-        dropout: float = 0.1,
+        edge_dropout: float = 0.1,
         pruning: str = "alternate",
     ) -> None:
         super().__init__(data)
@@ -151,9 +153,9 @@ class LayerGCN(Recommender):
         self.reg_weight = float(reg_weight)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.propagation = LayerRefinedPropagation(num_layers)
+        self.propagation = LayerRefinedPropagation(num_ui_layers)
         self.pruning = _AlternatingEdgeDropout(
-            self.train_edge_index(data), self.num_users, self.num_items, dropout, mode=pruning
+            self.train_edge_index(data), self.num_users, self.num_items, edge_dropout, mode=pruning
         )
         self.reset_parameters()
 
@@ -165,14 +167,14 @@ class LayerGCN(Recommender):
         if self.pruning.dropout > 0.0:
             self.pruning.resample()
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def forward(self) -> Embeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = self.propagation(ego, self.pruning())
-        return out[: self.num_users], out[self.num_users :]
+        return Embeddings(out[: self.num_users], out[self.num_users :])
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         size = batch.user.numel()  # means -> sums over the batch, as in the authors' code
         reg = squared_l2_penalty(
             self.user_embedding(batch.user),

@@ -4,31 +4,34 @@ recommendation."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
+from torch_geometric.utils import degree
 
-from pyg_dhmrec.data.graph import csr_transpose, normalized_adjacency, to_csr
+from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import (
+    FrozenSparse,
     HypergraphPropagation,
     LightPropagation,
     bpr_loss,
-    constant_spmm,
     embedding_norm_penalty,
     hypergraph_contrastive_loss,
     relaxed_dependencies,
 )
 
 
-class LGMRecOutputs(ModalityOutputs):
-    """:class:`ModalityOutputs` that also carries, in ``global_views``, each modality's global
+@dataclass
+class LGMRecEmbeddings(Embeddings):
+    """:class:`Embeddings` that also carries, in ``global_views``, each modality's global
     hypergraph embeddings ``(users [U, d], items [I, d])`` of the same pass (for the HCL loss)."""
 
-    global_views: dict[str, tuple[Tensor, Tensor]]
+    global_views: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 class LGMRec(Recommender):
@@ -91,7 +94,7 @@ class LGMRec(Recommender):
     :func:`embedding_norm_penalty` (not squared) of the batch rows of :math:`E^*`, the form the
     published ``reg_weight`` was tuned with, for the paper's :math:`\lambda_2 \lVert\Theta\rVert^2`.
 
-    **Modality outputs.** :meth:`forward_modalities` gives modality :math:`m`'s item
+    **Modality outputs.** :attr:`Embeddings.modalities` gives modality :math:`m`'s item
     representation as :math:`\mathrm{NORM}(E_{m,I}) + \alpha\, \mathrm{NORM}(E_i^{m,H})`, its
     local and global part as each enters the fusion (*choice*: the global part is normalised
     on its own, since Eq. 12 normalises only the modalities' sum).
@@ -110,7 +113,10 @@ class LGMRec(Recommender):
         temperature: :math:`\tau` of the Gumbel-softmax and of the contrastive loss.
     """
 
+    loss_parts = ("bpr", "hcl", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
 
     def __init__(
         self,
@@ -160,15 +166,13 @@ class LGMRec(Recommender):
 
         edge_index = self.train_edge_index(data)
         adj = normalized_adjacency(edge_index, self.num_users, self.num_items)
-        self.register_buffer("adj", adj, persistent=False)
-        interactions = to_csr(edge_index, None, self.num_users, self.num_items)
-        self.register_buffer("interactions", interactions, persistent=False)
-        self.register_buffer("interactions_t", csr_transpose(interactions), persistent=False)
-        degree = torch.bincount(edge_index[0], minlength=self.num_users).float()
-        self.register_buffer("inv_user_degree", 1.0 / degree.clamp_min(1.0), persistent=False)
+        self.adjacency = FrozenSparse(adj, symmetric=True)
+        self.interactions = FrozenSparse(to_csr(edge_index, None, self.num_users, self.num_items))
+        user_degree = degree(edge_index[0], self.num_users)
+        self.register_buffer("inv_user_degree", 1.0 / user_degree.clamp_min(1.0), persistent=False)
 
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
-        self.mm_propagation = LightPropagation(num_mm_layers, mode="last", symmetric=True)
+        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
+        self.mm_propagation = LightPropagation(num_mm_layers, mode="last")
         self.hyper_propagation = HypergraphPropagation(num_hyper_layers)
         self.dependency_dropout = torch.nn.Dropout(p=1.0 - keep_rate)
         self.reset_parameters()
@@ -182,12 +186,12 @@ class LGMRec(Recommender):
 
     def _to_users(self, item_rows: Tensor) -> Tensor:
         """:math:`R X`: every user sums the rows of its train items."""
-        return constant_spmm(self.interactions, item_rows, self.interactions_t)
+        return self.interactions(item_rows)
 
     def dependencies(self, modality: str) -> tuple[Tensor, Tensor]:
         """Eqs. 7-8: ``(H_i [I, A], H_u [U, A])`` of ``modality``, rows distributions, before
         dropout; relaxation noise in training mode only."""
-        logits = getattr(self, f"feat_{modality}") @ self.hyperedges[modality].t()
+        logits = self.feature(modality) @ self.hyperedges[modality].t()
         noise = self.training
         return (
             relaxed_dependencies(logits, self.temperature, noise),
@@ -196,13 +200,13 @@ class LGMRec(Recommender):
 
     def _modality_graph_embedding(self, modality: str) -> Tensor:
         """Eqs. 3-5: the ``[U + I, d]`` last MGE layer of ``modality``."""
-        items = self.projections[modality](getattr(self, f"feat_{modality}"))
+        items = self.projections[modality](self.feature(modality))
         users = self._to_users(items) * self.inv_user_degree.unsqueeze(-1)
-        return self.mm_propagation(torch.cat([users, items]), self.adj)
+        return self.mm_propagation(torch.cat([users, items]), self.adjacency)
 
-    def forward_modalities(self) -> LGMRecOutputs:
+    def forward(self) -> LGMRecEmbeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        collab = self.ui_propagation(ego, self.adj)  # Eqs. 1-2
+        collab = self.ui_propagation(ego, self.adjacency)  # Eqs. 1-2
         local, global_sum = collab, 0.0
         representations, global_views = {}, {}
         for m in self.modalities:
@@ -218,15 +222,11 @@ class LGMRec(Recommender):
             global_sum = global_sum + torch.cat([users, items])  # Eq. 10
             representations[m] = mge[self.num_users :] + self.alpha * F.normalize(items, dim=-1)
         final = local + self.alpha * F.normalize(global_sum, dim=-1)  # Eq. 12
-        out = LGMRecOutputs(final[: self.num_users], final[self.num_users :], representations)
-        out.global_views = global_views
-        return out
+        return LGMRecEmbeddings(
+            final[: self.num_users], final[self.num_users :], representations, global_views
+        )
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    def hypergraph_contrastive(self, out: LGMRecOutputs, batch: BPRBatch) -> Tensor:
+    def hypergraph_contrastive(self, out: LGMRecEmbeddings, batch: BPRBatch) -> Tensor:
         """Eq. 11 over every modality pair, for the batch's users and positive items."""
         hcl = out.user.new_zeros(())
         for a, b in itertools.combinations(self.modalities, 2):
@@ -237,8 +237,8 @@ class LGMRec(Recommender):
             )
         return hcl
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        out = self.forward_modalities()
+    def loss(self, batch: BPRBatch, out: LGMRecEmbeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
         pos, neg = pair_scores(out.user, out.item, batch)
         reg = embedding_norm_penalty(
             out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]

@@ -8,8 +8,8 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Recommender, pair_scores
-from pyg_dhmrec.nn import LightPropagation, bpr_loss, embedding_norm_penalty
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, embedding_norm_penalty
 
 
 class LightGCN(Recommender):
@@ -25,38 +25,46 @@ class LightGCN(Recommender):
     Args:
         data: the dataset graph; its train edges form :math:`A`.
         embedding_dim: size ``d`` of the embeddings.
-        num_layers: :math:`L`.
+        num_ui_layers: :math:`L`.
         reg_weight: weight of the regulariser.
     """
+
+    loss_parts = ("bpr", "reg")
 
     def __init__(
         self,
         data: HeteroData,
         embedding_dim: int = 64,
-        num_layers: int = 2,
+        num_ui_layers: int = 2,
         reg_weight: float = 1e-4,
     ) -> None:
         super().__init__(data)
         self.reg_weight = reg_weight
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.propagation = LightPropagation(num_layers, mode="mean", symmetric=True)
-        adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
-        self.register_buffer("adj", adj, persistent=False)
+        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
+        adjacency = normalized_adjacency(
+            self.train_edge_index(data), self.num_users, self.num_items
+        )
+        self.adjacency = FrozenSparse(adjacency, symmetric=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
 
-    def forward(self) -> tuple[Tensor, Tensor]:
+    def propagate(self) -> tuple[Tensor, Tensor]:
+        """The mean over layers of the propagated ID embeddings, ``(users, items)``."""
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
-        out = self.propagation(x, self.adj)
+        out = self.ui_propagation(x, self.adjacency)
         return out[: self.num_users], out[self.num_users :]
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
+    def forward(self) -> Embeddings:
+        return Embeddings(*self.propagate())
+
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         reg = embedding_norm_penalty(
             self.user_embedding(batch.user),
             self.item_embedding(batch.pos_item),

@@ -3,23 +3,36 @@ recommendation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.graph import csr_transpose, normalized_adjacency, to_csr, user_item_matrix
+from pyg_dhmrec.data.graph import normalized_adjacency, to_csr, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
+from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import (
     BehaviorAwareFusion,
     CollaborativeGate,
+    FrozenSparse,
     LightPropagation,
     bpr_loss,
-    constant_spmm,
-    cosine_knn_edges,
     info_nce,
     squared_l2_penalty,
 )
+
+
+@dataclass
+class MGCNEmbeddings(Embeddings):
+    """:class:`Embeddings` plus the pass's ID view and fused modality view, ``[U + I, d]``
+    each (the contrastive term of Eq. 8 reads them)."""
+
+    id_view: Tensor | None = None
+    mm_view: Tensor | None = None
 
 
 def _check_int(name: str, value: int, low: int) -> None:
@@ -79,7 +92,7 @@ class MGCN(Recommender):
     :func:`squared_l2_penalty` of the batch's *final* user, positive and negative embeddings
     (the released code regularises those, not the layer-0 ones).
 
-    ``forward_modalities`` exposes :math:`\bar{E}_{i,m}` per modality (the item-item view
+    ``Embeddings.modalities`` holds :math:`\bar{E}_{i,m}` per modality (the item-item view
     before fusion, ``[I, d]``). Any number (>= 1) of modalities is accepted; with one, the
     shared part is the view itself and the specific part is zero.
 
@@ -87,7 +100,7 @@ class MGCN(Recommender):
         data: graph with train edges and item features.
         embedding_dim: size ``d`` of the embeddings.
         num_ui_layers: LightGCN layers of the user-item view.
-        num_mm_layers: propagation layers over each item-item graph.
+        num_ii_layers: propagation layers over each item-item graph.
         knn_k: neighbours per item in the kNN graphs.
         cl_weight: weight :math:`\lambda_c` of the contrastive term.
         temperature: InfoNCE temperature :math:`\tau`.
@@ -95,14 +108,21 @@ class MGCN(Recommender):
         finetune_features: train the raw feature tables too (the released code does).
     """
 
+    loss_parts = ("bpr", "cl", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
+
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        return [AddItemKNNGraphs(k=settings["knn_k"], weighting="cosine")]
 
     def __init__(
         self,
         data: HeteroData,
         embedding_dim: int = 64,
         num_ui_layers: int = 2,
-        num_mm_layers: int = 1,
+        num_ii_layers: int = 1,
         knn_k: int = 10,
         cl_weight: float = 0.01,
         temperature: float = 0.2,
@@ -112,7 +132,7 @@ class MGCN(Recommender):
         super().__init__(data)
         _check_int("embedding_dim", embedding_dim, 1)
         _check_int("num_ui_layers", num_ui_layers, 0)
-        _check_int("num_mm_layers", num_mm_layers, 0)
+        _check_int("num_ii_layers", num_ii_layers, 0)
         _check_int("knn_k", knn_k, 1)
         if knn_k > self.num_items:
             raise ValueError(f"knn_k must be <= the number of items {self.num_items}, got {knn_k}")
@@ -122,6 +142,7 @@ class MGCN(Recommender):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.cl_weight, self.temperature, self.reg_weight = cl_weight, temperature, reg_weight
+        data = self.with_graphs(data, knn_k=knn_k)
 
         # The buffers hold the initial features: the frozen input, or the trained copy's reset.
         features = self.register_item_features(data)
@@ -144,20 +165,16 @@ class MGCN(Recommender):
         # Frozen graphs: data, not model state (moved by .to(), kept out of checkpoints).
         edge_index = self.train_edge_index(data)
         adjacency = normalized_adjacency(edge_index, self.num_users, self.num_items)
-        self.register_buffer("adjacency", adjacency, persistent=False)
-        user_item = user_item_matrix(edge_index, self.num_users, self.num_items)
-        self.register_buffer("user_item", user_item, persistent=False)
-        self.register_buffer("user_item_t", csr_transpose(user_item), persistent=False)
-        for m, x in features.items():
-            with torch.no_grad():
-                edge_index, weight = cosine_knn_edges(x.float(), knn_k)
-            graph = to_csr(edge_index, weight, self.num_items, self.num_items)
-            self.register_buffer(f"ii_{m}", graph, persistent=False)
-            self.register_buffer(f"ii_{m}_t", csr_transpose(graph), persistent=False)
+        self.adjacency = FrozenSparse(adjacency, symmetric=True)
+        self.user_item = FrozenSparse(user_item_matrix(edge_index, self.num_users, self.num_items))
+        n = self.num_items
+        self.item_item = torch.nn.ModuleDict()
+        for m in self.modalities:
+            store = data[knn_edge_type(m)]
+            self.item_item[m] = FrozenSparse(to_csr(store.edge_index, store.edge_weight, n, n))
 
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
-        self.mm_propagation = LightPropagation(num_mm_layers, mode="last")
-        self._views: tuple[Tensor, Tensor, Tensor] | None = None
+        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
+        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -166,14 +183,14 @@ class MGCN(Recommender):
         if self.finetune_features:
             with torch.no_grad():
                 for m, p in self.features.items():
-                    p.copy_(getattr(self, f"feat_{m}"))
+                    p.copy_(self.feature(m))
         for m in self.modalities:
             self.projections[m].reset_parameters()  # PyTorch's default, as MGCN's code
             self.gates[m].reset_parameters()
         self.fusion.reset_parameters()
 
     def _features(self, m: str) -> Tensor:
-        return self.features[m] if self.finetune_features else getattr(self, f"feat_{m}")
+        return self.features[m] if self.finetune_features else self.feature(m)
 
     def purify(self, m: str) -> Tensor:
         """Eq. (1): ``[I, d]`` purified features of modality ``m``."""
@@ -183,31 +200,17 @@ class MGCN(Recommender):
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[: self.num_users], x[self.num_users :]
 
-    def forward_modalities(self) -> ModalityOutputs:
+    def forward(self) -> MGCNEmbeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         id_view = self.ui_propagation(ego, self.adjacency)
         item_views, views = {}, []
         for m in self.modalities:
-            item_views[m] = self.mm_propagation(
-                self.purify(m), getattr(self, f"ii_{m}"), getattr(self, f"ii_{m}_t")
-            )
-            users = constant_spmm(self.user_item, item_views[m], self.user_item_t)
+            item_views[m] = self.ii_propagation(self.purify(m), self.item_item[m])
+            users = self.user_item(item_views[m])
             views.append(torch.cat([users, item_views[m]]))
         mm_view = self.fusion(views, id_view)
         user, item = self._split(id_view + mm_view)
-        # The two views feed the contrastive term of the loss that called this pass.
-        self._views = (item, id_view, mm_view)
-        return ModalityOutputs(user, item, item_views)
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    def _view_pair(self, item: Tensor) -> tuple[Tensor, Tensor]:
-        """(id view, fused modality view) of the pass that produced ``item``."""
-        if self._views is None or self._views[0] is not item:
-            type(self).forward_modalities(self)  # not the pass of ``item``: recompute the views
-        return self._views[1], self._views[2]
+        return MGCNEmbeddings(user, item, item_views, id_view=id_view, mm_view=mm_view)
 
     def contrastive_loss(self, id_view: Tensor, mm_view: Tensor, batch: BPRBatch) -> Tensor:
         """Eq. (8) without its weight: InfoNCE of ``mm_view`` against ``id_view`` (``[U + I, d]``
@@ -219,13 +222,12 @@ class MGCN(Recommender):
             mm_user[users], id_user[users], self.temperature
         )
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
-        id_view, mm_view = self._view_pair(item_emb)
-        cl = self.contrastive_loss(id_view, mm_view, batch)
+    def loss(self, batch: BPRBatch, out: MGCNEmbeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
+        cl = self.contrastive_loss(out.id_view, out.mm_view, batch)
         reg = squared_l2_penalty(
-            user_emb[batch.user], item_emb[batch.pos_item], item_emb[batch.neg_item]
+            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
         )
         return {
             "bpr": bpr_loss(pos, neg),

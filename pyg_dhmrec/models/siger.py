@@ -4,38 +4,43 @@ enhancement for multimodal recommendation, built from the abstract on FREEDOM's 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.graph import (
-    DegreeSensitiveEdgeDropout,
-    csr_transpose,
-    knn_adjacency,
-    user_item_matrix,
-    weighted_sum,
-)
-from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_graph
+from pyg_dhmrec.data.graph import to_csr, user_item_matrix, weighted_sum
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
-from pyg_dhmrec.models.freedom import DEFAULT_MODALITY_WEIGHTS
+from pyg_dhmrec.data.transforms import (
+    AddItemCooccurrenceGraph,
+    DerivedGraph,
+    add_derived_graphs,
+    co_interaction_edge_type,
+)
+from pyg_dhmrec.models.base import Embeddings, pair_scores
+from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.nn import (
-    LightPropagation,
+    FrozenSparse,
     ModulusPerturbation,
     anchor_info_nce,
     bpr_loss,
-    constant_spmm,
     info_nce,
-    perturbed_propagation,
-    squared_l2_penalty,
 )
 
 #: The loss parts, always all returned (a switched-off mechanism's part is 0).
 LOSS_PARTS = ("bpr", "mm", "reg", "cl", "align_anchor", "align_fused")
 
 
-class SIGER(Recommender):
+@dataclass
+class SIGEREmbeddings(Embeddings):
+    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass."""
+
+    projected: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SIGER(FREEDOM):
     r"""SIGER: collaborative signal infused into each modality's item semantic graph,
     modulus-guided embedding perturbation, and dual representation alignment.
 
@@ -51,13 +56,13 @@ class SIGER(Recommender):
     LightGCN (mean over :math:`0..L_{ui}`), giving the *behaviour* representations
     :math:`b_u, b_i` (1).
 
-    **(2) Semantic representations**, one per modality: :math:`h^m = (\hat{S}^m)^{L_{mm}} E_I`
+    **(2) Semantic representations**, one per modality: :math:`h^m = (\hat{S}^m)^{L_{ii}} E_I`
     (last layer), FREEDOM's propagation of the item ID embeddings, but over each modality's own
     graph :math:`\hat{S}^m` instead of one mixed graph (*choice*: the alignment needs several
     semantic representations). Fused: :math:`h = \sum_m w_m h^m` (3). Prediction:
     :math:`e_u = b_u`, :math:`e_i = b_i + h_i`, score :math:`e_u^\top e_i` (4). Since the hops
-    are linear, with :math:`L_{mm} = 1` :math:`\sum_m w_m \tilde{S}^m E_I =
-    (\sum_m w_m \tilde{S}^m) E_I` is exactly FREEDOM's mixed graph; with :math:`L_{mm} > 1`
+    are linear, with :math:`L_{ii} = 1` :math:`\sum_m w_m \tilde{S}^m E_I =
+    (\sum_m w_m \tilde{S}^m) E_I` is exactly FREEDOM's mixed graph; with :math:`L_{ii} > 1`
     SIGER propagates :math:`\sum_m w_m (\tilde{S}^m)^L E_I` where FREEDOM propagates
     :math:`(\sum_m w_m \tilde{S}^m)^L E_I`. This is the only difference from FREEDOM when the
     three switches are off.
@@ -76,7 +81,7 @@ class SIGER(Recommender):
     the missing collaborative edges (each row keeps at most ``knn_k + infusion_k`` entries),
     keeps the operator's scale (a convex combination of two normalised graphs) and is
     FREEDOM's graph at :math:`\beta = 0`. With :math:`\sum_m w_m = 1` and
-    :math:`L_{mm} = 1` the fused semantics become :math:`(1 - \beta) \sum_m w_m \tilde{S}^m E_I
+    :math:`L_{ii} = 1` the fused semantics become :math:`(1 - \beta) \sum_m w_m \tilde{S}^m E_I
     + \beta \tilde{C} E_I`, and every :math:`h^m` shares the collaborative component.
 
     **(6) Modulus-based personalised perturbation** (``use_perturbation``). Two views are
@@ -112,12 +117,12 @@ class SIGER(Recommender):
     switched off), so ablations log the same parts. Parameters (and their initialisation
     order) are FREEDOM's: none of the three mechanisms adds one.
 
-    **Modality representations** (:meth:`forward_modalities`): :math:`h^m` (2), before the
+    **Modality representations** (:attr:`Embeddings.modalities`): :math:`h^m` (2), before the
     fusion (3), in the scoring space.
 
     Args:
         data: graph with train edges and item features (any number >= 1 of modalities).
-        embedding_dim, num_ui_layers, num_mm_layers, knn_k, modality_weights, dropout,
+        embedding_dim, num_ui_layers, num_ii_layers, knn_k, modality_weights, edge_dropout,
             reg_weight, l2_weight: FREEDOM's (see :class:`~pyg_dhmrec.models.FREEDOM`).
         use_infusion: switch of (5).
         infusion_weight: :math:`\beta \in [0, 1]` of (5).
@@ -132,17 +137,27 @@ class SIGER(Recommender):
         align_temperature: temperature of (8) and (9).
     """
 
+    loss_parts = LOSS_PARTS
+
     uses_modalities = True
+    exposes_modalities = True
+
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        transforms = super().graph_transforms(settings)
+        if settings.get("use_infusion"):
+            transforms.append(AddItemCooccurrenceGraph(k=settings["infusion_k"]))
+        return transforms
 
     def __init__(
         self,
         data: HeteroData,
         embedding_dim: int = 64,
         num_ui_layers: int = 2,
-        num_mm_layers: int = 1,
+        num_ii_layers: int = 1,
         knn_k: int = 10,
         modality_weights: Mapping[str, float] | None = None,
-        dropout: float = 0.8,
+        edge_dropout: float = 0.8,
         reg_weight: float = 1e-4,
         l2_weight: float = 0.0,
         use_infusion: bool = True,
@@ -157,7 +172,6 @@ class SIGER(Recommender):
         fused_align_weight: float = 1e-3,
         align_temperature: float = 0.2,
     ) -> None:
-        super().__init__(data)
         for name, value in (
             ("use_infusion", use_infusion),
             ("use_perturbation", use_perturbation),
@@ -184,7 +198,23 @@ class SIGER(Recommender):
             raise ValueError(f"infusion_weight must be in [0, 1], got {infusion_weight}")
         if isinstance(infusion_k, bool) or not isinstance(infusion_k, int) or infusion_k < 1:
             raise ValueError(f"infusion_k must be a positive int, got {infusion_k!r}")
-        self.reg_weight, self.l2_weight = reg_weight, l2_weight
+        data = add_derived_graphs(
+            data,
+            self.graph_transforms(
+                {"knn_k": knn_k, "use_infusion": use_infusion, "infusion_k": infusion_k}
+            ),
+        )
+        super().__init__(
+            data,
+            embedding_dim,
+            num_ui_layers,
+            num_ii_layers,
+            knn_k,
+            modality_weights,
+            edge_dropout,
+            reg_weight,
+            l2_weight,
+        )
         self.use_infusion, self.infusion_weight = use_infusion, float(infusion_weight)
         self.use_perturbation = use_perturbation
         self.cl_weight, self.cl_temperature = cl_weight, cl_temperature
@@ -192,142 +222,75 @@ class SIGER(Recommender):
         self.anchor_align_weight, self.fused_align_weight = anchor_align_weight, fused_align_weight
         self.align_temperature = align_temperature
 
-        features = self.register_item_features(data)
-        self.modality_weights = self._weights(modality_weights)
-
-        # Same modules in the same order as FREEDOM, so one seed gives the same initialisation.
-        self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
-        self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.projections = torch.nn.ModuleDict(
-            {m: torch.nn.Linear(x.size(1), embedding_dim, bias=False) for m, x in features.items()}
-        )
-
-        edge_index = self.train_edge_index(data)
+        # Each modality propagates over its own (infused) graph instead of FREEDOM's mixed one.
+        del self.item_item
         collaborative = None
         if use_infusion:
-            collaborative = item_cooccurrence_graph(
-                edge_index, self.num_users, self.num_items, infusion_k
+            store = data[co_interaction_edge_type()]
+            collaborative = to_csr(
+                store.edge_index, store.edge_weight, self.num_items, self.num_items
             )
-        for m, x in features.items():
-            graph = knn_adjacency(x, knn_k)
+        graphs = {}
+        for m in self.modalities:
+            graph = self.knn_graph(data, m)
             if collaborative is not None:
                 graph = weighted_sum(
                     [graph, collaborative], [1.0 - infusion_weight, infusion_weight]
                 )
-            # Frozen graph data, not model state: kept out of checkpoints.
-            self.register_buffer(f"graph_{m}", graph, persistent=False)
-            self.register_buffer(f"graph_{m}_t", csr_transpose(graph), persistent=False)
-        self.mm_propagation = LightPropagation(num_mm_layers, mode="last")
-
-        self.pruning = DegreeSensitiveEdgeDropout(
-            edge_index, self.num_users, self.num_items, dropout
-        )
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
+            graphs[m] = FrozenSparse(graph)
+        self.semantic_graphs = torch.nn.ModuleDict(graphs)
         self.perturbation = ModulusPerturbation(perturbation_eps)
         if use_alignment:
-            user_item = user_item_matrix(edge_index, self.num_users, self.num_items)
-            self.register_buffer("user_item", user_item, persistent=False)
-            self.register_buffer("user_item_t", csr_transpose(user_item), persistent=False)
-        self.reset_parameters()
-
-    def _weights(self, weights: Mapping[str, float] | None) -> dict[str, float]:
-        if weights is None:
-            if set(self.modalities) == set(DEFAULT_MODALITY_WEIGHTS):
-                weights = DEFAULT_MODALITY_WEIGHTS
-            elif len(self.modalities) == 1:
-                weights = {self.modalities[0]: 1.0}
-            else:
-                raise ValueError(
-                    f"SIGER has default modality_weights only for image and text; give one "
-                    f"weight per modality {self.modalities}"
-                )
-        if set(weights) != set(self.modalities):
-            raise ValueError(
-                f"modality_weights must give one weight per modality {self.modalities}, "
-                f"got {dict(weights)}"
+            edge_index = self.train_edge_index(data)
+            self.user_item = FrozenSparse(
+                user_item_matrix(edge_index, self.num_users, self.num_items)
             )
-        return {m: float(weights[m]) for m in self.modalities}
-
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
-        for projection in self.projections.values():
-            projection.reset_parameters()  # PyTorch's default Linear initialisation
-
-    def on_train_epoch_start(self) -> None:
-        self.pruning.resample()
-
-    def semantic_graph(self, modality: str) -> Tensor:
-        r"""The frozen item graph :math:`\hat{S}^m` of ``modality`` (Eq. 5)."""
-        return getattr(self, f"graph_{modality}")
 
     def _encode(self, perturb: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Behaviour ``(b_u, b_i)`` (1) and semantic ``{m: h^m}`` (2); with ``perturb`` every
         hop gets the modulus-guided noise (6)."""
         items = self.item_embedding.weight
+        noise = self.perturbation if perturb else None
         semantic = {}
         for m in self.modalities:
-            adj, adj_t = self.semantic_graph(m), getattr(self, f"graph_{m}_t")
-            if perturb:
-                semantic[m] = perturbed_propagation(
-                    self.mm_propagation, items, adj, self.perturbation, adj_t
-                )
-            else:
-                semantic[m] = self.mm_propagation(items, adj, adj_t)
+            semantic[m] = self.ii_propagation(items, self.semantic_graphs[m], noise)
         ego = torch.cat([self.user_embedding.weight, items])
-        adj = self.pruning()
-        if perturb:
-            ui = perturbed_propagation(self.ui_propagation, ego, adj, self.perturbation)
-        else:
-            ui = self.ui_propagation(ego, adj)
+        ui = self.ui_propagation(ego, self.pruning(), noise)
         return ui[: self.num_users], ui[self.num_users :], semantic
 
     def _fuse(self, semantic: Mapping[str, Tensor]) -> Tensor:
         """Eq. (3): :math:`h = \\sum_m w_m h^m`."""
         return sum(self.modality_weights[m] * semantic[m] for m in self.modalities)
 
-    def forward_modalities(self) -> ModalityOutputs:
-        """Eq. (4) embeddings; the modality representations are :math:`h^m` (2)."""
+    def forward(self) -> SIGEREmbeddings:
+        """Eq. (4) embeddings; the modality representations are :math:`h^m` (2), and
+        ``projected`` FREEDOM's :math:`W_m x_m` (the ``mm`` term)."""
         user, item, semantic = self._encode(perturb=False)
-        return ModalityOutputs(user, item + self._fuse(semantic), semantic)
-
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb, semantic = self.forward_modalities()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
-        users = user_emb[batch.user]
-        mm = user_emb.new_zeros(())
-        for m in self.modalities:
-            feat, proj = getattr(self, f"feat_{m}"), self.projections[m]
-            mm = mm + bpr_loss(
-                (users * proj(feat[batch.pos_item])).sum(-1),
-                (users * proj(feat[batch.neg_item])).sum(-1),
-            )
-        reg = squared_l2_penalty(
-            self.user_embedding(batch.user),
-            self.item_embedding(batch.pos_item),
-            self.item_embedding(batch.neg_item),
+        return SIGEREmbeddings(
+            user, item + self._fuse(semantic), semantic, self.projected_features()
         )
+
+    def loss(self, batch: BPRBatch, out: SIGEREmbeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
+        projected = Embeddings(out.user, out.item, out.projected)
         parts = {
             "bpr": bpr_loss(pos, neg),
-            "mm": self.reg_weight * mm,
-            "reg": self.l2_weight * reg,
-            "cl": user_emb.new_zeros(()),
-            "align_anchor": user_emb.new_zeros(()),
-            "align_fused": user_emb.new_zeros(()),
+            "mm": self.reg_weight * self.modality_bpr(projected, batch),
+            "reg": self.l2_weight * self.id_penalty(batch),
+            "cl": out.user.new_zeros(()),
+            "align_anchor": out.user.new_zeros(()),
+            "align_fused": out.user.new_zeros(()),
         }
         batch_users, batch_items = batch.user.unique(), batch.pos_item.unique()
         if self.use_perturbation:
             parts["cl"] = self.cl_weight * self._contrast_views(batch_users, batch_items)
         if self.use_alignment:
-            fused = self._fuse(semantic)
+            fused = self._fuse(out.modalities)
             # The behaviour items of Eq. (1) from the same pass: e_i - h_i = b_i (up to rounding).
-            behaviour_item = item_emb - fused
+            behaviour_item = out.item - fused
             anchor, fused_part = self._alignment(
-                user_emb, behaviour_item, semantic, fused, batch_users, batch_items
+                out.user, behaviour_item, out.modalities, fused, batch_users, batch_items
             )
             parts["align_anchor"] = self.anchor_align_weight * anchor
             parts["align_fused"] = self.fused_align_weight * fused_part
@@ -355,10 +318,7 @@ class SIGER(Recommender):
         """Eqs. (8) and (9), each summed over users and items."""
         tau = self.align_temperature
         # Users' semantic representations: their items', LightGCN-normalised.
-        user_semantic = [
-            constant_spmm(self.user_item, semantic[m], self.user_item_t)[users]
-            for m in self.modalities
-        ]
+        user_semantic = [self.user_item(semantic[m])[users] for m in self.modalities]
         item_semantic = [semantic[m][items] for m in self.modalities]
         anchor = anchor_info_nce(
             behaviour_user[users].detach(), user_semantic, tau

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
 
 
@@ -33,7 +33,7 @@ class VBPR(Recommender):
         e_u = [\gamma_u; \theta_u], \qquad e_i = [\gamma_i; \textstyle\sum_m E_m f_i^m],
         \qquad \hat{x}_{ui} = e_u^\top e_i ,
 
-    and :meth:`forward_modalities` exposes modality :math:`m` as :math:`[0; E_m f_i^m]`, so
+    and :attr:`Embeddings.modalities` holds modality :math:`m` as :math:`[0; E_m f_i^m]`, so
     :math:`e_u^\top [0; E_m f_i^m] = \theta_u^\top E_m f_i^m` and
     :math:`[\gamma_i; 0] + \sum_m [0; E_m f_i^m] = e_i`.
 
@@ -65,7 +65,10 @@ class VBPR(Recommender):
         reg_weight: weight of the embedding-norm penalty (:math:`\ge 0`).
     """
 
+    loss_parts = ("bpr", "reg")
+
     uses_modalities = True
+    exposes_modalities = True
 
     def __init__(self, data: HeteroData, embedding_dim: int = 64, reg_weight: float = 1e-3):
         super().__init__(data)
@@ -93,22 +96,18 @@ class VBPR(Recommender):
         for projection in self.projections.values():
             torch.nn.init.normal_(projection.weight, 0.0, std)
 
-    def forward_modalities(self) -> ModalityOutputs:
+    def forward(self) -> Embeddings:
         ids = self.item_embedding.weight
-        projected = {m: self.projections[m](getattr(self, f"feat_{m}")) for m in self.modalities}
+        projected = {m: self.projections[m](self.feature(m)) for m in self.modalities}
         zeros = torch.zeros_like(ids)  # the ID half of a modality's representation
         modalities = {m: torch.cat([zeros, p], dim=-1) for m, p in projected.items()}
         item = torch.cat([ids, sum(projected.values())], dim=-1)
-        return ModalityOutputs(self.user_embedding.weight, item, modalities)
+        return Embeddings(self.user_embedding.weight, item, modalities)
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        out = self.forward_modalities()
-        return out.user, out.item
-
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        user_emb, item_emb = self.forward()
-        pos, neg = pair_scores(user_emb, item_emb, batch)
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
         reg = embedding_norm_penalty(
-            user_emb[batch.user], item_emb[batch.pos_item], item_emb[batch.neg_item]
+            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
         )
         return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}

@@ -26,9 +26,9 @@ from pyg_dhmrec.nn.losses import (
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
     modulus_perturbation,
-    perturbed_propagation,
 )
 from pyg_dhmrec.nn.propagation import (
+    FrozenSparse,
     LightConv,
     LightPropagation,
     constant_spmm,
@@ -39,7 +39,6 @@ __all__ = [
     "anchor_info_nce",
     "ModulusPerturbation",
     "modulus_perturbation",
-    "perturbed_propagation",
     "BehaviorAwareFusion",
     "FusionParts",
     "cosine_alignment_loss",
@@ -58,6 +57,7 @@ __all__ = [
     "logit_pooling",
     "orthogonality_loss",
     "score_distribution_kl",
+    "FrozenSparse",
     "LightConv",
     "LightPropagation",
     "symmetric_spmm",

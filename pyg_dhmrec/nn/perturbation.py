@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from pyg_dhmrec.nn.propagation import LightPropagation, constant_spmm
 
 
 def modulus_perturbation(x: Tensor, eps: float, generator: torch.Generator | None = None) -> Tensor:
@@ -64,23 +60,3 @@ class ModulusPerturbation(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
-
-
-def perturbed_propagation(
-    propagation: LightPropagation,
-    x: Tensor,
-    adj: Tensor,
-    perturb: Callable[[Tensor], Tensor],
-    adj_t: Tensor | None = None,
-) -> Tensor:
-    r"""``propagation(x, adj, adj_t)`` with ``perturb`` applied after every hop (SimGCL):
-    :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`, combined over layers by the
-    propagation's ``mode``. Layer 0 (the input) is not perturbed."""
-    conv = propagation.conv
-    out = total = x
-    for _ in range(propagation.num_layers):
-        out = perturb(conv(out, adj) if adj_t is None else constant_spmm(adj, out, adj_t))
-        total = total + out
-    if propagation.mode == "last":
-        return out
-    return total / (propagation.num_layers + 1) if propagation.mode == "mean" else total

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch_geometric.nn import LGConv
+
+from pyg_dhmrec.data.graph import csr_transpose
 
 
 class _ConstantSpmm(torch.autograd.Function):
@@ -30,8 +33,52 @@ class _ConstantSpmm(torch.autograd.Function):
 
 def constant_spmm(adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
     """Sparse-dense product with a constant ``adj`` (no gradient to it); ``adj_t`` is its
-    transpose as ``torch.sparse_csr`` (see :func:`~pyg_dhmrec.data.graph.csr_transpose`)."""
+    transpose as ``torch.sparse_csr``."""
     return _ConstantSpmm.apply(adj, adj_t, x)
+
+
+class FrozenSparse(torch.nn.Module):
+    r"""A constant sparse operator :math:`A` (a normalised adjacency, a kNN graph, ...):
+    ``op(x)`` (or ``op @ x``) is :math:`A x`, with the fast backward :math:`A^\top g` of
+    :func:`constant_spmm`.
+
+    :math:`A` and, unless ``symmetric``, its transpose are ``torch.sparse_csr`` buffers, so the
+    operator moves with ``.to(device)``; they are graph data, not model state, and stay out of
+    ``state_dict``. ``symmetric=True`` declares :math:`A = A^\top` (e.g. the normalised
+    user-item graph) and keeps one matrix.
+    """
+
+    matrix: Tensor
+    matrix_t: Tensor
+
+    def __init__(self, matrix: Tensor, symmetric: bool = False) -> None:
+        super().__init__()
+        if not isinstance(matrix, Tensor) or matrix.dim() != 2:
+            raise ValueError("FrozenSparse needs a 2-D sparse matrix")
+        if matrix.layout != torch.sparse_csr:
+            matrix = matrix.to_sparse_csr()
+        self.symmetric = symmetric
+        self.register_buffer("matrix", matrix.detach(), persistent=False)
+        if not symmetric:
+            self.register_buffer("matrix_t", csr_transpose(matrix).detach(), persistent=False)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.matrix.shape
+
+    @property
+    def transpose(self) -> Tensor:
+        """:math:`A^\top` as ``torch.sparse_csr``."""
+        return self.matrix if self.symmetric else self.matrix_t
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _ConstantSpmm.apply(self.matrix, self.transpose, x)
+
+    def __matmul__(self, x: Tensor) -> Tensor:
+        return self(x)
+
+    def extra_repr(self) -> str:
+        return f"shape={list(self.shape)}, nnz={self.matrix._nnz()}, symmetric={self.symmetric}"
 
 
 def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
@@ -88,11 +135,21 @@ class LightPropagation(torch.nn.Module):
     def reset_parameters(self) -> None:
         pass  # parameter-free
 
-    def forward(self, x: Tensor, adj: Tensor, adj_t: Tensor | None = None) -> Tensor:
-        """``adj_t``: the transpose of a non-symmetric constant ``adj``, for a fast backward."""
+    def forward(
+        self,
+        x: Tensor,
+        adj: Tensor | FrozenSparse,
+        perturb: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        r"""``adj``: a normalised ``torch.sparse_csr`` matrix, or a :class:`FrozenSparse`
+        operator (a constant graph with its transpose, for a fast backward). ``perturb``, if
+        given, is applied after every hop (SimGCL's placement; layer 0 stays clean),
+        :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`."""
         out = total = x
         for _ in range(self.num_layers):
-            out = self.conv(out, adj) if adj_t is None else constant_spmm(adj, out, adj_t)
+            out = adj(out) if isinstance(adj, FrozenSparse) else self.conv(out, adj)
+            if perturb is not None:
+                out = perturb(out)
             total = total + out
         if self.mode == "last":
             return out

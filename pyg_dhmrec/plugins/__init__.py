@@ -32,16 +32,16 @@ def plugin_keys(name: str) -> dict[str, str]:
 
 def modality_models() -> list[str]:
     """Registered models that expose per-modality item representations."""
-    return sorted(n for n, cls in MODELS.items() if cls.exposes_modalities())
+    return sorted(n for n, cls in MODELS.items() if cls.exposes_modalities)
 
 
 def check_plugin(name: str, model: str) -> None:
     """Raise a clear error when ``model`` cannot carry the plug-in ``name``."""
     cls = plugin_class(name)
-    if cls.uses_modalities and not model_class(model).exposes_modalities():
+    if cls.uses_modalities and not model_class(model).exposes_modalities:
         raise ValueError(
             f"plugin '{name}' needs a model that exposes per-modality item representations "
-            f"(forward_modalities); model '{model}' does not. Models that do: "
+            f"(Embeddings.modalities); model '{model}' does not. Models that do: "
             f"{', '.join(modality_models())}"
         )
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import ModalityOutputs, Recommender
+from pyg_dhmrec.models.base import Embeddings, Recommender
 from pyg_dhmrec.nn import CLUB, VariationalEncoder, bpr_loss, kl_to_standard_normal
 
 #: The four objectives, each switched by ``<name>`` and weighted by ``<name>_weight``.
@@ -23,7 +23,7 @@ class MRdIB(Recommender):
     r"""MRdIB wrapped around a multimodal ``base`` model; only the abstract of the paper is
     available, so the formulas below are ours (reasons in ``docs/mrdib.md``).
 
-    The base exposes, from one pass (:meth:`Recommender.forward_modalities`), user embeddings
+    The base exposes, from one pass (its :class:`Embeddings`), user embeddings
     :math:`e_u`, fused item embeddings :math:`e_i` and per-modality item representations
     :math:`h^m_i` in the scoring space. The plug-in adds four loss parts on the batch's
     distinct items :math:`\mathcal{I}_B` (positives and negatives) and pairs
@@ -69,19 +69,21 @@ class MRdIB(Recommender):
     **Loss.** The base's own parts plus ``mrdib_kl`` (:math:`\beta_{kl}\mathcal{L}_{kl}`),
     ``mrdib_unique``, ``mrdib_redundant`` with ``mrdib_club_fit``, ``mrdib_synergy``, each
     already weighted; a switched-off objective's part is absent and computed not at all.
-    Inside :meth:`Recommender.memoized` the base's loss and the plug-in share one forward.
+    The trainer runs one forward pass per step; the base's loss and the plug-in's terms both
+    read it (:meth:`loss` gets it as ``out``).
 
     The plug-in's parameters are created after the base model is built, so the base's
     initialisation is the same with or without it; :meth:`reset_parameters` resets only them.
 
     Args:
-        base: the model to wrap; it must implement ``forward_modalities``.
+        base: the model to wrap; its :class:`Embeddings` must carry ``modalities``.
         kl, unique, redundant, synergy: switch each objective on or off.
         kl_weight, unique_weight, redundant_weight, synergy_weight: their weights (>= 0).
         club_hidden: hidden width of the CLUB networks :math:`q_{mn}`.
     """
 
     uses_modalities = True
+    exposes_modalities = True
 
     def __init__(
         self,
@@ -97,10 +99,10 @@ class MRdIB(Recommender):
         club_hidden: int = 64,
     ) -> None:
         torch.nn.Module.__init__(self)  # Recommender.__init__ reads a graph; the base has it
-        if not isinstance(base, Recommender) or not base.exposes_modalities():
+        if not isinstance(base, Recommender) or not base.exposes_modalities:
             raise ValueError(
                 f"MRdIB wraps a model that exposes per-modality item representations "
-                f"(forward_modalities); {type(base).__name__} does not"
+                f"(Embeddings.modalities); {type(base).__name__} does not"
             )
         switches = {"kl": kl, "unique": unique, "redundant": redundant, "synergy": synergy}
         weights = {
@@ -150,20 +152,20 @@ class MRdIB(Recommender):
         return f"{m}__{n}"
 
     @torch.no_grad()
-    def _probe(self) -> ModalityOutputs:
+    def _probe(self) -> Embeddings:
         """One evaluation pass of the base (no randomness): the modalities and their width."""
         was_training = self.base.training
         self.base.eval()
-        out = self.base.forward_modalities()
+        out = self.base()
         self.base.train(was_training)
         name = type(self.base).__name__
         if not out.modalities:
-            raise ValueError(f"MRdIB: {name}.forward_modalities() returned no modality")
+            raise ValueError(f"MRdIB: {name}.forward() returned no modality")
         expected = (self.num_items, out.user.size(1))
         bad = {m: list(x.shape) for m, x in out.modalities.items() if tuple(x.shape) != expected}
         if bad:
             raise ValueError(
-                f"MRdIB: {name}.forward_modalities() must give [num_items, d] = "
+                f"MRdIB: {name}.forward() must give modalities of [num_items, d] = "
                 f"{list(expected)} per modality (d of the user embeddings), got {bad}"
             )
         return out
@@ -176,11 +178,8 @@ class MRdIB(Recommender):
     def on_train_epoch_start(self) -> None:
         self.base.on_train_epoch_start()
 
-    def forward(self) -> tuple[Tensor, Tensor]:
-        return self.base.forward()
-
-    def forward_modalities(self) -> ModalityOutputs:
-        return self.base.forward_modalities()
+    def forward(self) -> Embeddings:
+        return self.base()
 
     @torch.no_grad()
     def full_scores(self, users: Tensor) -> Tensor:
@@ -192,16 +191,15 @@ class MRdIB(Recommender):
         out = self.base.item_representations()
         was_training = self.training
         self.eval()
-        modalities = self.base.forward_modalities().modalities
+        modalities = self.base().modalities
         for m in self.modalities:
             out[f"mrdib_{m}"] = self.encoders[m](modalities[m])[1].detach().cpu()
         self.train(was_training)
         return out
 
-    def loss(self, batch: BPRBatch) -> dict[str, Tensor]:
-        with self.base.memoized():
-            parts = dict(self.base.loss(batch))
-            out = self.base.forward_modalities()
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        parts = dict(self.base.loss(batch, out))
         if set(out.modalities) != set(self.modalities):
             raise ValueError(
                 f"MRdIB was built for modalities {self.modalities}, the base model now gives "
