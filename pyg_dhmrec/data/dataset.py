@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -73,7 +74,8 @@ class MMRecDataset(InMemoryDataset):
         self.inter_file = inter_file or f"{name}.inter"
         self.url = url
         self._cache_dir = cache_dir
-        super().__init__(root, transform, force_reload=force_reload)
+        # log=False: the library's own log line replaces PyG's "Processing... Done!" prints
+        super().__init__(root, transform, force_reload=force_reload, log=False)
         self.load(self.processed_paths[0], data_cls=HeteroData)
         with open(self._stats_path, encoding="utf-8") as f:
             self.stats: dict[str, Any] = json.load(f)
@@ -148,6 +150,7 @@ class MMRecDataset(InMemoryDataset):
 
     def process(self) -> None:
         raw = Path(self.raw_dir)
+        log.info("processing dataset '%s' (%s) into %s", self.name, raw, self.processed_dir)
         inter = read_inter_file(raw / self.inter_file)
         data = HeteroData()
         data["user"].num_nodes = inter.num_users
@@ -186,8 +189,10 @@ class MMRecDataset(InMemoryDataset):
         """Raise naming the missing feature files when a model needs the modality features."""
         if not self.modality_files:
             raise DataFormatError(
-                f"dataset '{self.name}' has no modalities configured "
-                f"(configs/datasets/{self.name}.yaml, key 'modalities'); this model needs features"
+                f"dataset '{self.name}' has no modalities: this model needs features; put "
+                f"<modality>_feat.npy files (one row per item) in {Path(self.raw_dir).resolve()}, "
+                "or name them with --modalities '{image: img.npy, text: txt.npy}' (or key "
+                f"'modalities' of configs/datasets/{self.name}.yaml)"
             )
         missing = [f for m, f in self.modality_files.items() if m not in self.modalities]
         if missing:
@@ -238,9 +243,18 @@ class AmazonDataset(MMRecDataset):
     REQUIRED = ("category", "reviews_url", "meta_url", "image_url")
     OPTIONAL = {"k_core": 5, "text_encoder": "auto", "seed": 2024}
 
-    def __init__(self, root: str, name: str, amazon: Mapping[str, Any], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        amazon: Mapping[str, Any],
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
         from pyg_dhmrec.data.amazon import META_FILE, settings_of
 
+        # download bars only for a person at a terminal, never with --quiet or into a log file
+        self.progress = progress and sys.stderr.isatty()
         where = f"configs/datasets/{name}.yaml, key 'amazon'"
         if not isinstance(amazon, Mapping):
             raise DataFormatError(f"dataset '{name}': {where} must be a mapping")
@@ -290,6 +304,7 @@ class AmazonDataset(MMRecDataset):
             seed=a["seed"],
             k=a["k_core"],
             text_encoder=a["text_encoder"],
+            progress=self.progress,
             log=log.info,
         )
 
@@ -316,7 +331,7 @@ def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
     if config.get("synthetic"):
         return SyntheticDataset(root, name, config["synthetic"], **kwargs)
     if config.get("amazon"):  # built from the raw Amazon files when missing
-        return AmazonDataset(root, name, config["amazon"], **kwargs)
+        return AmazonDataset(root, name, config["amazon"], config.get("progress", True), **kwargs)
     return MMRecDataset(root, name, **kwargs)
 
 
