@@ -218,7 +218,7 @@ def _unknown_key(
     if hint:  # a close name is more use than the whole list
         return ConfigError(
             f"{source}: unknown key '{key}'.{hint} (every key: configs/overall.yaml, the model's "
-            "YAML, run.py --help)"
+            "YAML, --help)"
         )
     return ConfigError(f"{source}: unknown key '{key}'. Known keys: {', '.join(sorted(known))}")
 
@@ -312,8 +312,10 @@ def load_config(
     """
     if not (config_dir / "models" / f"{model}.yaml").exists():
         models = available("models", config_dir)
+        hint = did_you_mean(model, models)
         raise ConfigError(
-            f"unknown model '{model}'; available: {', '.join(models)}" + did_you_mean(model, models)
+            f"unknown model '{model}'; available: {', '.join(models)}"
+            + (f".{hint}" if hint else "")
         )
     overrides = overrides or {}
     overall_path = config_dir / "overall.yaml"

@@ -247,7 +247,7 @@ def test_help_lists_defaults_and_common_keys(capsys) -> None:
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["--model", "freedm"], "unknown model 'freedm'; available: "),
+        (["--model", "freedm"], "unknown model 'freedm'; available: bm3, "),
         (["--dataset", "babby"], "unknown dataset 'babby'; available: "),
         (["--lr", "0.01"], "command line: unknown key 'lr'. Did you mean: learning_rate?"),
         (["--datset", "baby"], "command line: unknown key 'datset'. Did you mean: dataset?"),
@@ -260,7 +260,7 @@ def test_misspelt_model_dataset_and_key_get_a_suggestion(capsys, argv, expected)
     assert expected in err, err
     hint = {"freedm": "freedom", "babby": "baby"}.get(argv[1])
     if hint:
-        assert f"Did you mean: {hint}?" in err
+        assert f". Did you mean: {hint}?" in err
     assert "Known keys" not in err  # no dump of every key when one is close
 
 
