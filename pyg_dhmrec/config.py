@@ -331,6 +331,8 @@ def load_config(
             "--data-root (or give --dataset <name> --data-root <its parent>)"
         )
     config = merge(config, dataset_settings, dataset_source)
+    if dataset_source.startswith("folder") and "modalities" in overrides:
+        log.info("dataset '%s': modalities as given, %s", dataset, overrides["modalities"])
 
     model_path = config_dir / "models" / f"{model}.yaml"
     model_layer, per_dataset = _file_with_per_dataset(model_path)
