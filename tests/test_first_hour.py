@@ -284,3 +284,21 @@ def test_wheel_ships_the_configs_and_the_entry_point(tmp_path: Path) -> None:
     assert "pyg_dhmrec/__main__.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "pyg-dhmrec = pyg_dhmrec.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+@pytest.mark.parametrize("quiet, tty", [(False, True), (True, True), (False, False)])
+def test_download_bars_only_at_a_terminal_and_never_with_quiet(
+    tmp_path: Path, monkeypatch, quiet: bool, tty: bool
+) -> None:
+    seen = {}
+
+    def build(*args, progress, **kwargs):
+        seen["progress"] = progress
+        raise InterruptedError  # stop before any download
+
+    monkeypatch.setattr("pyg_dhmrec.data.amazon.build_amazon_dataset", build)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    config = load_config("bpr", "amazon:Toys", {"data_root": str(tmp_path), "progress": not quiet})
+    with pytest.raises(InterruptedError):
+        load_dataset(config)
+    assert seen["progress"] is (tty and not quiet)
