@@ -214,6 +214,7 @@ class _RunLog:
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.handler.setLevel(logging.INFO)
         logger = logging.getLogger("pyg_dhmrec")
+        self.level = logger.level
         if logger.getEffectiveLevel() > logging.INFO:  # Python use without logging set up
             logger.setLevel(logging.INFO)
         logger.addHandler(self.handler)
@@ -223,7 +224,9 @@ class _RunLog:
             self.handler.emit(
                 logging.LogRecord("pyg_dhmrec", logging.ERROR, "", 0, f"error: {error}", None, None)
             )
-        logging.getLogger("pyg_dhmrec").removeHandler(self.handler)
+        logger = logging.getLogger("pyg_dhmrec")
+        logger.removeHandler(self.handler)
+        logger.setLevel(self.level)
         self.handler.close()
 
 
