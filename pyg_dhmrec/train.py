@@ -29,6 +29,7 @@ from pyg_dhmrec.atomic_files import (
     write_torch,
     write_torch_checked,
 )
+from pyg_dhmrec.config import overall_defaults
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRSampler
 from pyg_dhmrec.metrics import FullRankEvaluator
@@ -180,6 +181,10 @@ class Trainer:
     ``eval_step`` epochs, valid metrics. The best epoch is the one with the highest valid
     ``early_stop_metric``; training stops after ``patience`` evaluations without a strict
     improvement. Test metrics are computed once, with the best epoch's parameters.
+
+    ``config`` may be partial: the general keys it lacks take their ``configs/overall.yaml``
+    defaults (logged); ``model`` and ``dataset`` label the results (default: the model's class
+    name and ``"data"``).
     """
 
     def __init__(
@@ -190,12 +195,21 @@ class Trainer:
         device: torch.device,
         output: Path | None = None,
     ) -> None:
-        self.config = dict(config)
+        self.config = complete_config(config, model)
+        config = self.config
         self.device = device
         self.model = model.to(device)
         self.output = Path(output) if output else None
         store = data[RATES]
         num_users, num_items = model.num_users, model.num_items
+        above = [k for k in config["topk"] if k > num_items]
+        if above:  # checked here, before training, so a finished run never fails on it
+            log.warning(
+                "cut-off(s) %s above the %d items: all items are ranked for them (positions past "
+                "the last item count as misses)",
+                ", ".join(map(str, above)),
+                num_items,
+            )
         self.sampler = BPRSampler(
             store.edge_index, num_users, num_items, config["batch_size"], seed=config["seed"]
         )
@@ -240,7 +254,8 @@ class Trainer:
             total=len(self.sampler),
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not self.config["progress"],
+            # redirected stderr (a log file) would collect every carriage-return update
+            disable=not self.config["progress"] or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
         for batch in bar:
@@ -408,7 +423,9 @@ class Trainer:
         if self.output:
             save_per_user(self.test_evaluator.users, per_user, self.output)
         log.info(
-            "best epoch %d | test %s",
+            "%s on %s: best epoch %d | test %s",
+            cfg["model"] + (f" + {cfg['plugin']}" if cfg.get("plugin") else ""),
+            cfg["dataset"],
             stopper.best_epoch,
             " ".join(f"{k} {test[k]:.4f}" for k in _headline(test)),
         )
@@ -438,6 +455,18 @@ class Trainer:
             "environment": environment(self.device),
             "history": self.history,
         }
+
+
+def complete_config(config: Mapping[str, Any], model: Recommender) -> dict[str, Any]:
+    """``config`` with the general keys it lacks taken from ``configs/overall.yaml``."""
+    defaults = overall_defaults()
+    missing = [k for k in defaults if k not in config]
+    if missing:  # a config from the CLI or fit() lacks none
+        log.info("Trainer: defaults of configs/overall.yaml for %s", ", ".join(missing))
+    out = {**defaults, **dict(config)}
+    out.setdefault("model", type(model).__name__)
+    out.setdefault("dataset", "data")
+    return out
 
 
 def save_per_user(users: Tensor, values: Mapping[str, Tensor], output: Path) -> Path:

@@ -226,10 +226,6 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
             ["--model", "dhmrec", "--knn_k", "40", "--epochs", "1"],
             "key 'knn_k' must be in [1, 39] (neighbours among the dataset's 40 items), got 40",
         ),
-        (
-            ["--topk", "[10,50]", "--epochs", "1"],
-            "key 'topk': cut-off(s) [50] exceed the dataset's 40 items",
-        ),
     ],
     ids=[
         "epochs_0",
@@ -244,7 +240,6 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         "eval_batch_size_0",
         "learning_rate_negative",
         "knn_k_too_large",
-        "topk_too_large",
     ],
 )
 def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:

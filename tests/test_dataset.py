@@ -129,7 +129,7 @@ def test_require_modalities_without_any_configured(tmp_path: Path) -> None:
     _make_folder(tmp_path)
     ds = MMRecDataset(str(tmp_path), NAME)
     assert "image" not in ds[0]["item"]
-    with pytest.raises(DataFormatError, match="no modalities configured"):
+    with pytest.raises(DataFormatError, match="has no modalities: this model needs features"):
         ds.require_modalities()
 
 

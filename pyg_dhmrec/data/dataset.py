@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -81,7 +82,7 @@ class MMRecDataset(InMemoryDataset):
         self.url = url
         self._cache_dir = cache_dir
         self._digests: dict[tuple, str] = {}
-        super().__init__(root, transform, force_reload=force_reload)  # calls _process
+        super().__init__(root, transform, force_reload=force_reload, log=False)  # calls _process
         cached, self._cached = self._cached, None
         self.data = HeteroData.from_dict(cached["data"])
         self.slices = cached["slices"]
@@ -175,6 +176,7 @@ class MMRecDataset(InMemoryDataset):
 
     def process(self) -> None:
         raw = Path(self.raw_dir)
+        log.info("processing dataset '%s' (%s) into %s", self.name, raw, self.processed_dir)
         inter = read_inter_file(raw / self.inter_file)
         data = HeteroData()
         data["user"].num_nodes = inter.num_users
@@ -248,8 +250,10 @@ class MMRecDataset(InMemoryDataset):
         """Raise naming the missing feature files when a model needs the modality features."""
         if not self.modality_files:
             raise DataFormatError(
-                f"dataset '{self.name}' has no modalities configured "
-                f"(configs/datasets/{self.name}.yaml, key 'modalities'); this model needs features"
+                f"dataset '{self.name}' has no modalities: this model needs features; put "
+                f"<modality>_feat.npy files (one row per item) in {Path(self.raw_dir).resolve()}, "
+                "or name them with --modalities '{image: img.npy, text: txt.npy}' (or key "
+                f"'modalities' of configs/datasets/{self.name}.yaml)"
             )
         missing = [f for m, f in self.modality_files.items() if m not in self.modalities]
         if missing:
@@ -328,6 +332,8 @@ class AmazonDataset(MMRecDataset):
             settings_of,
         )
 
+        # download bars only for a person at a terminal, never with --quiet or into a log file
+        self.progress = progress and sys.stderr.isatty()
         where = f"configs/datasets/{name}.yaml, key 'amazon'"
         if not isinstance(amazon, Mapping):
             raise DataFormatError(f"dataset '{name}': {where} must be a mapping")
@@ -378,7 +384,7 @@ class AmazonDataset(MMRecDataset):
                 k=a["k_core"],
                 text_encoder=a["text_encoder"],
                 log=log.info,
-                progress=progress,
+                progress=self.progress,
                 expected={
                     key: {"size": a[f"{key}_size"], "md5": a[f"{key}_md5"]} for key in RAW_KEYS
                 },
