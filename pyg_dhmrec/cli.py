@@ -5,6 +5,7 @@ first word work on finished run folders."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from pyg_dhmrec.config import (
     ConfigError,
     available,
     available_datasets,
+    key_help,
     load_config,
     load_yaml,
     parse_cli_overrides,
@@ -27,6 +29,7 @@ from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.experiment import (
     ExperimentError,
+    claim_run_folder,
     compare_runs,
     export_embeddings,
     load_grid,
@@ -35,7 +38,6 @@ from pyg_dhmrec.experiment import (
     run_config,
     run_grid,
     run_seeds,
-    write_json,
 )
 from pyg_dhmrec.loader import load_data_and_model
 from pyg_dhmrec.models import model_class, model_keys
@@ -53,30 +55,61 @@ log = logging.getLogger("pyg_dhmrec")
 
 DEFAULT_MODEL = "dhmrec"
 DEFAULT_DATASET = "synthetic"
+TRAIN_LOG = "train.log"
+# The keys --help lists with their defaults (every other key works the same way).
+COMMON_KEYS = ("epochs", "patience", "learning_rate", "batch_size", "embedding_dim", "seed")
+# run.py, the pyg-dhmrec script, or python -m pyg_dhmrec (set by __main__.py)
+PROG = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "run.py"
+
+
+def _common_keys_help() -> str:
+    lines = ["common keys (--key value; defaults from configs/overall.yaml):"]
+    for key, text in key_help(COMMON_KEYS).items():
+        lines.append(f"  --{key:<22}{text}")
+    lines.append(
+        "Any key of configs/overall.yaml, of the dataset's or of the model's YAML is set the\n"
+        "same way (e.g. --topk [10,20], --num_layers 3, --modalities '{image: img.npy}');\n"
+        "the YAML files ship inside the package (pyg_dhmrec/configs)."
+    )
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = key_help(("data_root", "device"))
     parser = argparse.ArgumentParser(
-        prog="run.py",
+        prog=PROG,
         allow_abbrev=False,  # else --seed would be read as --seeds
-        description="Train and evaluate a multimodal recommender (MMRec protocol). Other "
-        "commands, as first word: compare, plot, recommend, export (run.py <command> --help).",
-        epilog="Any key of configs/overall.yaml or of the model's YAML can be overridden with "
-        "--key value (e.g. --learning_rate 0.01 --topk [10,20]).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train and evaluate a multimodal recommender (MMRec protocol).\nOther "
+        f"commands, as first word: compare, plot, recommend, export ({PROG} <command> --help).",
+        epilog=_common_keys_help(),
     )
     parser.add_argument("--model", help=f"one of {available('models')} (default {DEFAULT_MODEL})")
     parser.add_argument(
-        "--dataset", help=f"one of {available_datasets()} (default {DEFAULT_DATASET})"
+        "--dataset",
+        help=f"one of {available_datasets()} (default {DEFAULT_DATASET}), the name of a folder "
+        "<data-root>/<name>/ with <name>.inter and *_feat.npy files (no YAML needed), or the "
+        "path to such a folder",
     )
     parser.add_argument(
         "--plugin",
         help=f"plug-in objective wrapped around the model: one of {available('plugins')}, "
         "or none (default: the config's plugin, null)",
     )
-    parser.add_argument("--data-root", dest="data_root", help="folder of the dataset folders")
-    parser.add_argument("--output", help="run folder for results.json and best.pt")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
+    parser.add_argument(
+        "--data-root",
+        dest="data_root",
+        help=f"{defaults['data_root']}; relative to the current folder",
+    )
+    parser.add_argument(
+        "--output",
+        help="run folder for results.json, best.pt and train.log (default "
+        "runs/<model>-<dataset>-<date-time>, relative to the current folder)",
+    )
+    parser.add_argument("--device", help=defaults["device"])
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress or download bars, log lines only"
+    )
     parser.add_argument(
         "--resume", metavar="RUN", help="continue the run folder RUN from its checkpoint.pt"
     )
@@ -89,17 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
-    """Merge the YAML layers and the command line into one checked configuration."""
+def resolve_config(
+    args: argparse.Namespace,
+    extra: Sequence[str],
+    keys: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge the YAML layers and the command line into one checked configuration.
+
+    ``args`` may hold any of the parser's options (missing ones are unset); ``keys`` are
+    configuration keys given as Python values (``pyg_dhmrec.fit``), merged like ``extra``.
+    """
     model = getattr(args, "model", None) or DEFAULT_MODEL
     dataset = getattr(args, "dataset", None) or DEFAULT_DATASET
-    overrides = parse_cli_overrides(extra)
-    for key in ("data_root", "output", "device"):
-        if getattr(args, key) is not None:
+    overrides = {**parse_cli_overrides(extra), **(keys or {})}
+    for key in ("data_root", "output", "device"):  # a Namespace may hold only some options
+        if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    if args.plugin is not None:
-        overrides["plugin"] = None if args.plugin.lower() in ("none", "null") else args.plugin
-    if args.quiet:
+    plugin = getattr(args, "plugin", None)
+    if plugin is not None:
+        overrides["plugin"] = None if plugin.lower() in ("none", "null") else plugin
+    if getattr(args, "quiet", False):
         overrides["progress"] = False
     config = load_config(model, dataset, overrides)
     model_class(model)  # unknown model -> clear error
@@ -134,9 +176,7 @@ def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, A
     fixed = [
         f"--{k}" for k in ("model", "dataset", "plugin", "data_root", "output", "grid", "seeds")
     ]
-    given = [o for o in fixed if getattr(args, o[2:]) is not None] + [
-        a for a in extra if a.startswith("--")
-    ]
+    given = [o for o in fixed if getattr(args, o[2:]) is not None] + list(extra)
     if given:
         raise ConfigError(
             f"--resume {folder} continues with the folder's config.json; drop "
@@ -160,17 +200,69 @@ def default_output(config: Mapping[str, Any], suffix: str = "") -> Path:
     return Path(f"runs/{model}-{config['dataset']}-{tail}")
 
 
+class _RunLog:
+    """Copies the library's log lines into ``<run folder>/train.log`` (appended on resume)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        self.handler.setLevel(logging.INFO)
+        logger = logging.getLogger("pyg_dhmrec")
+        self.level = logger.level
+        if logger.getEffectiveLevel() > logging.INFO:  # Python use without logging set up
+            logger.setLevel(logging.INFO)
+        logger.addHandler(self.handler)
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if error is not None:  # the log ends with why the run stopped
+            self.handler.emit(
+                logging.LogRecord("pyg_dhmrec", logging.ERROR, "", 0, f"error: {error}", None, None)
+            )
+        logger = logging.getLogger("pyg_dhmrec")
+        logger.removeHandler(self.handler)
+        logger.setLevel(self.level)
+        self.handler.close()
+
+
+def _with_run_log(fn: Any) -> Any:
+    """Fixes the run folder of ``fn(config, resume)`` and writes its ``train.log``."""
+
+    @functools.wraps(fn)
+    def wrapper(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+        config = dict(config, output=str(default_output(config)))
+        with _RunLog(Path(config["output"]) / TRAIN_LOG):
+            log.info(
+                "%s %s on %s in %s",
+                "resuming" if resume else "training",
+                config["model"],
+                config["dataset"],
+                config["output"],
+            )
+            return fn(config, resume)
+
+    return wrapper
+
+
+@_with_run_log
 def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     """Load data, build the model, train, evaluate and save ``results.json``.
 
     The run folder gets ``config.json`` first and ``checkpoint.pt`` after every epoch; with
     ``resume``, training continues from that checkpoint and ends as an uninterrupted run would.
+    The folder is locked for the run and must not hold a run of another configuration.
     """
     config = dict(config)
     output = default_output(config)
     config["output"] = str(output)
-    if resume and not (output / CHECKPOINT).is_file():
-        raise ConfigError(f"{output}: no {CHECKPOINT} to resume from")
+    with claim_run_folder(output, config, resume):
+        return _run_in_folder(config, output, resume)
+
+
+def _run_in_folder(config: dict[str, Any], output: Path, resume: bool) -> dict[str, Any]:
     device = resolve_device(config["device"])
     seed_everything(config["seed"], device)
     dataset, data, model = load_data_and_model(config)
@@ -180,8 +272,6 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     trainer = Trainer(model, data, config, device, output=output)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT)
-    else:
-        write_json(config, output / "config.json")
     results = trainer.fit()
     results["dataset_stats"] = dataset.stats
     path = save_results(results, output)

@@ -13,17 +13,29 @@ right after the file.
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+log = logging.getLogger(__name__)
+
+# Package data: pyg_dhmrec/configs links to the repository's configs/ in a checkout and is a real
+# folder in an installed wheel; installs are unpacked files, so the resource is a filesystem path.
+CONFIG_DIR = Path(str(resources.files("pyg_dhmrec") / "configs"))
+# Options of the command line that are not configuration keys (for "did you mean" hints).
+CLI_OPTIONS = ("model", "dataset", "plugin", "data_root", "output", "device", "quiet", "resume")
+FEATURE_SUFFIX = "_feat.npy"
 # Dataset files that are templates, used as --dataset <template>:<Category>.
 DATASET_TEMPLATES = ("amazon",)
 _CATEGORY_RE = re.compile(r"^[A-Za-z0-9_]+$")
+# Mapping-valued keys that a later layer updates key by key instead of replacing.
+MERGED_MAPPINGS = ("amazon",)
 
 
 class ConfigError(ValueError):
@@ -57,11 +69,69 @@ def _fill_template(value: Any, category: str) -> Any:
     return value
 
 
-def dataset_layer(dataset: str, config_dir: Path = CONFIG_DIR) -> tuple[str, dict[str, Any], str]:
-    """``(name, settings, source)`` of ``dataset``: a file's name, or ``<template>:<Category>``.
+# What a dataset folder of one's own must hold (the unknown-dataset error quotes it).
+FOLDER_CONTENTS = (
+    "<name>.inter (tab-separated, header row with userID, itemID and x_label: 0 train, 1 valid, "
+    "2 test) and, for multimodal models, one <modality>_feat.npy per modality (a float matrix "
+    "with one row per item, e.g. image_feat.npy, text_feat.npy)"
+)
+
+
+def suggest(name: str, known: Sequence[str]) -> list[str]:
+    """Known names close to ``name``: initials (``lr`` -> ``learning_rate``), prefix, spelling."""
+    low = str(name).lower()
+    initials = [k for k in known if "_" in k and "".join(p[:1] for p in k.split("_")) == low]
+    prefixed = [k for k in known if len(low) >= 3 and k.startswith(low)]
+    close = difflib.get_close_matches(low, list(known), n=3)
+    return list(dict.fromkeys(initials + prefixed + close))[:3]
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """`` Did you mean: a, b?`` for :func:`suggest`'s names, or an empty string."""
+    close = suggest(name, known)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def discover_dataset(folder: Path) -> dict[str, Any]:
+    """Settings of a dataset folder that has no YAML: ``<name>.inter`` and ``*_feat.npy``.
+
+    Each ``<modality>_feat.npy`` becomes modality ``<modality>`` (``image_feat.npy`` -> image);
+    their rows are checked against the item count when the dataset is processed.
+    """
+    name = folder.name
+    if not (folder / f"{name}.inter").is_file():
+        found = sorted(p.name for p in folder.iterdir())[:10] if folder.is_dir() else []
+        raise ConfigError(
+            f"dataset folder {folder.resolve()} has no {name}.inter (it holds: "
+            f"{', '.join(found) or 'nothing'}); a dataset folder must contain "
+            + FOLDER_CONTENTS.replace("<name>", name)
+        )
+    modalities = {
+        p.name[: -len(FEATURE_SUFFIX)]: p.name
+        for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))
+        if p.is_file()
+    }
+    listed = ", ".join(f"{m} ({f})" for m, f in modalities.items()) or "none (ID-only models)"
+    log.info(
+        "dataset '%s' from folder %s (no configs/datasets/%s.yaml): %s.inter, modalities %s",
+        name,
+        folder,
+        name,
+        name,
+        listed,
+    )
+    return {"modalities": modalities}
+
+
+def dataset_layer(
+    dataset: str, config_dir: Path = CONFIG_DIR, data_root: str | None = None
+) -> tuple[str, dict[str, Any], str]:
+    """``(name, settings, source)`` of ``dataset``: a file's name, ``<template>:<Category>``,
+    a folder ``<data_root>/<dataset>`` or a path ``dir/<name>`` to a folder in MMRec's format.
 
     ``amazon:Toys_and_Games`` reads ``datasets/amazon.yaml`` with ``{category}`` replaced by
-    ``Toys_and_Games`` and is named ``amazon_toys_and_games``.
+    ``Toys_and_Games`` and is named ``amazon_toys_and_games``. A folder without a YAML gets the
+    modalities :func:`discover_dataset` finds; a path also sets ``data_root`` to its parent.
     """
     template, colon, category = dataset.partition(":")
     path = config_dir / "datasets" / f"{template}.yaml"
@@ -74,11 +144,30 @@ def dataset_layer(dataset: str, config_dir: Path = CONFIG_DIR) -> tuple[str, dic
             )
         name = f"{template}_{category.lower()}"
         return name, _fill_template(load_yaml(path), category), f"{path} ({dataset})"
-    if colon or not path.exists():
-        raise ConfigError(
-            f"unknown dataset '{dataset}'; available: {', '.join(available_datasets(config_dir))}"
-        )
-    return dataset, load_yaml(path), str(path)
+    if not colon and ("/" in dataset or "\\" in dataset):
+        folder = Path(dataset).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(
+                f"--dataset {dataset}: no such folder (looked for {folder.resolve()}); a dataset "
+                "folder must contain " + FOLDER_CONTENTS
+            )
+        own = config_dir / "datasets" / f"{folder.name}.yaml"
+        settings = load_yaml(own) if own.exists() else discover_dataset(folder)
+        return folder.name, {**settings, "data_root": str(folder.parent)}, f"folder {folder}"
+    if not colon and path.exists():
+        return dataset, load_yaml(path), str(path)
+    folder = Path(data_root or "datasets") / dataset
+    if not colon and folder.is_dir():
+        return dataset, discover_dataset(folder), f"folder {folder}"
+    known = available_datasets(config_dir)
+    raise ConfigError(
+        f"unknown dataset '{dataset}'; available: {', '.join(known)}."
+        + did_you_mean(dataset, known)
+        + f" A dataset of your own needs no YAML: looked for the folder {folder.resolve()} "
+        f"(--data-root {data_root or 'datasets'}), which must contain "
+        + FOLDER_CONTENTS.replace("<name>", dataset)
+        + "; or give its path, --dataset path/to/<name>"
+    )
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -125,12 +214,16 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
     )
 
 
-def _unknown_key(key: str, known: Sequence[str], source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=3)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ConfigError(
-        f"{source}: unknown key '{key}'.{hint} Known keys: {', '.join(sorted(known))}"
-    )
+def _unknown_key(
+    key: str, known: Sequence[str], source: str, also: Sequence[str] = ()
+) -> ConfigError:
+    hint = did_you_mean(key, [*known, *also])
+    if hint:  # a close name is more use than the whole list
+        return ConfigError(
+            f"{source}: unknown key '{key}'.{hint} (every key: configs/overall.yaml, the model's "
+            "YAML, --help)"
+        )
+    return ConfigError(f"{source}: unknown key '{key}'. Known keys: {', '.join(sorted(known))}")
 
 
 def merge(
@@ -139,7 +232,9 @@ def merge(
     """Return ``base`` overridden by ``layer``; new keys only when ``allow_new``."""
     out = dict(base)
     for key, value in layer.items():
-        if key in base:
+        if key in MERGED_MAPPINGS and isinstance(base.get(key), dict) and isinstance(value, dict):
+            out[key] = {**base[key], **value}  # a partial mapping overrides only its keys
+        elif key in base:
             out[key] = coerce(key, value, base[key], source)
         elif allow_new:
             out[key] = value
@@ -179,8 +274,16 @@ def _file_with_per_dataset(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A model or plug-in file: its keys and its ``per_dataset`` mapping."""
     layer = load_yaml(path)
     per_dataset = layer.pop("per_dataset", None) or {}
-    if not isinstance(per_dataset, dict):
-        raise ConfigError(f"{path}: 'per_dataset' must map dataset names to mappings")
+    bad = (
+        [k for k, v in per_dataset.items() if not isinstance(v, dict)]
+        if isinstance(per_dataset, dict)
+        else ["-"]
+    )
+    if bad:
+        raise ConfigError(
+            f"{path}: 'per_dataset' must map dataset names to mappings of key: value"
+            + (f"; entry '{bad[0]}' is not a mapping" if bad != ["-"] else "")
+        )
     return layer, per_dataset
 
 
@@ -209,24 +312,40 @@ def _plugin_layer(
 
 def load_config(
     model: str,
-    dataset: str,
+    dataset: str | None,
     overrides: Mapping[str, Any] | None = None,
     config_dir: Path = CONFIG_DIR,
 ) -> dict[str, Any]:
     """Merge overall < dataset < model (< its ``per_dataset`` entry) < plug-in (< its
     ``per_dataset`` entry) < ``overrides``.
 
-    ``dataset`` is a file's name or ``<template>:<Category>`` (see :func:`dataset_layer`);
+    ``dataset`` is a file's name, ``<template>:<Category>`` or a folder (see
+    :func:`dataset_layer`), or None for no dataset layer (named ``data``);
     ``config['dataset']`` is the resulting dataset name.
     """
     if not (config_dir / "models" / f"{model}.yaml").exists():
+        models = available("models", config_dir)
+        hint = did_you_mean(model, models)
         raise ConfigError(
-            f"unknown model '{model}'; available: {', '.join(available('models', config_dir))}"
+            f"unknown model '{model}'; available: {', '.join(models)}"
+            + (f".{hint}" if hint else "")
         )
-    dataset, dataset_settings, dataset_source = dataset_layer(dataset, config_dir)
+    overrides = overrides or {}
     overall_path = config_dir / "overall.yaml"
     config = load_yaml(overall_path)
+    root = overrides.get("data_root") or config.get("data_root")
+    if dataset is None:  # a model for data held in memory (pyg_dhmrec.build_model)
+        dataset, dataset_settings, dataset_source = "data", {}, "no dataset"
+    else:
+        dataset, dataset_settings, dataset_source = dataset_layer(dataset, config_dir, root)
+    if "data_root" in dataset_settings and overrides.get("data_root"):
+        raise ConfigError(
+            f"{dataset_source}: --dataset names a folder, which sets the data root; drop "
+            "--data-root (or give --dataset <name> --data-root <its parent>)"
+        )
     config = merge(config, dataset_settings, dataset_source)
+    if dataset_source.startswith("folder") and "modalities" in overrides:
+        log.info("dataset '%s': modalities as given, %s", dataset, overrides["modalities"])
 
     model_path = config_dir / "models" / f"{model}.yaml"
     model_layer, per_dataset = _file_with_per_dataset(model_path)
@@ -235,10 +354,100 @@ def load_config(
     if dataset in per_dataset:
         config = merge(config, per_dataset[dataset], f"{model_path} (per_dataset.{dataset})")
 
-    overrides = overrides or {}
     plugin = overrides.get("plugin", config.get("plugin"))
     if plugin is not None:
         config = _plugin_layer(config, plugin, dataset, config_dir)
+    for key in overrides:  # also suggest the options that are not keys (--datset -> dataset)
+        if key not in config:
+            raise _unknown_key(key, list(config), "command line", also=CLI_OPTIONS)
     config = merge(config, overrides, "command line")
     config["model"], config["dataset"] = model, dataset
+    validate_config(config)
     return config
+
+
+# ----- value checks of the merged configuration (types are checked by merge) -----
+METRIC_NAMES = ("recall", "ndcg", "precision", "map")
+MAX_EMBEDDING_DIM = 4096
+# key -> (smallest, largest) allowed integer; None: no bound.
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "seed": (0, 2**32 - 1),  # numpy's seed range
+    "epochs": (1, None),
+    "batch_size": (1, None),
+    "embedding_dim": (1, MAX_EMBEDDING_DIM),
+    "eval_step": (1, None),
+    "patience": (1, None),
+    "eval_batch_size": (1, None),
+    "knn_k": (1, None),  # the dataset's item count bounds it too (check_config_for_data)
+    "infusion_k": (1, None),
+}
+
+
+def validate_config(config: Mapping[str, Any], source: str | None = None) -> None:
+    """Raise :class:`ConfigError` naming the key for a value of the right type but outside its
+    range (``epochs`` 0, an empty ``topk``, ``embedding_dim`` 10**8)."""
+
+    def bad(key: str, expected: str) -> ConfigError:
+        where = f"{source}: " if source else ""
+        return ConfigError(f"{where}key '{key}' must be {expected}, got {config[key]!r}")
+
+    for key, (low, high) in _INT_RANGES.items():
+        value = config.get(key)
+        if value is None or key not in config:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(key, "an integer")
+        if value < low or (high is not None and value > high):
+            raise bad(key, f"an integer >= {low}" if high is None else f"in [{low}, {high}]")
+    for key, strict in (("learning_rate", True), ("weight_decay", False)):
+        value = config.get(key)
+        if isinstance(value, (int, float)) and not (
+            math.isfinite(value) and (value > 0 if strict else value >= 0)
+        ):
+            raise bad(key, "a finite number > 0" if strict else "a finite number >= 0")
+    topk = config.get("topk")
+    if "topk" in config and (
+        not isinstance(topk, list)
+        or not topk
+        or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk)
+    ):
+        raise bad("topk", "a non-empty list of cut-offs, integers >= 1, e.g. [10, 20]")
+    metrics = config.get("metrics")
+    if "metrics" in config and (
+        not isinstance(metrics, list) or not metrics or not set(metrics) <= set(METRIC_NAMES)
+    ):
+        raise bad("metrics", f"a non-empty list of {', '.join(METRIC_NAMES)}")
+    modalities = config.get("modalities")
+    if isinstance(modalities, dict) and not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in modalities.items()
+    ):
+        raise bad("modalities", "a mapping of modality name -> feature file name")
+
+
+def check_config_for_data(config: Mapping[str, Any], num_items: int) -> None:
+    """Range checks that need the dataset: kNN sizes against its item count (a cut-off above
+    it ranks all items, with a warning from the trainer)."""
+    for key in ("knn_k", "infusion_k"):
+        value = config.get(key)
+        if isinstance(value, int) and value > num_items - 1:
+            raise ConfigError(
+                f"key '{key}' must be in [1, {num_items - 1}] (neighbours among the dataset's "
+                f"{num_items} items), got {value}"
+            )
+
+
+def overall_defaults(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """The general keys and their defaults: ``configs/overall.yaml``."""
+    return load_yaml(config_dir / "overall.yaml")
+
+
+def key_help(keys: Sequence[str], config_dir: Path = CONFIG_DIR) -> dict[str, str]:
+    """``key -> 'comment (default value)'`` from ``overall.yaml``, the one place keys are
+    documented (``run.py --help`` lists the common ones)."""
+    defaults = overall_defaults(config_dir)
+    comments: dict[str, str] = {}
+    for line in (config_dir / "overall.yaml").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^(\w+):[^#]*#\s*(.*)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2)
+    return {k: f"{comments.get(k, '')} (default {defaults[k]})".strip() for k in keys}

@@ -8,7 +8,9 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +19,25 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.config import ConfigError, load_yaml, merge
+from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
+from pyg_dhmrec.config import ConfigError, load_config, load_yaml, merge, validate_config
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.loader import load_data_and_model
 from pyg_dhmrec.models import Recommender
-from pyg_dhmrec.train import CHECKPOINT, PER_USER
+from pyg_dhmrec.train import BEST, CHECKPOINT, PER_USER, RESULTS
 
 log = logging.getLogger(__name__)
 
 #: Valid metric that selects a grid point (never a test metric).
 SELECT_METRIC = "recall@20"
+#: Keys that select YAML layers or the run folder: fixed for a whole grid.
+GRID_FIXED_KEYS = ("model", "dataset", "plugin", "output")
 #: ``runner(config, resume)`` trains one run into ``config['output']`` and returns its results.
 Runner = Callable[[dict[str, Any], bool], dict[str, Any]]
 
 
 class ExperimentError(ValueError):
     """A run folder, grid or request that an experiment command cannot use."""
-
-
-def write_json(data: Any, path: Path) -> Path:
-    """Write JSON atomically (write to a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)
-    return path
 
 
 # ---------------------------------------------------------------- grids
@@ -132,9 +127,11 @@ def grid_table(names: Sequence[str], results: Sequence[Mapping[str, Any]]) -> st
 
 
 def run_or_resume(config: dict[str, Any], runner: Runner) -> dict[str, Any]:
-    """Results of the run in ``config['output']``: read when finished, else resumed or run."""
+    """Results of the run in ``config['output']``: read when finished, else resumed or run;
+    a folder holding another configuration is an error naming the differing keys."""
     folder = Path(config["output"])
-    if (folder / "results.json").is_file():
+    check_same_config(folder, config)
+    if (folder / RESULTS).is_file():
         log.info("%s: finished, skipped", folder)
         return read_results(folder)
     resume = (folder / CHECKPOINT).is_file()
@@ -155,6 +152,12 @@ def run_grid(
     Point values are checked against the configuration's types (errors name ``source``).
     """
     output = Path(output)
+    fixed = sorted(set(axes) & set(GRID_FIXED_KEYS))
+    if fixed:
+        raise ConfigError(
+            f"{source}: a grid cannot vary {', '.join(fixed)} (they select the YAML layers and "
+            "the run folder); run one grid per model, dataset or plugin"
+        )
     points = expand_grid(axes)
     configs = []
     for point in points:  # check every point before training any
@@ -166,8 +169,8 @@ def run_grid(
     best = select_best(results)
     table = grid_table(names, results)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "grid.md").write_text(
-        table + f"\n\nselected on valid {SELECT_METRIC}: {names[best]}\n", encoding="utf-8"
+    write_text(
+        output / "grid.md", table + f"\n\nselected on valid {SELECT_METRIC}: {names[best]}\n"
     )
     summary = {
         "model": config["model"],
@@ -182,7 +185,7 @@ def run_grid(
             {**row, "config": point} for row, point in zip(grid_rows(names, results), points)
         ],
     }
-    write_json(summary, output / "grid.json")
+    write_json(output / "grid.json", summary)
     summary["table"] = table
     return summary
 
@@ -221,8 +224,159 @@ def run_seeds(
         "best_epochs": [r["best_epoch"] for r in results],
         "test": test,
     }
-    write_json(summary, output / "seeds.json")
+    write_json(output / "seeds.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------- run folders
+
+#: Keys that may differ between the runs of one folder (where and how visibly it runs).
+FOLDER_FREE_KEYS = ("device", "progress", "output")
+LOCK_FILE = "run.lock"
+MAX_SHOWN_DIFFERENCES = 6  # differing keys listed in the error
+CONFIG_FILE = "config.json"
+#: Files a run writes into its folder (config.json and the lock file aside).
+RUN_FILES = (RESULTS, BEST, PER_USER, CHECKPOINT)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ExperimentError(
+            f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg}); the file is "
+            "truncated or was edited by hand"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise ExperimentError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+
+
+def checked_stored_config(config: Any, source: str) -> dict[str, Any]:
+    """A configuration read from a run folder, checked like a fresh one: a mapping holding
+    every key of its model's schema with values of the right type and range."""
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"{source}: expected a JSON object of key: value, got {type(config).__name__}"
+        )
+    for key in ("model", "dataset"):
+        if not isinstance(config.get(key), str):
+            raise ConfigError(f"{source}: key '{key}' must be a string, got {config.get(key)!r}")
+    plugin = config.get("plugin")
+    try:  # the key set and types do not depend on the dataset: any dataset file gives them
+        schema = load_config(config["model"], "synthetic", {"plugin": plugin})
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    fixed = {k: v for k, v in config.items() if k not in ("model", "dataset")}
+    checked = merge(schema, fixed, source)
+    missing = sorted(set(schema) - set(config))
+    if missing:
+        raise ConfigError(f"{source}: lacks key(s) {', '.join(missing)}")
+    validate_config(checked, source)
+    checked["model"], checked["dataset"] = config["model"], config["dataset"]
+    return checked
+
+
+def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
+    """``key: stored -> requested`` for each key (``FOLDER_FREE_KEYS`` aside) that differs."""
+    a, b = (json.loads(json.dumps(c, default=str)) for c in (stored, requested))
+    keys = sorted((set(a) | set(b)) - set(FOLDER_FREE_KEYS))
+    absent = "<absent>"
+    return [
+        f"{k}: {json.dumps(a.get(k, absent))} -> {json.dumps(b.get(k, absent))}"
+        for k in keys
+        if a.get(k, absent) != b.get(k, absent)
+    ]
+
+
+def check_same_config(folder: Path, requested: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The stored configuration of ``folder`` (None when it holds no training yet); an error
+    naming the differing keys when it is not ``requested``."""
+    folder = Path(folder)
+    progress = [name for name in RUN_FILES if (folder / name).exists()]
+    if not progress:
+        return None  # at most the config.json of a run that stopped before its first epoch
+    if not ((folder / CONFIG_FILE).is_file() or (folder / RESULTS).is_file()):
+        raise ExperimentError(
+            f"{folder}: holds {', '.join(progress)} but no {CONFIG_FILE}, so its configuration "
+            "is unknown; choose another --output or delete the folder"
+        )
+    stored = run_config(folder)
+    differences = config_differences(stored, requested)
+    if differences:
+        shown = "; ".join(differences[:MAX_SHOWN_DIFFERENCES])
+        if len(differences) > MAX_SHOWN_DIFFERENCES:
+            shown += f"; and {len(differences) - MAX_SHOWN_DIFFERENCES} more key(s)"
+        raise ExperimentError(
+            f"{folder}: holds a run of another configuration ({shown}; stored -> requested); a "
+            "folder holds one configuration: choose another --output or delete the folder"
+        )
+    return stored
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<folder>/run.lock`` for a run's lifetime; the OS drops it
+    when the process ends, killed or not, so a stale file never blocks a later run."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK_FILE
+        self._file: Any = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): runs are not protected from each other
+            log.warning("%s: file locking is unavailable on this system", self.path)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            lock_file.close()
+            raise ExperimentError(
+                f"{self.path.parent}: in use by another run ({holder}; lock file {self.path}); "
+                "wait for it to end or choose another --output"
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        lock_file.flush()
+        self._file = lock_file
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the flock
+            self._file = None
+
+
+@contextmanager
+def claim_run_folder(
+    folder: Path, config: Mapping[str, Any], resume: bool = False
+) -> Iterator[None]:
+    """Hold ``folder`` for one run of ``config``, from the checks to the end of the run.
+
+    Under the lock: a folder holding another configuration is an error naming the differing
+    keys; ``resume`` needs a checkpoint; otherwise the run starts over, and a previous run's
+    results go before the new ``config.json`` is written, so a killed new run is never taken
+    as finished.
+    """
+    folder = Path(folder)
+    with RunLock(folder):
+        stored = check_same_config(folder, config)
+        if resume:
+            if not (folder / CHECKPOINT).is_file():
+                raise ConfigError(f"{folder}: no {CHECKPOINT} to resume from")
+            if stored is None:
+                raise ExperimentError(f"{folder}: no {CONFIG_FILE} beside {CHECKPOINT}")
+        else:
+            for name in RUN_FILES:
+                (folder / name).unlink(missing_ok=True)  # files of this folder's earlier run
+            write_json(folder / CONFIG_FILE, dict(config))
+        yield
 
 
 # ---------------------------------------------------------------- finished runs
@@ -230,23 +384,26 @@ def run_seeds(
 
 def read_results(folder: Path) -> dict[str, Any]:
     """``<folder>/results.json``, with an error naming the folder when it is missing."""
-    path = Path(folder) / "results.json"
+    path = Path(folder) / RESULTS
     if not path.is_file():
-        raise ExperimentError(f"{folder}: no results.json (not a finished run folder)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        raise ExperimentError(f"{folder}: no {RESULTS} (not a finished run folder)")
+    results = _read_json(path)
+    if not isinstance(results, dict):
+        raise ExperimentError(f"{path}: expected a JSON object, got {type(results).__name__}")
+    return results
 
 
 def run_config(folder: Path) -> dict[str, Any]:
-    """The configuration of a run: ``config.json``, else the ``config`` of ``results.json``."""
+    """The checked configuration of a run: ``config.json``, else the ``config`` of
+    ``results.json``; errors name the file and the key."""
     folder = Path(folder)
-    path = folder / "config.json"
+    path = folder / CONFIG_FILE
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    if (folder / "results.json").is_file():
-        return read_results(folder)["config"]
-    raise ExperimentError(f"{folder}: neither config.json nor results.json (not a run folder)")
+        return checked_stored_config(_read_json(path), str(path))
+    if (folder / RESULTS).is_file():
+        stored = read_results(folder).get("config")
+        return checked_stored_config(stored, f"{folder / RESULTS} (key 'config')")
+    raise ExperimentError(f"{folder}: neither {CONFIG_FILE} nor {RESULTS} (not a run folder)")
 
 
 def load_run(
@@ -260,8 +417,12 @@ def load_run(
     config = run_config(folder)
     _, data, model = load_data_and_model(config)  # with the run's plug-in, if any
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except RuntimeError as e:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
+        raise ExperimentError(f"{weights}: not a readable state_dict ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise ExperimentError(f"{weights}: does not fit the model of config.json ({e})") from None
     model.to(device).eval()
     return model, data, config
@@ -301,7 +462,7 @@ def export_embeddings(model: Recommender, output: Path) -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
     paths = output / "user_embeddings.npy", output / "item_embeddings.npy"
     for path, emb in zip(paths, (out.user, out.item)):
-        np.save(path, emb.detach().float().cpu().numpy())
+        write_npy(path, emb.detach().float().cpu().numpy())
     return paths
 
 
@@ -310,7 +471,10 @@ def load_per_user(folder: Path) -> dict[str, Tensor]:
     path = Path(folder) / PER_USER
     if not path.is_file():
         raise ExperimentError(f"{folder}: no {PER_USER} (runs save it when they finish)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
+        raise ExperimentError(f"{path}: not readable ({e})") from None
 
 
 def compare_runs(a: Path, b: Path, metric: str = "recall@20") -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch_geometric.data import HeteroData
 
+from pyg_dhmrec.config import check_config_for_data
 from pyg_dhmrec.data.dataset import MMRecDataset, load_dataset
 from pyg_dhmrec.data.transforms import add_derived_graphs
 from pyg_dhmrec.models import Recommender, model_class, model_settings
@@ -37,6 +38,7 @@ def load_data_and_model(
     if cls.uses_modalities:
         dataset.require_modalities()
     data = dataset[0]
+    check_config_for_data(config, dataset.stats["items"])
     transforms = cls.graph_transforms(model_settings(config["model"], config))
     if transforms:
         t0 = time.perf_counter()

@@ -174,7 +174,9 @@ class FullRankEvaluator:
             split, shape :obj:`[2, E']`.
         num_users (int): Number of users.
         num_items (int): Number of items.
-        ks (Sequence[int]): Cut-offs. (default: :obj:`(10, 20, 50)`)
+        ks (Sequence[int]): Cut-offs. A cut-off above :obj:`num_items` ranks all items, the
+            positions past the last item counting as misses (Precision@K still divides by
+            :math:`K`). (default: :obj:`(10, 20, 50)`)
         metrics (Sequence[str]): Subset of :obj:`METRICS`. (default: :obj:`METRICS`)
         user_batch_size (int): Users scored per :obj:`score_fn` call; peak memory is
             :math:`O(\text{user\_batch\_size} \cdot \text{num\_items})`. (default: :obj:`2048`)
@@ -198,7 +200,7 @@ class FullRankEvaluator:
             raise ValueError(f"'user_batch_size' must be >= 1 (got {user_batch_size})")
         self.num_users = int(num_users)
         self.num_items = int(num_items)
-        self.ks = _check_ks(ks, max_k=self.num_items)
+        self.ks = _check_ks(ks)
         self.metrics = _check_metrics(metrics)
         self.user_batch_size = int(user_batch_size)
 
@@ -236,6 +238,7 @@ class FullRankEvaluator:
             :obj:`(means, per_user_values)` if :obj:`per_user=True`.
         """
         max_k = max(self.ks)
+        ranked = min(max_k, self.num_items)  # a cut-off above the item count ranks them all
         chunks: dict[str, list[Tensor]] = {}
         for start in range(0, self.num_users_evaluated, self.user_batch_size):
             users = self.users[start : start + self.user_batch_size]
@@ -255,7 +258,7 @@ class FullRankEvaluator:
             scores = scores.index_put(
                 (row.to(device), col.to(device)), scores.new_full((), float("-inf"))
             )
-            top_scores, top_items = torch.topk(scores, max_k, dim=1)
+            top_scores, top_items = torch.topk(scores, ranked, dim=1)
 
             row, col = _gather_rows(self.eval_rowptr, self.eval_col, users)
             gt_mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
@@ -263,6 +266,7 @@ class FullRankEvaluator:
             # masked (-inf) items that fill up a short ranking are never hits
             hits = gt_mask.gather(1, top_items) & (top_scores > float("-inf"))
             del scores, gt_mask
+            hits = torch.nn.functional.pad(hits, (0, max_k - ranked))  # no item there: misses
 
             num_gt = self.num_ground_truth[start : start + self.user_batch_size]
             values = ranking_metrics(hits, num_gt.to(device), self.ks, self.metrics)

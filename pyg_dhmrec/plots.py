@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyg_dhmrec.atomic_files import atomic_write
 from pyg_dhmrec.experiment import ExperimentError, load_run, read_results
 
 
@@ -158,7 +159,6 @@ def plot_tsne(run: Path, out: Path, max_items: int = 1000, seed: int = 0) -> Pat
 
 
 def _save(fig: Any, plt: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return path

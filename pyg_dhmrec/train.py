@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -23,6 +22,14 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from tqdm.auto import tqdm
 
+from pyg_dhmrec.atomic_files import (
+    DamagedFile,
+    read_torch_checked,
+    write_json,
+    write_torch,
+    write_torch_checked,
+)
+from pyg_dhmrec.config import overall_defaults
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRSampler
 from pyg_dhmrec.metrics import FullRankEvaluator
@@ -31,6 +38,10 @@ from pyg_dhmrec.models.base import Recommender
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_VERSION = 2  # 2: sha256 header line, early stopping as EarlyStopping.state_dict()
+CHECKPOINT_KIND = "checkpoint"  # header word of checkpoint.pt
+BEST = "best.pt"
+RESULTS = "results.json"
 PER_USER = "per_user_test.pt"
 
 
@@ -83,6 +94,84 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+class EarlyStopping:
+    """Early stopping on a valid metric: the best value, its epoch, metrics and parameters, and
+    a stop after ``patience`` evaluations without a strict improvement.
+
+    ``state_dict`` / ``load_state_dict`` carry it through checkpoints.
+    """
+
+    def __init__(self, metric: str, patience: int) -> None:
+        self.metric = metric
+        self.patience = patience
+        self.best_value = -math.inf
+        self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}
+        self.best_state: dict[str, Tensor] | None = None
+        self.bad_evals = 0
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_evals >= self.patience
+
+    def step(self, epoch: int, metrics: Mapping[str, float], model: torch.nn.Module) -> bool:
+        """Record one evaluation; keep a copy of ``model``'s parameters when it improved."""
+        improved = metrics[self.metric] > self.best_value
+        if improved:
+            self.best_value, self.best_epoch = metrics[self.metric], epoch
+            self.best_metrics = dict(metrics)
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.bad_evals = 0
+        else:
+            self.bad_evals += 1
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_metrics": self.best_metrics,
+            "best_state": self.best_state,
+            "bad_evals": self.bad_evals,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["metric"] != self.metric:
+            raise ValueError(
+                f"early stopping monitored {state['metric']!r}, this run monitors {self.metric!r}"
+            )
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.best_metrics = dict(state["best_metrics"])
+        self.best_state = state["best_state"]
+        self.bad_evals = state["bad_evals"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is damaged, foreign or does not fit the run."""
+
+
+def write_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` of ``payload`` behind a header line holding its sha256, atomically."""
+    return write_torch_checked(path, dict(payload), CHECKPOINT_KIND)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of a file written by :func:`write_checkpoint`, its checksum verified."""
+    try:
+        payload = read_torch_checked(path, CHECKPOINT_KIND)
+    except DamagedFile as e:
+        raise CheckpointError(f"{e}; it cannot be resumed from") from None
+    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: not a version {CHECKPOINT_VERSION} pyg_dhmrec checkpoint")
+    keys = {"model", "optimizer", "sampler", "rng", "progress", "early_stopping", "history"}
+    missing = keys - set(payload)
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks key(s) {', '.join(sorted(missing))}")
+    return payload
+
+
 class Trainer:
     """Trains a :class:`Recommender` on a dataset graph and evaluates it by full ranking.
 
@@ -92,6 +181,10 @@ class Trainer:
     ``eval_step`` epochs, valid metrics. The best epoch is the one with the highest valid
     ``early_stop_metric``; training stops after ``patience`` evaluations without a strict
     improvement. Test metrics are computed once, with the best epoch's parameters.
+
+    ``config`` may be partial: the general keys it lacks take their ``configs/overall.yaml``
+    defaults (logged); ``model`` and ``dataset`` label the results (default: the model's class
+    name and ``"data"``).
     """
 
     def __init__(
@@ -102,12 +195,21 @@ class Trainer:
         device: torch.device,
         output: Path | None = None,
     ) -> None:
-        self.config = dict(config)
+        self.config = complete_config(config, model)
+        config = self.config
         self.device = device
         self.model = model.to(device)
         self.output = Path(output) if output else None
         store = data[RATES]
         num_users, num_items = model.num_users, model.num_items
+        above = [k for k in config["topk"] if k > num_items]
+        if above:  # checked here, before training, so a finished run never fails on it
+            log.warning(
+                "cut-off(s) %s above the %d items: all items are ranked for them (positions past "
+                "the last item count as misses)",
+                ", ".join(map(str, above)),
+                num_items,
+            )
         self.sampler = BPRSampler(
             store.edge_index, num_users, num_items, config["batch_size"], seed=config["seed"]
         )
@@ -136,6 +238,11 @@ class Trainer:
             weight_decay=config["weight_decay"],
         )
         self.history: list[dict[str, Any]] = []
+        self.early_stopping = EarlyStopping(metric, config["patience"])
+        self.epoch = 0  # last finished epoch
+        self.train_times: list[float] = []
+        self.eval_times: list[float] = []
+        self.elapsed_s = 0.0  # training time before this process (resumed runs)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the train interactions; returns the mean of every loss part."""
@@ -147,7 +254,8 @@ class Trainer:
             total=len(self.sampler),
             desc=f"epoch {epoch}",
             leave=False,
-            disable=not self.config["progress"],
+            # redirected stderr (a log file) would collect every carriage-return update
+            disable=not self.config["progress"] or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
         for batch in bar:
@@ -174,28 +282,17 @@ class Trainer:
         self.model.train()
         return result
 
-    def _fresh_state(self) -> dict[str, Any]:
-        """Early-stopping and bookkeeping state before the first epoch."""
-        return {
-            "epoch": 0,
-            "best_value": -math.inf,
-            "best_epoch": 0,
-            "best_state": None,
-            "best_valid": {},
-            "bad_evals": 0,
-            "train_times": [],
-            "eval_times": [],
-            "elapsed_s": 0.0,
-        }
+    # ----- checkpoints -----
+    def save_checkpoint(self) -> Path | None:
+        """Write the whole run state to ``<output>/checkpoint.pt`` atomically, with a checksum.
 
-    def save_checkpoint(self, state: Mapping[str, Any]) -> Path | None:
-        """Write the whole run state to ``<output>/checkpoint.pt`` atomically."""
+        A kill mid-write leaves the previous checkpoint intact; a file damaged later is refused
+        by :meth:`load_checkpoint`.
+        """
         if not self.output:
             return None
-        self.output.mkdir(parents=True, exist_ok=True)
-        path = self.output / CHECKPOINT
         payload = {
-            "version": 1,
+            "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
@@ -206,35 +303,83 @@ class Trainer:
                 "numpy": np.random.get_state(),
                 "python": random.getstate(),
             },
-            "state": dict(state),
+            "progress": {
+                "epoch": self.epoch,
+                "train_times": self.train_times,
+                "eval_times": self.eval_times,
+                "elapsed_s": self.elapsed_s,
+            },
+            "early_stopping": self.early_stopping.state_dict(),
             "history": self.history,
         }
-        tmp = path.with_name(f".{CHECKPOINT}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
-        return path
+        return write_checkpoint(self.output / CHECKPOINT, payload)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore a state written by :meth:`save_checkpoint`; :meth:`fit` continues from it."""
+        """Restore a state written by :meth:`save_checkpoint`; :meth:`fit` continues from it.
+
+        Raises :class:`CheckpointError` (naming the file) for a damaged or foreign file and for
+        parameters that do not fit this model.
+        """
+        payload = read_checkpoint(path)
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except (OSError, RuntimeError, EOFError) as e:
-            raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
-        missing = {"model", "optimizer", "sampler", "rng", "state", "history"} - set(payload)
-        if missing:
-            raise ValueError(f"{path}: checkpoint lacks key(s) {', '.join(sorted(missing))}")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.sampler.load_state_dict(payload["sampler"])
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.sampler.load_state_dict(payload["sampler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            first = str(e).strip().splitlines()
+            raise CheckpointError(
+                f"{path}: does not fit the model and optimizer built from the run's config.json "
+                f"({' '.join(line.strip() for line in first[:3])})"
+            ) from None
         rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+        progress = payload["progress"]
+        self.epoch = int(progress["epoch"])
+        self.train_times = list(progress["train_times"])
+        self.eval_times = list(progress["eval_times"])
+        self.elapsed_s = float(progress["elapsed_s"])
+        self.early_stopping.load_state_dict(payload["early_stopping"])
         self.history = list(payload["history"])
-        self._resume_state = dict(payload["state"])
-        log.info("resumed from %s after epoch %d", path, self._resume_state["epoch"])
+        log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    # ----- the loop -----
+    def _train_step(self, epoch: int) -> tuple[dict[str, Any], str]:
+        """Train one epoch; its history record and log line."""
+        t0 = time.perf_counter()
+        try:
+            losses = self.train_epoch(epoch)
+        except FloatingPointError as e:
+            kept = (
+                f"; the checkpoint of epoch {self.epoch} is kept in {self.output / CHECKPOINT}"
+                if self.output and self.epoch > 0
+                else ""
+            )
+            raise FloatingPointError(f"{e}{kept}") from None
+        self.train_times.append(time.perf_counter() - t0)
+        record: dict[str, Any] = {"epoch": epoch, "loss": losses, "train_s": self.train_times[-1]}
+        line = (
+            f"epoch {epoch:4d} | "
+            + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            + f" | train {self.train_times[-1]:.2f}s"
+        )
+        return record, line
+
+    def validate(self, epoch: int, record: dict[str, Any]) -> str:
+        """Valid metrics of ``epoch`` into ``record`` and early stopping; the log line's part."""
+        t0 = time.perf_counter()
+        valid = self.evaluate("valid")
+        self.eval_times.append(time.perf_counter() - t0)
+        record.update(valid=valid, eval_s=self.eval_times[-1])
+        improved = self.early_stopping.step(epoch, valid, self.model)
+        return (
+            f" | eval {self.eval_times[-1]:.2f}s | valid "
+            + " ".join(f"{k} {valid[k]:.4f}" for k in _headline(valid))
+            + (" *" if improved else "")
+        )
 
     def fit(self) -> dict[str, Any]:
         """Train until early stopping or ``epochs``; return the results dictionary.
@@ -242,72 +387,34 @@ class Trainer:
         After :meth:`load_checkpoint`, training continues from the epoch after the saved one.
         """
         cfg = self.config
-        metric = cfg["early_stop_metric"]
-        state = getattr(self, "_resume_state", None) or self._fresh_state()
-        start = time.perf_counter() - state["elapsed_s"]
-        epoch = state["epoch"]
+        start = time.perf_counter() - self.elapsed_s
         # A checkpoint saved at an early stop has nothing left to train.
-        stopped = state["bad_evals"] >= cfg["patience"]
-        first = cfg["epochs"] + 1 if stopped else state["epoch"] + 1
+        first = cfg["epochs"] + 1 if self.early_stopping.should_stop else self.epoch + 1
         for epoch in range(first, cfg["epochs"] + 1):
-            t0 = time.perf_counter()
-            try:
-                losses = self.train_epoch(epoch)
-            except FloatingPointError as e:
-                kept = (
-                    f"; the checkpoint of epoch {state['epoch']} is kept in "
-                    f"{self.output / CHECKPOINT}"
-                    if self.output and state["epoch"] > 0
-                    else ""
-                )
-                raise FloatingPointError(f"{e}{kept}") from None
-            state["train_times"].append(time.perf_counter() - t0)
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": losses,
-                "train_s": state["train_times"][-1],
-            }
-            line = (
-                f"epoch {epoch:4d} | "
-                + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-                + f" | train {state['train_times'][-1]:.2f}s"
-            )
+            record, line = self._train_step(epoch)
             if epoch % cfg["eval_step"] == 0 or epoch == cfg["epochs"]:
-                t0 = time.perf_counter()
-                valid = self.evaluate("valid")
-                state["eval_times"].append(time.perf_counter() - t0)
-                record.update(valid=valid, eval_s=state["eval_times"][-1])
-                improved = valid[metric] > state["best_value"]
-                if improved:
-                    state.update(best_value=valid[metric], best_epoch=epoch, best_valid=valid)
-                    state["best_state"] = copy.deepcopy(self.model.state_dict())
-                    state["bad_evals"] = 0
-                else:
-                    state["bad_evals"] += 1
-                line += (
-                    f" | eval {state['eval_times'][-1]:.2f}s | valid "
-                    + " ".join(f"{k} {valid[k]:.4f}" for k in _headline(valid))
-                    + (" *" if improved else "")
-                )
+                line += self.validate(epoch, record)
             self.history.append(record)
             log.info(line)
-            state["epoch"] = epoch
-            state["elapsed_s"] = time.perf_counter() - start
-            self.save_checkpoint(state)
-            if state["bad_evals"] >= cfg["patience"]:
+            self.epoch = epoch
+            self.elapsed_s = time.perf_counter() - start
+            self.save_checkpoint()
+            if self.early_stopping.should_stop:
                 log.info(
                     "early stop: no valid %s improvement in %d evaluations",
-                    metric,
-                    state["bad_evals"],
+                    self.early_stopping.metric,
+                    self.early_stopping.bad_evals,
                 )
                 break
-        epoch = state["epoch"]
+        return self._test(start)
 
-        if state["best_state"] is not None:
-            self.model.load_state_dict(state["best_state"])
+    def _test(self, start: float) -> dict[str, Any]:
+        """Test metrics with the best epoch's parameters (saved as ``best.pt``); the results."""
+        cfg, stopper = self.config, self.early_stopping
+        if stopper.best_state is not None:
+            self.model.load_state_dict(stopper.best_state)
         if self.output:
-            self.output.mkdir(parents=True, exist_ok=True)
-            torch.save(self.model.state_dict(), self.output / "best.pt")
+            write_torch(self.output / BEST, self.model.state_dict())
         t0 = time.perf_counter()
         self.model.eval()
         test, per_user = self.test_evaluator.evaluate(self.model.full_scores, per_user=True)
@@ -316,20 +423,22 @@ class Trainer:
         if self.output:
             save_per_user(self.test_evaluator.users, per_user, self.output)
         log.info(
-            "best epoch %d | test %s",
-            state["best_epoch"],
+            "%s on %s: best epoch %d | test %s",
+            cfg["model"] + (f" + {cfg['plugin']}" if cfg.get("plugin") else ""),
+            cfg["dataset"],
+            stopper.best_epoch,
             " ".join(f"{k} {test[k]:.4f}" for k in _headline(test)),
         )
-        train_times, eval_times = state["train_times"], state["eval_times"]
+        train_times, eval_times = self.train_times, self.eval_times
         return {
             "model": cfg["model"],
             "plugin": cfg.get("plugin"),  # the objective wrapped around the model, or None
             "dataset": cfg["dataset"],
             "seed": cfg["seed"],
             "config": cfg,
-            "best_epoch": state["best_epoch"],
-            "epochs_run": epoch,
-            "valid": state["best_valid"],
+            "best_epoch": stopper.best_epoch,
+            "epochs_run": self.epoch,
+            "valid": stopper.best_metrics,
             "test": test,
             "timing": {
                 "train_s_per_epoch": float(np.mean(train_times)) if train_times else 0.0,
@@ -348,13 +457,22 @@ class Trainer:
         }
 
 
+def complete_config(config: Mapping[str, Any], model: Recommender) -> dict[str, Any]:
+    """``config`` with the general keys it lacks taken from ``configs/overall.yaml``."""
+    defaults = overall_defaults()
+    missing = [k for k in defaults if k not in config]
+    if missing:  # a config from the CLI or fit() lacks none
+        log.info("Trainer: defaults of configs/overall.yaml for %s", ", ".join(missing))
+    out = {**defaults, **dict(config)}
+    out.setdefault("model", type(model).__name__)
+    out.setdefault("dataset", "data")
+    return out
+
+
 def save_per_user(users: Tensor, values: Mapping[str, Tensor], output: Path) -> Path:
     """Write ``per_user_test.pt``: the evaluated user ids and each metric per user (for t-tests)."""
-    path = output / PER_USER
-    tmp = path.with_name(f".{PER_USER}.tmp")
-    torch.save({"users": users.clone(), **{k: v.clone() for k, v in values.items()}}, tmp)
-    os.replace(tmp, path)
-    return path
+    payload = {"users": users.clone(), **{k: v.clone() for k, v in values.items()}}
+    return write_torch(output / PER_USER, payload)
 
 
 def _headline(metrics: Mapping[str, float]) -> list[str]:
@@ -381,11 +499,5 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def save_results(results: Mapping[str, Any], output: Path) -> Path:
-    """Write ``results.json`` atomically (write, then rename)."""
-    output.mkdir(parents=True, exist_ok=True)
-    path = output / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1, default=str)
-    os.replace(tmp, path)
-    return path
+    """Write ``results.json`` atomically."""
+    return write_json(output / RESULTS, results)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
+import re
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +22,8 @@ import pytest
 import yaml
 
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.config import ConfigError, load_config
+from pyg_dhmrec.config import ConfigError, load_config, parse_cli_overrides
+from pyg_dhmrec.data import amazon as amazon_module
 from pyg_dhmrec.data.amazon import (
     IMAGE_DIM,
     encode_texts,
@@ -104,6 +108,7 @@ class ServerState:
     files: dict[str, bytes] = field(default_factory=dict)
     truncate_once: set[str] = field(default_factory=set)
     ranges: bool = True
+    no_length: bool = False  # answer without Content-Length (the end is the closed connection)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
 
@@ -126,7 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if not state.no_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.path in state.truncate_once:  # announce everything, send half, hang up
             state.truncate_once.discard(self.path)
@@ -166,6 +172,7 @@ def state(server: tuple[str, ServerState]) -> Iterator[ServerState]:
     yield server[1]
     server[1].truncate_once.clear()
     server[1].ranges = True
+    server[1].no_length = False
     server[1].requests.clear()
 
 
@@ -203,6 +210,7 @@ def test_build_files_and_training(built: Path, server: tuple[str, ServerState], 
         assert (built / name).is_file(), name
     assert sorted(p.name for p in (built / "raw").iterdir()) == [
         f"image_features_{CATEGORY}.b",
+        "manifest.json",
         f"meta_{CATEGORY}.json.gz",
         f"reviews_{CATEGORY}_5.json.gz",
     ]
@@ -292,10 +300,23 @@ def test_split_reproducible_by_seed(server: tuple[str, ServerState], tmp_path: P
     )
 
 
-def test_interrupted_build_is_redone(server: tuple[str, ServerState], tmp_path: Path) -> None:
+def test_interrupted_build_is_redone(
+    server: tuple[str, ServerState], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     amazon = _amazon(server[0])
-    AmazonDataset(str(tmp_path), "toy", amazon)
-    (tmp_path / "toy" / "meta.json").unlink()  # as if killed before the last step
+    write_json = amazon_module.write_json
+
+    def killed_before_meta_json(path: Path, data: object) -> Path:
+        if Path(path).name == "meta.json":
+            raise KeyboardInterrupt  # the process dies before the last step
+        return write_json(path, data)
+
+    monkeypatch.setattr(amazon_module, "write_json", killed_before_meta_json)
+    with pytest.raises(KeyboardInterrupt):
+        AmazonDataset(str(tmp_path), "toy", amazon)
+    monkeypatch.undo()
+    assert not (tmp_path / "toy" / "meta.json").exists()
+    assert (tmp_path / "toy" / ".build.json").is_file()
     inter_mtime = (tmp_path / "toy" / "toy.inter").stat().st_mtime_ns
     dataset = AmazonDataset(str(tmp_path), "toy", amazon)
     assert (tmp_path / "toy" / "meta.json").is_file()
@@ -542,3 +563,216 @@ def test_mmrec_amazon_configs_have_real_urls(dataset: str, category: str) -> Non
         "k_core": 5,
         "text_encoder": "auto",
     }
+
+
+# ----- nothing lost: user files, verified raw files -----
+NOWHERE = "http://127.0.0.1:9"  # nothing listens there: every download fails at once
+
+
+def _cli(root: Path, amazon: dict, out: Path, dataset: str = "baby") -> list[str]:
+    return [
+        *("--model", "lightgcn", "--dataset", dataset, "--data-root", str(root)),
+        *("--amazon", _flow(amazon), "--epochs", "1", "--quiet", "--topk", "[5,10]"),
+        *("--early_stop_metric", "recall@10", "--device", "cpu", "--output", str(out)),
+    ]
+
+
+def _raw_names(base: str = CATEGORY) -> list[str]:
+    return [f"reviews_{base}_5.json.gz", f"meta_{base}.json.gz", f"image_features_{base}.b"]
+
+
+def test_offline_names_every_missing_file_and_mmrec_files_then_used_as_is(
+    built: Path, tmp_path: Path, capsys
+) -> None:
+    root = tmp_path / "data"
+    assert main(_cli(root, _amazon(NOWHERE), tmp_path / "r1")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: dataset 'baby': 3 of the 3 raw Amazon files of {CATEGORY} cannot be used:\n"
+    ), err
+    for name in _raw_names():
+        assert f"download of {NOWHERE}/{name} failed" in err
+        assert f"save it as {(root / 'baby' / 'raw' / name).resolve()}" in err
+    assert err.rstrip().endswith(
+        "Alternatively place MMRec's preprocessed files (baby.inter, image_feat.npy, "
+        f"text_feat.npy) in {(root / 'baby').resolve()}/: such a folder is used as it is."
+    )
+    assert (root / "baby" / "raw").is_dir()  # the failed attempt left an empty raw/
+    # The user now places MMRec's preprocessed files: used as they are, nothing deleted.
+    for name in ("baby.inter", "image_feat.npy", "text_feat.npy"):
+        shutil.copy(built / name, root / "baby" / name)
+    before = {p.name: p.read_bytes() for p in (root / "baby").iterdir() if p.is_file()}
+    assert main(_cli(root, _amazon(NOWHERE), tmp_path / "r2")) == 0
+    after = {p.name: p.read_bytes() for p in (root / "baby").iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_build_never_replaces_a_file_it_did_not_write(
+    server: tuple[str, ServerState], tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "data" / "baby"
+    folder.mkdir(parents=True)
+    np.save(folder / "image_feat.npy", np.ones((3, 2), dtype=np.float32))  # the user's file
+    mine = (folder / "image_feat.npy").read_bytes()
+    assert main(_cli(tmp_path / "data", _amazon(server[0]), tmp_path / "run")) == 2
+    assert capsys.readouterr().err == (
+        f"error: dataset 'baby': the build would replace {folder / 'image_feat.npy'}, which the "
+        "Amazon build did not write (their content is not the one recorded in meta.json or "
+        ".build.json); move them away, or place baby.inter beside them to use the folder as it "
+        "is\n"
+    )
+    assert (folder / "image_feat.npy").read_bytes() == mine
+    assert not (folder / "baby.inter").exists()
+
+
+def test_built_files_readable_by_others(built: Path) -> None:
+    for path in [*built.iterdir(), *(built / "raw").iterdir()]:
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_truncated_gzip_in_raw_moved_aside_and_refetched(
+    server: tuple[str, ServerState], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = tmp_path / "toy" / "raw"
+    raw.mkdir(parents=True)
+    good = server[1].files[f"/reviews_{CATEGORY}_5.json.gz"]
+    (raw / f"reviews_{CATEGORY}_5.json.gz").write_bytes(good[: len(good) // 2])  # a cut copy
+    with caplog.at_level(logging.INFO, logger="pyg_dhmrec.data.dataset"):
+        dataset = AmazonDataset(str(tmp_path), "toy", _amazon(server[0]))
+    assert dataset.stats["items"] == NUM_ITEMS
+    assert (raw / f"reviews_{CATEGORY}_5.json.gz").read_bytes() == good
+    assert (raw / f"reviews_{CATEGORY}_5.json.gz.corrupt").read_bytes() == good[: len(good) // 2]
+    assert any(
+        r.getMessage()
+        == f"{raw / f'reviews_{CATEGORY}_5.json.gz'}: its gzip data is truncated or corrupt; moved "
+        f"to reviews_{CATEGORY}_5.json.gz.corrupt, fetching it again"
+        for r in caplog.records
+    )
+
+
+def test_truncated_gzip_offline_is_a_clear_error(
+    server: tuple[str, ServerState], tmp_path: Path, capsys
+) -> None:
+    raw = tmp_path / "data" / "baby" / "raw"
+    raw.mkdir(parents=True)
+    for name in _raw_names():
+        (raw / name).write_bytes(server[1].files["/" + name])
+    good = (raw / _raw_names()[0]).read_bytes()
+    (raw / _raw_names()[0]).write_bytes(good[:-30])
+    image_size = len(server[1].files["/" + _raw_names()[2]])  # the hand-placed image file is known
+    amazon = _amazon(NOWHERE, image_size=image_size)
+    assert main(_cli(tmp_path / "data", amazon, tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: dataset 'baby': 1 of the 3 raw Amazon files of {CATEGORY} cannot be used:\n  - "
+        f"download of {NOWHERE}/{_raw_names()[0]} failed"
+    ), err
+    assert "Traceback" not in err and "EOFError" not in err
+
+
+def test_image_file_cut_on_a_record_boundary_detected(
+    server: tuple[str, ServerState], tmp_path: Path, capsys
+) -> None:
+    image = server[1].files[f"/image_features_{CATEGORY}.b"]
+    cut = image[: 4 * RECORD]  # whole records, most items missing
+    raw = tmp_path / "data" / "baby" / "raw"
+    raw.mkdir(parents=True)
+    (raw / f"image_features_{CATEGORY}.b").write_bytes(cut)
+    # Without an expected size, a hand-placed copy cannot be trusted: an error, not mean-filling.
+    assert main(_cli(tmp_path / "data", _amazon(NOWHERE), tmp_path / "r1")) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{raw / f'image_features_{CATEGORY}.b'} was not downloaded by pyg_dhmrec and no "
+        "image_size / image_md5 is configured, so a copy cut between two records cannot be told "
+        "from a complete one: set amazon.image_size (and image_md5) to the source's values, or "
+        "delete the file to download it"
+    ) in err, err
+    assert (raw / f"image_features_{CATEGORY}.b").read_bytes() == cut  # left as it was
+    # With the size configured, the cut copy is found out, kept aside and fetched again.
+    amazon = _amazon(server[0], image_size=len(image), image_md5=hashlib.md5(image).hexdigest())
+    assert main(_cli(tmp_path / "data", amazon, tmp_path / "r2")) == 0
+    meta = json.loads((raw.parent / "meta.json").read_text())
+    assert meta["items_without_image"] == 2  # not the cut copy's NUM_ITEMS - 3
+    assert (raw / f"image_features_{CATEGORY}.b.corrupt").read_bytes() == cut
+
+
+def test_image_download_without_content_length_refused(
+    state: ServerState, server: tuple[str, ServerState], tmp_path: Path
+) -> None:
+    state.no_length = True
+    with pytest.raises(DownloadError) as info:
+        AmazonDataset(str(tmp_path), "toy", _amazon(server[0]))
+    message = str(info.value)
+    assert (
+        f"download of {server[0]}/image_features_{CATEGORY}.b failed (the server sent no "
+        "Content-Length and no expected size or md5 is configured, so a cut transfer cannot be "
+        "told from a complete one)"
+    ) in message
+    state.no_length = False
+    image = state.files[f"/image_features_{CATEGORY}.b"]
+    state.no_length = True  # with the size configured, the same server is fine
+    dataset = AmazonDataset(str(tmp_path), "toy", _amazon(server[0], image_size=len(image)))
+    assert dataset.stats["items"] == NUM_ITEMS
+
+
+def test_wrong_md5_names_the_file(
+    state: ServerState, server: tuple[str, ServerState], tmp_path: Path
+) -> None:
+    with pytest.raises(DownloadError) as info:
+        AmazonDataset(str(tmp_path), "toy", _amazon(server[0], meta_md5="0" * 32))
+    message = str(info.value)
+    assert (
+        f"download of {server[0]}/meta_{CATEGORY}.json.gz failed (incomplete after a second "
+        in (message)
+    )
+    assert f"md5 {hashlib.md5(state.files[f'/meta_{CATEGORY}.json.gz']).hexdigest()} differs" in (
+        message
+    )
+    assert str((tmp_path / "toy" / "raw" / f"meta_{CATEGORY}.json.gz").resolve()) in message
+    with pytest.raises(DataFormatError, match=r"'image_md5' must be 32 hex digits, got 'abc'"):
+        AmazonDataset(str(tmp_path), "toy", _amazon(server[0], image_md5="abc"))
+
+
+@pytest.mark.parametrize("how", ["key", "environment"])
+def test_mirror_serves_the_raw_files(
+    state: ServerState,
+    server: tuple[str, ServerState],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    amazon = _amazon(NOWHERE)  # the configured source is unreachable
+    if how == "key":
+        amazon["mirror"] = server[0] + "/"
+    else:
+        monkeypatch.setenv("PYG_DHMREC_AMAZON_MIRROR", server[0])
+    dataset = AmazonDataset(str(tmp_path), "toy", amazon)
+    assert dataset.stats["items"] == NUM_ITEMS
+    assert sorted(r[0] for r in state.requests) == sorted("/" + n for n in _raw_names())
+    meta = json.loads((tmp_path / "toy" / "meta.json").read_text())
+    assert meta["settings"]["urls"]["meta"] == f"{NOWHERE}/meta_{CATEGORY}.json.gz"
+
+
+def test_partial_amazon_override_merges() -> None:
+    config = load_config(
+        "lightgcn", "sports", parse_cli_overrides(["--amazon", "{text_encoder: tfidf}"])
+    )
+    amazon = config["amazon"]
+    assert amazon["text_encoder"] == "tfidf"
+    assert amazon["category"] == "Sports_and_Outdoors"
+    assert amazon["reviews_url"].endswith("reviews_Sports_and_Outdoors_5.json.gz")
+
+
+@pytest.mark.parametrize("reader", ["reviews", "meta"])
+def test_cut_gzip_read_is_an_error_naming_the_file(tmp_path: Path, reader: str) -> None:
+    path = tmp_path / "cut.json.gz"
+    data = _gz_lines([json.dumps(r) for r in _reviews()] if reader == "reviews" else _meta_lines())
+    path.write_bytes(data[: len(data) - 12])  # the gzip trailer and some data missing
+    with pytest.raises(
+        DataFormatError, match=rf"^{re.escape(str(path))}: truncated or corrupt gzip"
+    ):
+        if reader == "reviews":
+            read_review_table(path)
+        else:
+            item_texts(path, {ASINS[0]: 0})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -63,6 +64,28 @@ CASES = [
         _features(nan_row=2),
         r"image_feat\.npy: modality 'image' has NaN or inf in 1 row\(s\), first at item \(row\) 2$",
     ),
+    (
+        "item_id_1e9",
+        HEADER + "0\t0\t0\n0\t1000000000\t0\n",
+        None,
+        r"toy\.inter:3: field 'itemID' holds id 1000000000, but ids must be 0-based and "
+        r"contiguous: there are 2 distinct ids, and the matrices would need 1000000001 rows "
+        r"\(max id \+ 1\); renumber the ids 0\.\.1$",
+    ),
+    (
+        "npz_saved_as_npy",
+        GOOD,
+        "npz",
+        r"image_feat\.npy: a \.npz archive \(arrays image\), not a \.npy array; save the matrix "
+        r"of modality 'image' with numpy\.save$",
+    ),
+    (
+        "zero_feature_columns",
+        GOOD,
+        np.ones((5, 0), dtype=np.float32),
+        r"image_feat\.npy: modality 'image' has 0 feature columns \(shape \(5, 0\)\); expected "
+        r"at least one$",
+    ),
     ("empty_file", "", None, r"toy\.inter: empty file; expected a tab-separated header row"),
     ("header_only", HEADER, None, r"toy\.inter: header only, no interactions$"),
     (
@@ -74,11 +97,14 @@ CASES = [
 ]
 
 
-def _dataset(root: Path, inter: str, image: np.ndarray | None) -> list[str]:
+def _dataset(root: Path, inter: str, image: np.ndarray | str | None) -> list[str]:
     folder = root / "tiktok"  # a known dataset name, its files replaced by the test's
     folder.mkdir(parents=True)
     (folder / "toy.inter").write_text(inter, encoding="utf-8")
-    if image is not None:
+    if isinstance(image, str):  # "npz": an archive under the .npy name
+        with open(folder / "image_feat.npy", "wb") as f:
+            np.savez(f, image=_features())
+    elif image is not None:
         np.save(folder / "image_feat.npy", image)
     return [
         *("--model", "lightgcn", "--dataset", "tiktok", "--data-root", str(root)),
@@ -91,7 +117,7 @@ def _dataset(root: Path, inter: str, image: np.ndarray | None) -> list[str]:
 
 @pytest.mark.parametrize("inter, image, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_malformed_dataset_exit_2(
-    tmp_path: Path, capsys, inter: str, image: np.ndarray | None, pattern: str
+    tmp_path: Path, capsys, inter: str, image: np.ndarray | str | None, pattern: str
 ) -> None:
     assert main(_dataset(tmp_path, inter, image)) == 2
     err = capsys.readouterr().err.strip()
@@ -146,3 +172,192 @@ def test_bad_options_exit_2(tmp_path: Path, capsys, argv: list, pattern: str) ->
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.match("^error: " + pattern.replace("{tmp}", re.escape(str(tmp_path))), err), err
+
+
+def test_byte_order_mark_accepted(tmp_path: Path) -> None:
+    # Spreadsheet exports start with a UTF-8 BOM; it is not part of the 'userID' column name.
+    assert main(_dataset(tmp_path / "a", "\ufeff" + GOOD, _features())) == 0
+    assert main(_dataset(tmp_path / "b", GOOD, _features())) == 0
+    with_bom = json.loads((tmp_path / "a" / "run" / "results.json").read_text())
+    without = json.loads((tmp_path / "b" / "run" / "results.json").read_text())
+    assert with_bom["dataset_stats"] == without["dataset_stats"]
+    assert with_bom["test"] == without["test"]
+
+
+TINY = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
+
+
+def _tiny(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        *("--model", "lightgcn", "--dataset", "synthetic", "--data-root", str(tmp_path / "d")),
+        *("--synthetic", TINY, "--topk", "[10,20]", "--device", "cpu", "--quiet"),
+        *("--output", str(tmp_path / "run"), *extra),
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "key 'epochs' must be an integer >= 1, got 0"),
+        (["--epochs", "-3"], "key 'epochs' must be an integer >= 1, got -3"),
+        (["--patience", "0"], "key 'patience' must be an integer >= 1, got 0"),
+        (["--eval_step", "0"], "key 'eval_step' must be an integer >= 1, got 0"),
+        (["--embedding_dim", "0"], "key 'embedding_dim' must be in [1, 4096], got 0"),
+        (["--embedding_dim", "-4"], "key 'embedding_dim' must be in [1, 4096], got -4"),
+        (
+            ["--embedding_dim", "1e8"],
+            "command line: key 'embedding_dim' expects int (like its default 64), got str '1e8'",
+        ),
+        (
+            ["--embedding_dim", "100000000"],
+            "key 'embedding_dim' must be in [1, 4096], got 100000000",
+        ),
+        (
+            ["--topk", "[0,10]"],
+            "key 'topk' must be a non-empty list of cut-offs, integers >= 1, e.g. [10, 20], "
+            "got [0, 10]",
+        ),
+        (["--eval_batch_size", "0"], "key 'eval_batch_size' must be an integer >= 1, got 0"),
+        (
+            ["--learning_rate", "-1"],
+            "key 'learning_rate' must be a finite number > 0, got -1.0",
+        ),
+        (
+            ["--model", "dhmrec", "--knn_k", "40", "--epochs", "1"],
+            "key 'knn_k' must be in [1, 39] (neighbours among the dataset's 40 items), got 40",
+        ),
+    ],
+    ids=[
+        "epochs_0",
+        "epochs_-3",
+        "patience_0",
+        "eval_step_0",
+        "embedding_dim_0",
+        "embedding_dim_-4",
+        "embedding_dim_1e8",
+        "embedding_dim_10^8",
+        "topk_0",
+        "eval_batch_size_0",
+        "learning_rate_negative",
+        "knn_k_too_large",
+    ],
+)
+def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:
+    args = _tiny(tmp_path)
+    for i in range(0, len(argv), 2):  # replace an option already in args, else append
+        if argv[i] in args:
+            args[args.index(argv[i]) + 1] = argv[i + 1]
+        else:
+            args += argv[i : i + 2]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n", err
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_stray_word_after_resume(tmp_path: Path, capsys) -> None:
+    assert main(_tiny(tmp_path, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert main(["--resume", str(tmp_path / "run"), "extra", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: --resume {tmp_path / 'run'} continues with the folder's config.json; drop "
+        "extra (only --device and --quiet may be given)\n"
+    )
+
+
+@pytest.mark.parametrize("key, values", [("model", "[bpr, lightgcn]"), ("output", "[a, b]")])
+def test_grid_over_model_or_output_refused(tmp_path: Path, capsys, key: str, values: str) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"{key}: {values}\n")
+    assert main([*_tiny(tmp_path), "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {grid}: a grid cannot vary {key} (they select the YAML layers and the run "
+        "folder); run one grid per model, dataset or plugin\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def _stored_run(tmp_path: Path, config_text: str) -> Path:
+    folder = tmp_path / "stored"
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(b"x")
+    (folder / "config.json").write_text(config_text, encoding="utf-8")
+    return folder
+
+
+def _valid_config() -> dict:
+    from pyg_dhmrec.config import load_config
+
+    return load_config("lightgcn", "synthetic")
+
+
+@pytest.mark.parametrize(
+    "config_text, message",
+    [
+        (
+            '{"model": "lightgcn", "dat',
+            "not valid JSON (line 1 column 23: Unterminated string starting at); the file is "
+            "truncated",
+        ),
+        ("[1, 2]", "expected a JSON object of key: value, got list"),
+        (
+            json.dumps({**_valid_config(), "epochs": "ten"}),
+            "key 'epochs' expects int (like its default 1000), got str 'ten'",
+        ),
+        (
+            json.dumps({**_valid_config(), "epochs": 0}),
+            "key 'epochs' must be an integer >= 1, got 0",
+        ),
+        (
+            json.dumps({k: v for k, v in _valid_config().items() if k != "patience"}),
+            "lacks key(s) patience",
+        ),
+    ],
+    ids=["truncated", "not_an_object", "wrong_type", "out_of_range", "missing_key"],
+)
+def test_bad_config_json_names_the_file(
+    tmp_path: Path, capsys, config_text: str, message: str
+) -> None:
+    folder = _stored_run(tmp_path, config_text)
+    assert main(["--resume", str(folder), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {folder / 'config.json'}: {message}"), err
+    assert "Traceback" not in err
+
+
+def test_per_dataset_entry_not_a_mapping(tmp_path: Path) -> None:
+    from pyg_dhmrec.config import ConfigError, _file_with_per_dataset
+
+    path = tmp_path / "m.yaml"
+    path.write_text("num_ui_layers: 2\nper_dataset:\n  baby: 3\n")
+    with pytest.raises(ConfigError) as info:
+        _file_with_per_dataset(path)
+    assert str(info.value) == (
+        f"{path}: 'per_dataset' must map dataset names to mappings of key: value; entry 'baby' "
+        "is not a mapping"
+    )
+
+
+def test_read_only_data_folder_and_home(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyg_dhmrec.data import dataset as dataset_module
+
+    args = _dataset(tmp_path, GOOD, _features())
+    args[args.index("--cache_dir") : args.index("--cache_dir") + 2] = []  # default cache places
+    monkeypatch.setattr(dataset_module, "_writable", lambda folder: False)  # read-only folder
+    blocker = tmp_path / "home_is_a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("HOME", str(blocker))  # nothing can be created below HOME
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.match(
+        rf"^error: dataset 'tiktok': cannot write the processed cache in {re.escape(str(blocker))}"
+        rf"/\.cache/pyg_dhmrec/tiktok-[0-9a-f]{{10}} \(.*\); the dataset folder "
+        rf"{re.escape(str(tmp_path / 'tiktok'))} and the user cache "
+        rf"{re.escape(str(blocker))}/\.cache/pyg_dhmrec are read-only here: set --cache_dir to "
+        r"a writable folder$",
+        err.strip(),
+    ), err

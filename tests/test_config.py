@@ -98,7 +98,9 @@ def test_invalid_yaml_and_non_mapping(config_dir: Path) -> None:
 def test_unknown_model_and_dataset_list_available(config_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown model 'nope'; available: mod, zeta$"):
         load_config("nope", "ds", config_dir=config_dir)
-    with pytest.raises(ConfigError, match=r"unknown dataset 'nope'; available: ds, other$"):
+    with pytest.raises(
+        ConfigError, match=r"unknown dataset 'nope'; available: ds, other\. A dataset of"
+    ):
         load_config("mod", "nope", config_dir=config_dir)
     assert available("models", config_dir) == ["mod", "zeta"]
 
@@ -116,7 +118,7 @@ def test_unknown_cli_key_suggests_close_match() -> None:
     message = str(info.value)
     assert message.startswith("command line: unknown key 'epoch'.")
     assert "Did you mean: epochs?" in message
-    assert "Known keys: amazon, batch_size, " in message
+    assert "Known keys" not in message  # the suggestion replaces the list of every key
 
 
 def test_unknown_cli_key_without_close_match() -> None:
@@ -205,11 +207,13 @@ def test_cli_scientific_notation_floats() -> None:
         "lightgcn",
         "synthetic",
         parse_cli_overrides(
-            ["--reg_weight", "1e-5", "--weight_decay=-2E-3", "--learning_rate=1e-2"]
+            ["--reg_weight", "1e-5", "--weight_decay=2E-3", "--learning_rate=1e-2"]
         ),
     )
     assert config["reg_weight"] == 1e-5 and isinstance(config["reg_weight"], float)
-    assert config["weight_decay"] == -2e-3
+    assert config["weight_decay"] == 2e-3
+    with pytest.raises(ConfigError, match=r"key 'weight_decay' must be a finite number >= 0"):
+        load_config("bpr", "synthetic", parse_cli_overrides(["--weight_decay=-2E-3"]))
     assert config["learning_rate"] == 0.01
     with pytest.raises(ConfigError, match=r"key 'epochs' expects int .*got str '1e3'"):
         load_config("bpr", "synthetic", parse_cli_overrides(["--epochs", "1e3"]))

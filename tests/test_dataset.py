@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from kill_points import wait_for_marker
 from torch_geometric.data import HeteroData
 
+from pyg_dhmrec.cli import main
 from pyg_dhmrec.data import dataset as dataset_module
 from pyg_dhmrec.data.dataset import (
     RATES,
@@ -22,6 +29,8 @@ from pyg_dhmrec.data.dataset import (
 )
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 
+REPO = Path(__file__).resolve().parent.parent
+KILL_POINTS = REPO / "tests" / "kill_points.py"
 NAME = "toy"
 MODALITIES = {"image": "image_feat.npy", "text": "text_feat.npy"}
 # 3 users, 4 items; every user has a train row, so nothing is dropped as cold start.
@@ -120,7 +129,7 @@ def test_require_modalities_without_any_configured(tmp_path: Path) -> None:
     _make_folder(tmp_path)
     ds = MMRecDataset(str(tmp_path), NAME)
     assert "image" not in ds[0]["item"]
-    with pytest.raises(DataFormatError, match="no modalities configured"):
+    with pytest.raises(DataFormatError, match="has no modalities: this model needs features"):
         ds.require_modalities()
 
 
@@ -167,7 +176,7 @@ def test_cache_rebuilt_when_inter_file_changes(tmp_path: Path) -> None:
     assert second.stats["train"] == 5
     new_files = _data_files(processed)
     assert len(new_files) == 1 and new_files != old_files
-    assert len(list(processed.glob("data_*.json"))) == 1  # stale stats removed as well
+    assert not list(processed.glob("data_*.json"))  # the stats live inside the cache file
 
 
 def test_cache_rebuilt_when_only_mtime_and_content_change(tmp_path: Path) -> None:
@@ -381,3 +390,71 @@ def test_synthetic_reloaded_from_cache_and_regenerated_on_change(tmp_path: Path)
 def test_synthetic_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError, match="dataset 'tiny': bad 'synthetic' settings"):
         load_dataset(_synthetic_config(tmp_path, synthetic={"num_userz": 3}))
+
+
+# ----- the processed cache survives kills and damage -----
+def test_cache_rebuilt_when_content_changes_with_size_and_mtime_kept(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path)
+    inter = folder / f"{NAME}.inter"
+    first = MMRecDataset(str(tmp_path), NAME, modalities=MODALITIES)
+    old_fingerprint = first.fingerprint()
+    stat = inter.stat()
+    # Same size, other content, the modification time put back (as cp -p or rsync -a do).
+    inter.write_text(INTER.replace("0\t2\t3\t1", "0\t2\t3\t2"), encoding="utf-8")
+    os.utime(inter, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (inter.stat().st_size, inter.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    second = MMRecDataset(str(tmp_path), NAME, modalities=MODALITIES)
+    assert second.fingerprint() != old_fingerprint
+    assert first[0][RATES].valid_edge_index.size(1) == 1
+    assert second[0][RATES].valid_edge_index.size(1) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped_byte", "empty"])
+def test_damaged_cache_rebuilt_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    _make_folder(tmp_path)
+    first = MMRecDataset(str(tmp_path), NAME, modalities=MODALITIES)
+    path = Path(first.processed_paths[0])
+    raw = bytearray(path.read_bytes())
+    if damage == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif damage == "flipped_byte":
+        raw[-100] ^= 0x10
+    else:
+        raw = bytearray()
+    path.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.data.dataset"):
+        second = MMRecDataset(str(tmp_path), NAME, modalities=MODALITIES)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}: "), warnings
+    assert warnings[0].endswith("; rebuilding the processed dataset cache")
+    assert second.stats == first.stats
+    assert torch.equal(second[0][RATES].edge_index, first[0][RATES].edge_index)
+    third = MMRecDataset(str(tmp_path), NAME, modalities=MODALITIES)  # rebuilt file is good
+    assert third.stats == first.stats
+
+
+def test_kill_while_writing_cache_leaves_no_partial_file(tmp_path: Path) -> None:
+    folder = _make_folder(tmp_path / "data", name="tiktok")
+    out = tmp_path / "run"
+    args = ["--model", "lightgcn", "--dataset", "tiktok", "--data-root", str(tmp_path / "data")]
+    args += ["--topk", "[2]", "--metrics", "[recall]"]
+    args += ["--early_stop_metric", "recall@2", "--epochs", "1", "--device", "cpu", "--quiet"]
+    args += ["--modalities", "{image: image_feat.npy}", "--output", str(out)]
+    marker = tmp_path / "at_kill_point"
+    # fsync 1 is config.json, fsync 2 the cache's temporary file: stop before its rename.
+    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.atomic_files:os.fsync@2", str(marker)]
+    proc = subprocess.Popen([*cmd, *args], cwd=REPO, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_marker(marker, proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    processed = folder / "processed"
+    assert [p.name for p in processed.iterdir() if p.name.startswith(".data_")]  # the tmp file
+    assert not _data_files(processed)  # nothing under a final name
+    assert main(args) == 0
+    assert len(_data_files(processed)) == 1
+    assert json.loads((out / "results.json").read_text())["dataset_stats"]["items"] == 4

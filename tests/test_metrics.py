@@ -247,6 +247,16 @@ def test_evaluator_matches_torch_geometric():
     assert means == pytest.approx(expected)
 
 
+def test_evaluator_cutoff_above_item_count_ranks_all_items():
+    evaluator = FullRankEvaluator(TRAIN, EVAL, num_users=4, num_items=6, ks=(6, 9))
+    scores = torch.randn(4, 6, generator=torch.Generator().manual_seed(0))
+    means = evaluator.evaluate(lambda users: scores[users])
+    assert means["recall@9"] == means["recall@6"] == pytest.approx(1.0)  # every item ranked
+    for metric in ("ndcg", "map"):  # positions 7-9 hold no item and add nothing
+        assert means[f"{metric}@9"] == pytest.approx(means[f"{metric}@6"])
+    assert means["precision@9"] == pytest.approx(means["precision@6"] * 6 / 9)
+
+
 def test_evaluator_errors():
     with pytest.raises(ValueError, match="Item ids in 'eval_edge_index'"):
         FullRankEvaluator(TRAIN, torch.tensor([[0], [6]]), num_users=4, num_items=6, ks=(1,))
@@ -254,8 +264,6 @@ def test_evaluator_errors():
         FullRankEvaluator(torch.tensor([[0], [-1]]), EVAL, num_users=4, num_items=6, ks=(1,))
     with pytest.raises(ValueError, match="User ids in 'eval_edge_index'"):
         FullRankEvaluator(TRAIN, torch.tensor([[4], [0]]), num_users=4, num_items=6, ks=(1,))
-    with pytest.raises(ValueError, match="exceeds"):
-        FullRankEvaluator(TRAIN, EVAL, num_users=4, num_items=6, ks=(1, 7))
     with pytest.raises(ValueError, match="Unknown metric 'mrr'"):
         _tiny_evaluator(metrics=("recall", "mrr"))
     with pytest.raises(ValueError, match=r"\[2, E\]"):

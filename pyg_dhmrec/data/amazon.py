@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import ast
 import gzip
+import hashlib
 import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pyg_dhmrec.data.download import download_file, file_md5
+from pyg_dhmrec.atomic_files import sha256_bytes, write_bytes, write_json
+from pyg_dhmrec.data.download import DownloadError, download_file, file_md5, gzip_complete
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.data.split import split_per_user
 
@@ -55,6 +57,9 @@ AMAZON_BUILD_VERSION = 1  # bump when the built files change for the same inputs
 IMAGE_DIM = 4096
 ASIN_BYTES = 10
 META_FILE = "meta.json"
+JOURNAL_FILE = ".build.json"  # outputs of a build in progress, by sha256
+RAW_MANIFEST = "manifest.json"  # in raw/: size and md5 of each file as downloaded
+RAW_KEYS = ("reviews", "meta", "image")
 SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Item text: these fields in this order, empty ones left out (MMRec uses the same fields).
 TEXT_TEMPLATE = (
@@ -85,28 +90,44 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8")
 
 
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a (gzipped) text file; a cut or corrupt file is an error
+    naming it, not an EOFError."""
+    number = 0
+    try:
+        with _open_text(path) as f:
+            for number, line in enumerate(f, start=1):
+                yield number, line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(
+            f"{path}: truncated or corrupt gzip data after line {number} ({e}); delete it to "
+            "download it again"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}:{number + 1}: not UTF-8 text ({e.reason})") from None
+
+
 def read_review_table(path: str | os.PathLike) -> Reviews:
     """Read a (gzipped) JSON-lines review file; a malformed line is an error naming its number."""
     path = Path(path)
     users, items, ratings, times = [], [], [], []
     has_rating = has_time = True
-    with _open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                user, item = str(row["reviewerID"]), str(row["asin"])
-            except (json.JSONDecodeError, TypeError) as e:
-                raise DataFormatError(f"{path}:{number}: not a JSON object ({e})") from None
-            except KeyError as e:
-                raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
-            users.append(user)
-            items.append(item)
-            has_rating = has_rating and "overall" in row
-            has_time = has_time and "unixReviewTime" in row
-            ratings.append(row.get("overall", 0.0))
-            times.append(row.get("unixReviewTime", 0))
+    for number, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            user, item = str(row["reviewerID"]), str(row["asin"])
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataFormatError(f"{path}:{number}: not a JSON object ({e})") from None
+        except KeyError as e:
+            raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
+        users.append(user)
+        items.append(item)
+        has_rating = has_rating and "overall" in row
+        has_time = has_time and "unixReviewTime" in row
+        ratings.append(row.get("overall", 0.0))
+        times.append(row.get("unixReviewTime", 0))
     if not users:
         raise DataFormatError(f"{path}: no reviews")
     try:
@@ -255,20 +276,19 @@ def item_texts(meta_path: str | os.PathLike, asin_to_item: Mapping[str, int]) ->
     """
     meta_path = Path(meta_path)
     texts = [""] * len(asin_to_item)
-    with _open_text(meta_path) as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            quick = _ASIN_RE.search(line)
-            if quick and quick.group(1) not in asin_to_item:
-                continue  # skip parsing items outside the dataset (most of the file)
-            try:
-                row = _parse_meta_line(line)
-            except (ValueError, SyntaxError) as e:
-                raise DataFormatError(f"{meta_path}:{number}: not a metadata dict ({e})") from None
-            item = asin_to_item.get(str(row.get("asin", "")))
-            if item is not None and not texts[item]:
-                texts[item] = _item_text(row)
+    for number, line in _numbered_lines(meta_path):
+        if not line.strip():
+            continue
+        quick = _ASIN_RE.search(line)
+        if quick and quick.group(1) not in asin_to_item:
+            continue  # skip parsing items outside the dataset (most of the file)
+        try:
+            row = _parse_meta_line(line)
+        except (ValueError, SyntaxError) as e:
+            raise DataFormatError(f"{meta_path}:{number}: not a metadata dict ({e})") from None
+        item = asin_to_item.get(str(row.get("asin", "")))
+        if item is not None and not texts[item]:
+            texts[item] = _item_text(row)
     return texts
 
 
@@ -324,26 +344,6 @@ def encode_texts(
     return _tfidf_svd(texts, dim, seed)
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-
-
 def _table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
     lines = ["\t".join(header)]
     lines += ["\t".join(str(v) for v in row) for row in zip(*columns)]
@@ -360,28 +360,26 @@ def build_amazon_dataset(
     text_encoder: str = "auto",
     log: Callable[[str], Any] = print,
     progress: bool = True,
+    expected: Mapping[str, Mapping[str, Any]] | None = None,
+    mirror: str | None = None,
 ) -> None:
     """Download the raw files of ``category`` into ``<folder>/raw/`` and write the dataset.
 
-    ``urls`` maps ``reviews``, ``meta`` and ``image`` to their URLs. Writes ``<name>.inter``,
-    ``image_feat.npy``, ``text_feat.npy``, ``u_id_mapping.csv``, ``i_id_mapping.csv`` and, last,
-    ``meta.json``. Raw files already in ``raw/`` are reused.
+    ``urls`` maps ``reviews``, ``meta`` and ``image`` to their URLs (fetched from
+    ``<mirror>/<file name>`` when ``mirror`` is given); ``expected`` maps them to the
+    ``size`` and ``md5`` each file must have, where known (:func:`fetch_raw_files`). Writes
+    ``<name>.inter``, ``image_feat.npy``, ``text_feat.npy``, ``u_id_mapping.csv``,
+    ``i_id_mapping.csv`` and, last, ``meta.json``. A file of the folder is only ever replaced
+    when this function wrote it (its sha256 is recorded in ``meta.json`` or in the build
+    journal ``.build.json``); anything else is an error naming the file.
     """
     folder = Path(folder)
-    missing = [key for key in ("reviews", "meta", "image") if not urls.get(key)]
+    missing = [key for key in RAW_KEYS if not urls.get(key)]
     if missing:
         raise ValueError(f"amazon dataset '{name}': no URL for {', '.join(missing)}")
-    raw = folder / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    (folder / META_FILE).unlink(missing_ok=True)  # from now on the folder is not a finished build
-    (folder / f"{name}.inter").unlink(missing_ok=True)
-
-    files: dict[str, Path] = {}
-    for key in ("reviews", "meta", "image"):
-        url = urls[key]
-        files[key] = download_file(
-            url, raw / os.path.basename(url.split("?")[0]), progress=progress
-        )
+    files = fetch_raw_files(
+        folder, name, category, urls, expected or {}, mirror=mirror, progress=progress, log=log
+    )
 
     table = read_review_table(files["reviews"])
     pair = np.char.add(np.char.add(table.reviewer_ids, "\t"), table.asins)
@@ -406,16 +404,6 @@ def build_amazon_dataset(
     image_feat, found = _scan_image_features(files["image"], asin_to_item, IMAGE_DIM, 1 << 24)
     image_feat = _fill_missing(files["image"], image_feat, found, log)
 
-    _write_text(
-        folder / "u_id_mapping.csv",
-        _table(["user_id", "userID"], [user_names.tolist(), range(len(user_names))]),
-    )
-    _write_text(
-        folder / "i_id_mapping.csv",
-        _table(["asin", "itemID"], [item_names.tolist(), range(len(item_names))]),
-    )
-    _write_npy(folder / "image_feat.npy", image_feat)
-    _write_npy(folder / "text_feat.npy", text_feat)
     order = np.lexsort((item, user))
     header, columns = ["userID", "itemID"], [user[order], item[order]]
     if table.ratings is not None:
@@ -426,7 +414,24 @@ def build_amazon_dataset(
         columns.append(table.timestamps[keep][order])
     header.append("x_label")
     columns.append(label[order])
-    _write_text(folder / f"{name}.inter", _table(header, columns))  # after the features
+    # In writing order: the features before the .inter file, meta.json after everything.
+    outputs = {
+        "u_id_mapping.csv": _table(
+            ["user_id", "userID"], [user_names.tolist(), range(len(user_names))]
+        ).encode("utf-8"),
+        "i_id_mapping.csv": _table(
+            ["asin", "itemID"], [item_names.tolist(), range(len(item_names))]
+        ).encode("utf-8"),
+        "image_feat.npy": _npy_bytes(image_feat),
+        "text_feat.npy": _npy_bytes(text_feat),
+        f"{name}.inter": _table(header, columns).encode("utf-8"),
+    }
+    digests = {file: sha256_bytes(data) for file, data in outputs.items()}
+    _check_replaceable(folder, name, list(outputs))
+    # The journal names what this build writes, so an interrupted build is known as ours.
+    write_json(folder / JOURNAL_FILE, {"outputs": digests})
+    for file, data in outputs.items():
+        write_bytes(folder / file, data)
 
     counts = np.bincount(label, minlength=3)
     meta = {
@@ -434,10 +439,16 @@ def build_amazon_dataset(
         "builder_version": AMAZON_BUILD_VERSION,
         "category": category,
         "files": {
-            key: {"url": urls[key], "file": f"raw/{path.name}", "md5": file_md5(path)}
+            key: {
+                "url": urls[key],
+                "file": f"raw/{path.name}",
+                "size": path.stat().st_size,
+                "md5": file_md5(path),
+            }
             for key, path in files.items()
         },
         "settings": settings_of(category, urls, seed, k, text_encoder),
+        "outputs": digests,
         "reviews": int(len(table.asins)),
         "duplicates_removed": int(len(table.asins) - first.size),
         "interactions": int(keep.size),
@@ -451,8 +462,203 @@ def build_amazon_dataset(
         "image_dim": IMAGE_DIM,
         "items_without_image": int((~found).sum()),
     }
-    _write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n")  # last: build finished
+    write_json(folder / META_FILE, meta)  # last: the build is finished
+    (folder / JOURNAL_FILE).unlink(missing_ok=True)
     log(f"{name}: built in {folder}")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """A JSON file this module wrote (``meta.json``, the journal, the raw manifest), or None
+    when absent; a damaged one is an error naming it."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataFormatError(
+            f"{path}: not valid JSON ({e}); the Amazon build writes it and never edits it: delete "
+            "the dataset folder to build it again"
+        ) from None
+    if not isinstance(value, dict):
+        raise DataFormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _written_digests(folder: Path) -> dict[str, str | None]:
+    """Output file -> sha256 of the version the Amazon build wrote (None: any version)."""
+    owned: dict[str, str | None] = {}
+    meta = _read_record(folder / META_FILE)
+    if meta is not None and "outputs" not in meta:  # built before digests were recorded
+        names = ("u_id_mapping.csv", "i_id_mapping.csv", "image_feat.npy", "text_feat.npy")
+        owned.update(dict.fromkeys(names))
+        owned.update({f: None for f in os.listdir(folder) if f.endswith(".inter")})
+    for record in (meta, _read_record(folder / JOURNAL_FILE)):
+        if record is not None:
+            owned.update(record.get("outputs") or {})
+    return owned
+
+
+def _check_replaceable(folder: Path, name: str, files: Sequence[str]) -> None:
+    """Refuse to overwrite a file of ``folder`` that the Amazon build did not write."""
+    owned = _written_digests(folder)
+    foreign = []
+    for file in files:
+        path = folder / file
+        if path.exists() and not (file in owned and owned[file] in (None, _file_sha256(path))):
+            foreign.append(str(path))
+    if foreign:
+        raise DataFormatError(
+            f"dataset '{name}': the build would replace {', '.join(foreign)}, which the Amazon "
+            "build did not write (their content is not the one recorded in meta.json or "
+            f"{JOURNAL_FILE}); move them away, or place {name}.inter beside them to use the "
+            "folder as it is"
+        )
+
+
+def amazon_folder_state(folder: Path, name: str, settings: Mapping[str, Any]) -> str | None:
+    """Why ``folder`` must be (re)built, or None when it is used as it is.
+
+    A finished build (``meta.json``) is used when its settings match. Without ``meta.json``, a
+    ``<name>.inter`` is somebody else's (MMRec's preprocessed files: used as they are, whether or
+    not ``raw/`` exists) unless the build journal records it (an interrupted build).
+    """
+    folder = Path(folder)
+    inter = folder / f"{name}.inter"
+    meta = _read_record(folder / META_FILE)
+    if meta is not None:
+        if meta.get("settings") != dict(settings):
+            return "it was built with other settings"
+        return None if inter.is_file() else f"{inter.name} is missing"
+    if not inter.is_file():
+        return f"{inter.name} is missing"
+    journal = _read_record(folder / JOURNAL_FILE)
+    if journal is not None and (journal.get("outputs") or {}).get(inter.name) == _file_sha256(
+        inter
+    ):
+        return "its last build was interrupted"
+    return None
+
+
+# ----- raw files -----
+def raw_file_name(url: str) -> str:
+    return os.path.basename(url.split("?")[0])
+
+
+def _expected_of(expected: Mapping[str, Any], recorded: Mapping[str, Any] | None) -> dict:
+    """Size and md5 a raw file must have: the configured ones, else those recorded when this
+    module downloaded it."""
+    out = {k: expected.get(k) for k in ("size", "md5") if expected.get(k) is not None}
+    return out or {k: v for k, v in (recorded or {}).items() if k in ("size", "md5")}
+
+
+def raw_file_problem(path: Path, key: str, expected: Mapping[str, Any]) -> str | None:
+    """What is wrong with the raw file ``path`` (None: it is complete)."""
+    size = path.stat().st_size
+    if expected.get("size") is not None and size != expected["size"]:
+        return f"it has {size} bytes, expected {expected['size']}"
+    if expected.get("md5") is not None:
+        actual = file_md5(path)
+        if actual != expected["md5"]:
+            return f"its md5 {actual} differs from the expected {expected['md5']}"
+        return None
+    if path.suffix == ".gz" and not gzip_complete(path):
+        return "its gzip data is truncated or corrupt"
+    if key == "image":
+        record = ASIN_BYTES + 4 * IMAGE_DIM
+        if size == 0 or size % record:
+            return f"its {size} bytes are not a whole number of {record}-byte records"
+        if expected.get("size") is None:
+            return "unverifiable"
+    return None
+
+
+def fetch_raw_files(
+    folder: Path,
+    name: str,
+    category: str,
+    urls: Mapping[str, str],
+    expected: Mapping[str, Mapping[str, Any]],
+    mirror: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Path]:
+    """The verified raw files in ``<folder>/raw/``, downloading the missing and bad ones.
+
+    Each file is checked against its configured ``size``/``md5`` (else those recorded in
+    ``raw/manifest.json`` when it was downloaded; a gzip must decompress to its end and an
+    image file hold whole records). A bad file is moved aside to ``<file>.corrupt`` (never
+    deleted) and fetched again. All files that cannot be had are named in one error.
+    """
+    raw = Path(folder) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    manifest = _read_record(raw / RAW_MANIFEST) or {}
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    for key in RAW_KEYS:
+        file = raw_file_name(urls[key])
+        path = raw / file
+        want = _expected_of(expected.get(key) or {}, manifest.get(file))
+        if path.exists():
+            problem = raw_file_problem(path, key, want)
+            if problem is None:
+                files[key] = path
+                continue
+            if problem == "unverifiable":
+                problems.append(
+                    f"{path} was not downloaded by pyg_dhmrec and no {key}_size / {key}_md5 is "
+                    "configured, so a copy cut between two records cannot be told from a "
+                    f"complete one: set amazon.{key}_size (and {key}_md5) to the source's "
+                    "values, or delete the file to download it"
+                )
+                continue
+            aside = path.with_name(file + ".corrupt")
+            os.replace(path, aside)  # kept, not deleted: it may be a copy placed by hand
+            log(f"{path}: {problem}; moved to {aside.name}, fetching it again")
+        source = f"{mirror.rstrip('/')}/{file}" if mirror else urls[key]
+        try:
+            download_file(
+                source,
+                path,
+                md5=want.get("md5"),
+                size=want.get("size"),
+                progress=progress,
+                require_length=key == "image",
+            )
+        except DownloadError as e:
+            problems.append(str(e))
+            continue
+        problem = raw_file_problem(path, key, {**want, "size": path.stat().st_size})
+        if problem is not None:  # e.g. a gzip the server cut cleanly
+            aside = path.with_name(file + ".corrupt")
+            os.replace(path, aside)
+            problems.append(f"{path} as downloaded from {source}: {problem} (kept as {aside.name})")
+            continue
+        manifest[file] = {"url": source, "size": path.stat().st_size, "md5": file_md5(path)}
+        write_json(raw / RAW_MANIFEST, manifest)
+        files[key] = path
+    if problems:
+        raise DownloadError(
+            f"dataset '{name}': {len(problems)} of the {len(RAW_KEYS)} raw Amazon files of "
+            f"{category} cannot be used:\n  - "
+            + "\n  - ".join(problems)
+            + f"\nAlternatively place MMRec's preprocessed files ({name}.inter, image_feat.npy, "
+            f"text_feat.npy) in {Path(folder).resolve()}/: such a folder is used as it is."
+        )
+    return files
 
 
 def settings_of(

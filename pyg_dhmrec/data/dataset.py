@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
+import re
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData, InMemoryDataset
 
+from pyg_dhmrec.atomic_files import DamagedFile, read_torch_checked, write_torch_checked
 from pyg_dhmrec.data.mmrec_format import (
     DataFormatError,
     read_feature_file,
@@ -29,7 +31,12 @@ log = logging.getLogger(__name__)
 
 RATES = ("user", "rates", "item")
 REV_RATES = ("item", "rev_rates", "user")
-PROCESSED_VERSION = 2  # bump when the processed layout changes
+PROCESSED_VERSION = 3  # bump when the processed layout changes (3: declared item modalities)
+CACHE_KIND = "processed dataset"  # header word of the cache file
+MIRROR_ENV = "PYG_DHMREC_AMAZON_MIRROR"  # base URL of the raw Amazon files, when no key sets one
+_CHECKS = ("size", "md5")  # what a raw Amazon file's expected values are given as
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
+_STALE_CACHE_RE = re.compile(r"data_[0-9a-f]{16}\.(pt|json)")
 
 
 class MMRecDataset(InMemoryDataset):
@@ -53,8 +60,9 @@ class MMRecDataset(InMemoryDataset):
         transform: PyG transform applied on access.
         force_reload: rebuild the processed file even if a valid one exists.
 
-    The processed file name carries a fingerprint of the raw files (size and modification
-    time) and of the modality list, so changed raw files are re-processed automatically.
+    The processed file name carries a fingerprint of the raw files' contents and of the
+    modality list, so changed raw files are re-processed automatically. The cache is one
+    checksummed file written atomically; a damaged one is rebuilt with a warning.
     """
 
     def __init__(
@@ -73,10 +81,12 @@ class MMRecDataset(InMemoryDataset):
         self.inter_file = inter_file or f"{name}.inter"
         self.url = url
         self._cache_dir = cache_dir
-        super().__init__(root, transform, force_reload=force_reload)
-        self.load(self.processed_paths[0], data_cls=HeteroData)
-        with open(self._stats_path, encoding="utf-8") as f:
-            self.stats: dict[str, Any] = json.load(f)
+        self._digests: dict[tuple, str] = {}
+        super().__init__(root, transform, force_reload=force_reload, log=False)  # calls _process
+        cached, self._cached = self._cached, None
+        self.data = HeteroData.from_dict(cached["data"])
+        self.slices = cached["slices"]
+        self.stats: dict[str, Any] = cached["stats"]
 
     # ----- folders -----
     @property
@@ -90,6 +100,10 @@ class MMRecDataset(InMemoryDataset):
         default = os.path.join(self.raw_dir, "processed")
         if _writable(default):
             return default
+        return self._user_cache_dir
+
+    @property
+    def _user_cache_dir(self) -> str:
         digest = hashlib.sha1(os.path.abspath(self.raw_dir).encode()).hexdigest()[:10]
         return os.path.join(Path.home(), ".cache", "pyg_dhmrec", f"{self.name}-{digest}")
 
@@ -102,22 +116,36 @@ class MMRecDataset(InMemoryDataset):
         return [f"data_{self.fingerprint()}.pt"]
 
     @property
-    def _stats_path(self) -> str:
-        return self.processed_paths[0][: -len(".pt")] + ".json"
-
-    @property
     def modalities(self) -> list[str]:
         """Modalities whose features are loaded, in config order."""
         return self.modalities_present(self._data)
 
     def fingerprint(self) -> str:
-        """Hash of the raw files' names, sizes and modification times and of the settings."""
+        """Hash of the raw files' names and contents and of the settings (modality list).
+
+        Content, not size and modification time: an edit that keeps both (``cp -p``,
+        ``rsync -a``) still gives a new fingerprint. Each file is hashed once per process
+        (again only when its size, times or inode change).
+        """
         parts = [f"v{PROCESSED_VERSION}", self.inter_file]
         for modality, file in [("inter", self.inter_file), *sorted(self.modality_files.items())]:
             path = Path(self.raw_dir) / file
-            stat = f"{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.exists() else "-"
-            parts.append(f"{modality}={file}:{stat}")
+            parts.append(f"{modality}={file}:{self._content_digest(path)}")
         return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+    def _content_digest(self, path: Path) -> str:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "-"
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        if key not in self._digests:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+            self._digests[key] = digest.hexdigest()
+        return self._digests[key]
 
     # ----- download / process -----
     def download(self) -> None:
@@ -148,6 +176,7 @@ class MMRecDataset(InMemoryDataset):
 
     def process(self) -> None:
         raw = Path(self.raw_dir)
+        log.info("processing dataset '%s' (%s) into %s", self.name, raw, self.processed_dir)
         inter = read_inter_file(raw / self.inter_file)
         data = HeteroData()
         data["user"].num_nodes = inter.num_users
@@ -165,9 +194,6 @@ class MMRecDataset(InMemoryDataset):
                 present.append(modality)
         data["item"].modalities = present  # declared: transforms may add other tensors here
 
-        for stale in Path(self.processed_dir).glob("data_*"):
-            stale.unlink()
-        self.save([data], self.processed_paths[0])
         stats = {
             "users": inter.num_users,
             "items": inter.num_items,
@@ -179,8 +205,43 @@ class MMRecDataset(InMemoryDataset):
             "cold_start_users": inter.num_cold_start_users,
             "modalities": {m: list(data["item"][m].shape) for m in self.modalities_present(data)},
         }
-        with open(self._stats_path, "w", encoding="utf-8") as f:
-            json.dump(stats, f, indent=1)
+        collated, slices = self.collate([data])
+        # One file holds graph and stats, so no kill can leave one without the other.
+        cache = {"data": collated.to_dict(), "slices": slices, "stats": stats}
+        write_torch_checked(self.processed_paths[0], cache, CACHE_KIND)
+        for stale in Path(self.processed_dir).iterdir():
+            if _STALE_CACHE_RE.fullmatch(stale.name) and str(stale) != self.processed_paths[0]:
+                stale.unlink(missing_ok=True)  # this class's cache of older raw files
+
+    def _process(self) -> None:
+        # Replaces PyG's: the cache is one checksummed file, verified here and rebuilt (with
+        # one warning) when damaged; PyG's pre_transform.pt/pre_filter.pt are not written.
+        path = self.processed_paths[0]
+        self._cached = None
+        if not self.force_reload and os.path.exists(path):
+            try:
+                self._cached = self._read_cache(path)
+                return
+            except DamagedFile as e:
+                log.warning("%s; rebuilding the processed dataset cache", e)
+        try:
+            os.makedirs(self.processed_dir, exist_ok=True)
+            self.process()
+        except (PermissionError, NotADirectoryError) as e:
+            raise DataFormatError(
+                f"dataset '{self.name}': cannot write the processed cache in "
+                f"{self.processed_dir} ({e.strerror}); the dataset folder {self.raw_dir} and the "
+                f"user cache {os.path.dirname(self._user_cache_dir)} are read-only here: set "
+                "--cache_dir to a writable folder"
+            ) from None
+        self._cached = self._read_cache(path)
+
+    @staticmethod
+    def _read_cache(path: str) -> dict[str, Any]:
+        cache = read_torch_checked(path, CACHE_KIND)
+        if not isinstance(cache, dict) or not {"data", "slices", "stats"} <= set(cache):
+            raise DamagedFile(f"{path}: not a processed dataset (keys data, slices, stats)")
+        return cache
 
     def modalities_present(self, data: HeteroData) -> list[str]:
         return list(modality_names(data))
@@ -189,8 +250,10 @@ class MMRecDataset(InMemoryDataset):
         """Raise naming the missing feature files when a model needs the modality features."""
         if not self.modality_files:
             raise DataFormatError(
-                f"dataset '{self.name}' has no modalities configured "
-                f"(configs/datasets/{self.name}.yaml, key 'modalities'); this model needs features"
+                f"dataset '{self.name}' has no modalities: this model needs features; put "
+                f"<modality>_feat.npy files (one row per item) in {Path(self.raw_dir).resolve()}, "
+                "or name them with --modalities '{image: img.npy, text: txt.npy}' (or key "
+                f"'modalities' of configs/datasets/{self.name}.yaml)"
             )
         missing = [f for m, f in self.modality_files.items() if m not in self.modalities]
         if missing:
@@ -232,18 +295,45 @@ class AmazonDataset(MMRecDataset):
     """An Amazon (2014 release) dataset built from its raw files when the folder lacks it.
 
     ``amazon`` is the dataset YAML's ``amazon`` mapping: ``category``, ``reviews_url``,
-    ``meta_url``, ``image_url`` and optionally ``k_core`` (5), ``text_encoder`` (``auto``) and
-    ``seed`` (2024, of the train/valid/test split). A folder with ``<name>.inter`` but no
-    ``raw/`` (e.g. MMRec's preprocessed files) is used as is; a folder this class built is
+    ``meta_url``, ``image_url`` and optionally ``k_core`` (5), ``text_encoder`` (``auto``),
+    ``seed`` (2024, of the train/valid/test split), ``mirror`` (a base URL serving the three
+    files by name; else the ``PYG_DHMREC_AMAZON_MIRROR`` environment variable) and
+    ``<file>_size`` / ``<file>_md5`` (``file`` one of reviews, meta, image): what each raw file
+    must be. A folder holding ``<name>.inter`` that this class did not build (e.g. MMRec's
+    preprocessed files) is used as is, with or without ``raw/``; a folder this class built is
     rebuilt when its ``meta.json`` is missing (interrupted build) or records other settings.
     """
 
     REQUIRED = ("category", "reviews_url", "meta_url", "image_url")
-    OPTIONAL = {"k_core": 5, "text_encoder": "auto", "seed": 2024}
+    OPTIONAL = {
+        "k_core": 5,
+        "text_encoder": "auto",
+        "seed": 2024,
+        "mirror": None,
+        **{
+            f"{key}_{check}": None
+            for key in ("reviews", "meta", "image")
+            for check in ("size", "md5")
+        },
+    }
 
-    def __init__(self, root: str, name: str, amazon: Mapping[str, Any], **kwargs: Any) -> None:
-        from pyg_dhmrec.data.amazon import META_FILE, settings_of
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        amazon: Mapping[str, Any],
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        from pyg_dhmrec.data.amazon import (
+            RAW_KEYS,
+            amazon_folder_state,
+            build_amazon_dataset,
+            settings_of,
+        )
 
+        # download bars only for a person at a terminal, never with --quiet or into a log file
+        self.progress = progress and sys.stderr.isatty()
         where = f"configs/datasets/{name}.yaml, key 'amazon'"
         if not isinstance(amazon, Mapping):
             raise DataFormatError(f"dataset '{name}': {where} must be a mapping")
@@ -256,45 +346,51 @@ class AmazonDataset(MMRecDataset):
                 + (f"missing {', '.join(missing)}; " if missing else "")
                 + f"expected {', '.join(self.REQUIRED)} and optionally {', '.join(self.OPTIONAL)}"
             )
-        self.amazon = {**self.OPTIONAL, **dict(amazon)}
-        self.urls = {key: self.amazon[f"{key}_url"] for key in ("reviews", "meta", "image")}
-        a = self.amazon
+        a = self.amazon = {**self.OPTIONAL, **dict(amazon)}
+        for key in RAW_KEYS:
+            size, md5 = a[f"{key}_size"], a[f"{key}_md5"]
+            if size is not None and (
+                isinstance(size, bool) or not isinstance(size, int) or size < 1
+            ):
+                raise DataFormatError(
+                    f"dataset '{name}': {where}: '{key}_size' must be a positive number of bytes, "
+                    f"got {size!r}"
+                )
+            if md5 is not None and not (isinstance(md5, str) and _MD5_RE.fullmatch(md5)):
+                raise DataFormatError(
+                    f"dataset '{name}': {where}: '{key}_md5' must be 32 hex digits, got {md5!r}"
+                )
+        self.urls = {key: a[f"{key}_url"] for key in RAW_KEYS}
         self.settings = settings_of(
             a["category"], self.urls, a["seed"], a["k_core"], a["text_encoder"]
         )
         if not kwargs.get("modalities"):  # the built folder always holds both modalities
             kwargs["modalities"] = {"image": "image_feat.npy", "text": "text_feat.npy"}
         folder = Path(root) / name
-        meta_path = folder / META_FILE
-        if meta_path.is_file():
-            with open(meta_path, encoding="utf-8") as f:
-                if json.load(f).get("settings") != self.settings:
-                    log.info("%s: built with other settings, rebuilding", folder)
-                    meta_path.unlink()  # raw_file_names then asks for a build
+        reason = amazon_folder_state(folder, name, self.settings)
+        if reason is not None:
+            log.info(
+                "building dataset '%s' from the raw Amazon files of %s (%s)",
+                name,
+                a["category"],
+                reason,
+            )
+            build_amazon_dataset(
+                folder,
+                name,
+                a["category"],
+                self.urls,
+                seed=a["seed"],
+                k=a["k_core"],
+                text_encoder=a["text_encoder"],
+                log=log.info,
+                progress=self.progress,
+                expected={
+                    key: {"size": a[f"{key}_size"], "md5": a[f"{key}_md5"]} for key in RAW_KEYS
+                },
+                mirror=a["mirror"] or os.environ.get(MIRROR_ENV) or None,
+            )
         super().__init__(root, name, **kwargs)
-
-    @property
-    def raw_file_names(self) -> list[str]:
-        # A folder we built (it has raw/) is finished only once meta.json is written.
-        if (Path(self.raw_dir) / "raw").is_dir():
-            return [self.inter_file, "meta.json"]
-        return [self.inter_file]
-
-    def download(self) -> None:
-        from pyg_dhmrec.data.amazon import build_amazon_dataset
-
-        a = self.amazon
-        log.info("building dataset '%s' from the raw Amazon files of %s", self.name, a["category"])
-        build_amazon_dataset(
-            self.raw_dir,
-            self.name,
-            a["category"],
-            self.urls,
-            seed=a["seed"],
-            k=a["k_core"],
-            text_encoder=a["text_encoder"],
-            log=log.info,
-        )
 
 
 def modality_names(data: HeteroData) -> list[str]:
@@ -337,7 +433,8 @@ def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
     if config.get("synthetic"):
         return SyntheticDataset(root, name, config["synthetic"], **kwargs)
     if config.get("amazon"):  # built from the raw Amazon files when missing
-        return AmazonDataset(root, name, config["amazon"], **kwargs)
+        progress = bool(config.get("progress", True))  # download bars follow --quiet
+        return AmazonDataset(root, name, config["amazon"], progress=progress, **kwargs)
     return MMRecDataset(root, name, **kwargs)
 
 

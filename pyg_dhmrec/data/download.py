@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-__all__ = ["DownloadError", "download_file", "file_md5"]
+__all__ = ["DownloadError", "download_file", "file_md5", "gzip_complete"]
 
 _CHUNK = 1 << 20
 _USER_AGENT = "pyg_dhmrec-downloader"
@@ -39,7 +39,7 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _gzip_complete(path: Path) -> bool:
+def gzip_complete(path: Path) -> bool:
     """Whether a gzip file decompresses to its end (a truncated one raises EOFError)."""
     try:
         with gzip.open(path, "rb") as f:
@@ -105,13 +105,18 @@ def download_file(
     md5: str | None = None,
     progress: bool = True,
     timeout: float = 60,
+    size: int | None = None,
+    require_length: bool = False,
 ) -> Path:
     """Download ``url`` to ``path`` and return ``path``.
 
     An existing ``path`` is kept (after an md5 check when ``md5`` is given). A truncated
     transfer (fewer bytes than ``Content-Length``, a gzip that does not read to its end, an md5
-    mismatch) is fetched once more, resuming a short ``.part`` with a ``Range`` request. Any
-    network or HTTP failure raises :class:`DownloadError` naming the URL and the file to place.
+    mismatch, a size other than ``size``) is fetched once more, resuming a short ``.part`` with
+    a ``Range`` request. With ``require_length``, a file whose length neither the server
+    (Content-Length) nor ``size``/``md5`` tells is refused: a transfer cut between two records
+    of a headerless format would look complete. Any network or HTTP failure raises
+    :class:`DownloadError` naming the URL and the file to place.
     """
     path = Path(path)
     if path.exists() and (md5 is None or file_md5(path) == md5):
@@ -126,13 +131,27 @@ def download_file(
             raise _failure(url, path, f"HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             raise _failure(url, path, str(getattr(e, "reason", None) or e)) from None
-        size = part.stat().st_size
-        if total is not None and size != total:
-            problem = f"got {size} of {total} bytes"
-            if size > total:  # cannot be resumed
+        got = part.stat().st_size
+        if total is None and size is not None:
+            total = size
+        if total is not None and got != total:
+            problem = f"got {got} of {total} bytes"
+            if got > total:  # cannot be resumed
                 part.unlink()
             continue  # a short .part is resumed on the next attempt
-        if path.suffix == ".gz" and not _gzip_complete(part):
+        if size is not None and got != size:
+            problem = f"the server's {got} bytes differ from the expected {size}"
+            part.unlink()
+            continue
+        if require_length and total is None and md5 is None:
+            part.unlink()
+            raise _failure(
+                url,
+                path,
+                "the server sent no Content-Length and no expected size or md5 is configured, "
+                "so a cut transfer cannot be told from a complete one",
+            )
+        if path.suffix == ".gz" and not gzip_complete(part):
             problem = "the gzip data is truncated or corrupt"
             part.unlink()
             continue

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 SPLIT_NAMES = ("train", "valid", "test")
+# Rows (max id + 1) allowed per distinct id, plus a slack: gaps are fine, sparse ids are not.
+MAX_ID_SPREAD = 4
+ID_SLACK = 1024
 
 
 class DataFormatError(ValueError):
@@ -58,6 +61,19 @@ def _parse_int_column(values: list[str], field: str, path: Path, line_of: np.nda
     raise DataFormatError(f"{path}: field '{field}' holds a value out of the int64 range")
 
 
+def _check_contiguous(path: Path, field: str, ids: np.ndarray, line_of: np.ndarray) -> None:
+    """Ids index embedding rows (max id + 1 of them): refuse ids far from 0..N-1."""
+    largest = int(ids.max())
+    distinct = int(np.unique(ids).size)
+    if largest + 1 > MAX_ID_SPREAD * distinct + ID_SLACK:
+        at = int(np.argmax(ids))
+        raise DataFormatError(
+            f"{path}:{line_of[at]}: field '{field}' holds id {largest}, but ids must be 0-based "
+            f"and contiguous: there are {distinct} distinct ids, and the matrices would need "
+            f"{largest + 1} rows (max id + 1); renumber the ids 0..{distinct - 1}"
+        )
+
+
 def read_inter_file(path: Path) -> Interactions:
     """Read and validate an MMRec ``.inter`` file.
 
@@ -70,8 +86,15 @@ def read_inter_file(path: Path) -> Interactions:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: interaction file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    try:
+        # utf-8-sig: spreadsheet exports start with a byte-order mark, not part of 'userID'
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a tab-separated "
+            "text file"
+        ) from None
     if not lines or not lines[0].strip():
         raise DataFormatError(
             f"{path}: empty file; expected a tab-separated header row with columns "
@@ -124,6 +147,8 @@ def read_inter_file(path: Path) -> Interactions:
             f"got {label[bad[0]]} ({bad.size} such row(s))"
         )
 
+    for field, column in (("userID", user), ("itemID", item)):
+        _check_contiguous(path, field, column, line_of)
     num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
     key = user * num_items + item
     _, first = np.unique(key, return_index=True)
@@ -174,8 +199,15 @@ def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
         raise DataFormatError(f"{path}: feature file of modality '{modality}' not found")
     try:
         array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError) as e:
         raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
+    if isinstance(array, np.lib.npyio.NpzFile):
+        names = ", ".join(array.files)
+        array.close()
+        raise DataFormatError(
+            f"{path}: a .npz archive (arrays {names}), not a .npy array; save the matrix of "
+            f"modality '{modality}' with numpy.save"
+        )
     if not np.issubdtype(array.dtype, np.floating):
         raise DataFormatError(
             f"{path}: modality '{modality}' must hold floating-point features, "
@@ -185,6 +217,11 @@ def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
         raise DataFormatError(
             f"{path}: modality '{modality}' must be a 2-D matrix [num_items, dim], "
             f"got shape {array.shape}"
+        )
+    if array.shape[1] == 0:
+        raise DataFormatError(
+            f"{path}: modality '{modality}' has 0 feature columns (shape {array.shape}); "
+            "expected at least one"
         )
     if array.shape[0] != num_items:
         raise DataFormatError(

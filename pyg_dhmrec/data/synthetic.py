@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
 
 from .split import split_per_user
 
@@ -290,20 +290,6 @@ def sample_synthetic(config: SyntheticConfig) -> SyntheticData:
     return data
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write via a temp file in the same folder and ``os.replace`` it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _config_json(config: SyntheticConfig) -> dict[str, Any]:
     # JSON round trip so the comparison with a loaded meta.json is like for like.
     return json.loads(json.dumps(asdict(config)))
@@ -324,9 +310,9 @@ def generate_synthetic(folder: Path, name: str, config: SyntheticConfig) -> None
 
     rows = zip(data.user.tolist(), data.item.tolist(), data.label.tolist())
     text = "userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows)
-    _atomic_write(folder / f"{name}.inter", lambda f: f.write(text), mode="w")
+    write_text(folder / f"{name}.inter", text)
     for modality, x in data.features.items():
-        _atomic_write(folder / f"{modality}_feat.npy", lambda f, x=x: np.save(f, x))
+        write_npy(folder / f"{modality}_feat.npy", x)
 
     meta = {
         "generator": "pyg_dhmrec.data.synthetic",
@@ -338,7 +324,7 @@ def generate_synthetic(folder: Path, name: str, config: SyntheticConfig) -> None
         "num_interactions": int(data.user.size),
         "split": data.split_counts(),
     }
-    _atomic_write(folder / _META_FILE, lambda f: json.dump(meta, f, indent=2), mode="w")
+    write_json(folder / _META_FILE, meta)
 
 
 def ensure_synthetic(
