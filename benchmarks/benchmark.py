@@ -25,8 +25,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from a checkout: import the library beside it
 
+from pyg_dhmrec.atomic_files import write_json, write_text  # noqa: E402
+from pyg_dhmrec.cli import build_parser, resolve_config  # noqa: E402
 from pyg_dhmrec.config import ConfigError  # noqa: E402
 from pyg_dhmrec.experiment import (  # noqa: E402
+    check_same_config,
     expand_grid,
     grid_table,
     parse_grid_options,
@@ -46,17 +49,23 @@ HEADER = (
 def run_point(
     args: argparse.Namespace, point: dict[str, str], folder: Path
 ) -> dict[str, Any] | None:
+    options = ["--model", args.model, "--dataset", args.dataset, "--output", str(folder)]
+    if args.data_root:
+        options += ["--data-root", args.data_root]
+    if args.device:
+        options += ["--device", args.device]
+    for key, value in point.items():
+        options += [f"--{key}", value]
+    options += args.extra
+    try:  # a folder of another configuration is never reused or resumed
+        requested = resolve_config(*build_parser().parse_known_args(options))
+        check_same_config(folder, requested)
+    except ValueError as e:
+        print(f"{point_name(point)} failed: {e}")
+        return None
     results = folder / "results.json"
     if not results.exists():
-        cmd = [sys.executable, str(ROOT / "run.py"), "--model", args.model]
-        cmd += ["--dataset", args.dataset, "--output", str(folder), "--quiet"]
-        if args.data_root:
-            cmd += ["--data-root", args.data_root]
-        if args.device:
-            cmd += ["--device", args.device]
-        for key, value in point.items():
-            cmd += [f"--{key}", value]
-        cmd += args.extra
+        cmd = [sys.executable, str(ROOT / "run.py"), *options, "--quiet"]
         if (folder / CHECKPOINT).is_file():  # interrupted point: continue it
             cmd = [sys.executable, str(ROOT / "run.py"), "--resume", str(folder), "--quiet"]
             cmd += ["--device", args.device] if args.device else []
@@ -128,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     best = select_best(runs)
     table = grid_table([point_name(p) for p in points], runs)
     print(table)
-    (base / "grid.md").write_text(table + "\n")
-    (base / "selected.json").write_text(json.dumps(points[best]))
+    write_text(base / "grid.md", table + "\n")
+    write_json(base / "selected.json", points[best])
     chosen = ", ".join(f"{k}={v}" for k, v in points[best].items()) or "defaults"
     settings = chosen if len(points) == 1 else f"{chosen} (best valid R@20 of {len(points)})"
     if failed:
