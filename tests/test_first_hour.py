@@ -157,7 +157,8 @@ def test_own_folder_trains_with_cutoff_above_item_count_and_writes_train_log(
 
 def test_failed_run_ends_its_log_with_the_error(tmp_path: Path, monkeypatch) -> None:
     folder = write_shop(tmp_path / "myshop", {})
-    monkeypatch.setattr(BPR, "loss", lambda self, batch, out=None: {"bpr": torch.tensor(float("nan"))})
+    nan = {"bpr": torch.tensor(float("nan"))}
+    monkeypatch.setattr(BPR, "loss", lambda self, batch, out=None: nan)
     run = tmp_path / "run"
     assert main(cli_args(str(folder), run, "--model", "bpr", "--epochs", "1", "--quiet")) == 2
     last = (run / "train.log").read_text(encoding="utf-8").splitlines()[-1]

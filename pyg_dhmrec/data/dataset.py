@@ -10,7 +10,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData, InMemoryDataset
 
 from pyg_dhmrec.atomic_files import DamagedFile, read_torch_checked, write_torch_checked
+from pyg_dhmrec.data.download import download_file
 from pyg_dhmrec.data.mmrec_format import (
     DataFormatError,
     read_feature_file,
@@ -161,11 +161,10 @@ class MMRecDataset(InMemoryDataset):
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 archive = Path(tmp) / os.path.basename(self.url.split("?")[0])
-                with urllib.request.urlopen(self.url, timeout=60) as response:
-                    with open(archive, "wb") as f:
-                        shutil.copyfileobj(response, f)
+                # The shared downloader: resumes a cut transfer and refetches a short one.
+                download_file(self.url, archive, progress=False)
                 _extract(archive, target)
-        except OSError as e:
+        except OSError as e:  # DownloadError is an OSError naming the URL
             raise FileNotFoundError(
                 f"dataset '{self.name}': download of {self.url} failed ({e}); {place}"
             ) from None
