@@ -285,7 +285,7 @@ def test_run_stopped_before_training_does_not_claim_the_folder(
 ) -> None:
     out = tmp_path / "run"
     # Fails on the data check, after config.json is written: nothing was trained.
-    assert main(train_args(data_root, out, "lightgcn", "--topk", "[10,50]")) == 2
-    assert "key 'topk': cut-off(s) [50] exceed the dataset's 40 items" in capsys.readouterr().err
-    assert main(train_args(data_root, out, "lightgcn", "--epochs", "1")) == 0  # the fixed run
-    assert json.loads((out / "config.json").read_text())["topk"] == [10, 20]
+    assert main(train_args(data_root, out, "dhmrec", "--knn_k", "40")) == 2
+    assert "key 'knn_k' must be in [1, 39]" in capsys.readouterr().err
+    assert main(train_args(data_root, out, "dhmrec", "--epochs", "1")) == 0  # the fixed run
+    assert json.loads((out / "config.json").read_text())["knn_k"] == 3
