@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN", help="continue the run folder RUN from its checkpoint.pt"
     )
     parser.add_argument(
-        "--grid", metavar="YAML", help="grid file (key: [values]); one run per point"
+        "--grid",
+        metavar="YAML",
+        help="grid file (key: [values]); one run per point; a bare name (dhmrec) is a grid "
+        f"shipped in configs/grids ({', '.join(available('grids'))})",
     )
     parser.add_argument(
         "--seeds", type=int, metavar="N", help="run seeds seed..seed+N-1; mean and std of test"
@@ -298,7 +301,10 @@ def train_main(argv: Sequence[str]) -> int:
     if args.grid and args.seeds:
         raise ConfigError("--grid and --seeds cannot be combined; run --seeds on the chosen point")
     if args.grid:
-        axes = load_grid(Path(args.grid))
+        shipped = CONFIG_DIR / "grids" / f"{args.grid}.yaml"
+        # a bare name finds the packaged grid also where configs/ is not in the current folder
+        grid = shipped if not Path(args.grid).exists() and shipped.is_file() else Path(args.grid)
+        axes = load_grid(grid)
         output = default_output(config, "grid")
         summary = run_grid(config, axes, output, run, source=args.grid)
         print(summary["table"])
