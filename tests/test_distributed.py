@@ -19,6 +19,7 @@ import torch.multiprocessing as mp
 from dist_workers import TRAIN, one_step, toy_data
 from kill_points import wait_for_marker
 
+from pyg_dhmrec.cli import main
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRSampler
 from pyg_dhmrec.distributed import DistributedError, ShardedBPRSampler
@@ -175,7 +176,9 @@ def test_one_step_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- torchrun runs of run.py
 
 
-def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(tmp_path: Path) -> None:
+def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data_root = tmp_path / "data"
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_py = str(REPO / "run.py")
@@ -219,16 +222,8 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(tmp_path: Path
     )
 
     # one process cannot continue a 2-rank checkpoint
-    alone = subprocess.run(
-        [sys.executable, run_py, "--resume", str(killed), "--quiet"],
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    assert alone.returncode == 2
-    assert "written by 2 process(es), this run has 1" in alone.stderr
+    assert main(["--resume", str(killed), "--quiet"]) == 2
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
 
     resumed_run = subprocess.run(
         torchrun(run_py, "--resume", str(killed), "--quiet"),
