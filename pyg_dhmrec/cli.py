@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pyg_dhmrec import distributed
 from pyg_dhmrec.config import (
     CONFIG_DIR,
     ConfigError,
@@ -257,28 +258,37 @@ def run(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
     The run folder gets ``config.json`` first and ``checkpoint.pt`` after every epoch; with
     ``resume``, training continues from that checkpoint and ends as an uninterrupted run would.
     The folder is locked for the run and must not hold a run of another configuration.
+    Under torchrun every rank runs this; rank 0 alone claims the folder and writes its files.
     """
     config = dict(config)
+    ctx = distributed.setup(config["device"])
     output = default_output(config)
+    if ctx:
+        output = ctx.broadcast_object(output)  # rank 0's (timestamped) folder
     config["output"] = str(output)
-    with claim_run_folder(output, config, resume):
-        return _run_in_folder(config, output, resume)
+    with distributed.on_main(ctx, claim_run_folder(output, config, resume)):
+        return _run_in_folder(config, output, resume, ctx)
 
 
-def _run_in_folder(config: dict[str, Any], output: Path, resume: bool) -> dict[str, Any]:
-    device = resolve_device(config["device"])
-    seed_everything(config["seed"], device)
-    dataset, data, model = load_data_and_model(config)
+def _run_in_folder(
+    config: dict[str, Any], output: Path, resume: bool, ctx: distributed.Dist | None = None
+) -> dict[str, Any]:
+    device = ctx.device if ctx else resolve_device(config["device"])
+    seed_everything(config["seed"], device)  # the same seed on every rank: common streams
+    with distributed.main_first(ctx):  # rank 0 builds the dataset and graph caches first
+        dataset, data, model = load_data_and_model(config)
     n_params = sum(p.numel() for p in model.parameters())
     name = config["model"] + (f" + plugin {config['plugin']}" if config.get("plugin") else "")
-    log.info("model %s (%d parameters) on %s", name, n_params, device)
-    trainer = Trainer(model, data, config, device, output=output)
+    ranks = f" x {ctx.world_size} ranks ({ctx.backend})" if ctx else ""
+    log.info("model %s (%d parameters) on %s%s", name, n_params, device, ranks)
+    trainer = Trainer(model, data, config, device, output=output, dist=ctx)
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT)
     results = trainer.fit()
     results["dataset_stats"] = dataset.stats
-    path = save_results(results, output)
-    log.info("results written to %s", path)
+    if trainer.is_main:
+        path = save_results(results, output)
+        log.info("results written to %s", path)
     return results
 
 
@@ -295,11 +305,13 @@ def train_main(argv: Sequence[str]) -> int:
     """``run.py [--model M] [--dataset D] [--resume RUN | --grid YAML | --seeds N] ...``."""
     args, extra = build_parser().parse_known_args(argv)
     if args.resume:
-        print(json.dumps(_summary(run(resume_config(args, extra), resume=True))))
+        _print(json.dumps(_summary(run(resume_config(args, extra), resume=True))))
         return 0
     config = resolve_config(args, extra)
     if args.grid and args.seeds:
         raise ConfigError("--grid and --seeds cannot be combined; run --seeds on the chosen point")
+    if (args.grid or args.seeds is not None) and distributed.under_torchrun():
+        raise ConfigError("--grid and --seeds run in one process; start each run under torchrun")
     if args.grid:
         shipped = CONFIG_DIR / "grids" / f"{args.grid}.yaml"
         # a bare name finds the packaged grid also where configs/ is not in the current folder
@@ -321,8 +333,13 @@ def train_main(argv: Sequence[str]) -> int:
             print(f"  test {key}: {stat['mean']:.4f} ± {stat['std']:.4f}")
         print(f"written: {output / 'seeds.json'}")
         return 0
-    print(json.dumps(_summary(run(config))))
+    _print(json.dumps(_summary(run(config))))
     return 0
+
+
+def _print(line: str) -> None:
+    if distributed.is_main_process():  # one summary line per job, not per rank
+        print(line)
 
 
 def compare_main(argv: Sequence[str]) -> int:
@@ -436,3 +453,5 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()  # leave torchrun's process group, if joined

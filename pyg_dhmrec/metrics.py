@@ -7,7 +7,7 @@ one ground-truth item in the evaluated split.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -237,10 +237,26 @@ class FullRankEvaluator:
             Dict of mean metric values (:obj:`0.0` when no user is evaluated), or a tuple
             :obj:`(means, per_user_values)` if :obj:`per_user=True`.
         """
+        values = self.evaluate_chunks(score_fn, range(self.num_chunks))
+        return self.summarize(values, per_user=per_user)
+
+    @property
+    def num_chunks(self) -> int:
+        """Number of :obj:`user_batch_size` chunks of the evaluated users."""
+        return -(-self.num_users_evaluated // self.user_batch_size)
+
+    @torch.no_grad()
+    def evaluate_chunks(
+        self, score_fn: Callable[[Tensor], Tensor], chunks: Iterable[int]
+    ) -> dict[int, dict[str, Tensor]]:
+        r"""Per-user metric values (CPU) of the user chunks :obj:`chunks` (indices below
+        :obj:`num_chunks`), by chunk: the part of :meth:`evaluate` that ranks, so that
+        processes can share the chunks and :meth:`summarize` the gathered values."""
         max_k = max(self.ks)
         ranked = min(max_k, self.num_items)  # a cut-off above the item count ranks them all
-        chunks: dict[str, list[Tensor]] = {}
-        for start in range(0, self.num_users_evaluated, self.user_batch_size):
+        out: dict[int, dict[str, Tensor]] = {}
+        for chunk in chunks:
+            start = chunk * self.user_batch_size
             users = self.users[start : start + self.user_batch_size]
             scores = score_fn(users)
             if not isinstance(scores, Tensor) or scores.shape != (users.numel(), self.num_items):
@@ -270,14 +286,23 @@ class FullRankEvaluator:
 
             num_gt = self.num_ground_truth[start : start + self.user_batch_size]
             values = ranking_metrics(hits, num_gt.to(device), self.ks, self.metrics)
-            for key, value in values.items():
-                chunks.setdefault(key, []).append(value.cpu())
+            out[chunk] = {key: value.cpu() for key, value in values.items()}
+        return out
 
+    def summarize(
+        self, chunks: Mapping[int, Mapping[str, Tensor]], per_user: bool = False
+    ) -> dict[str, float] | tuple[dict[str, float], dict[str, Tensor]]:
+        r"""The means (and, with :obj:`per_user`, the per-user values aligned with
+        :obj:`self.users`) of the values of :meth:`evaluate_chunks` for every chunk."""
+        missing = set(range(self.num_chunks)) - set(chunks)
+        if missing:
+            raise ValueError(f"user chunk(s) {sorted(missing)} were not evaluated")
         per_user_values: dict[str, Tensor] = {}
         for metric in self.metrics:
             for k in self.ks:
                 key = f"{metric}@{k}"
-                parts = chunks.get(key, [torch.empty(0, dtype=torch.get_default_dtype())])
+                parts = [chunks[c][key] for c in range(self.num_chunks)]
+                parts = parts or [torch.empty(0, dtype=torch.get_default_dtype())]
                 per_user_values[key] = torch.cat(parts)
         means = {
             key: float(value.double().mean()) if value.numel() > 0 else 0.0

@@ -32,6 +32,7 @@ from pyg_dhmrec.atomic_files import (
 from pyg_dhmrec.config import overall_defaults
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRSampler
+from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
 from pyg_dhmrec.metrics import FullRankEvaluator
 from pyg_dhmrec.models.base import Recommender
 
@@ -185,6 +186,10 @@ class Trainer:
     ``config`` may be partial: the general keys it lacks take their ``configs/overall.yaml``
     defaults (logged); ``model`` and ``dataset`` label the results (default: the model's class
     name and ``"data"``).
+
+    With ``dist`` (several ranks, :mod:`pyg_dhmrec.distributed`), each rank trains on its
+    shard of every batch through DDP, evaluates its share of the users, and rank 0 alone
+    writes files; the checkpoint holds every rank's sampler and RNG states.
     """
 
     def __init__(
@@ -194,12 +199,15 @@ class Trainer:
         config: Mapping[str, Any],
         device: torch.device,
         output: Path | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.config = complete_config(config, model)
         config = self.config
         self.device = device
         self.model = model.to(device)
-        self.output = Path(output) if output else None
+        self.dist = dist
+        self.is_main = dist is None or dist.is_main  # the rank that writes files and logs
+        self.output = Path(output) if output and self.is_main else None
         store = data[RATES]
         num_users, num_items = model.num_users, model.num_items
         above = [k for k in config["topk"] if k > num_items]
@@ -210,9 +218,15 @@ class Trainer:
                 ", ".join(map(str, above)),
                 num_items,
             )
-        self.sampler = BPRSampler(
-            store.edge_index, num_users, num_items, config["batch_size"], seed=config["seed"]
-        )
+        args = (store.edge_index, num_users, num_items, config["batch_size"])
+        if dist is None:
+            self.sampler = BPRSampler(*args, seed=config["seed"])
+        else:
+            self.sampler = ShardedBPRSampler(
+                *args, seed=config["seed"], rank=dist.rank, world_size=dist.world_size
+            )
+        # one step's forward: the full-graph pass and the loss parts (in DDP with several ranks)
+        self.step = LossStep(self.model) if dist is None else dist.wrap(LossStep(self.model))
         evaluator_args = dict(
             num_users=num_users,
             num_items=num_items,
@@ -247,6 +261,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the train interactions; returns the mean of every loss part."""
         self.model.train()
+        if self.dist:
+            self.dist.sync_rng()  # per-epoch graphs and forward() dropout: same on every rank
         self.model.on_train_epoch_start()
         sums: dict[str, Tensor] = {}
         bar = tqdm(
@@ -255,12 +271,12 @@ class Trainer:
             desc=f"epoch {epoch}",
             leave=False,
             # redirected stderr (a log file) would collect every carriage-return update
-            disable=not self.config["progress"] or not sys.stderr.isatty(),
+            disable=not (self.config["progress"] and self.is_main) or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
         for batch in bar:
-            out = self.model()  # one embedding pass per step, shared by every loss part
-            parts = self.model.loss(batch.to(self.device), out)
+            # one embedding pass per step, shared by every loss part
+            parts = self.step(batch.to(self.device))
             total = sum(parts.values())
             if not torch.isfinite(total):
                 bad = [k for k, v in parts.items() if not torch.isfinite(v)]
@@ -273,36 +289,40 @@ class Trainer:
             for k, v in parts.items():  # stays on the device: one sync per epoch, not per part
                 sums[k] = sums.get(k, 0.0) + v.detach()
             bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
+        if self.dist:  # the logged loss parts: means over the ranks' shards
+            sums = self.dist.mean(sums)
         return {k: float(v) / len(self.sampler) for k, v in sums.items()}
 
     def evaluate(self, split: str) -> dict[str, float]:
         self.model.eval()
         evaluator = self.valid_evaluator if split == "valid" else self.test_evaluator
-        result = evaluator.evaluate(self.model.full_scores)
+        result = self._evaluate(evaluator)
         self.model.train()
         return result
+
+    def _evaluate(self, evaluator: FullRankEvaluator, per_user: bool = False) -> Any:
+        """Full-ranking metrics of the model in eval mode (users shared by the ranks)."""
+        if self.dist:
+            return sharded_evaluate(evaluator, self.model.full_scores, self.dist, per_user)
+        return evaluator.evaluate(self.model.full_scores, per_user=per_user)
 
     # ----- checkpoints -----
     def save_checkpoint(self) -> Path | None:
         """Write the whole run state to ``<output>/checkpoint.pt`` atomically, with a checksum.
 
         A kill mid-write leaves the previous checkpoint intact; a file damaged later is refused
-        by :meth:`load_checkpoint`.
+        by :meth:`load_checkpoint`. With several ranks, every rank's sampler and RNG states are
+        gathered to rank 0 (``ranks``, with ``world_size``), which writes the file.
         """
+        state = self._rank_state()
+        ranks = self.dist.all_gather_object(state) if self.dist else None
         if not self.output:
             return None
         payload = {
             "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                # DegreeSensitiveEdgeDropout and dropout layers draw from torch's global RNG.
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            **state,  # rank 0's
             "progress": {
                 "epoch": self.epoch,
                 "train_times": self.train_times,
@@ -312,7 +332,22 @@ class Trainer:
             "early_stopping": self.early_stopping.state_dict(),
             "history": self.history,
         }
+        if ranks is not None:
+            payload.update(world_size=self.dist.world_size, ranks=ranks)
         return write_checkpoint(self.output / CHECKPOINT, payload)
+
+    def _rank_state(self) -> dict[str, Any]:
+        """This process's sampler and RNG states."""
+        return {
+            "sampler": self.sampler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                # DegreeSensitiveEdgeDropout and dropout layers draw from torch's global RNG.
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore a state written by :meth:`save_checkpoint`; :meth:`fit` continues from it.
@@ -321,17 +356,25 @@ class Trainer:
         parameters that do not fit this model.
         """
         payload = read_checkpoint(path)
+        world_size = self.dist.world_size if self.dist else 1
+        if payload.get("world_size", 1) != world_size:
+            raise CheckpointError(
+                f"{path}: written by {payload.get('world_size', 1)} process(es), this run has "
+                f"{world_size}; resume with the same number of ranks (torchrun "
+                f"--nnodes x --nproc-per-node = {payload.get('world_size', 1)})"
+            )
+        own = payload["ranks"][self.dist.rank] if self.dist else payload
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
-            self.sampler.load_state_dict(payload["sampler"])
+            self.sampler.load_state_dict(own["sampler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             first = str(e).strip().splitlines()
             raise CheckpointError(
                 f"{path}: does not fit the model and optimizer built from the run's config.json "
                 f"({' '.join(line.strip() for line in first[:3])})"
             ) from None
-        rng = payload["rng"]
+        rng = own["rng"]
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -417,7 +460,7 @@ class Trainer:
             write_torch(self.output / BEST, self.model.state_dict())
         t0 = time.perf_counter()
         self.model.eval()
-        test, per_user = self.test_evaluator.evaluate(self.model.full_scores, per_user=True)
+        test, per_user = self._evaluate(self.test_evaluator, per_user=True)
         self.model.train()
         test_eval_s = time.perf_counter() - t0
         if self.output:
@@ -447,6 +490,12 @@ class Trainer:
                 "total_s": time.perf_counter() - start,
             },
             "peak_rss_mb": peak_rss_mb(),
+            "world_size": self.dist.world_size if self.dist else 1,
+            "backend": self.dist.backend if self.dist else None,
+            # rank order; one entry without torch.distributed
+            "peak_rss_mb_per_rank": (
+                self.dist.all_gather_object(peak_rss_mb()) if self.dist else [peak_rss_mb()]
+            ),
             "peak_gpu_mb": (
                 torch.cuda.max_memory_allocated(self.device) / 2**20
                 if self.device.type == "cuda"

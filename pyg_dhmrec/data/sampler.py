@@ -69,13 +69,15 @@ class BPRSampler:
         pos = torch.searchsorted(self.keys, key).clamp_(max=self.keys.numel() - 1)
         return self.keys[pos] == key
 
-    def sample_negatives(self, user: Tensor) -> Tensor:
-        """One uniform non-train item per entry of ``user``."""
-        neg = torch.randint(self.num_items, user.shape, generator=self.generator)
+    def sample_negatives(self, user: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One uniform non-train item per entry of ``user`` (from ``generator``, default the
+        sampler's)."""
+        generator = self.generator if generator is None else generator
+        neg = torch.randint(self.num_items, user.shape, generator=generator)
         redo = self.is_train(user, neg)
         while redo.any():
             idx = redo.nonzero().view(-1)
-            neg[idx] = torch.randint(self.num_items, idx.shape, generator=self.generator)
+            neg[idx] = torch.randint(self.num_items, idx.shape, generator=generator)
             redo[idx] = self.is_train(user[idx], neg[idx])
         return neg
 
