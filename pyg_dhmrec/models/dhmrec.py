@@ -272,6 +272,11 @@ class DHMRec(Recommender):
             specifics=specifics,
         )
 
+    def ranking_parts(self, out: DHMRecEmbeddings) -> dict[str, Tensor]:
+        """The two summands of Eq. 22, ``[U + I, d]`` each: ``id`` and ``mm`` (times
+        :math:`\alpha_{mm}`); read by ``benchmarks/embedding_balance.py``."""
+        return {"id": out.id, "mm": self.alpha_mm * out.mm}
+
     def _to_users(self, item_emb: Tensor) -> Tensor:
         """Eq. 14: users aggregate their interacted items, weighted 1/sqrt(|N_u||N_i|)."""
         return self.user_item(item_emb)
