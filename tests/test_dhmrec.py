@@ -52,7 +52,7 @@ def _model(data: HeteroData, seed: int = 0, **kwargs) -> DHMRec:
     options = {
         "embedding_dim": DIM,
         "knn_k": KNN_K,
-        "ii_modality_weights": WEIGHTS,
+        "modality_weights": WEIGHTS,
         "num_ui_layers": 2,
         "num_ii_layers": 1,
     }
@@ -92,21 +92,21 @@ def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -
     model = _model(data, alpha_mm=0.6, gamma_dis=0.3, gamma_kl=0.7, gamma_reg=0.01)
     parts = _train_loss(model, batch)
     with torch.no_grad():
-        emb = model._embed()  # train mode: same pruned graph as the loss
-        final = emb["id"] + 0.6 * emb["mm"]
+        emb = model()  # train mode: same pruned graph as the loss
+        final = emb.id + 0.6 * emb.mm
         user_f, item_f = final[:NUM_USERS], final[NUM_USERS:]
         pos = (user_f[batch.user] * item_f[batch.pos_item]).sum(-1)
         neg = (user_f[batch.user] * item_f[batch.neg_item]).sum(-1)
         bpr = -torch.log(torch.sigmoid(pos - neg)).mean()  # Eq. 24, mean over the batch
         items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
-        commons = [emb["commons"][m][items] for m in ("image", "text")]
+        commons = [emb.commons[m][items] for m in ("image", "text")]
         jsd = 0.3 * jensen_shannon_divergence(commons)
         orth = 0.3 * (
-            orthogonality_loss(emb["commons"]["image"][items], emb["specifics"]["image"][items])
-            + orthogonality_loss(emb["commons"]["text"][items], emb["specifics"]["text"][items])
+            orthogonality_loss(emb.commons["image"][items], emb.specifics["image"][items])
+            + orthogonality_loss(emb.commons["text"][items], emb.specifics["text"][items])
         )
         users = torch.unique(batch.user)
-        mm, idv = emb["mm"], emb["id"]
+        mm, idv = emb.mm, emb.id
         kl = 0.7 * score_distribution_kl(
             mm[:NUM_USERS][users], mm[NUM_USERS:], idv[:NUM_USERS][users], idv[NUM_USERS:]
         )
@@ -174,16 +174,17 @@ def test_multimodal_embedding_by_hand(data: HeteroData) -> None:
     model = _model(data)
     model.eval()
     with torch.no_grad():
-        emb = model._embed()
+        emb = model()
         views = _dense_views(model, data)
-        assert emb["mm"].shape == (NUM_USERS + NUM_ITEMS, DIM)
-        assert torch.allclose(emb["mm"], model.fusion(views), atol=1e-4)
+        assert emb.mm.shape == (NUM_USERS + NUM_ITEMS, DIM)
+        assert torch.allclose(emb.mm, model.fusion(views), atol=1e-4)
         # id view: LightGCN mean over 3 layers of the full graph in eval mode (Eqs. 7-8).
         adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
         ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
         expected_id = (ego + adj @ ego + adj @ (adj @ ego)) / 3
-        assert torch.allclose(emb["id"], expected_id, atol=1e-5)
-        user_emb, item_emb = model()
+        assert torch.allclose(emb.id, expected_id, atol=1e-5)
+        out = model()
+        user_emb, item_emb = out.user, out.item
         final = expected_id + 1.0 * model.fusion(views)  # Eq. 22 with alpha_mm = 1
         assert torch.allclose(torch.cat([user_emb, item_emb]), final, atol=1e-4)
 
@@ -193,7 +194,7 @@ def test_no_af_fuses_by_the_mean_of_the_views(data: HeteroData) -> None:
     assert not hasattr(model, "fusion")
     model.eval()
     with torch.no_grad():
-        mm = model._embed()["mm"]
+        mm = model().mm
         views = _dense_views(model, data)
         assert len(views) == 3
         assert mm.shape == (NUM_USERS + NUM_ITEMS, DIM)
@@ -206,7 +207,53 @@ def test_no_ii_views_are_the_user_item_outputs(data: HeteroData) -> None:
     model.eval()
     with torch.no_grad():
         views = _dense_views(model, data)  # item_graphs is False: no kNN hop
-        assert torch.allclose(model._embed()["mm"], sum(views) / 3, atol=1e-5)
+        assert torch.allclose(model().mm, sum(views) / 3, atol=1e-5)
+
+
+# ---------------------------------------------------------------- scale of the two parts (issue 16)
+
+
+def test_outer_layer_norm_gain_starts_at_the_id_scale(data: HeteroData) -> None:
+    """Eq. 18's outer LN gain = per-entry RMS of the propagated ID embeddings / sqrt(V)."""
+    model = _model(data)
+    adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
+    expected_id = (ego + adj @ ego + adj @ (adj @ ego)) / 3  # Eqs. 7-8, full graph
+    gain = expected_id.pow(2).mean().sqrt().item() / math.sqrt(3)  # V = 3 views
+    for attention in model.fusion.attentions:
+        assert torch.allclose(attention.outer_norm.weight, torch.full((DIM,), gain), rtol=1e-5)
+        assert torch.equal(attention.outer_norm.bias, torch.zeros(DIM))
+    # Re-initialising new ID tables moves the gain with them.
+    with torch.no_grad():
+        model.user_embedding.weight.mul_(0)
+    model.reset_parameters()
+    assert model.fusion.attentions[0].outer_norm.weight[0].item() == pytest.approx(
+        model._id_scale() / math.sqrt(3), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("feature_scale", [1.0, 100.0])
+@pytest.mark.parametrize("alpha_mm", [1.0, 1.5])
+def test_first_loss_near_ln2_and_parts_balanced(
+    data: HeteroData, batch: BPRBatch, alpha_mm: float, feature_scale: float
+) -> None:
+    """N(0, 1) features (and 100x those), d = 64: the first BPR loss is within 2x of ln 2 and
+    the ID and alpha_mm-weighted multimodal parts of Eq. 22 are within 10x in row norm (with
+    unit-gain layer norms: 41.8 and 27x at alpha_mm = 1, 94 and 41x at 1.5)."""
+    scaled = data.clone()
+    for m in ("image", "text"):
+        scaled["item"][m] = data["item"][m] * feature_scale
+    model = _model(scaled, embedding_dim=64, alpha_mm=alpha_mm)
+    model.train()
+    model.on_train_epoch_start()
+    out = model()
+    bpr = model.loss(batch, out)["bpr"].item()
+    assert math.log(2) / 2 < bpr < 2 * math.log(2)
+    parts = model.ranking_parts(out)
+    id_norm = parts["id"].norm(dim=-1).mean().item()
+    mm_norm = parts["mm"].norm(dim=-1).mean().item()
+    assert 0.1 < mm_norm / id_norm < 10
+    assert torch.allclose(parts["id"] + parts["mm"], torch.cat([out.user, out.item]))
 
 
 # ---------------------------------------------------------------- evaluation
@@ -227,7 +274,7 @@ def test_evaluation_is_deterministic_and_uses_the_full_graph(data: HeteroData) -
     assert pruned._nnz() == 2 * math.floor(NUM_EDGES * (1 - 0.8))
     assert pruned._nnz() < full.count_nonzero()
     with torch.no_grad():
-        train_id = model._embed()["id"]
+        train_id = model().id
 
     model.eval()
     assert torch.allclose(model.pruning().to_dense(), full, atol=1e-7)
@@ -235,10 +282,11 @@ def test_evaluation_is_deterministic_and_uses_the_full_graph(data: HeteroData) -
     assert scores.shape == (4, NUM_ITEMS)
     assert not scores.requires_grad
     assert torch.equal(model.full_scores(users), scores)
-    user_emb, item_emb = model()
+    out = model()
+    user_emb, item_emb = out.user, out.item
     assert torch.allclose(scores, user_emb[users] @ item_emb.t(), atol=1e-5)
     with torch.no_grad():
-        assert not torch.allclose(model._embed()["id"], train_id, atol=1e-4)  # pruned in training
+        assert not torch.allclose(model().id, train_id, atol=1e-4)  # pruned in training
 
     # A new pruned sample in training changes nothing at evaluation.
     model.train()
@@ -256,15 +304,17 @@ def test_common_item_graph_is_the_weighted_sum(data: HeteroData) -> None:
     model = _model(data)
     image = knn_adjacency(data["item"].image, KNN_K)
     text = knn_adjacency(data["item"].text, KNN_K)
-    assert torch.allclose(model.ii_image.to_dense(), image.to_dense())
-    assert torch.allclose(model.ii_text.to_dense(), text.to_dense())
+    assert torch.allclose(model.item_item["image"].matrix.to_dense(), image.to_dense())
+    assert torch.allclose(model.item_item["text"].matrix.to_dense(), text.to_dense())
     expected = weighted_sum([image, text], [0.1, 0.9]).to_dense()
-    assert torch.allclose(model.ii_common.to_dense(), expected, atol=1e-7)
+    assert torch.allclose(model.item_item["common"].matrix.to_dense(), expected, atol=1e-7)
     assert torch.allclose(
-        model.ii_common.to_dense(), 0.1 * image.to_dense() + 0.9 * text.to_dense(), atol=1e-7
+        model.item_item["common"].matrix.to_dense(),
+        0.1 * image.to_dense() + 0.9 * text.to_dense(),
+        atol=1e-7,
     )
     # kNN graph: k = 3 entries per row.
-    assert model.ii_image._nnz() == NUM_ITEMS * KNN_K
+    assert model.item_item["image"].matrix._nnz() == NUM_ITEMS * KNN_K
 
 
 @pytest.mark.parametrize(
@@ -273,7 +323,7 @@ def test_common_item_graph_is_the_weighted_sum(data: HeteroData) -> None:
 )
 def test_mismatched_modality_weights_raise(data: HeteroData, weights: dict) -> None:
     with pytest.raises(ValueError, match="one weight per modality"):
-        _model(data, ii_modality_weights=weights)
+        _model(data, modality_weights=weights)
 
 
 # ---------------------------------------------------------------- ablations
@@ -307,7 +357,8 @@ def test_each_ablation_removes_exactly_its_part(
         assert {"projections.image.weight", "projections.text.weight"} <= names
         assert model.views == ["image", "text"]
         assert model.fusion.fuse.in_features == 2 * DIM
-        assert {"ii_image", "ii_text"} <= buffers and "ii_common" not in buffers
+        assert {"item_item.image.matrix", "item_item.text.matrix"} <= buffers
+        assert "item_item.common.matrix" not in buffers
     else:
         assert not any("projections" in n for n in names)
     if ablation == "no_af":
@@ -318,10 +369,10 @@ def test_each_ablation_removes_exactly_its_part(
         assert any("fusion" in n for n in names)
         assert names == {n for n in full_names if "alpha" not in n}
     if ablation == "no_ii":
-        assert not any(b.startswith("ii_") for b in buffers)
+        assert not any(b.startswith("item_item") for b in buffers)
         assert names == full_names
     else:
-        assert "ii_image" in buffers
+        assert "item_item.image.matrix" in buffers
     if ablation == "no_kl":
         assert names == full_names
 
@@ -340,7 +391,14 @@ def test_unknown_ablation_raises(data: HeteroData) -> None:
 
 def test_full_model_buffers(data: HeteroData) -> None:
     buffers = {name for name, _ in _model(data).named_buffers()}
-    assert {"ii_image", "ii_text", "ii_common", "feat_image", "feat_text", "user_item"} <= buffers
+    assert {
+        "item_item.image.matrix",
+        "item_item.text.matrix",
+        "item_item.common.matrix",
+        "feat_image",
+        "feat_text",
+        "user_item.matrix",
+    } <= buffers
 
 
 def test_all_ablations_together(data: HeteroData, batch: BPRBatch) -> None:
@@ -373,20 +431,22 @@ def test_no_dis_projections_are_xavier_initialised(data: HeteroData) -> None:
 def test_three_modalities(batch: BPRBatch) -> None:
     data = _make_data({"audio": 6})
     weights = {"image": 0.2, "text": 0.3, "audio": 0.5}
-    model = _model(data, ii_modality_weights=weights)
+    model = _model(data, modality_weights=weights)
     assert model.modalities == ["image", "text", "audio"]
     assert model.views == ["common", "image", "text", "audio"]
     assert model.fusion.fuse.in_features == 4 * DIM
     image, text, audio = (knn_adjacency(data["item"][m], KNN_K).to_dense() for m in weights)
     assert torch.allclose(
-        model.ii_common.to_dense(), 0.2 * image + 0.3 * text + 0.5 * audio, atol=1e-7
+        model.item_item["common"].matrix.to_dense(),
+        0.2 * image + 0.3 * text + 0.5 * audio,
+        atol=1e-7,
     )
     parts = _train_loss(model, batch)
     assert set(parts) == ALL_PARTS
     with torch.no_grad():
-        emb = model._embed()
+        emb = model()
         items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
-        commons = [emb["commons"][m][items] for m in ("image", "text", "audio")]
+        commons = [emb.commons[m][items] for m in ("image", "text", "audio")]
         jsd = 0.1 * jensen_shannon_divergence(commons)  # gamma_dis 0.1, M = 3
     assert parts["jsd"].item() == pytest.approx(jsd.item(), rel=1e-4)
     sum(parts.values()).backward()
@@ -398,7 +458,7 @@ def test_three_modalities(batch: BPRBatch) -> None:
 def test_single_modality_raises() -> None:
     data = _make_data(text=False)
     with pytest.raises(ValueError, match=r"at least 2 modalities.*\['image'\]"):
-        _model(data, ii_modality_weights={"image": 1.0})
+        _model(data, modality_weights={"image": 1.0})
 
 
 def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
@@ -406,9 +466,10 @@ def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
     model.eval()
     users = torch.arange(NUM_USERS)
     with torch.no_grad():
-        emb = model._embed()
-        id_user, id_item = emb["id"][:NUM_USERS], emb["id"][NUM_USERS:]
-        user_emb, item_emb = model()
+        emb = model()
+        id_user, id_item = emb.id[:NUM_USERS], emb.id[NUM_USERS:]
+        out = model()
+        user_emb, item_emb = out.user, out.item
     assert torch.equal(user_emb, id_user) and torch.equal(item_emb, id_item)
     scores = model.full_scores(users)
     assert torch.allclose(scores, id_user @ id_item.t(), atol=1e-6)
@@ -417,7 +478,7 @@ def test_alpha_mm_zero_scores_with_id_view_only(data: HeteroData) -> None:
     model.train()
     model.eval()
     mixed = model.full_scores(users)
-    final = emb["id"] + 0.5 * emb["mm"]
+    final = emb.id + 0.5 * emb.mm
     assert torch.allclose(mixed, final[:NUM_USERS] @ final[NUM_USERS:].t(), atol=1e-5)
     assert not torch.allclose(mixed, scores, atol=1e-3)
 
@@ -426,7 +487,7 @@ def test_build_model_from_config(data: HeteroData) -> None:
     config = {
         "embedding_dim": 6,
         "knn_k": 2,
-        "ii_modality_weights": WEIGHTS,
+        "modality_weights": WEIGHTS,
         "ablations": ["no_kl"],
         "alpha_mm": 0.4,
         "epochs": 3,
@@ -435,7 +496,7 @@ def test_build_model_from_config(data: HeteroData) -> None:
     assert isinstance(model, DHMRec)
     assert model.user_embedding.weight.shape == (NUM_USERS, 6)
     assert model.alpha_mm == 0.4 and model.ablations == ("no_kl",)
-    assert model.ii_image._nnz() == NUM_ITEMS * 2
+    assert model.item_item["image"].matrix._nnz() == NUM_ITEMS * 2
 
 
 # ---------------------------------------------------------------- command line
