@@ -440,3 +440,28 @@ def test_weighted_sum_of_sparse_matrices() -> None:
         weighted_sum([a.to_sparse_csr()], [0.5, 0.5])
     with pytest.raises(ValueError, match="share one shape"):
         weighted_sum([a.to_sparse_csr(), torch.eye(2).to_sparse_csr()], [1.0, 1.0])
+
+
+def test_output_gain_sets_the_scale_of_the_fused_views() -> None:
+    # Eq. 18 ends in a layer norm: with bias 0 each output row has mean 0 and per-entry RMS
+    # equal to the gain, whatever the scale of the input view (here 1 and 1000).
+    torch.manual_seed(3)
+    fusion = AttentionFusion(8, num_views=2, output_gain=0.05)
+    views = [torch.randn(20, 8), 1000 * torch.randn(20, 8)]
+    for att, view in zip(fusion.attentions, views):
+        out = att(fusion.fuse(torch.cat(views, dim=-1)), view)
+        assert torch.allclose(out.pow(2).mean(-1).sqrt(), torch.full((20,), 0.05), rtol=1e-3)
+        assert torch.allclose(out.mean(-1), torch.zeros(20), atol=1e-6)
+    assert DimensionAttention(8).outer_norm.weight.eq(1.0).all()  # default: PyTorch's LN
+    fusion.reset_parameters(output_gain=2.0)
+    for att in fusion.attentions:
+        assert att.output_gain == 2.0 and att.outer_norm.weight.eq(2.0).all()
+        assert att.inner_norm.weight.eq(1.0).all()
+
+
+@pytest.mark.parametrize("gain", [0.0, -1.0])
+def test_non_positive_output_gain_raises(gain: float) -> None:
+    with pytest.raises(ValueError, match="output_gain must be > 0"):
+        DimensionAttention(4, output_gain=gain)
+    with pytest.raises(ValueError, match="output_gain must be > 0"):
+        AttentionFusion(4, 2).reset_parameters(output_gain=gain)

@@ -32,14 +32,24 @@ class DimensionAttention(torch.nn.Module):
     gradient at the first step. Projections have no bias, as
     the equations write them; the two layer norms are separate modules.
 
+    The outer layer norm's gain starts at ``output_gain`` (bias at 0): a layer norm with unit
+    gain outputs rows of norm :math:`\sqrt{d}` whatever its input, which is what sets the scale
+    of :math:`\tilde{E}` (Eq. 18). The paper gives no initial value for the affine parameters;
+    a model that adds :math:`\tilde{E}` to another embedding (DHMRec's Eq. 22) passes that
+    embedding's scale here so that both start comparable.
+
     Args:
         channels: embedding size :math:`d`.
         negative: keep the negative branch (Eq. 16-17).
+        output_gain: initial gain of the outer layer norm (1.0: PyTorch's default).
     """
 
-    def __init__(self, channels: int, negative: bool = True) -> None:
+    def __init__(self, channels: int, negative: bool = True, output_gain: float = 1.0) -> None:
         super().__init__()
+        if output_gain <= 0:
+            raise ValueError(f"output_gain must be > 0, got {output_gain}")
         self.negative = negative
+        self.output_gain = float(output_gain)
         self.query = torch.nn.Linear(channels, channels, bias=False)
         self.key = torch.nn.Linear(channels, channels, bias=False)
         self.value = torch.nn.Linear(channels, channels, bias=False)
@@ -56,6 +66,7 @@ class DimensionAttention(torch.nn.Module):
             torch.nn.init.xavier_uniform_(layer.weight)
         self.inner_norm.reset_parameters()
         self.outer_norm.reset_parameters()
+        torch.nn.init.constant_(self.outer_norm.weight, self.output_gain)
         if self.negative:
             torch.nn.init.constant_(self.alpha_pos, 1.0)
             torch.nn.init.constant_(self.alpha_neg, 0.0)
@@ -91,22 +102,31 @@ class AttentionFusion(torch.nn.Module):
         channels: embedding size :math:`d`.
         num_views: number of views V (3 in the paper: common, text, image).
         negative: positive-negative attention (True) or standard attention (False).
+        output_gain: initial gain of every view's outer layer norm (see
+            :class:`DimensionAttention`); :meth:`reset_parameters` may set a new one.
     """
 
-    def __init__(self, channels: int, num_views: int, negative: bool = True) -> None:
+    def __init__(
+        self, channels: int, num_views: int, negative: bool = True, output_gain: float = 1.0
+    ) -> None:
         super().__init__()
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.num_views = num_views
         self.fuse = torch.nn.Linear(num_views * channels, channels, bias=False)
         self.attentions = torch.nn.ModuleList(
-            DimensionAttention(channels, negative) for _ in range(num_views)
+            DimensionAttention(channels, negative, output_gain) for _ in range(num_views)
         )
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, output_gain: float | None = None) -> None:
+        """Re-initialise; ``output_gain`` (if given) replaces the outer layer norms' gain."""
+        if output_gain is not None and output_gain <= 0:
+            raise ValueError(f"output_gain must be > 0, got {output_gain}")
         torch.nn.init.xavier_uniform_(self.fuse.weight)
         for attention in self.attentions:
+            if output_gain is not None:
+                attention.output_gain = float(output_gain)
             attention.reset_parameters()
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:

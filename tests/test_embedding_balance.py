@@ -1,0 +1,58 @@
+"""Tests of benchmarks/embedding_balance.py's snapshot on the toy graph (issue 16)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from toy_graphs import NUM_ITEMS, first_batch, toy_graph
+
+from pyg_dhmrec.models import DHMRec, LightGCN
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embedding_balance.py"
+
+
+@pytest.fixture(scope="module")
+def balance():
+    spec = importlib.util.spec_from_file_location("embedding_balance", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dhmrec_snapshot_reports_both_parts_and_groups(balance) -> None:
+    data = toy_graph(modalities={"image": 16, "text": 8}, skewed=False)
+    batch = first_batch(data)
+    torch.manual_seed(0)
+    model = DHMRec(data, embedding_dim=8, knn_k=3, alpha_mm=0.5)
+    model.on_train_epoch_start()
+    snap = balance.snapshot(model, batch)
+    assert set(snap["loss"]) == {"bpr", "jsd", "orth", "kl", "reg"}
+    assert set(snap["parts"]) == {"id", "mm"}
+    out = model()
+    for name, emb in model.ranking_parts(out).items():
+        item_norm = emb[model.num_users :].norm(dim=-1).mean().item()
+        assert snap["parts"][name]["item_norm"] == pytest.approx(item_norm, rel=1e-5)
+        assert 0 < snap["parts"][name]["score_entropy"] <= math.log(NUM_ITEMS) + 1e-5
+    assert snap["log_num_items"] == pytest.approx(math.log(NUM_ITEMS))
+    groups = {"user_embedding", "item_embedding", "encoders", "gates", "fusion"}
+    assert set(snap["grad_norm"]["bpr"]) == groups
+    assert all(v > 0 for v in snap["grad_norm"]["bpr"].values())
+    # The JSD reads only the encoders' common codes (Eq. 4).
+    assert snap["grad_norm"]["jsd"]["encoders"] > 0
+    assert snap["grad_norm"]["jsd"]["fusion"] == 0.0
+
+
+def test_model_without_parts_has_one(balance) -> None:
+    data = toy_graph()
+    torch.manual_seed(0)
+    model = LightGCN(data, embedding_dim=8)
+    snap = balance.snapshot(model, first_batch(data))
+    assert set(snap["parts"]) == {"all"}
+    out = model()
+    expected = out.item.norm(dim=-1).mean().item()
+    assert snap["parts"]["all"]["item_norm"] == pytest.approx(expected, rel=1e-5)
+    assert set(snap["grad_norm"]["bpr"]) == {"user_embedding", "item_embedding"}
