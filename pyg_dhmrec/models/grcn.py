@@ -19,7 +19,7 @@ class GRCN(Recommender):
     r"""Graph-refined convolutional network: the user-item graph is re-weighted from the
     content of its items, then an ID GCN runs on the re-weighted graph.
 
-    **Graph refining layer** (Sec. 3.1), per modality :math:`m`: item content
+    **Graph refining layer** (the paper's first component), per modality :math:`m`: item content
     :math:`i_m = \mathrm{normalize}(g(W_m f_i^m + b_m))` (:math:`g` = LeakyReLU); each
     user's prototype :math:`p_u^m` is refined by ``num_routing`` routing steps
     (:class:`~pyg_dhmrec.nn.routing.PrototypeRouting`); with node vectors
@@ -30,13 +30,13 @@ class GRCN(Recommender):
     (:class:`~pyg_dhmrec.nn.edge_refinement.ConfidenceEdgeWeights`),
     :math:`w_{jv} = \max_m \sigma(c_{j,m})\, a^m_{jv} \in [0, 1]`.
 
-    **Graph convolutional layer** (Sec. 3.2): on the refined graph, from the L2-normalised ID
+    **Graph convolutional layer**: on the refined graph, from the L2-normalised ID
     embeddings :math:`e^{(0)}`, ``num_ui_layers`` weighted sum aggregations
     :math:`e_v^{(l+1)} = \sum_{j \in \mathcal{N}(v)} w_{jv}\, e_j^{(l)}`, combined as
     :math:`e = \sum_l e^{(l)}`; per modality the content representation
     :math:`c^m_v = x^m_v + \sum_{j} a^m_{jv}\, x^m_j`.
 
-    **Prediction layer** (Sec. 3.3): :math:`r_v = [e_v; c^1_v; \dots; c^M_v]` (concatenation),
+    **Prediction layer**: :math:`r_v = [e_v; c^1_v; \dots; c^M_v]` (concatenation),
     :math:`\hat{y}_{ui} = r_u^\top r_i`. :attr:`Embeddings.modalities` holds modality
     :math:`m`'s item block :math:`c^m_i` in its place, zeros elsewhere.
 

@@ -10,7 +10,7 @@ __all__ = ["ConfidenceEdgeWeights"]
 
 class ConfidenceEdgeWeights(torch.nn.Module):
     r"""Edge weights of a fixed edge set from per-modality affinities and a learned per-node
-    modality confidence (GRCN, Wei et al., MM 2020, Sec. 3.1, "pruning operations"):
+    modality confidence (GRCN, Wei et al., MM 2020, the pruning step of its graph refining layer):
 
     .. math::
         w_{ji} = \max_{m} \; \sigma(c_{j,m})\, a^m_{ji} \in [0, 1],

@@ -39,9 +39,9 @@ def neighborhood_affinity(
 
 
 class PrototypeRouting(torch.nn.Module):
-    r"""GRCN's prototypical network (Wei et al., MM 2020, Sec. 3.1): each user's prototype
-    :math:`p_u` in one modality is moved towards the content :math:`i` of its items for
-    ``num_iterations`` routing steps,
+    r"""GRCN's prototypical network (Wei et al., MM 2020, graph refining layer): each user's
+    prototype :math:`p_u` in one modality is moved towards the content :math:`i` of its items
+    for ``num_iterations`` routing steps,
 
     .. math::
         \alpha_{ui} = \operatorname{softmax}_{i \in \mathcal{N}(u)}(p_u^\top i), \qquad
