@@ -13,11 +13,13 @@ from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.dhmrec import DHMRec
 from pyg_dhmrec.models.freedom import FREEDOM
+from pyg_dhmrec.models.grcn import GRCN
 from pyg_dhmrec.models.lattice import LATTICE
 from pyg_dhmrec.models.layergcn import LayerGCN
 from pyg_dhmrec.models.lgmrec import LGMRec
 from pyg_dhmrec.models.lightgcn import LightGCN
 from pyg_dhmrec.models.mgcn import MGCN
+from pyg_dhmrec.models.mmgcn import MMGCN
 from pyg_dhmrec.models.siger import SIGER
 from pyg_dhmrec.models.vbpr import VBPR
 
@@ -26,11 +28,13 @@ MODELS: dict[str, type[Recommender]] = {
     "bpr": BPR,
     "dhmrec": DHMRec,
     "freedom": FREEDOM,
+    "grcn": GRCN,
     "lattice": LATTICE,
     "layergcn": LayerGCN,
     "lgmrec": LGMRec,
     "lightgcn": LightGCN,
     "mgcn": MGCN,
+    "mmgcn": MMGCN,
     "siger": SIGER,
     "vbpr": VBPR,
 }
@@ -70,11 +74,13 @@ __all__ = [
     "BPR",
     "DHMRec",
     "FREEDOM",
+    "GRCN",
     "LATTICE",
     "LayerGCN",
     "LGMRec",
     "LightGCN",
     "MGCN",
+    "MMGCN",
     "MODELS",
     "Recommender",
     "SIGER",

@@ -7,6 +7,7 @@ from pyg_dhmrec.nn.disentangle import (
     logit_pooling,
     orthogonality_loss,
 )
+from pyg_dhmrec.nn.edge_refinement import ConfidenceEdgeWeights
 from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention
 from pyg_dhmrec.nn.graph_learning import LearnedKNNGraph, cosine_knn_edges
 from pyg_dhmrec.nn.hypergraph import (
@@ -34,8 +35,12 @@ from pyg_dhmrec.nn.propagation import (
     constant_spmm,
     symmetric_spmm,
 )
+from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
 
 __all__ = [
+    "ConfidenceEdgeWeights",
+    "PrototypeRouting",
+    "neighborhood_affinity",
     "anchor_info_nce",
     "ModulusPerturbation",
     "modulus_perturbation",

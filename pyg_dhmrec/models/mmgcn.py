@@ -1,0 +1,168 @@
+"""MMGCN (Wei et al., ACM MM 2019): one graph convolution network per modality."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from pyg_dhmrec.data.mean_adjacency import row_normalized_adjacency
+from pyg_dhmrec.data.sampler import BPRBatch
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.nn import FrozenSparse, bpr_loss
+
+
+class ModalityGraphLayer(torch.nn.Module):
+    r"""One MMGCN layer of one modality: mean aggregation of the neighbours plus a
+    combination with the node's own representation and its ID embedding,
+
+    .. math::
+        h_v = \frac{1}{|\mathcal{N}(v)|} \sum_{j \in \mathcal{N}(v)} g(W_1 x_j)
+        \quad\text{(aggregation, mean)}, \qquad
+        \hat{x}_v = g(W_2 x_v + b_2) + e_v^{id}, \qquad
+        x'_v = g(W_3 h_v + b_3 + \hat{x}_v) \quad\text{(combination, element-wise add)},
+
+    with :math:`g` = LeakyReLU. ``in_dim`` -> ``out_dim`` (the ID width).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.aggregation = torch.nn.Linear(in_dim, in_dim, bias=False)  # W_1
+        self.self_transform = torch.nn.Linear(in_dim, out_dim)  # W_2, b_2
+        self.neighbour_transform = torch.nn.Linear(in_dim, out_dim)  # W_3, b_3
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for linear in (self.aggregation, self.self_transform, self.neighbour_transform):
+            torch.nn.init.xavier_normal_(linear.weight)
+            if linear.bias is not None:
+                torch.nn.init.zeros_(linear.bias)
+
+    def forward(self, x: Tensor, mean_adjacency: FrozenSparse, id_embedding: Tensor) -> Tensor:
+        h = mean_adjacency(F.leaky_relu(self.aggregation(x)))
+        x_hat = F.leaky_relu(self.self_transform(x)) + id_embedding
+        return F.leaky_relu(self.neighbour_transform(h) + x_hat)
+
+
+class MMGCN(Recommender):
+    r"""Multi-modal graph convolution network: for every modality :math:`m` a GCN on the
+    user-item graph whose layer-0 nodes are the user's preference vector :math:`u_m` and the
+    item's projected feature :math:`P_m f_i^m`; every layer (:class:`ModalityGraphLayer`)
+    adds the shared ID embeddings. The final representations are summed over modalities and
+    scored by inner product (the paper's prediction layer),
+
+    .. math::
+        u^* = \sum_m u_m^{(L)}, \qquad i^* = \sum_m i_m^{(L)}, \qquad
+        \hat{y}_{ui} = {u^*}^\top i^* .
+
+    :attr:`Embeddings.modalities` holds :math:`i_m^{(L)}`, which sum to :math:`i^*`.
+
+    *Choices*:
+
+    * The ID embeddings and the preference vectors are parameters and are trained, as in the
+      paper. The authors' / MMRec code keeps both as plain tensors that never receive a
+      gradient (only the linear maps learn there).
+    * Sum over modalities (the paper's prediction layer); MMRec averages, which rescales every
+      score by :math:`1/M^2` (same ranking, a flatter BPR sigmoid).
+    * Each modality's features are projected to ``feature_dim`` (MMRec's visual branch: 256)
+      by a linear map :math:`P_m` with bias, and the layer-0 node vectors
+      :math:`[u_m; P_m f_i^m]` are L2-normalised (MMRec), for every modality alike.
+    * Mean aggregator :math:`D^{-1} A` over the user-item graph without self-loops (the
+      paper's :math:`f_{avg}`); LeakyReLU inside the mean, on each neighbour (the paper's
+      aggregation; MMRec applies it after the mean); :math:`W_1` has no
+      bias (MMRec's convolution).
+    * Loss: BPR plus ``reg_weight`` times the mean squared entry of the batch's ID embeddings
+      (users, positives, negatives) and of the batch users' preference vectors (MMRec's form
+      of the paper's :math:`\lambda \lVert\Theta\rVert^2`).
+    * Xavier-normal initialisation of every weight and embedding (MMRec), zero biases.
+
+    Args:
+        data: graph with train edges and at least one item modality (any number).
+        embedding_dim: width ``d`` of the ID embeddings and of every layer's output.
+        feature_dim: width of the preference vectors and projected features (layer 0).
+        num_ui_layers: :math:`L \ge 1` layers per modality.
+        reg_weight: weight of the squared penalty (:math:`\ge 0`).
+    """
+
+    loss_parts = ("bpr", "reg")
+    uses_modalities = True
+    exposes_modalities = True
+
+    def __init__(
+        self,
+        data: HeteroData,
+        embedding_dim: int = 64,
+        feature_dim: int = 256,
+        num_ui_layers: int = 3,
+        reg_weight: float = 1e-3,
+    ) -> None:
+        super().__init__(data)
+        for key, value in (
+            ("embedding_dim", embedding_dim),
+            ("feature_dim", feature_dim),
+            ("num_ui_layers", num_ui_layers),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if not reg_weight >= 0:  # also rejects NaN
+            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
+        self.reg_weight = float(reg_weight)
+        features = self.register_item_features(data)
+        self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
+        self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
+        self.preferences = torch.nn.ParameterDict(
+            {m: torch.nn.Parameter(torch.empty(self.num_users, feature_dim)) for m in features}
+        )
+        self.projections = torch.nn.ModuleDict(
+            {m: torch.nn.Linear(x.size(1), feature_dim) for m, x in features.items()}
+        )
+        self.layers = torch.nn.ModuleDict(
+            {
+                m: torch.nn.ModuleList(
+                    ModalityGraphLayer(feature_dim if layer == 0 else embedding_dim, embedding_dim)
+                    for layer in range(num_ui_layers)
+                )
+                for m in features
+            }
+        )
+        adjacency = row_normalized_adjacency(
+            self.train_edge_index(data), self.num_users, self.num_items
+        )
+        self.mean_adjacency = FrozenSparse(adjacency)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_normal_(self.user_embedding.weight)
+        torch.nn.init.xavier_normal_(self.item_embedding.weight)
+        for m in self.modalities:
+            torch.nn.init.xavier_normal_(self.preferences[m])
+            torch.nn.init.xavier_normal_(self.projections[m].weight)
+            torch.nn.init.zeros_(self.projections[m].bias)
+            for layer in self.layers[m]:
+                layer.reset_parameters()
+
+    def modality_representation(self, modality: str, id_embedding: Tensor) -> Tensor:
+        """The ``[U + I, d]`` output of modality ``modality``'s GCN."""
+        projected = self.projections[modality](self.feature(modality))
+        x = F.normalize(torch.cat([self.preferences[modality], projected]), dim=-1)
+        for layer in self.layers[modality]:
+            x = layer(x, self.mean_adjacency, id_embedding)
+        return x
+
+    def forward(self) -> Embeddings:
+        ids = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        reps = {m: self.modality_representation(m, ids) for m in self.modalities}
+        total = torch.stack(list(reps.values())).sum(0)
+        modalities = {m: rep[self.num_users :] for m, rep in reps.items()}
+        return Embeddings(total[: self.num_users], total[self.num_users :], modalities)
+
+    def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
+        out = self() if out is None else out
+        pos, neg = pair_scores(out.user, out.item, batch)
+        items = torch.cat([batch.pos_item, batch.neg_item])
+        reg = self.user_embedding(batch.user).pow(2).mean()
+        reg = reg + self.item_embedding(items).pow(2).mean()
+        for preference in self.preferences.values():
+            reg = reg + preference[batch.user].pow(2).mean()
+        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}
