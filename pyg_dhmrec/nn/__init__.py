@@ -1,5 +1,6 @@
 from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
 from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
+from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
@@ -36,6 +37,7 @@ from pyg_dhmrec.nn.propagation import (
 )
 
 __all__ = [
+    "chunked_info_nce",
     "anchor_info_nce",
     "ModulusPerturbation",
     "modulus_perturbation",
