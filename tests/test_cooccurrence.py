@@ -108,8 +108,9 @@ def test_resampling_fills_k_slots_from_each_users_own_neighbours() -> None:
     # User 0 has 3 ranked neighbours, user 1 has 1, user 2 none, user 3 has 5 (> k).
     edge_index = torch.tensor([[0, 0, 0, 1, 3, 3, 3, 3, 3], [5, 6, 7, 4, 0, 1, 2, 4, 5]])
     g = torch.Generator().manual_seed(0)
-    slots, slot_edge = resample_to_k_neighbours(edge_index, 4, k=4, generator=g)
-    assert slots.shape == (3, 4)  # users 0, 1, 3: user 2 has no slots
+    nodes, slots, slot_edge = resample_to_k_neighbours(edge_index, 4, k=4, generator=g)
+    assert nodes.tolist() == [0, 1, 3]  # user 2 has no slots
+    assert slots.shape == (3, 4)
     assert slots[0, :3].tolist() == [5, 6, 7] and slots[0, 3] in (5, 6, 7)
     assert slots[1].tolist() == [4, 4, 4, 4]
     assert slots[2].tolist() == [0, 1, 2, 4]  # the first k, in rank order
@@ -121,7 +122,12 @@ def test_resampling_draws_padding_uniformly_over_earlier_slots() -> None:
     edge_index = torch.tensor([[0, 0], [1, 2]])
     g = torch.Generator().manual_seed(0)
     draws = torch.stack(
-        [resample_to_k_neighbours(edge_index, 1, 3, g)[0][0, 2] for _ in range(2000)]
+        [resample_to_k_neighbours(edge_index, 1, 3, g)[1][0, 2] for _ in range(2000)]
     )
     share = (draws == 1).float().mean().item()
     assert 0.45 < share < 0.55
+
+
+def test_resampling_needs_edges_sorted_by_node() -> None:
+    with pytest.raises(ValueError, match="sorted by node"):
+        resample_to_k_neighbours(torch.tensor([[1, 0], [0, 1]]), 2, 2)

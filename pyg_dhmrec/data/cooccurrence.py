@@ -108,12 +108,14 @@ def resample_to_k_neighbours(
         generator: random source of the draws (``None``: the global one).
 
     Returns:
-        ``(slots [M, k], slot_edge [M, k])`` for the ``M`` nodes with a neighbour: ``slots`` the
-        neighbour ids; ``slot_edge`` the column of ``edge_index`` each slot copies, so edge
-        attributes (counts) can be gathered.
+        ``(nodes [M], slots [M, k], slot_edge [M, k])`` for the ``M`` nodes with a neighbour,
+        in increasing id: ``slots`` the neighbour ids; ``slot_edge`` the column of
+        ``edge_index`` each slot copies, so edge attributes (counts) can be gathered.
     """
     _check_positive("k", k)
     nodes = edge_index[0].long()
+    if nodes.numel() > 1 and bool((nodes[1:] < nodes[:-1]).any()):
+        raise ValueError("resample_to_k_neighbours needs edge_index sorted by node (row 0)")
     device = nodes.device
     degree = torch.bincount(nodes, minlength=num_nodes)
     has = degree > 0
@@ -130,4 +132,4 @@ def resample_to_k_neighbours(
         rows = short.nonzero().squeeze(1)
         offset[rows, p] = offset[rows, earlier]
     slot_edge = start[has].unsqueeze(1) + offset
-    return edge_index[1].long()[slot_edge], slot_edge
+    return has.nonzero().squeeze(1), edge_index[1].long()[slot_edge], slot_edge

@@ -12,6 +12,7 @@ from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.dhmrec import DHMRec
+from pyg_dhmrec.models.dualgnn import DualGNN
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.models.lattice import LATTICE
 from pyg_dhmrec.models.layergcn import LayerGCN
@@ -25,6 +26,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bm3": BM3,
     "bpr": BPR,
     "dhmrec": DHMRec,
+    "dualgnn": DualGNN,
     "freedom": FREEDOM,
     "lattice": LATTICE,
     "layergcn": LayerGCN,
@@ -69,6 +71,7 @@ __all__ = [
     "BM3",
     "BPR",
     "DHMRec",
+    "DualGNN",
     "FREEDOM",
     "LATTICE",
     "LayerGCN",
