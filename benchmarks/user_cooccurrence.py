@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--inter", required=True, help="an MMRec .inter file")
     parser.add_argument("--k", type=int, default=40, help="neighbours per user (DualGNN: 40)")
-    parser.add_argument("--chunk-size", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--chunk-size", type=int, nargs="+", default=[512, 1024, 4096])
     args = parser.parse_args()
     inter = read_inter_file(Path(args.inter))
     edges = torch.from_numpy(inter.edges("train"))

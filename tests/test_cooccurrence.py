@@ -77,7 +77,7 @@ def test_user_graph_never_builds_a_users_by_users_matrix() -> None:
     with recorder:
         index, _ = cooccurrence_edges(data[RATES].edge_index, num_users, num_items, 3, chunk)
     matrices = [s for s in recorder.shapes if len(s) == 2]
-    assert (chunk, num_users) in matrices  # the chunk's rows of R R^T
+    assert (chunk, num_users) in matrices  # the chunk's rows of R R^T (a sparse block)
     # The largest blocks: the chunk's rows of R R^T and the (sparse) incidence R itself.
     bound = max(chunk * num_users, num_users * num_items)
     assert all(s[0] * s[1] <= bound < num_users * num_users for s in matrices), max(matrices)

@@ -30,8 +30,10 @@ def cooccurrence_edges(
 
     and row :math:`i` keeps its :math:`k` largest entries with :math:`C_{ij} > 0` (fewer when
     it co-occurs with fewer nodes; ties go to the lower node id). :math:`C` is computed
-    ``chunk_size`` rows at a time as the sparse-dense product :math:`B\, B_{chunk}^\top`: the
-    dense blocks are ``[S, chunk_size]`` and ``[N, chunk_size]``, never ``[N, N]``.
+    ``chunk_size`` rows at a time as the sparse-sparse product :math:`B_{chunk} B^\top` (a
+    ``[chunk_size, N]`` sparse block holding only the co-occurring pairs), and each row's top
+    :math:`k` is taken by one sort of the block's entries: memory is
+    :math:`O(\text{nnz}(C_{chunk}))`, never a dense ``[N, N]`` (nor ``[chunk_size, N]``) matrix.
 
     Users sharing items: ``edge_index`` = the user->item train edges, ``num_shared`` = items.
     Items co-interacted by users: the flipped edges, ``num_shared`` = users.
@@ -53,10 +55,7 @@ def cooccurrence_edges(
     device = edge_index.device
     key = torch.unique(edge_index[0].long() * num_shared + edge_index[1].long())
     pairs = torch.stack([key // num_shared, key % num_shared])  # binary B: repeats count once
-    incidence = to_csr(pairs, None, num_nodes, num_shared)
-    k_eff = min(k, num_nodes)
-    # Ties in count go to the lower node id: a fraction in [0, 1/2) below 1 breaks them exactly.
-    tie_break = 0.5 * (num_nodes - 1 - torch.arange(num_nodes, device=device)) / num_nodes
+    incidence_t = to_csr(pairs.flip(0), None, num_shared, num_nodes)  # B^T, [S, N]
     # unique() sorted the pairs by node: each chunk's pairs are one contiguous range.
     starts = torch.arange(0, num_nodes + chunk_size, chunk_size, device=device)
     bounds = torch.searchsorted(pairs[0], starts)
@@ -65,23 +64,28 @@ def cooccurrence_edges(
     for chunk, start in enumerate(range(0, num_nodes, chunk_size)):
         end = min(start + chunk_size, num_nodes)
         lo, hi = int(bounds[chunk]), int(bounds[chunk + 1])
-        # B_chunk^T as a dense [S, chunk]; B times it is C[:, chunk] = C[chunk, :]^T.
-        block = torch.zeros(num_shared, end - start, device=device)
-        block[pairs[1, lo:hi], pairs[0, lo:hi] - start] = 1.0
-        counts_t = torch.sparse.mm(incidence, block)  # [N, chunk]
-        del block
-        scores = counts_t.t().double()  # [chunk, N]; float64 holds count + tie fraction exactly
-        del counts_t
-        local = torch.arange(end - start, device=device)
-        scores[local, local + start] = 0.0  # a node does not co-occur with itself
-        scores.add_(tie_break)
-        top, index = scores.topk(k_eff, dim=1)
-        del scores
-        values = top.floor().float()
-        keep = values > 0
-        rows.append((local + start).unsqueeze(1).expand_as(index)[keep])
-        cols.append(index[keep])
-        counts.append(values[keep])
+        local = torch.stack([pairs[0, lo:hi] - start, pairs[1, lo:hi]])
+        block = to_csr(local, None, end - start, num_shared)  # B_chunk, [chunk, S]
+        product = torch.sparse.mm(block, incidence_t)  # C[chunk, :], sparse [chunk, N]
+        row_ptr, col, count = product.crow_indices(), product.col_indices(), product.values()
+        row = torch.repeat_interleave(
+            torch.arange(end - start, device=device), row_ptr[1:] - row_ptr[:-1]
+        )
+        off_diagonal = (col != row + start) & (count > 0)  # a node does not co-occur with itself
+        row, col, count = row[off_diagonal], col[off_diagonal], count[off_diagonal]
+        # One sort by (row, count descending, column ascending) ranks every row's entries.
+        rounded = count.round().long()
+        if row.numel():
+            top = int(rounded.max())
+            order = torch.argsort((row * (top + 1) + (top - rounded)) * num_nodes + col)
+        else:
+            order = row
+        row, col, count = row[order], col[order], rounded[order]
+        first = torch.searchsorted(row, row, right=False)  # start of each entry's row
+        keep = torch.arange(row.numel(), device=device) - first < k
+        rows.append(row[keep] + start)
+        cols.append(col[keep])
+        counts.append(count[keep].float())
     return torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(counts)
 
 

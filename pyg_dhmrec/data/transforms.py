@@ -220,7 +220,7 @@ class AddUserCooccurrenceGraph(DerivedGraph):
         chunk_size: users whose rows of :math:`C` are computed at once (memory only).
     """
 
-    def __init__(self, k: int = 40, chunk_size: int = 512) -> None:
+    def __init__(self, k: int = 40, chunk_size: int = 4096) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"user co-occurrence k must be a positive int, got {k!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -19,6 +19,7 @@ from pyg_dhmrec.models.layergcn import LayerGCN
 from pyg_dhmrec.models.lgmrec import LGMRec
 from pyg_dhmrec.models.lightgcn import LightGCN
 from pyg_dhmrec.models.mgcn import MGCN
+from pyg_dhmrec.models.micro import MICRO
 from pyg_dhmrec.models.siger import SIGER
 from pyg_dhmrec.models.vbpr import VBPR
 
@@ -33,6 +34,7 @@ MODELS: dict[str, type[Recommender]] = {
     "lgmrec": LGMRec,
     "lightgcn": LightGCN,
     "mgcn": MGCN,
+    "micro": MICRO,
     "siger": SIGER,
     "vbpr": VBPR,
 }
@@ -78,6 +80,7 @@ __all__ = [
     "LGMRec",
     "LightGCN",
     "MGCN",
+    "MICRO",
     "MODELS",
     "Recommender",
     "SIGER",

@@ -8,8 +8,15 @@ from pyg_dhmrec.nn.disentangle import (
     logit_pooling,
     orthogonality_loss,
 )
-from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention
-from pyg_dhmrec.nn.graph_learning import LearnedKNNGraph, cosine_knn_edges
+from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention, ModalityAttention
+from pyg_dhmrec.nn.graph_learning import (
+    ItemGraph,
+    LearnedKNNGraph,
+    constant_item_graph,
+    cosine_knn_edges,
+    propagate_item_graph,
+    skip_connected_graph,
+)
 from pyg_dhmrec.nn.hypergraph import (
     HypergraphPropagation,
     hypergraph_contrastive_loss,
@@ -45,12 +52,17 @@ __all__ = [
     "FusionParts",
     "cosine_alignment_loss",
     "dropout_view",
+    "ItemGraph",
     "LearnedKNNGraph",
+    "constant_item_graph",
+    "propagate_item_graph",
+    "skip_connected_graph",
     "cosine_knn_edges",
     "HypergraphPropagation",
     "hypergraph_contrastive_loss",
     "relaxed_dependencies",
     "AttentionFusion",
+    "ModalityAttention",
     "CLUB",
     "CollaborativeGate",
     "DimensionAttention",
