@@ -17,7 +17,7 @@ def cooccurrence_edges(
     num_nodes: int,
     num_shared: int,
     k: int = 10,
-    chunk_size: int = 1024,
+    chunk_size: int = 4096,
 ) -> tuple[Tensor, Tensor]:
     r"""The top-:math:`k` co-occurring nodes of every node of one side of a bipartite graph,
     with their counts.

@@ -6,22 +6,65 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 
-def _chunk_loss(
+def _chunk_logits(
     anchor: Tensor, positive: Tensor, start: int, end: int, temperature: float, intra: bool
 ) -> Tensor:
-    """Sum of the per-anchor losses of rows ``start:end`` (inputs already normalised)."""
-    rows = anchor[start:end]
-    local = torch.arange(end - start, device=anchor.device)
-    between = rows @ positive.t() / temperature  # [B, N]
-    positives = between[local, local + start]
+    """``[B, N]`` (or ``[B, 2N]`` with the in-view block) logits of anchors ``start:end``;
+    the anchor's similarity to itself is ``-inf`` (not a negative)."""
+    rows = anchor[start:end] / temperature
+    logits = rows @ positive.t()
     if intra:
-        within = rows @ anchor.t() / temperature  # [B, N]
-        within = within.index_put((local, local + start), within.new_tensor(float("-inf")))
-        between = torch.cat([between, within], dim=1)
-    return (torch.logsumexp(between, dim=1) - positives).sum()
+        within = rows @ anchor.t()
+        local = torch.arange(end - start, device=anchor.device)
+        within[local, local + start] = float("-inf")
+        logits = torch.cat([logits, within], dim=1)
+    return logits
+
+
+class _ChunkedInfoNCE(torch.autograd.Function):
+    """Sum over anchors of ``logsumexp(row) - positive logit``, forward and backward in chunks:
+    the backward recomputes each chunk's logits and applies the analytic gradient
+    ``softmax(row) - onehot(positive)``, so only one ``[chunk, 2N]`` block lives at a time."""
+
+    @staticmethod
+    def forward(ctx, anchor, positive, temperature, intra, chunk_size):  # noqa: ANN001, ANN205
+        num = anchor.size(0)
+        lse = anchor.new_empty(num)
+        total = anchor.new_zeros(())
+        for start in range(0, num, chunk_size):
+            end = min(start + chunk_size, num)
+            logits = _chunk_logits(anchor, positive, start, end, temperature, intra)
+            lse[start:end] = torch.logsumexp(logits, dim=1)
+            local = torch.arange(end - start, device=anchor.device)
+            total = total + (lse[start:end] - logits[local, local + start]).sum()
+        ctx.save_for_backward(anchor, positive, lse)
+        ctx.settings = (temperature, intra, chunk_size)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        anchor, positive, lse = ctx.saved_tensors
+        temperature, intra, chunk_size = ctx.settings
+        num = anchor.size(0)
+        grad_anchor, grad_positive = torch.zeros_like(anchor), torch.zeros_like(positive)
+        scale = grad / temperature
+        for start in range(0, num, chunk_size):
+            end = min(start + chunk_size, num)
+            logits = _chunk_logits(anchor, positive, start, end, temperature, intra)
+            probs = logits.sub_(lse[start:end].unsqueeze(1)).exp_()  # softmax of each row
+            local = torch.arange(end - start, device=anchor.device)
+            probs[local, local + start] -= 1.0  # minus the positive's one-hot
+            probs.mul_(scale)
+            between = probs[:, :num]
+            grad_anchor[start:end] += between @ positive
+            grad_positive += between.t() @ anchor[start:end]
+            if intra:  # a_i . a_j reaches both anchors
+                within = probs[:, num:]
+                grad_anchor[start:end] += within @ anchor
+                grad_anchor += within.t() @ anchor[start:end]
+        return grad_anchor, grad_positive, None, None, None
 
 
 def chunked_info_nce(
@@ -43,12 +86,14 @@ def chunked_info_nce(
     with :math:`\theta` the cosine similarity. ``intra_view_negatives=False`` drops the second
     sum (then it is :func:`~pyg_dhmrec.nn.losses.info_nce` over all rows).
 
-    Anchors are processed ``chunk_size`` rows at a time, each chunk under activation
-    checkpointing: its ``[chunk, N]`` similarity blocks are freed after the forward pass and
-    recomputed in the backward pass, so peak memory is :math:`O(\text{chunk\_size} \cdot N)`
-    instead of the :math:`O(N^2)` that autograd keeps for the dense formula (or for a plain
-    loop over chunks); the value and gradient are those of the dense formula (the chunk
-    sums are reassociated only). Computed with ``logsumexp``, so no term overflows.
+    Anchors are processed ``chunk_size`` rows at a time by one autograd function: the forward
+    pass keeps only each anchor's log-denominator, the backward pass recomputes one chunk's
+    ``[chunk, N]`` similarity blocks at a time and applies the analytic gradient (softmax of
+    the row minus the positive's one-hot), so peak memory is
+    :math:`O(\text{chunk\_size} \cdot N)` instead of the :math:`O(N^2)` that autograd keeps
+    for the dense formula (or for a plain loop over chunks); the value and gradient are those
+    of the dense formula (sums reassociated only). Computed with ``logsumexp``, so no term
+    overflows.
 
     Args:
         anchor: ``[N, d]`` anchors :math:`a` (e.g. one modality's item representations).
@@ -67,14 +112,7 @@ def chunked_info_nce(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
-    num = anchor.size(0)
-    total = anchor.new_zeros(())
-    needs_grad = torch.is_grad_enabled() and (anchor.requires_grad or positive.requires_grad)
-    for start in range(0, num, chunk_size):
-        end = min(start + chunk_size, num)
-        args = (anchor, positive, start, end, float(temperature), intra_view_negatives)
-        if needs_grad:
-            total = total + checkpoint(_chunk_loss, *args, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(*args)
-    return total / num
+    total = _ChunkedInfoNCE.apply(
+        anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size
+    )
+    return total / anchor.size(0)
