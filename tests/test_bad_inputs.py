@@ -122,8 +122,8 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
         (["--epoch", "3"], r"command line: unknown key 'epoch'\. Did you mean: epochs\?"),
         (
             ["--model", "nope"],
-            r"unknown model 'nope'; available: bm3, bpr, dhmrec, freedom, lattice, layergcn, "
-            r"lgmrec, lightgcn, mgcn, siger, vbpr$",
+            r"unknown model 'nope'; available: bm3, bpr, dhmrec, dualgnn, freedom, lattice, "
+            r"layergcn, lgmrec, lightgcn, mgcn, micro, siger, vbpr$",
         ),
         (["--dataset", "nope"], r"unknown dataset 'nope'; available: baby, .*synthetic"),
         (
