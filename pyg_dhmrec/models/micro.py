@@ -223,8 +223,9 @@ class MICRO(Recommender):
         return graphs
 
     def forward(self) -> MICROEmbeddings:
+        ids = self.item_embedding.weight
         views = {
-            m: propagate_item_graph(self.item_embedding.weight, g, self.num_ii_layers, self.item_conv)
+            m: propagate_item_graph(ids, g, self.num_ii_layers, self.item_conv)
             for m, g in self._item_graphs().items()
         }  # Eq. 7
         fused = self.attention(list(views.values()))  # Eqs. 8-9
