@@ -26,7 +26,13 @@ NUM_USERS, NUM_ITEMS, NUM_EDGES = 24, 20, 110
 MODALITIES = {"image": 6, "text": 4}
 DIM = 8
 #: Small settings, passed to the models whose constructor takes them.
-CONFIG = {"embedding_dim": DIM, "knn_k": 3, "infusion_k": 3, "num_hyperedges": 4}
+CONFIG = {
+    "embedding_dim": DIM,
+    "knn_k": 3,
+    "infusion_k": 3,
+    "num_hyperedges": 4,
+    "user_graph_k": 3,
+}
 NAMES = sorted(MODELS)
 #: Models that prune the user-item graph in training (FREEDOM's degree-sensitive dropout).
 PRUNED = ["dhmrec", "freedom", "layergcn", "siger"]

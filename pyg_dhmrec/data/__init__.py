@@ -1,3 +1,4 @@
+from pyg_dhmrec.data.cooccurrence import cooccurrence_edges, resample_to_k_neighbours
 from pyg_dhmrec.data.dataset import (
     RATES,
     REV_RATES,
@@ -16,13 +17,16 @@ from pyg_dhmrec.data.graph import (
 from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_edges, item_cooccurrence_graph
 from pyg_dhmrec.data.mmrec_format import DataFormatError, read_feature_file, read_inter_file
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
-from pyg_dhmrec.data.transforms import AddItemKNNGraphs
+from pyg_dhmrec.data.transforms import AddItemKNNGraphs, AddUserCooccurrenceGraph
 
 __all__ = [
     "item_cooccurrence_edges",
     "item_cooccurrence_graph",
     "AmazonDataset",
     "AddItemKNNGraphs",
+    "AddUserCooccurrenceGraph",
+    "cooccurrence_edges",
+    "resample_to_k_neighbours",
     "RATES",
     "REV_RATES",
     "BPRBatch",

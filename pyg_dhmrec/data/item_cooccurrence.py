@@ -5,10 +5,10 @@ Outputs follow :mod:`pyg_dhmrec.data.graph`: ``torch.sparse_csr`` float32 on the
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from pyg_dhmrec.data.graph import _check_bipartite, _check_positive, symmetric_normalize, to_csr
+from pyg_dhmrec.data.cooccurrence import cooccurrence_edges
+from pyg_dhmrec.data.graph import _check_bipartite, symmetric_normalize, to_csr
 
 __all__ = ["item_cooccurrence_edges", "item_cooccurrence_graph"]
 
@@ -30,7 +30,8 @@ def item_cooccurrence_edges(
     co-interacted with fewer than :math:`k` others keeps fewer; ties go to the lower item id).
     :math:`R` is binary: a repeated (user, item) pair counts once. :math:`C` is computed
     ``chunk_size`` items at a time as the sparse-dense product :math:`R^\top R_{:, chunk}`, so
-    the dense blocks are ``[U, chunk_size]`` and ``[chunk_size, I]``, never ``[I, I]``.
+    the dense blocks are ``[U, chunk_size]`` and ``[chunk_size, I]``, never ``[I, I]``
+    (:func:`~pyg_dhmrec.data.cooccurrence.cooccurrence_edges` on the flipped edges).
 
     Args:
         edge_index: ``[2, E]`` user->item train interactions.
@@ -44,33 +45,7 @@ def item_cooccurrence_edges(
         decreasing count within each item; ``count`` float32.
     """
     _check_bipartite(edge_index, num_users, num_items)
-    _check_positive("k", k)
-    _check_positive("chunk_size", chunk_size)
-    device = edge_index.device
-    key = torch.unique(edge_index[0].long() * num_items + edge_index[1].long())
-    pairs = torch.stack([key // num_items, key % num_items])  # binary R: repeats count once
-    r_t = to_csr(pairs.flip(0), None, num_items, num_users)
-    k_eff = min(k, num_items)
-    # Ties in count go to the lower item id: a fraction in [0, 1/2) below 1 breaks them exactly.
-    tie_break = 0.5 * (num_items - 1 - torch.arange(num_items, device=device)) / num_items
-
-    rows, cols, counts = [], [], []
-    for start in range(0, num_items, chunk_size):
-        end = min(start + chunk_size, num_items)
-        # Columns of R for the chunk's items, dense [U, chunk]; R^T times it is C[:, chunk].
-        in_chunk = (pairs[1] >= start) & (pairs[1] < end)
-        block = torch.zeros(num_users, end - start, device=device)
-        block[pairs[0, in_chunk], pairs[1, in_chunk] - start] = 1.0
-        dense = torch.sparse.mm(r_t, block).t()  # rows start..end of the symmetric C
-        local = torch.arange(end - start, device=device)
-        dense[local, local + start] = 0.0  # an item is not its own collaborative neighbour
-        _, index = (dense.double() + tie_break).topk(k_eff, dim=1)
-        values = dense.gather(1, index)
-        keep = values > 0
-        rows.append((local + start).unsqueeze(1).expand_as(index)[keep])
-        cols.append(index[keep])
-        counts.append(values[keep])
-    return torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(counts)
+    return cooccurrence_edges(edge_index.flip(0), num_items, num_users, k, chunk_size)
 
 
 def item_cooccurrence_graph(

@@ -25,6 +25,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.typing import EdgeType
 
+from pyg_dhmrec.data.cooccurrence import cooccurrence_edges
 from pyg_dhmrec.data.dataset import RATES, item_features
 from pyg_dhmrec.data.graph import cosine_knn_edges, normalized_knn_edges, symmetric_normalize
 from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_edges
@@ -34,10 +35,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AddItemCooccurrenceGraph",
     "AddItemKNNGraphs",
+    "AddUserCooccurrenceGraph",
     "DerivedGraph",
     "add_derived_graphs",
     "co_interaction_edge_type",
     "knn_edge_type",
+    "user_cooccurrence_edge_type",
 ]
 
 #: Stores are tensors plus these settings attributes.
@@ -52,6 +55,11 @@ def knn_edge_type(modality: str) -> EdgeType:
 def co_interaction_edge_type() -> EdgeType:
     """``('item', 'co_interaction', 'item')``."""
     return ("item", "co_interaction", "item")
+
+
+def user_cooccurrence_edge_type() -> EdgeType:
+    """``('user', 'co_occurrence', 'user')``."""
+    return ("user", "co_occurrence", "user")
 
 
 class DerivedGraph(BaseTransform):
@@ -194,6 +202,43 @@ class AddItemCooccurrenceGraph(DerivedGraph):
         )
         pairs, weight = symmetric_normalize(pairs, num_items, counts, degree="row")
         return {co_interaction_edge_type(): {"edge_index": pairs, "edge_weight": weight}}
+
+
+class AddUserCooccurrenceGraph(DerivedGraph):
+    r"""The user co-occurrence graph, edge type ``('user', 'co_occurrence', 'user')``: each
+    user's top-:math:`k` co-occurring users by the number of train items they share,
+    :math:`C = R R^\top` (DualGNN's user-user graph), with ``edge_index`` (row 0 the user,
+    row 1 the neighbour, in decreasing count within each user) and ``edge_weight`` the raw
+    count :math:`C_{uv}` (float), unnormalised: the model decides how to weigh neighbours.
+
+    Built by :func:`~pyg_dhmrec.data.cooccurrence.cooccurrence_edges`, ``chunk_size`` users at a
+    time: memory :math:`O(\text{chunk\_size} \cdot (U + I))`, never a dense ``U x U`` matrix.
+    A user who shares no item with anyone has no edge; ties go to the lower user id.
+
+    Args:
+        k: co-occurring users kept per user.
+        chunk_size: users whose rows of :math:`C` are computed at once (memory only).
+    """
+
+    def __init__(self, k: int = 40, chunk_size: int = 4096) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"user co-occurrence k must be a positive int, got {k!r}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        self.k, self.chunk_size = k, chunk_size
+
+    def settings(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    def edge_types(self, data: HeteroData) -> list[EdgeType]:
+        return [user_cooccurrence_edge_type()]
+
+    def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
+        num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
+        pairs, counts = cooccurrence_edges(
+            data[RATES].edge_index, num_users, num_items, self.k, self.chunk_size
+        )
+        return {user_cooccurrence_edge_type(): {"edge_index": pairs, "edge_weight": counts}}
 
 
 def _write(

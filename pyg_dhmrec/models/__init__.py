@@ -12,6 +12,7 @@ from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.dhmrec import DHMRec
+from pyg_dhmrec.models.dualgnn import DualGNN
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.models.grcn import GRCN
 from pyg_dhmrec.models.lattice import LATTICE
@@ -19,6 +20,7 @@ from pyg_dhmrec.models.layergcn import LayerGCN
 from pyg_dhmrec.models.lgmrec import LGMRec
 from pyg_dhmrec.models.lightgcn import LightGCN
 from pyg_dhmrec.models.mgcn import MGCN
+from pyg_dhmrec.models.micro import MICRO
 from pyg_dhmrec.models.mmgcn import MMGCN
 from pyg_dhmrec.models.siger import SIGER
 from pyg_dhmrec.models.vbpr import VBPR
@@ -27,6 +29,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bm3": BM3,
     "bpr": BPR,
     "dhmrec": DHMRec,
+    "dualgnn": DualGNN,
     "freedom": FREEDOM,
     "grcn": GRCN,
     "lattice": LATTICE,
@@ -34,6 +37,7 @@ MODELS: dict[str, type[Recommender]] = {
     "lgmrec": LGMRec,
     "lightgcn": LightGCN,
     "mgcn": MGCN,
+    "micro": MICRO,
     "mmgcn": MMGCN,
     "siger": SIGER,
     "vbpr": VBPR,
@@ -73,6 +77,7 @@ __all__ = [
     "BM3",
     "BPR",
     "DHMRec",
+    "DualGNN",
     "FREEDOM",
     "GRCN",
     "LATTICE",
@@ -80,6 +85,7 @@ __all__ = [
     "LGMRec",
     "LightGCN",
     "MGCN",
+    "MICRO",
     "MMGCN",
     "MODELS",
     "Recommender",

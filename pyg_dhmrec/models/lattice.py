@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
+from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
@@ -21,7 +21,9 @@ from pyg_dhmrec.nn import (
     LightConv,
     LightPropagation,
     bpr_loss,
-    constant_spmm,
+    constant_item_graph,
+    propagate_item_graph,
+    skip_connected_graph,
     squared_l2_penalty,
 )
 
@@ -208,15 +210,10 @@ class LATTICE(Recommender):
         for m in self.modalities:
             projected = self.projections[m](self.feature(m))  # Eq. 4
             edge_index, weight = self.graph_learner(projected)  # Eqs. 5 and 2-3
-            graphs[m] = (
-                torch.cat([edge_index.flip(0), getattr(self, f"init_edge_index_{m}")], dim=1),
-                torch.cat(
-                    [
-                        (1.0 - self.frozen_graph_weight) * weight,
-                        self.frozen_graph_weight * getattr(self, f"init_weight_{m}"),
-                    ]
-                ),
-            )
+            frozen = (getattr(self, f"init_edge_index_{m}"), getattr(self, f"init_weight_{m}"))
+            graphs[m] = skip_connected_graph(
+                (edge_index.flip(0), weight), frozen, self.frozen_graph_weight
+            )  # Eq. 6
         return graphs, self.modality_weights()
 
     def _item_operators(self) -> tuple[Graph, dict[str, Graph]]:
@@ -239,19 +236,12 @@ class LATTICE(Recommender):
         return (fused, graphs) if fused[1].requires_grad else constant
 
     def _constant(self, graph: Graph) -> Graph:
-        edge_index, weight = graph[0], graph[1].detach()
-        n = self.num_items
-        return to_csr(edge_index.flip(0), weight, n, n), to_csr(edge_index, weight, n, n)
+        return constant_item_graph(graph, self.num_items)
 
     def _propagate(self, graph: Graph) -> Tensor:
-        h = self.item_embedding.weight
-        first, second = graph
-        for _ in range(self.num_ii_layers):  # Eq. 8
-            if first.layout == torch.sparse_csr:
-                h = constant_spmm(first, h, second)
-            else:
-                h = self.item_conv(h, first, second)
-        return h
+        return propagate_item_graph(
+            self.item_embedding.weight, graph, self.num_ii_layers, self.item_conv
+        )  # Eq. 8
 
     def forward(self) -> Embeddings:
         fused, graphs = self._item_operators()

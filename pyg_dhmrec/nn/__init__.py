@@ -1,5 +1,6 @@
 from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
 from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
+from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
@@ -8,8 +9,15 @@ from pyg_dhmrec.nn.disentangle import (
     orthogonality_loss,
 )
 from pyg_dhmrec.nn.edge_refinement import ConfidenceEdgeWeights
-from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention
-from pyg_dhmrec.nn.graph_learning import LearnedKNNGraph, cosine_knn_edges
+from pyg_dhmrec.nn.fusion import AttentionFusion, DimensionAttention, ModalityAttention
+from pyg_dhmrec.nn.graph_learning import (
+    ItemGraph,
+    LearnedKNNGraph,
+    constant_item_graph,
+    cosine_knn_edges,
+    propagate_item_graph,
+    skip_connected_graph,
+)
 from pyg_dhmrec.nn.hypergraph import (
     HypergraphPropagation,
     hypergraph_contrastive_loss,
@@ -41,6 +49,7 @@ __all__ = [
     "ConfidenceEdgeWeights",
     "PrototypeRouting",
     "neighborhood_affinity",
+    "chunked_info_nce",
     "anchor_info_nce",
     "ModulusPerturbation",
     "modulus_perturbation",
@@ -48,12 +57,17 @@ __all__ = [
     "FusionParts",
     "cosine_alignment_loss",
     "dropout_view",
+    "ItemGraph",
     "LearnedKNNGraph",
+    "constant_item_graph",
+    "propagate_item_graph",
+    "skip_connected_graph",
     "cosine_knn_edges",
     "HypergraphPropagation",
     "hypergraph_contrastive_loss",
     "relaxed_dependencies",
     "AttentionFusion",
+    "ModalityAttention",
     "CLUB",
     "CollaborativeGate",
     "DimensionAttention",

@@ -134,3 +134,40 @@ class AttentionFusion(torch.nn.Module):
             raise ValueError(f"expected {self.num_views} views, got {len(views)}")
         fused = self.fuse(torch.cat(list(views), dim=-1))
         return sum(att(fused, view) for att, view in zip(self.attentions, views))
+
+
+class ModalityAttention(torch.nn.Module):
+    r"""Per-node attention over modality views (MICRO Eqs. 8-9):
+
+    .. math::
+        \alpha^m_i = \mathrm{softmax}_m\big(q^\top \tanh(W h^m_i + b)\big), \qquad
+        h_i = \sum_m \alpha^m_i h^m_i
+
+    with :math:`W, b, q` shared by the modalities (``q`` without bias, so the score is
+    shift-free across modalities). Any number of views :math:`\ge 1`; with one,
+    :math:`\alpha = 1`.
+
+    Args:
+        channels: width of the views.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(channels, channels)
+        self.query = torch.nn.Linear(channels, 1, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.hidden.reset_parameters()  # PyTorch's default Linear init, as the authors' code
+        self.query.reset_parameters()
+
+    def weights(self, views: Sequence[Tensor]) -> Tensor:
+        """``[N, M]`` attention weights :math:`\\alpha` of ``M`` views of ``[N, d]``."""
+        scores = torch.cat([self.query(torch.tanh(self.hidden(v))) for v in views], dim=1)
+        return torch.softmax(scores, dim=1)
+
+    def forward(self, views: Sequence[Tensor]) -> Tensor:
+        if len(views) == 0:
+            raise ValueError("ModalityAttention needs at least one view")
+        alpha = self.weights(views)
+        return sum(alpha[:, m : m + 1] * v for m, v in enumerate(views))

@@ -1,0 +1,133 @@
+"""Co-occurrence graphs built in chunks (DualGNN's user graph, SIGER's item graph) and
+DualGNN's per-epoch neighbour resampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from toy_graphs import toy_graph
+
+from pyg_dhmrec.data.cooccurrence import cooccurrence_edges, resample_to_k_neighbours
+from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.data.transforms import (
+    AddUserCooccurrenceGraph,
+    add_derived_graphs,
+    user_cooccurrence_edge_type,
+)
+
+
+def _dense_top_k(edge_index: torch.Tensor, num_users: int, num_items: int, k: int):
+    """The reference: dense R R^T, zero diagonal, each row's k largest positive entries,
+    ties to the lower id (a stable descending sort)."""
+    r = torch.zeros(num_users, num_items)
+    r[edge_index[0], edge_index[1]] = 1.0
+    c = r @ r.t()
+    c.fill_diagonal_(0.0)
+    expected = {}
+    for u in range(num_users):
+        values, order = torch.sort(c[u], descending=True, stable=True)
+        expected[u] = [(int(v), float(x)) for v, x in zip(order[:k], values[:k]) if x > 0]
+    return expected
+
+
+class _ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor an aten op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def test_hand_computed_user_graph() -> None:
+    # Users 0 and 1 share items 0 and 1, users 1 and 2 share item 2, user 3 shares nothing.
+    edges = torch.tensor([[0, 0, 1, 1, 1, 2, 3], [0, 1, 0, 1, 2, 2, 3]])
+    index, count = cooccurrence_edges(edges, 4, 4, k=5, chunk_size=2)
+    got = {(int(a), int(b)): float(c) for a, b, c in zip(index[0], index[1], count)}
+    assert got == {(0, 1): 2.0, (1, 0): 2.0, (1, 2): 1.0, (2, 1): 1.0}
+    assert index[:, :3].tolist() == [[0, 1, 1], [1, 0, 2]]  # decreasing count per user
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64])
+def test_user_graph_equals_dense_top_k(chunk_size: int) -> None:
+    data = toy_graph(40, 30, 220, seed=3)
+    edge_index = data[RATES].edge_index
+    # A repeated interaction counts once (binary R).
+    with_repeat = torch.cat([edge_index, edge_index[:, :5]], dim=1)
+    for k in (1, 4, 50):
+        index, count = cooccurrence_edges(with_repeat, 40, 30, k=k, chunk_size=chunk_size)
+        expected = _dense_top_k(edge_index, 40, 30, k)
+        got = {u: [] for u in range(40)}
+        for a, b, c in zip(index[0].tolist(), index[1].tolist(), count.tolist()):
+            got[a].append((b, c))
+        assert got == expected, (k, chunk_size)
+
+
+def test_user_graph_never_builds_a_users_by_users_matrix() -> None:
+    num_users, num_items, chunk = 60, 9, 8
+    data = toy_graph(num_users, num_items, 150, seed=1)
+    recorder = _ShapeRecorder()
+    with recorder:
+        index, _ = cooccurrence_edges(data[RATES].edge_index, num_users, num_items, 3, chunk)
+    matrices = [s for s in recorder.shapes if len(s) == 2]
+    assert (chunk, num_users) in matrices  # the chunk's rows of R R^T (a sparse block)
+    # The largest blocks: the chunk's rows of R R^T and the (sparse) incidence R itself.
+    bound = max(chunk * num_users, num_users * num_items)
+    assert all(s[0] * s[1] <= bound < num_users * num_users for s in matrices), max(matrices)
+    assert index.size(1) > 0
+
+
+def test_transform_writes_and_caches_the_edge_type(tmp_path) -> None:
+    data = toy_graph(30, 20, 150, seed=2)
+    transform = AddUserCooccurrenceGraph(k=3, chunk_size=4)
+    add_derived_graphs(data, [transform], cache_dir=tmp_path)
+    store = data[user_cooccurrence_edge_type()]
+    index, count = cooccurrence_edges(data[RATES].edge_index, 30, 20, 3)
+    torch.testing.assert_close(store.edge_index, index)
+    torch.testing.assert_close(store.edge_weight, count)
+    assert store.settings == {"k": 3}
+    again = toy_graph(30, 20, 150, seed=2)
+    add_derived_graphs(again, [AddUserCooccurrenceGraph(k=3)], cache_dir=tmp_path)
+    torch.testing.assert_close(again[user_cooccurrence_edge_type()].edge_index, index)
+    assert len(list(tmp_path.glob("AddUserCooccurrenceGraph-*.pt"))) == 1
+
+
+def test_transform_rejects_bad_k() -> None:
+    with pytest.raises(ValueError, match="user co-occurrence k"):
+        AddUserCooccurrenceGraph(k=0)
+
+
+def test_resampling_fills_k_slots_from_each_users_own_neighbours() -> None:
+    # User 0 has 3 ranked neighbours, user 1 has 1, user 2 none, user 3 has 5 (> k).
+    edge_index = torch.tensor([[0, 0, 0, 1, 3, 3, 3, 3, 3], [5, 6, 7, 4, 0, 1, 2, 4, 5]])
+    g = torch.Generator().manual_seed(0)
+    nodes, slots, slot_edge = resample_to_k_neighbours(edge_index, 4, k=4, generator=g)
+    assert nodes.tolist() == [0, 1, 3]  # user 2 has no slots
+    assert slots.shape == (3, 4)
+    assert slots[0, :3].tolist() == [5, 6, 7] and slots[0, 3] in (5, 6, 7)
+    assert slots[1].tolist() == [4, 4, 4, 4]
+    assert slots[2].tolist() == [0, 1, 2, 4]  # the first k, in rank order
+    torch.testing.assert_close(edge_index[1][slot_edge], slots)
+
+
+def test_resampling_draws_padding_uniformly_over_earlier_slots() -> None:
+    # One user with 2 neighbours, k = 3: the padding slot copies slot 0 or 1, each half the time.
+    edge_index = torch.tensor([[0, 0], [1, 2]])
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack(
+        [resample_to_k_neighbours(edge_index, 1, 3, g)[1][0, 2] for _ in range(2000)]
+    )
+    share = (draws == 1).float().mean().item()
+    assert 0.45 < share < 0.55
+
+
+def test_resampling_needs_edges_sorted_by_node() -> None:
+    with pytest.raises(ValueError, match="sorted by node"):
+        resample_to_k_neighbours(torch.tensor([[1, 0], [0, 1]]), 2, 2)
