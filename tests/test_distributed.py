@@ -4,6 +4,7 @@ or by torchrun; the tests wait on process exit, with a generous hang guard only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -51,8 +52,12 @@ def env() -> dict[str, str]:
 
 def kill_job(proc: subprocess.Popen) -> None:
     """SIGKILL torchrun's ranks (its children, each in a session of its own), then torchrun."""
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    # Every thread's children: torchrun may start its workers from a thread other than the main one.
+    pids = [
+        int(p)
+        for children in Path(f"/proc/{proc.pid}/task").glob("*/children")
+        for p in children.read_text().split()
+    ]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     proc.kill()
@@ -60,6 +65,23 @@ def kill_job(proc: subprocess.Popen) -> None:
     for pid in pids:  # reaped by init; wait until they are gone, so the run lock is free
         while Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid):
             time.sleep(0.05)
+
+
+def wait_until_unlocked(lock: Path) -> None:
+    """Wait until no process holds ``lock`` (flock): a SIGKILLed rank's locks are released when
+    the kernel has closed its files, which may trail the process's disappearance from /proc."""
+    waited = 0.0
+    with open(lock, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert waited < HANG_GUARD_S, f"{lock} still held after the job was killed"
+                time.sleep(0.05)
+                waited += 0.05
+                continue
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return
 
 
 def _state(pid: int) -> str:
@@ -222,6 +244,7 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(
     )
 
     # one process cannot continue a 2-rank checkpoint
+    wait_until_unlocked(killed / "run.lock")
     assert main(["--resume", str(killed), "--quiet"]) == 2
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
 
