@@ -405,6 +405,18 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
             math.isfinite(value) and (value > 0 if strict else value >= 0)
         ):
             raise bad(key, "a finite number > 0" if strict else "a finite number >= 0")
+    schedule = config.get("learning_rate_scheduler")
+    if schedule is not None and not (
+        isinstance(schedule, list)
+        and len(schedule) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule)
+        and 0 < schedule[0] <= 1
+        and schedule[1] > 0
+    ):
+        raise bad(
+            "learning_rate_scheduler",
+            "null or [factor, step] with 0 < factor <= 1 and step > 0, e.g. [0.96, 50]",
+        )
     topk = config.get("topk")
     if "topk" in config and (
         not isinstance(topk, list)

@@ -12,7 +12,8 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +179,8 @@ class Trainer:
 
     Every epoch: the model's :meth:`~Recommender.on_train_epoch_start`, one pass of BPR
     batches (per batch one :meth:`~Recommender.forward` pass, whose output the model's
-    :meth:`~Recommender.loss` reads; the sum of the loss parts is minimised with Adam), then, every
+    :meth:`~Recommender.loss` reads; the sum of the loss parts is minimised with Adam, whose step
+    size follows ``learning_rate_scheduler``, stepped after each epoch's training), then, every
     ``eval_step`` epochs, valid metrics. The best epoch is the one with the highest valid
     ``early_stop_metric``; training stops after ``patience`` evaluations without a strict
     improvement. Test metrics are computed once, with the best epoch's parameters.
@@ -251,6 +253,9 @@ class Trainer:
             lr=config["learning_rate"],
             weight_decay=config["weight_decay"],
         )
+        self.scheduler = learning_rate_scheduler(
+            self.optimizer, config.get("learning_rate_scheduler")
+        )
         self.history: list[dict[str, Any]] = []
         self.early_stopping = EarlyStopping(metric, config["patience"])
         self.epoch = 0  # last finished epoch
@@ -322,6 +327,7 @@ class Trainer:
             "version": CHECKPOINT_VERSION,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             **state,  # rank 0's
             "progress": {
                 "epoch": self.epoch,
@@ -367,6 +373,8 @@ class Trainer:
         try:
             self.model.load_state_dict(payload["model"])
             self.optimizer.load_state_dict(payload["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(payload["scheduler"])
             self.sampler.load_state_dict(own["sampler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             first = str(e).strip().splitlines()
@@ -404,6 +412,9 @@ class Trainer:
             raise FloatingPointError(f"{e}{kept}") from None
         self.train_times.append(time.perf_counter() - t0)
         record: dict[str, Any] = {"epoch": epoch, "loss": losses, "train_s": self.train_times[-1]}
+        if self.scheduler is not None:
+            self.scheduler.step()  # once per epoch, after its training, as MMRec's trainer
+            record["learning_rate"] = self.optimizer.param_groups[0]["lr"]
         line = (
             f"epoch {epoch:4d} | "
             + " ".join(f"{k} {v:.4f}" for k, v in losses.items())
@@ -504,6 +515,22 @@ class Trainer:
             "environment": environment(self.device),
             "history": self.history,
         }
+
+
+def learning_rate_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: Sequence[float] | None
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    r"""MMRec's schedule ``[factor, step]``: after epoch :math:`e` the step size is
+    :math:`\eta_0 \cdot \text{factor}^{e / \text{step}}` (continuous in :math:`e`, not a staircase);
+    ``None``: a constant step size."""
+    if schedule is None:
+        return None
+    factor, step = float(schedule[0]), float(schedule[1])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_decay, factor=factor, step=step))
+
+
+def _decay(epoch: int, factor: float, step: float) -> float:
+    return factor ** (epoch / step)
 
 
 def complete_config(config: Mapping[str, Any], model: Recommender) -> dict[str, Any]:

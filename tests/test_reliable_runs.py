@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 KILL_POINTS = REPO / "tests" / "kill_points.py"
 TINY = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
 MODEL_ARGS = {"lightgcn": [], "dhmrec": ["--knn_k", "3"]}
+#: A schedule steep enough that a resume without its state would train differently.
+SCHEDULED = ["--learning_rate_scheduler", "[0.5,2]"]
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +55,15 @@ def checkpoint_epoch(path: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("model", ["lightgcn", "dhmrec"])
+@pytest.mark.parametrize(
+    "model, extra",
+    [("lightgcn", []), ("dhmrec", []), ("lightgcn", SCHEDULED)],
+    ids=["lightgcn", "dhmrec", "lightgcn-lr-schedule"],
+)
 def test_sigkill_then_resume_matches_uninterrupted(
-    data_root: Path, tmp_path: Path, model: str
+    data_root: Path, tmp_path: Path, model: str, extra: list[str]
 ) -> None:
-    common = ("--epochs", "7", "--patience", "50", "--batch_size", "256", "--seed", "3")
+    common = ("--epochs", "7", "--patience", "50", "--batch_size", "256", "--seed", "3", *extra)
     assert main(train_args(data_root, tmp_path / "full", model, *common)) == 0
     full = read(tmp_path / "full")
 
