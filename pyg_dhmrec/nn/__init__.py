@@ -29,6 +29,7 @@ from pyg_dhmrec.nn.losses import (
     bpr_loss,
     embedding_norm_penalty,
     info_nce,
+    neighbour_contrastive_loss,
     score_distribution_kl,
     squared_l2_penalty,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "constant_spmm",
     "embedding_norm_penalty",
     "info_nce",
+    "neighbour_contrastive_loss",
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "VariationalEncoder",

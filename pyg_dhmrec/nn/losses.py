@@ -109,3 +109,41 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
     rows = torch.arange(anchor.size(0), device=anchor.device)
     positives = torch.stack([logits[rows, m * anchor.size(0) + rows] for m in range(len(views))])
     return (torch.logsumexp(logits, dim=-1) - positives).mean()
+
+
+def neighbour_contrastive_loss(x: Tensor, weight: Tensor, temperature: float) -> Tensor:
+    r"""Graph-MLP's neighbour contrastive loss (NContrast; TMLP's neighbourhood alignment) over
+    the ``P`` rows of ``x``, with the positives of row :math:`a` weighted by row :math:`a` of
+    ``weight``:
+
+    .. math::
+        \mathcal{L} = -\frac{1}{P} \sum_{a=1}^{P} \log
+        \frac{\sum_{b} w_{ab} \exp(s_{ab} / \tau)}{\sum_{b} \exp(s_{ab} / \tau)}, \qquad
+        s_{ab} = \frac{x_a^\top x_b}{\lVert x_a \rVert \lVert x_b \rVert}\ (a \neq b),
+        \quad s_{aa} = 0.
+
+    The anchor's own term is kept with similarity 0 (:math:`\exp(0) = 1` in the denominator,
+    :math:`w_{aa}` in the numerator), as Graph-MLP's and TMLP's code zero the diagonal of the
+    similarity matrix rather than drop it. Memory :math:`O(P^2)` (batch-sized).
+
+    Args:
+        x: ``[P, d]`` representations.
+        weight: ``[P, P]`` non-negative positive weights :math:`w_{ab}`, every row with a
+            positive sum.
+        temperature: :math:`\tau > 0`.
+    """
+    if x.dim() != 2 or weight.shape != (x.size(0), x.size(0)):
+        raise ValueError(
+            f"neighbour_contrastive_loss needs x [P, d] and weight [P, P], got "
+            f"{list(x.shape)} and {list(weight.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if bool((weight < 0).any()) or bool((weight.sum(1) <= 0).any()):
+        raise ValueError("weight must be non-negative with a positive sum in every row")
+    unit = F.normalize(x, dim=-1)
+    similarity = unit @ unit.t()
+    similarity = similarity - torch.diag_embed(similarity.diagonal())  # s_aa = 0
+    logits = similarity / temperature
+    positive = torch.logsumexp(logits + weight.log(), dim=1)  # log 0 = -inf drops w_ab = 0
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
