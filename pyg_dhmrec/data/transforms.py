@@ -241,6 +241,8 @@ class AddTopologicallyPrunedGraph(DerivedGraph):
     def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
         n = int(data["item"].num_nodes)
         modalities = self.knn._modalities(data)
+        if not modalities:
+            raise ValueError(f"{type(self).__name__} needs at least one item modality, got none")
         weights = resolve_modality_weights(modalities, self.modality_weights, type(self).__name__)
         if self.knn.present(data):
             knn = {knn_edge_type(m): data[knn_edge_type(m)] for m in modalities}

@@ -209,10 +209,10 @@ class TMLP(Recommender):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         self.na_weight, self.temperature = float(na_weight), float(temperature)
+        features = self.register_item_features(data)
         data = self.with_graphs(
             data, knn_k=knn_k, pruned_k=pruned_k, modality_weights=modality_weights
         )
-        features = self.register_item_features(data)
         self.embedding_dim = embedding_dim
         width = (len(self.modalities) + 1) * embedding_dim
 
