@@ -257,9 +257,33 @@ def test_neighbour_contrastive_loss_by_hand() -> None:
     assert got.item() == pytest.approx(sum(rows) / 3, rel=1e-6)
 
 
+def _dense_neighbour_contrast(x: torch.Tensor, weight: torch.Tensor, tau: float) -> torch.Tensor:
+    unit = F.normalize(x, dim=-1)
+    logits = (unit @ unit.t()) * (1 - torch.eye(x.size(0))) / tau
+    return -torch.log((weight * logits.exp()).sum(1) / logits.exp().sum(1)).mean()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 2048])
+def test_chunked_neighbour_contrast_equals_the_dense_formula(chunk_size: int) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(11, 5, generator=g)
+    x[7] = x[3]  # a repeated item: s = 1 between its two positions
+    weight = torch.rand(11, 11, generator=g) * (torch.rand(11, 11, generator=g) < 0.3)
+    weight += torch.eye(11) * 0.5
+    for tau in (1.0, 0.2):
+        dense_x = x.clone().requires_grad_()
+        expected = _dense_neighbour_contrast(dense_x, weight, tau)
+        expected.backward()
+        chunked_x = x.clone().requires_grad_()
+        got = neighbour_contrastive_loss(chunked_x, weight.to_sparse(), tau, chunk_size)
+        got.backward()
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(chunked_x.grad, dense_x.grad)
+
+
 def test_neighbour_contrastive_loss_checks_its_inputs() -> None:
     x = torch.randn(3, 2)
-    with pytest.raises(ValueError, match="positive sum in every row"):
+    with pytest.raises(ValueError, match="positive entry in every row"):
         neighbour_contrastive_loss(x, torch.eye(3) * torch.tensor([1.0, 0.0, 1.0]), 1.0)
     with pytest.raises(ValueError, match=r"weight \[P, P\]"):
         neighbour_contrastive_loss(x, torch.eye(2), 1.0)
@@ -283,7 +307,7 @@ def test_the_loss_reads_the_pruned_graph_at_the_batch_positions(data: HeteroData
     items = torch.cat([batch.pos_item, batch.neg_item])
     assert items.unique().numel() < items.numel()  # repeated items: positions, not ids
     dense = model.pruned_graph.to_dense()
-    torch.testing.assert_close(model.neighbour_weights(items), dense[items][:, items])
+    torch.testing.assert_close(model.neighbour_weights(items).to_dense(), dense[items][:, items])
     out = model()
     parts = model.loss(batch, out)
     expected = neighbour_contrastive_loss(out.item[items], dense[items][:, items], 1.0)

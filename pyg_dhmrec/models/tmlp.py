@@ -264,11 +264,11 @@ class TMLP(Recommender):
         return Embeddings(user, item, modalities)
 
     def neighbour_weights(self, items: Tensor) -> Tensor:
-        r"""The dense ``[P, P]`` block :math:`\Gamma_{[items, items]}` of the pruned graph."""
+        r"""The block :math:`\Gamma_{[items, items]}` of the pruned graph, a sparse COO
+        ``[P, P]`` tensor."""
         rows, cols, values = submatrix_entries(self.pruned_graph, items)
-        weight = torch.zeros(items.numel(), items.numel(), device=items.device)
-        weight[rows, cols] = values
-        return weight
+        size = (items.numel(), items.numel())
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size)
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
