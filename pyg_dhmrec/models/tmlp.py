@@ -129,7 +129,10 @@ class TMLP(Recommender):
       Python loop, and reads the marginals :math:`p(X_i = 1)` from the *weighted* row sums of
       the mixed normalised graph (about 1 for every item) while the joint counts use the
       binary supports. Here both come from the binary neighbourhoods, N2N's definition
-      (:math:`p(X_i = 1) = |\mathcal{N}_i| / N`), sparse and in chunks.
+      (:math:`p(X_i = 1) = |\mathcal{N}_i| / N`), sparse and in chunks. It also adds
+      :math:`10^{-10}` inside each logarithm; we use :math:`0 \log 0 = 0` exactly. Its
+      cumulative-probability stop (``ratio``) is released at 1, where it keeps the top
+      :math:`K` as here; its ties go to the lower id (a stable sort), as here.
     * Its contrastive logits are :math:`\tau \cdot s` (a Graph-MLP code detail) where
       Graph-MLP's paper writes :math:`s / \tau`; the published :math:`\tau = 1` makes them equal.
       We divide. It adds :math:`10^{-8}` inside the log; we do not (the self term keeps every
@@ -141,8 +144,12 @@ class TMLP(Recommender):
       has no AdamW branch and falls back to Adam without weight decay: the protocol's Adam.
 
     **Modality representations** (:attr:`Embeddings.modalities`): the final item
-    representation restricted to modality :math:`m`'s block (zeros elsewhere); with the ID
-    block they sum to :math:`e_i` (propagation acts column-wise).
+    representation restricted to modality :math:`m`'s block (zeros elsewhere), i.e. the
+    propagated :math:`h^m`; with the ID block they sum to :math:`e_i`, so
+    :math:`e_u^\top` of a block is that modality's share of the score.
+
+    **Cost per step**: the MLPs over all items (as the reference) and the contrastive loss over
+    the :math:`2B` positions, chunked with an analytic backward (no ``P x P`` autograd graph).
 
     Args:
         data: graph with train edges and at least one item modality (any number).
