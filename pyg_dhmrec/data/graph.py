@@ -23,6 +23,9 @@ __all__ = [
     "knn_adjacency",
     "cosine_knn_edges",
     "DegreeSensitiveEdgeDropout",
+    "DEFAULT_MODALITY_WEIGHTS",
+    "resolve_modality_weights",
+    "submatrix_entries",
 ]
 
 
@@ -216,6 +219,71 @@ def mix_modality_graphs(
             f"{key} must give one weight per modality {list(graphs)}, got {dict(weights)}"
         )
     return weighted_sum(list(graphs.values()), [float(weights[m]) for m in graphs])
+
+
+#: FREEDOM's published mixing weights of the image and text kNN graphs (also TMLP's
+#: ``mm_image_weight`` 0.1).
+DEFAULT_MODALITY_WEIGHTS = {"image": 0.1, "text": 0.9}
+
+
+def resolve_modality_weights(
+    modalities: Sequence[str], weights: Optional[Mapping[str, float]], owner: str
+) -> dict[str, float]:
+    """One mixing weight per modality, in the order of ``modalities``.
+
+    Without ``weights``: :data:`DEFAULT_MODALITY_WEIGHTS` for exactly the modalities image and
+    text, weight 1 for a single modality; any other modality set needs explicit weights.
+    ``owner`` names the model or transform in the error.
+    """
+    if weights is None:
+        if set(modalities) == set(DEFAULT_MODALITY_WEIGHTS):
+            weights = DEFAULT_MODALITY_WEIGHTS
+        elif len(modalities) == 1:
+            weights = {modalities[0]: 1.0}
+        else:
+            raise ValueError(
+                f"{owner} has default modality_weights only for image and text; give one "
+                f"weight per modality {list(modalities)}"
+            )
+    if set(weights) != set(modalities):
+        raise ValueError(
+            f"modality_weights must give one weight per modality {list(modalities)}, "
+            f"got {dict(weights)}"
+        )
+    return {m: float(weights[m]) for m in modalities}
+
+
+def submatrix_entries(matrix: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The stored entries of :math:`A_{[index, index]}`, the ``[P, P]`` submatrix of a sparse
+    ``[N, N]`` CSR matrix :math:`A` on the rows and columns ``index`` (``[P]``, repeats allowed).
+
+    Returns ``(rows, cols, values)``: every pair of positions :math:`(a, b)` with
+    :math:`A_{index_a, index_b}` stored, and that value. Cost
+    :math:`O(\sum_a \text{nnz}(A_{index_a}) \cdot r + P \log P)` with :math:`r` the largest
+    repeat count of an id in ``index``: never a dense ``[N, N]`` (or ``[P, N]``) block.
+    """
+    if matrix.layout != torch.sparse_csr or matrix.dim() != 2 or matrix.size(0) != matrix.size(1):
+        raise ValueError("submatrix_entries needs a square torch.sparse_csr matrix")
+    index = index.long()
+    _check_range(index, matrix.size(0), "index")
+    crow, col, value = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    positions = torch.arange(index.numel(), device=index.device)
+    # Row entries of each position: (a, column, value).
+    start, count = crow[index], crow[index + 1] - crow[index]
+    a = torch.repeat_interleave(positions, count)
+    offset = torch.arange(a.numel(), device=index.device) - (torch.cumsum(count, 0) - count)[a]
+    entry = start[a] + offset
+    column, kept = col[entry], value[entry]
+    # The positions b holding each column id: a range of the positions sorted by id.
+    order = torch.argsort(index, stable=True)
+    sorted_ids = index[order]
+    lo = torch.searchsorted(sorted_ids, column)
+    matches = torch.searchsorted(sorted_ids, column, right=True) - lo
+    pair = torch.repeat_interleave(torch.arange(column.numel(), device=index.device), matches)
+    within = (
+        torch.arange(pair.numel(), device=index.device) - (torch.cumsum(matches, 0) - matches)[pair]
+    )
+    return a[pair], order[lo[pair] + within], kept[pair]
 
 
 def weighted_sum(matrices: Sequence[Tensor], weights: Sequence[float]) -> Tensor:

@@ -27,19 +27,29 @@ from torch_geometric.typing import EdgeType
 
 from pyg_dhmrec.data.cooccurrence import cooccurrence_edges
 from pyg_dhmrec.data.dataset import RATES, item_features
-from pyg_dhmrec.data.graph import cosine_knn_edges, normalized_knn_edges, symmetric_normalize
+from pyg_dhmrec.data.graph import (
+    cosine_knn_edges,
+    mix_modality_graphs,
+    normalized_knn_edges,
+    resolve_modality_weights,
+    symmetric_normalize,
+    to_csr,
+)
 from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_edges
+from pyg_dhmrec.data.topological_pruning import self_looped_row_normalize, topological_pruning
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "AddItemCooccurrenceGraph",
     "AddItemKNNGraphs",
+    "AddTopologicallyPrunedGraph",
     "AddUserCooccurrenceGraph",
     "DerivedGraph",
     "add_derived_graphs",
     "co_interaction_edge_type",
     "knn_edge_type",
+    "topology_pruned_edge_type",
     "user_cooccurrence_edge_type",
 ]
 
@@ -55,6 +65,11 @@ def knn_edge_type(modality: str) -> EdgeType:
 def co_interaction_edge_type() -> EdgeType:
     """``('item', 'co_interaction', 'item')``."""
     return ("item", "co_interaction", "item")
+
+
+def topology_pruned_edge_type() -> EdgeType:
+    """``('item', 'topology_pruned', 'item')``."""
+    return ("item", "topology_pruned", "item")
 
 
 def user_cooccurrence_edge_type() -> EdgeType:
@@ -171,6 +186,81 @@ class AddItemKNNGraphs(DerivedGraph):
                     edge_index, weight = cosine_knn_edges(x, self.k, chunk_size=self.chunk_size)
             out[knn_edge_type(m)] = {"edge_index": edge_index, "edge_weight": weight}
         return out
+
+
+class AddTopologicallyPrunedGraph(DerivedGraph):
+    r"""TMLP's topologically pruned item graph, edge type
+    ``('item', 'topology_pruned', 'item')``.
+
+    1. Per modality :math:`m` the binary top-``knn_k`` cosine kNN graph, normalised
+       :math:`S^m = D^{-1/2} \hat{S}^m D^{-1/2}` (:class:`AddItemKNNGraphs`; read from ``data``
+       when it holds them with these settings), mixed :math:`S = \sum_m w_m S^m`
+       (:func:`~pyg_dhmrec.data.graph.mix_modality_graphs`). Item :math:`i`'s neighbourhood is
+       its row's support :math:`\mathcal{N}_i = \{j : S_{ij} \neq 0\}` (the union of its
+       modality neighbourhoods, itself included).
+    2. Each item keeps its ``k`` neighbours :math:`j \neq i` of highest topological similarity,
+       the mutual information of the neighbourhood indicators
+       (:func:`~pyg_dhmrec.data.topological_pruning.topological_pruning`), with their weights
+       :math:`S_{ij}`: :math:`S'`.
+    3. :math:`\tilde{S} = (D' + I)^{-1} (S' + I)`
+       (:func:`~pyg_dhmrec.data.topological_pruning.self_looped_row_normalize`): ``edge_index``
+       (row 0 the item, row 1 its neighbour, then the self-loops) and ``edge_weight``.
+
+    Memory: the kNN search and the similarity are chunked (``chunk_size`` rows); no dense
+    ``I x I`` matrix is formed.
+
+    Args:
+        knn_k: neighbours per item in the modality kNN graphs.
+        k: neighbours kept per item by the pruning.
+        modality_weights: :math:`w_m` per modality (default:
+            :func:`~pyg_dhmrec.data.graph.resolve_modality_weights`'s, 0.1 image / 0.9 text).
+        chunk_size: rows processed at once (memory only).
+    """
+
+    def __init__(
+        self,
+        knn_k: int = 10,
+        k: int = 10,
+        modality_weights: Mapping[str, float] | None = None,
+        chunk_size: int = 1024,
+    ) -> None:
+        self.knn = AddItemKNNGraphs(k=knn_k, chunk_size=chunk_size)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"pruned k must be a positive int, got {k!r}")
+        self.k, self.chunk_size = k, chunk_size
+        self.modality_weights = None if modality_weights is None else dict(modality_weights)
+
+    def settings(self) -> dict[str, Any]:
+        weights = self.modality_weights
+        weights = None if weights is None else {m: float(w) for m, w in sorted(weights.items())}
+        return {"knn_k": self.knn.k, "k": self.k, "modality_weights": weights}
+
+    def edge_types(self, data: HeteroData) -> list[EdgeType]:
+        return [topology_pruned_edge_type()]
+
+    def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
+        n = int(data["item"].num_nodes)
+        modalities = self.knn._modalities(data)
+        if not modalities:
+            raise ValueError(f"{type(self).__name__} needs at least one item modality, got none")
+        weights = resolve_modality_weights(modalities, self.modality_weights, type(self).__name__)
+        if self.knn.present(data):
+            knn = {knn_edge_type(m): data[knn_edge_type(m)] for m in modalities}
+        else:
+            knn = self.knn.compute(data)
+        graphs = {
+            m: to_csr(
+                knn[knn_edge_type(m)]["edge_index"], knn[knn_edge_type(m)]["edge_weight"], n, n
+            )
+            for m in modalities
+        }
+        mixed = mix_modality_graphs(graphs, weights, "modality_weights").to_sparse_coo()
+        edge_index, weight = mixed.indices(), mixed.values()
+        nonzero = weight != 0  # a zero-weighted modality adds no neighbour
+        edge_index, weight = edge_index[:, nonzero], weight[nonzero]
+        kept, _ = topological_pruning(edge_index, n, self.k, self.chunk_size)
+        edge_index, weight = self_looped_row_normalize(edge_index[:, kept], weight[kept], n)
+        return {topology_pruned_edge_type(): {"edge_index": edge_index, "edge_weight": weight}}
 
 
 class AddItemCooccurrenceGraph(DerivedGraph):

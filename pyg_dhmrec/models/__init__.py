@@ -23,6 +23,7 @@ from pyg_dhmrec.models.mgcn import MGCN
 from pyg_dhmrec.models.micro import MICRO
 from pyg_dhmrec.models.mmgcn import MMGCN
 from pyg_dhmrec.models.siger import SIGER
+from pyg_dhmrec.models.tmlp import TMLP
 from pyg_dhmrec.models.vbpr import VBPR
 
 MODELS: dict[str, type[Recommender]] = {
@@ -40,6 +41,7 @@ MODELS: dict[str, type[Recommender]] = {
     "micro": MICRO,
     "mmgcn": MMGCN,
     "siger": SIGER,
+    "tmlp": TMLP,
     "vbpr": VBPR,
 }
 
@@ -90,6 +92,7 @@ __all__ = [
     "MODELS",
     "Recommender",
     "SIGER",
+    "TMLP",
     "VBPR",
     "build_model",
     "model_class",

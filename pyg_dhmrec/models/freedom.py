@@ -11,8 +11,10 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import (
+    DEFAULT_MODALITY_WEIGHTS,
     DegreeSensitiveEdgeDropout,
     mix_modality_graphs,
+    resolve_modality_weights,
     to_csr,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
@@ -20,8 +22,7 @@ from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, squared_l2_penalty
 
-#: FREEDOM's published mixing weights of the modality kNN graphs (image 0.1, text 0.9).
-DEFAULT_MODALITY_WEIGHTS = {"image": 0.1, "text": 0.9}
+__all__ = ["DEFAULT_MODALITY_WEIGHTS", "FREEDOM"]
 
 
 class FREEDOM(Recommender):
@@ -129,23 +130,7 @@ class FREEDOM(Recommender):
         return to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
 
     def _weights(self, weights: Mapping[str, float] | None) -> dict[str, float]:
-        name = type(self).__name__
-        if weights is None:
-            if set(self.modalities) == set(DEFAULT_MODALITY_WEIGHTS):
-                weights = DEFAULT_MODALITY_WEIGHTS
-            elif len(self.modalities) == 1:
-                weights = {self.modalities[0]: 1.0}
-            else:
-                raise ValueError(
-                    f"{name} has default modality_weights only for image and text; give one "
-                    f"weight per modality {self.modalities}"
-                )
-        if set(weights) != set(self.modalities):
-            raise ValueError(
-                f"modality_weights must give one weight per modality {self.modalities}, "
-                f"got {dict(weights)}"
-            )
-        return {m: float(weights[m]) for m in self.modalities}
+        return resolve_modality_weights(self.modalities, weights, type(self).__name__)
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)

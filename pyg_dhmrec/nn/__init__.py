@@ -1,6 +1,6 @@
 from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
 from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
-from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce
+from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce, neighbour_contrastive_loss
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
@@ -84,6 +84,7 @@ __all__ = [
     "constant_spmm",
     "embedding_norm_penalty",
     "info_nce",
+    "neighbour_contrastive_loss",
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "VariationalEncoder",

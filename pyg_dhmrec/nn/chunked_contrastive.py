@@ -1,5 +1,5 @@
-"""InfoNCE over all nodes in chunks of anchors: memory O(chunk x N) in forward and backward,
-with the value and gradient of the dense formula."""
+"""Contrastive losses over all rows in chunks of anchors: memory O(chunk x N) in forward and
+backward, with the value and gradient of the dense formula."""
 
 from __future__ import annotations
 
@@ -116,3 +116,121 @@ def chunked_info_nce(
         anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size
     )
     return total / anchor.size(0)
+
+
+def _similarity_chunk(unit: Tensor, start: int, end: int, temperature: float) -> Tensor:
+    """``[chunk, P]`` logits :math:`s_{ab} / \tau` of anchors ``start:end``, the anchor's own
+    entry set to 0."""
+    logits = (unit[start:end] / temperature) @ unit.t()
+    local = torch.arange(end - start, device=unit.device)
+    logits[local, local + start] = 0.0
+    return logits
+
+
+def _row_logsumexp(values: Tensor, rows: Tensor, num_rows: int) -> Tensor:
+    """Per-row ``logsumexp`` of sparse entries (``-inf`` for a row without entries)."""
+    top = values.new_full((num_rows,), float("-inf")).scatter_reduce(
+        0, rows, values, "amax", include_self=True
+    )
+    shifted = (values - top[rows]).exp()
+    return top + values.new_zeros(num_rows).index_add_(0, rows, shifted).log()
+
+
+class _NeighbourContrast(torch.autograd.Function):
+    """Mean over anchors of ``logsumexp(row) - log sum_b w_ab exp(logit_ab)``, forward and
+    backward in chunks of anchors (only one ``[chunk, P]`` block lives at a time): the backward
+    recomputes each chunk's logits and applies the analytic gradient ``softmax(row) - q_a``,
+    ``q_ab = w_ab exp(logit_ab) / sum_b' w_ab' exp(logit_ab')``."""
+
+    @staticmethod
+    def forward(ctx, unit, rows, cols, log_weight, temperature, chunk_size):  # noqa: ANN001, ANN205
+        num = unit.size(0)
+        lse = unit.new_empty(num)
+        for start in range(0, num, chunk_size):
+            end = min(start + chunk_size, num)
+            lse[start:end] = torch.logsumexp(_similarity_chunk(unit, start, end, temperature), 1)
+        pair = (unit[rows] * unit[cols]).sum(-1) / temperature
+        pair = torch.where(rows == cols, torch.zeros_like(pair), pair)  # s_aa = 0
+        positive_terms = log_weight + pair
+        positive = _row_logsumexp(positive_terms, rows, num)
+        share = (positive_terms - positive[rows]).exp()  # q_ab
+        ctx.save_for_backward(unit, rows, cols, lse, share)
+        ctx.settings = (temperature, chunk_size)
+        return (lse - positive).mean()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        unit, rows, cols, lse, share = ctx.saved_tensors
+        temperature, chunk_size = ctx.settings
+        num = unit.size(0)
+        scale = grad / (num * temperature)
+        grad_unit = torch.zeros_like(unit)
+        for start in range(0, num, chunk_size):
+            end = min(start + chunk_size, num)
+            probs = _similarity_chunk(unit, start, end, temperature)
+            probs = probs.sub_(lse[start:end].unsqueeze(1)).exp_()  # softmax of each row
+            local = torch.arange(end - start, device=unit.device)
+            probs[local, local + start] = 0.0  # the anchor's own logit is a constant
+            probs.mul_(scale)
+            grad_unit[start:end] += probs @ unit
+            grad_unit += probs.t() @ unit[start:end]
+        coefficient = torch.where(rows == cols, torch.zeros_like(share), share) * -scale
+        grad_unit.index_add_(0, rows, coefficient.unsqueeze(1) * unit[cols])
+        grad_unit.index_add_(0, cols, coefficient.unsqueeze(1) * unit[rows])
+        return grad_unit, None, None, None, None, None
+
+
+def neighbour_contrastive_loss(
+    x: Tensor, weight: Tensor, temperature: float, chunk_size: int = 2048
+) -> Tensor:
+    r"""Graph-MLP's neighbour contrastive loss (NContrast; TMLP's neighbourhood alignment) over
+    the ``P`` rows of ``x``, the positives of row :math:`a` weighted by row :math:`a` of
+    ``weight``:
+
+    .. math::
+        \mathcal{L} = -\frac{1}{P} \sum_{a=1}^{P} \log
+        \frac{\sum_{b} w_{ab} \exp(s_{ab} / \tau)}{\sum_{b} \exp(s_{ab} / \tau)}, \qquad
+        s_{ab} = \frac{x_a^\top x_b}{\lVert x_a \rVert \lVert x_b \rVert}\ (a \neq b),
+        \quad s_{aa} = 0.
+
+    The anchor's own term is kept with similarity 0 (:math:`\exp(0) = 1` in the denominator,
+    :math:`w_{aa}` in the numerator), as Graph-MLP's and TMLP's code zero the diagonal of the
+    similarity matrix rather than drop it.
+
+    ``weight`` is a dense ``[P, P]`` tensor or a sparse COO one (only its non-zero entries
+    are read). Anchors are processed ``chunk_size`` rows at a time by one autograd function
+    (as :func:`chunked_info_nce`): peak memory :math:`O(\text{chunk\_size} \cdot P)` plus the
+    positive pairs, with the value and gradient of the dense formula. Computed with
+    ``logsumexp``, so no term overflows.
+
+    Args:
+        x: ``[P, d]`` representations.
+        weight: ``[P, P]`` non-negative positive weights :math:`w_{ab}`, every row with a
+            positive entry.
+        temperature: :math:`\tau > 0`.
+        chunk_size: anchors per chunk (memory only).
+    """
+    if x.dim() != 2 or weight.shape != (x.size(0), x.size(0)):
+        raise ValueError(
+            f"neighbour_contrastive_loss needs x [P, d] and weight [P, P], got "
+            f"{list(x.shape)} and {list(weight.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if weight.is_sparse:
+        weight = weight.coalesce()
+        (rows, cols), values = weight.indices(), weight.values()
+    else:
+        rows, cols = weight.nonzero().t()
+        values = weight[rows, cols]
+    if bool((values < 0).any()):
+        raise ValueError("weight must be non-negative")
+    rows, cols, values = rows[values > 0], cols[values > 0], values[values > 0]
+    if torch.unique(rows).numel() != x.size(0):
+        raise ValueError("weight needs a positive entry in every row (a positive per anchor)")
+    unit = F.normalize(x, dim=-1)
+    return _NeighbourContrast.apply(
+        unit, rows, cols, values.to(unit.dtype).log(), float(temperature), chunk_size
+    )
