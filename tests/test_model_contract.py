@@ -32,6 +32,7 @@ CONFIG = {
     "infusion_k": 3,
     "num_hyperedges": 4,
     "user_graph_k": 3,
+    "num_positives": 3,
 }
 NAMES = sorted(MODELS)
 #: Models that prune the user-item graph in training (FREEDOM's degree-sensitive dropout).
