@@ -18,8 +18,8 @@ from pyg_dhmrec.models import DAMRS, build_model
 from pyg_dhmrec.models.damrs import (
     denoised_bpr_loss,
     denoised_bpr_weights,
+    graded_neighbour_discrimination,
     graded_positives,
-    neighbour_discrimination,
 )
 from pyg_dhmrec.nn import symmetric_bernoulli_kl
 
@@ -182,20 +182,26 @@ def test_graded_positives_equal_brute_force() -> None:
 @pytest.mark.parametrize("chunk", [1, 3, 100])
 def test_neighbour_discrimination_equals_the_dense_formula(chunk: int) -> None:
     g = torch.Generator().manual_seed(4)
-    view = torch.randn(12, 5, generator=g, requires_grad=True)
+    views = [torch.randn(12, 5, generator=g, requires_grad=True) for _ in range(3)]
     anchors = torch.tensor([1, 2, 5, 11, 6])
-    mm, single = graded_positives([view.detach(), torch.randn(12, 5, generator=g)], anchors, 2)[0]
-    loss = neighbour_discrimination(view, anchors, mm, single, temperature=0.2, chunk_size=chunk)
-    (grad,) = torch.autograd.grad(loss, view)
-    # Dense: exp(cos / tau) over all items; -log(sum_mm / sum_all) - log(sum_single / (all - mm)).
-    dense_view = view.detach().clone().requires_grad_(True)
-    unit = F.normalize(dense_view, dim=1)
-    e = torch.exp(unit[anchors] @ unit.t() / 0.2)
-    s_all, s_mm, s_single = e.sum(1), e.gather(1, mm).sum(1), e.gather(1, single).sum(1)
-    expected = (-torch.log(s_mm / s_all) - torch.log(s_single / (s_all - s_mm))).mean()
-    (expected_grad,) = torch.autograd.grad(expected, dense_view)
-    torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(grad, expected_grad)
+    losses, positives = graded_neighbour_discrimination(views, anchors, 2, 0.2, chunk)
+    grads = torch.autograd.grad(losses @ torch.tensor([1.0, 0.5, 2.0]), views)
+    labels = graded_positives([h.detach() for h in views], anchors, 2)
+    dense = [h.detach().clone().requires_grad_(True) for h in views]
+    expected = []
+    for h, (mm, single), (e_mm, e_single) in zip(dense, positives, labels):
+        torch.testing.assert_close(mm, e_mm)  # the same positives as graded_positives
+        torch.testing.assert_close(single, e_single)
+        # Dense: -log(sum_mm / sum_all) - log(sum_single / (sum_all - sum_mm)) of exp(cos / tau).
+        unit = F.normalize(h, dim=1)
+        e = torch.exp(unit[anchors] @ unit.t() / 0.2)
+        s_all, s_mm, s_single = e.sum(1), e.gather(1, mm).sum(1), e.gather(1, single).sum(1)
+        expected.append((-torch.log(s_mm / s_all) - torch.log(s_single / (s_all - s_mm))).mean())
+    expected = torch.stack(expected)
+    expected_grads = torch.autograd.grad(expected @ torch.tensor([1.0, 0.5, 2.0]), dense)
+    torch.testing.assert_close(losses, expected)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
 
 
 def test_forward_adds_the_mean_of_the_item_graph_views(model, data) -> None:

@@ -10,7 +10,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import item_features
@@ -83,6 +82,18 @@ def denoised_bpr_loss(pos: Tensor, neg: Tensor, w_pos: Tensor, w_neg: Tensor) ->
     return -(w_pos * F.logsigmoid(pos - neg) + w_neg * F.logsigmoid(neg - pos)).mean()
 
 
+def _chunk_labels(probs: Sequence[Tensor], num_positives: int) -> list[tuple[Tensor, Tensor]]:
+    """Per target view, the chunk's multi-modal and single-modal positives from every view's
+    row-softmax ``probs`` (see :func:`graded_positives`)."""
+    total = torch.stack(list(probs)).sum(0)
+    out = []
+    for p in probs:
+        mm = (total + p).topk(num_positives, dim=1).indices
+        single = p.scatter(1, mm, float("-inf")).topk(num_positives, dim=1).indices
+        out.append((mm, single))
+    return out
+
+
 @torch.no_grad()
 def graded_positives(
     views: Sequence[Tensor], anchors: Tensor, num_positives: int, chunk_size: int = 1024
@@ -95,68 +106,128 @@ def graded_positives(
     of largest :math:`\sum_w P^w_{ij} + P^v_{ij}` (all views, the target counted twice), the
     single-modal ones the next :math:`K` items of largest :math:`P^v_{ij}` alone. Computed
     ``chunk_size`` anchors at a time: memory :math:`O(V \cdot \text{chunk} \cdot I)`.
+    (:func:`graded_neighbour_discrimination` selects the same positives in its own pass.)
     """
     units = [F.normalize(h, dim=-1) for h in views]
-    out: list[tuple[list[Tensor], list[Tensor]]] = [([], []) for _ in units]
+    parts: list[list[tuple[Tensor, Tensor]]] = []
     for start in range(0, anchors.numel(), chunk_size):
         rows = anchors[start : start + chunk_size]
-        probs = [torch.softmax(u[rows] @ u.t(), dim=1) for u in units]
-        total = torch.stack(probs).sum(0)
-        for v, p in enumerate(probs):
-            mm = (total + p).topk(num_positives, dim=1).indices
-            single = p.scatter(1, mm, float("-inf")).topk(num_positives, dim=1).indices
-            out[v][0].append(mm)
-            out[v][1].append(single)
-    return [(torch.cat(mm), torch.cat(single)) for mm, single in out]
+        parts.append(
+            _chunk_labels([torch.softmax(u[rows] @ u.t(), 1) for u in units], num_positives)
+        )
+    return [
+        (torch.cat([p[v][0] for p in parts]), torch.cat([p[v][1] for p in parts]))
+        for v in range(len(units))
+    ]
 
 
-def _log_denominators(rows: Tensor, items: Tensor, mm: Tensor, temperature: float) -> Tensor:
-    """``[c, 2]``: log-sum-exp of each row's logits over all items, and over all but ``mm``."""
-    logits = rows @ items.t() / temperature
-    rest = logits.scatter(1, mm, float("-inf"))
-    return torch.stack([torch.logsumexp(logits, 1), torch.logsumexp(rest, 1)], 1)
+class _GradedDenominators(torch.autograd.Function):
+    """Per view and anchor, the log-sums of :math:`e^{c_{ij}}` over all items and over the
+    items outside the multi-modal positives, with the positives themselves (selected in the
+    same pass, no gradient). Forward and backward run in chunks of anchors; the backward pass
+    recomputes one chunk's ``[chunk, I]`` logits per view and applies the analytic gradient
+    (the softmax over all items, and over the items outside the positives), so no
+    ``[anchors, I]`` block is kept between the passes."""
+
+    @staticmethod
+    def forward(ctx, anchors, num_positives, temperature, chunk_size, *units):  # noqa: ANN001, ANN205
+        num_views, num_anchors = len(units), anchors.numel()
+        log_all = units[0].new_empty(num_views, num_anchors)
+        log_rest = torch.empty_like(log_all)
+        shape = (num_views, num_anchors, num_positives)
+        mm = torch.empty(shape, dtype=torch.long, device=anchors.device)
+        single = torch.empty_like(mm)
+        for start in range(0, num_anchors, chunk_size):
+            end = min(start + chunk_size, num_anchors)
+            rows = anchors[start:end]
+            cosines = [u[rows] @ u.t() for u in units]
+            labels = _chunk_labels([torch.softmax(c, 1) for c in cosines], num_positives)
+            for v, (c, (pos_mm, pos_single)) in enumerate(zip(cosines, labels)):
+                mm[v, start:end], single[v, start:end] = pos_mm, pos_single
+                logits = c.div_(temperature)
+                top = logits.max(1, keepdim=True).values
+                e = logits.sub_(top).exp_()
+                total = e.sum(1)
+                # sum over items outside mm; it is at least the sum over the single positives
+                rest = (total - e.gather(1, pos_mm).sum(1)).clamp_min(
+                    e.gather(1, pos_single).sum(1)
+                )
+                log_all[v, start:end] = top.squeeze(1) + total.log()
+                log_rest[v, start:end] = top.squeeze(1) + rest.log()
+        ctx.save_for_backward(anchors, log_all, log_rest, mm, *units)
+        ctx.settings = (temperature, chunk_size)
+        ctx.mark_non_differentiable(mm, single)
+        return log_all, log_rest, mm, single
+
+    @staticmethod
+    def backward(ctx, grad_all, grad_rest, _mm, _single):  # noqa: ANN001, ANN205
+        anchors, log_all, log_rest, mm, *units = ctx.saved_tensors
+        temperature, chunk_size = ctx.settings
+        grad_all = torch.zeros_like(log_all) if grad_all is None else grad_all
+        grad_rest = torch.zeros_like(log_rest) if grad_rest is None else grad_rest
+        grads = [torch.zeros_like(u) for u in units]
+        for start in range(0, anchors.numel(), chunk_size):
+            end = min(start + chunk_size, anchors.numel())
+            rows = anchors[start:end]
+            for v, unit in enumerate(units):
+                logits = unit[rows] @ unit.t() / temperature
+                # d log-sum / d logit = that sum's softmax; the rest's excludes the positives
+                soft_rest = (logits - log_rest[v, start:end, None]).exp_()
+                soft_rest.scatter_(1, mm[v, start:end], 0.0)
+                d = logits.sub_(log_all[v, start:end, None]).exp_()
+                d.mul_(grad_all[v, start:end, None]).add_(
+                    soft_rest.mul_(grad_rest[v, start:end, None])
+                )
+                d.div_(temperature)
+                grads[v].index_add_(0, rows, d @ unit)
+                grads[v] += d.t() @ unit[rows]
+        return None, None, None, None, *grads
 
 
-def neighbour_discrimination(
-    view: Tensor,
+def graded_neighbour_discrimination(
+    views: Sequence[Tensor],
     anchors: Tensor,
-    mm: Tensor,
-    single: Tensor,
+    num_positives: int,
     temperature: float = 0.2,
     chunk_size: int = 1024,
-) -> Tensor:
-    r"""DA-MRS's graded neighbour-discrimination loss of one view, mean over the anchors.
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    r"""DA-MRS's graded neighbour-discrimination loss of every view, mean over the anchors.
 
-    With :math:`c_{ij} = \cos(h_i, h_j) / \tau` and :math:`\mathcal{M}_i`, :math:`\mathcal{S}_i`
-    the anchor's multi-modal and single-modal positives (:func:`graded_positives`),
+    With :math:`c_{ij} = \cos(h^v_i, h^v_j) / \tau` in view :math:`v` and :math:`\mathcal{M}_i`,
+    :math:`\mathcal{S}_i` the anchor's multi-modal and single-modal positives in that view
+    (:func:`graded_positives`),
 
     .. math::
-        \ell_i = -\log \frac{\sum_{j \in \mathcal{M}_i} e^{c_{ij}}}{\sum_{j} e^{c_{ij}}}
+        \ell^v_i = -\log \frac{\sum_{j \in \mathcal{M}_i} e^{c_{ij}}}{\sum_{j} e^{c_{ij}}}
         - \log \frac{\sum_{j \in \mathcal{S}_i} e^{c_{ij}}}
         {\sum_{j} e^{c_{ij}} - \sum_{j \in \mathcal{M}_i} e^{c_{ij}}}:
 
     multi-modal neighbours above all other items, single-modal neighbours above all but the
-    multi-modal ones. Sums over all items :math:`j` are log-sum-exps computed ``chunk_size``
-    anchors at a time under activation checkpointing (the backward pass recomputes one
-    ``[chunk, I]`` block at a time), so memory is :math:`O(\text{chunk} \cdot I)`; the second
-    denominator is the log-sum-exp over the items outside :math:`\mathcal{M}_i`.
+    multi-modal ones. The sums over all items :math:`j` come from one autograd function that
+    selects the positives and computes them in the same pass, ``chunk_size`` anchors at a time,
+    and recomputes one ``[chunk, I]`` block per view in the backward pass: memory
+    :math:`O(V \cdot \text{chunk} \cdot I)`, never ``[anchors, I]`` per view for autograd. Sums
+    of exponentials are taken after subtracting the row maximum (no overflow); the denominator
+    :math:`\sum_j - \sum_{\mathcal{M}}` is floored at :math:`\sum_{\mathcal{S}}`, which it
+    exceeds exactly, so float rounding cannot make it zero.
+
+    Returns:
+        ``(losses [V], positives)``: the per-view losses and each view's ``(mm, single)``.
     """
-    unit = F.normalize(view, dim=-1)
-    rows = unit[anchors]
-    numerators = []
-    for positives in (mm, single):
-        logits = (rows.unsqueeze(1) * unit[positives]).sum(-1) / temperature  # [A, K]
-        numerators.append(torch.logsumexp(logits, 1))
-    parts = []
-    for start in range(0, anchors.numel(), chunk_size):
-        end = start + chunk_size
-        args = (rows[start:end], unit, mm[start:end], temperature)
-        if torch.is_grad_enabled() and unit.requires_grad:
-            parts.append(checkpoint(_log_denominators, *args, use_reentrant=False))
-        else:
-            parts.append(_log_denominators(*args))
-    denominators = torch.cat(parts)
-    return (denominators[:, 0] - numerators[0] + denominators[:, 1] - numerators[1]).mean()
+    units = [F.normalize(h, dim=-1) for h in views]
+    log_all, log_rest, mm, single = _GradedDenominators.apply(
+        anchors, num_positives, float(temperature), chunk_size, *units
+    )
+    losses = []
+    for v, unit in enumerate(units):
+        rows = unit[anchors].unsqueeze(1)
+        numerators = [
+            torch.logsumexp((rows * unit[positives[v]]).sum(-1) / temperature, 1)
+            for positives in (mm, single)
+        ]
+        loss = log_all[v] - numerators[0] + log_rest[v] - numerators[1]
+        losses.append(loss.mean())
+    return torch.stack(losses), [(mm[v], single[v]) for v in range(len(units))]
 
 
 @dataclass
@@ -230,8 +301,9 @@ class DAMRS(Recommender):
     each view, every distinct batch item has ``num_positives`` multi-modal positives (the
     items most similar across all views) and as many single-modal ones (most similar in this
     view only) (:func:`graded_positives`, no gradient), and the graded contrastive loss
-    :func:`neighbour_discrimination` (temperature :math:`\tau` = ``temperature``, all items as
-    candidates, chunked) ranks them in that order; mean over the views, times ``ai_weight``.
+    :func:`graded_neighbour_discrimination` (temperature :math:`\tau` = ``temperature``, all
+    items as candidates, chunked) ranks them in that order; mean over the views, times
+    ``ai_weight``.
     The anchor item is its own first multi-modal positive (its cosine to itself is 1), as in
     the authors' code.
 
@@ -384,16 +456,13 @@ class DAMRS(Recommender):
         return symmetric_bernoulli_kl(id_logits, mm_logits).mean()
 
     def relation_alignment(self, out: DAMRSEmbeddings, batch: BPRBatch) -> Tensor:
-        r""":math:`\mathcal{L}_{AI}` (unweighted): :func:`neighbour_discrimination` of every view
-        on the batch's distinct items, mean over the views."""
+        r""":math:`\mathcal{L}_{AI}` (unweighted): :func:`graded_neighbour_discrimination` of
+        every view on the batch's distinct items, mean over the views."""
         anchors = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
-        views = out.views()
-        labels = graded_positives(views, anchors, self.num_positives, CONTRASTIVE_CHUNK)
-        losses = [
-            neighbour_discrimination(h, anchors, mm, single, self.temperature, CONTRASTIVE_CHUNK)
-            for h, (mm, single) in zip(views, labels)
-        ]
-        return torch.stack(losses).mean()
+        losses, _ = graded_neighbour_discrimination(
+            out.views(), anchors, self.num_positives, self.temperature, CONTRASTIVE_CHUNK
+        )
+        return losses.mean()
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
