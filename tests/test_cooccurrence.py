@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from toy_graphs import toy_graph
+from toy_graphs import ShapeRecorder, toy_graph
 
 from pyg_dhmrec.data.cooccurrence import cooccurrence_edges, resample_to_k_neighbours
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.transforms import (
+    AddItemCooccurrenceGraph,
     AddUserCooccurrenceGraph,
     add_derived_graphs,
+    co_interaction_edge_type,
     user_cooccurrence_edge_type,
 )
 
 
-def _dense_top_k(edge_index: torch.Tensor, num_users: int, num_items: int, k: int):
-    """The reference: dense R R^T, zero diagonal, each row's k largest positive entries,
-    ties to the lower id (a stable descending sort)."""
+def _dense_top_k(
+    edge_index: torch.Tensor, num_users: int, num_items: int, k: int, min_count: int = 1
+):
+    """The reference: dense R R^T, zero diagonal, each row's k largest entries of at least
+    ``min_count``, ties to the lower id (a stable descending sort)."""
     r = torch.zeros(num_users, num_items)
     r[edge_index[0], edge_index[1]] = 1.0
     c = r @ r.t()
@@ -27,23 +30,9 @@ def _dense_top_k(edge_index: torch.Tensor, num_users: int, num_items: int, k: in
     expected = {}
     for u in range(num_users):
         values, order = torch.sort(c[u], descending=True, stable=True)
-        expected[u] = [(int(v), float(x)) for v, x in zip(order[:k], values[:k]) if x > 0]
+        kept = zip(order[:k], values[:k])
+        expected[u] = [(int(v), float(x)) for v, x in kept if x > 0 and x >= min_count]
     return expected
-
-
-class _ShapeRecorder(TorchDispatchMode):
-    """Records the shape of every tensor an aten op returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.shapes: list[tuple[int, ...]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.shapes.append(tuple(t.shape))
-        return out
 
 
 def test_hand_computed_user_graph() -> None:
@@ -61,19 +50,21 @@ def test_user_graph_equals_dense_top_k(chunk_size: int) -> None:
     edge_index = data[RATES].edge_index
     # A repeated interaction counts once (binary R).
     with_repeat = torch.cat([edge_index, edge_index[:, :5]], dim=1)
-    for k in (1, 4, 50):
-        index, count = cooccurrence_edges(with_repeat, 40, 30, k=k, chunk_size=chunk_size)
-        expected = _dense_top_k(edge_index, 40, 30, k)
+    for k, min_count in ((1, 1), (4, 1), (50, 1), (4, 2), (50, 3)):
+        index, count = cooccurrence_edges(
+            with_repeat, 40, 30, k=k, chunk_size=chunk_size, min_count=min_count
+        )
+        expected = _dense_top_k(edge_index, 40, 30, k, min_count)
         got = {u: [] for u in range(40)}
         for a, b, c in zip(index[0].tolist(), index[1].tolist(), count.tolist()):
             got[a].append((b, c))
-        assert got == expected, (k, chunk_size)
+        assert got == expected, (k, min_count, chunk_size)
 
 
 def test_user_graph_never_builds_a_users_by_users_matrix() -> None:
     num_users, num_items, chunk = 60, 9, 8
     data = toy_graph(num_users, num_items, 150, seed=1)
-    recorder = _ShapeRecorder()
+    recorder = ShapeRecorder()
     with recorder:
         index, _ = cooccurrence_edges(data[RATES].edge_index, num_users, num_items, 3, chunk)
     matrices = [s for s in recorder.shapes if len(s) == 2]
@@ -97,6 +88,42 @@ def test_transform_writes_and_caches_the_edge_type(tmp_path) -> None:
     add_derived_graphs(again, [AddUserCooccurrenceGraph(k=3)], cache_dir=tmp_path)
     torch.testing.assert_close(again[user_cooccurrence_edge_type()].edge_index, index)
     assert len(list(tmp_path.glob("AddUserCooccurrenceGraph-*.pt"))) == 1
+
+
+@pytest.mark.parametrize("chunk_size", [1, 6, 64])
+def test_binary_behaviour_graph_with_self_loops_equals_the_dense_formula(chunk_size: int) -> None:
+    # DA-MRS's item-item behaviour graph: top-k co-interacted items with >= min_count common
+    # users, binary, a self-loop per item, D^-1/2 S D^-1/2 with row degrees.
+    data = toy_graph(40, 25, 120, seed=5)  # some items share >= 2 users with fewer than k
+    num_items, k, min_count = 25, 2, 2
+    transform = AddItemCooccurrenceGraph(
+        k=k, chunk_size=chunk_size, min_count=min_count, weighting="binary", self_loops=True
+    )
+    store = transform(data)[co_interaction_edge_type()]
+    r = torch.zeros(40, num_items)
+    r[data[RATES].edge_index[0], data[RATES].edge_index[1]] = 1.0
+    c = r.t() @ r
+    c.fill_diagonal_(0.0)
+    s = torch.eye(num_items)
+    for i in range(num_items):
+        values, order = torch.sort(c[i], descending=True, stable=True)
+        s[i, order[:k][values[:k] >= min_count]] = 1.0
+    d = s.sum(1)
+    expected = s / torch.sqrt(d.unsqueeze(1) * d.unsqueeze(0))
+    got = torch.zeros(num_items, num_items)
+    got[store.edge_index[0], store.edge_index[1]] = store.edge_weight
+    torch.testing.assert_close(got, expected)
+    assert 0 < int((s - torch.eye(num_items)).sum()) < k * num_items  # some rows keep fewer
+    assert store.settings == {"k": 2, "min_count": 2, "weighting": "binary", "self_loops": True}
+
+
+def test_default_item_cooccurrence_settings_keep_their_cache_key() -> None:
+    # SIGER's graph: the new options at their defaults change neither settings nor cache key.
+    assert AddItemCooccurrenceGraph(k=3).settings() == {"k": 3}
+    with pytest.raises(ValueError, match="weighting must be 'count' or 'binary'"):
+        AddItemCooccurrenceGraph(weighting="cosine")
+    with pytest.raises(ValueError, match="min_count must be a positive int"):
+        AddItemCooccurrenceGraph(min_count=0)
 
 
 def test_transform_rejects_bad_k() -> None:

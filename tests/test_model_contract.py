@@ -33,6 +33,7 @@ CONFIG = {
     "num_hyperedges": 4,
     "user_graph_k": 3,
     "pruned_k": 2,
+    "num_positives": 3,
 }
 NAMES = sorted(MODELS)
 #: Models that prune the user-item graph in training (FREEDOM's degree-sensitive dropout).

@@ -7,6 +7,7 @@ Imported as ``from toy_graphs import ...``: pytest's default ``prepend`` import 
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
@@ -71,3 +72,18 @@ def first_batch(data: HeteroData, batch_size: int = 64, seed: int = 0) -> BPRBat
         seed=seed,
     )
     return next(iter(sampler))
+
+
+class ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor an aten op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out

@@ -18,6 +18,7 @@ def cooccurrence_edges(
     num_shared: int,
     k: int = 10,
     chunk_size: int = 4096,
+    min_count: int = 1,
 ) -> tuple[Tensor, Tensor]:
     r"""The top-:math:`k` co-occurring nodes of every node of one side of a bipartite graph,
     with their counts.
@@ -28,8 +29,9 @@ def cooccurrence_edges(
     .. math::
         C = B B^\top, \quad C_{ij} = |\mathcal{N}_i \cap \mathcal{N}_j|, \quad C_{ii} := 0,
 
-    and row :math:`i` keeps its :math:`k` largest entries with :math:`C_{ij} > 0` (fewer when
-    it co-occurs with fewer nodes; ties go to the lower node id). :math:`C` is computed
+    and row :math:`i` keeps its :math:`k` largest entries with
+    :math:`C_{ij} \ge \max(1, \text{min\_count})` (fewer when it co-occurs that often with
+    fewer nodes; ties go to the lower node id). :math:`C` is computed
     ``chunk_size`` rows at a time as the sparse-sparse product :math:`B_{chunk} B^\top` (a
     ``[chunk_size, N]`` sparse block holding only the co-occurring pairs), and each row's top
     :math:`k` is taken by one sort of the block's entries: memory is
@@ -44,6 +46,8 @@ def cooccurrence_edges(
         num_shared: number of shared neighbours ``S`` (the other side).
         k: co-occurring nodes kept per node.
         chunk_size: rows of :math:`C` computed at once (memory only).
+        min_count: the fewest shared neighbours a kept pair has (DA-MRS's behaviour graph
+            drops pairs with one shared user: 2).
 
     Returns:
         ``(edge_index [2, E'], count [E'])``: row 0 the node, row 1 its co-occurring node, in
@@ -52,6 +56,7 @@ def cooccurrence_edges(
     _check_bipartite(edge_index, num_nodes, num_shared)
     _check_positive("k", k)
     _check_positive("chunk_size", chunk_size)
+    _check_positive("min_count", min_count)
     device = edge_index.device
     key = torch.unique(edge_index[0].long() * num_shared + edge_index[1].long())
     pairs = torch.stack([key // num_shared, key % num_shared])  # binary B: repeats count once
@@ -71,7 +76,8 @@ def cooccurrence_edges(
         row = torch.repeat_interleave(
             torch.arange(end - start, device=device), row_ptr[1:] - row_ptr[:-1]
         )
-        off_diagonal = (col != row + start) & (count > 0)  # a node does not co-occur with itself
+        # a node does not co-occur with itself; counts are whole numbers (float32)
+        off_diagonal = (col != row + start) & (count > min_count - 0.5)
         row, col, count = row[off_diagonal], col[off_diagonal], count[off_diagonal]
         # One sort by (row, count descending, column ascending) ranks every row's entries.
         rounded = count.round().long()

@@ -19,6 +19,7 @@ def item_cooccurrence_edges(
     num_items: int,
     k: int = 10,
     chunk_size: int = 1024,
+    min_count: int = 1,
 ) -> tuple[Tensor, Tensor]:
     r"""The top-:math:`k` co-interacted items of every item, with their counts.
 
@@ -26,8 +27,9 @@ def item_cooccurrence_edges(
         C = R^\top R, \quad C_{ij} = |\mathcal{N}_i \cap \mathcal{N}_j|
         \ (\text{users who interacted with both } i \text{ and } j), \quad C_{ii} := 0,
 
-    and row :math:`i` keeps its :math:`k` largest entries with :math:`C_{ij} > 0` (an item
-    co-interacted with fewer than :math:`k` others keeps fewer; ties go to the lower item id).
+    and row :math:`i` keeps its :math:`k` largest entries with
+    :math:`C_{ij} \ge \max(1, \text{min\_count})` (an item co-interacted that often with fewer
+    than :math:`k` others keeps fewer; ties go to the lower item id).
     :math:`R` is binary: a repeated (user, item) pair counts once. :math:`C` is computed
     ``chunk_size`` items at a time as the sparse-dense product :math:`R^\top R_{:, chunk}`, so
     the dense blocks are ``[U, chunk_size]`` and ``[chunk_size, I]``, never ``[I, I]``
@@ -39,13 +41,14 @@ def item_cooccurrence_edges(
         num_items: number of items ``I``.
         k: co-interacted neighbours kept per item.
         chunk_size: items whose rows of :math:`C` are computed at once.
+        min_count: the fewest common users a kept pair has.
 
     Returns:
         ``(edge_index [2, E'], count [E'])``: row 0 the item, row 1 its neighbour, in
         decreasing count within each item; ``count`` float32.
     """
     _check_bipartite(edge_index, num_users, num_items)
-    return cooccurrence_edges(edge_index.flip(0), num_items, num_users, k, chunk_size)
+    return cooccurrence_edges(edge_index.flip(0), num_items, num_users, k, chunk_size, min_count)
 
 
 def item_cooccurrence_graph(

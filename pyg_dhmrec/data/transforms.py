@@ -25,6 +25,7 @@ from torch_geometric.data import HeteroData
 from torch_geometric.transforms import BaseTransform
 from torch_geometric.typing import EdgeType
 
+from pyg_dhmrec.data.consistent_knn import consistent_knn_edges
 from pyg_dhmrec.data.cooccurrence import cooccurrence_edges
 from pyg_dhmrec.data.dataset import RATES, item_features
 from pyg_dhmrec.data.graph import (
@@ -41,6 +42,7 @@ from pyg_dhmrec.data.topological_pruning import self_looped_row_normalize, topol
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AddConsistentItemKNNGraphs",
     "AddItemCooccurrenceGraph",
     "AddItemKNNGraphs",
     "AddTopologicallyPrunedGraph",
@@ -48,6 +50,7 @@ __all__ = [
     "DerivedGraph",
     "add_derived_graphs",
     "co_interaction_edge_type",
+    "consistent_knn_edge_type",
     "knn_edge_type",
     "topology_pruned_edge_type",
     "user_cooccurrence_edge_type",
@@ -60,6 +63,11 @@ SETTINGS_ATTR = "settings"
 def knn_edge_type(modality: str) -> EdgeType:
     """``('item', 'knn_<modality>', 'item')``."""
     return ("item", f"knn_{modality}", "item")
+
+
+def consistent_knn_edge_type(modality: str) -> EdgeType:
+    """``('item', 'consistent_knn_<modality>', 'item')``."""
+    return ("item", f"consistent_knn_{modality}", "item")
 
 
 def co_interaction_edge_type() -> EdgeType:
@@ -266,21 +274,52 @@ class AddTopologicallyPrunedGraph(DerivedGraph):
 class AddItemCooccurrenceGraph(DerivedGraph):
     r"""The item co-interaction graph, edge type ``('item', 'co_interaction', 'item')``:
     each item's top-:math:`k` co-interacted items by count :math:`C = R^\top R` on the train
-    edges (:func:`~pyg_dhmrec.data.item_cooccurrence.item_cooccurrence_edges`), weighted
-    :math:`C_{ij} / \sqrt{d_i d_j}` with row degrees of the kept counts (SIGER's infusion).
+    edges (:func:`~pyg_dhmrec.data.item_cooccurrence.item_cooccurrence_edges`), among the pairs
+    with at least ``min_count`` common users, normalised :math:`D^{-1/2} S D^{-1/2}` with row
+    degrees of :math:`S`.
+
+    ``weighting="count"``: :math:`S_{ij} = C_{ij}` (SIGER's infusion); ``"binary"``:
+    :math:`S_{ij} = 1` for a kept pair, the counts only rank the neighbours (DA-MRS's item-item
+    behaviour graph). ``self_loops=True`` adds :math:`S_{ii} = 1` for every item before the
+    normalisation (DA-MRS), so an item without a kept pair keeps itself.
 
     Args:
         k: co-interacted neighbours kept per item.
         chunk_size: items whose rows of :math:`C` are computed at once (memory only).
+        min_count: the fewest common users a kept pair has.
+        weighting: ``"count"`` or ``"binary"``.
+        self_loops: add a unit self-loop to every item.
     """
 
-    def __init__(self, k: int = 10, chunk_size: int = 1024) -> None:
+    def __init__(
+        self,
+        k: int = 10,
+        chunk_size: int = 1024,
+        min_count: int = 1,
+        weighting: str = "count",
+        self_loops: bool = False,
+    ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"co-interaction k must be a positive int, got {k!r}")
-        self.k, self.chunk_size = k, chunk_size
+        if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
+            raise ValueError(f"co-interaction min_count must be a positive int, got {min_count!r}")
+        if weighting not in ("count", "binary"):
+            raise ValueError(
+                f"co-interaction weighting must be 'count' or 'binary', got {weighting!r}"
+            )
+        self.k, self.chunk_size, self.min_count = k, chunk_size, min_count
+        self.weighting, self.self_loops = weighting, bool(self_loops)
 
     def settings(self) -> dict[str, Any]:
-        return {"k": self.k}
+        settings: dict[str, Any] = {"k": self.k}
+        # Only non-default options are listed, so SIGER's graph keeps its cache key.
+        if self.min_count != 1:
+            settings["min_count"] = self.min_count
+        if self.weighting != "count":
+            settings["weighting"] = self.weighting
+        if self.self_loops:
+            settings["self_loops"] = True
+        return settings
 
     def edge_types(self, data: HeteroData) -> list[EdgeType]:
         return [co_interaction_edge_type()]
@@ -288,10 +327,76 @@ class AddItemCooccurrenceGraph(DerivedGraph):
     def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
         num_users, num_items = int(data["user"].num_nodes), int(data["item"].num_nodes)
         pairs, counts = item_cooccurrence_edges(
-            data[RATES].edge_index, num_users, num_items, self.k, self.chunk_size
+            data[RATES].edge_index, num_users, num_items, self.k, self.chunk_size, self.min_count
         )
+        if self.weighting == "binary":
+            counts = torch.ones_like(counts)
+        if self.self_loops:
+            items = torch.arange(num_items, device=pairs.device)
+            pairs = torch.cat([torch.stack([items, items]), pairs], dim=1)
+            counts = torch.cat([torch.ones(num_items, device=counts.device), counts])
         pairs, weight = symmetric_normalize(pairs, num_items, counts, degree="row")
         return {co_interaction_edge_type(): {"edge_index": pairs, "edge_weight": weight}}
+
+
+class AddConsistentItemKNNGraphs(DerivedGraph):
+    r"""One binary top-:math:`k` cosine kNN item graph per modality, filtered by cross-modal
+    consistency, edge type ``('item', 'consistent_knn_<modality>', 'item')`` with
+    ``edge_index`` (row 0 the item, row 1 its neighbour) and ``edge_weight``, normalised
+    :math:`D^{-1/2} S D^{-1/2}` with row degrees (DA-MRS's denoised item-item graphs).
+
+    :math:`S^m_{ij} = 1` when :math:`j` is among the :math:`k` items most similar to :math:`i`
+    in modality :math:`m` *among the pairs every modality finds at least averagely similar*
+    (:func:`~pyg_dhmrec.data.consistent_knn.consistent_knn_edges`, which also says what the
+    filter does with a single modality). The consistency is checked across ``modalities``.
+
+    Args:
+        k: neighbours per item, the item itself included.
+        modalities: item modalities to build graphs for and to check consistency across
+            (default: every declared one).
+        chunk_size: rows of the similarity matrices computed at once (memory only).
+    """
+
+    def __init__(
+        self, k: int = 10, modalities: Sequence[str] | None = None, chunk_size: int = 1024
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"knn_k must be a positive int, got {k!r}")
+        self.k, self.chunk_size = k, chunk_size
+        self.modalities = None if modalities is None else list(modalities)
+
+    def settings(self) -> dict[str, Any]:
+        return {"k": self.k, "modalities": self.modalities}
+
+    def _modalities(self, data: HeteroData) -> list[str]:
+        features = item_features(data)
+        names = self.modalities if self.modalities is not None else list(features)
+        missing = [m for m in names if m not in features]
+        if missing or not names:
+            raise ValueError(
+                f"AddConsistentItemKNNGraphs: modalities {missing or names} not usable; the "
+                f"dataset declares {list(features)}"
+            )
+        return names
+
+    def edge_types(self, data: HeteroData) -> list[EdgeType]:
+        return [consistent_knn_edge_type(m) for m in self._modalities(data)]
+
+    def compute(self, data: HeteroData) -> dict[EdgeType, dict[str, Tensor]]:
+        features = item_features(data)
+        num_items = int(data["item"].num_nodes)
+        if self.k > num_items:
+            raise ValueError(
+                f"knn_k = {self.k} exceeds the number of items ({num_items}); choose "
+                f"knn_k in [1, {num_items}]"
+            )
+        selected = {m: features[m] for m in self._modalities(data)}
+        edges = consistent_knn_edges(selected, self.k, self.chunk_size)
+        out = {}
+        for m, edge_index in edges.items():
+            edge_index, weight = symmetric_normalize(edge_index, num_items, degree="row")
+            out[consistent_knn_edge_type(m)] = {"edge_index": edge_index, "edge_weight": weight}
+        return out
 
 
 class AddUserCooccurrenceGraph(DerivedGraph):

@@ -31,6 +31,7 @@ from pyg_dhmrec.nn.losses import (
     info_nce,
     score_distribution_kl,
     squared_l2_penalty,
+    symmetric_bernoulli_kl,
 )
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
@@ -87,5 +88,6 @@ __all__ = [
     "neighbour_contrastive_loss",
     "kl_to_standard_normal",
     "squared_l2_penalty",
+    "symmetric_bernoulli_kl",
     "VariationalEncoder",
 ]

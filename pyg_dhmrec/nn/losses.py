@@ -109,3 +109,23 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
     rows = torch.arange(anchor.size(0), device=anchor.device)
     positives = torch.stack([logits[rows, m * anchor.size(0) + rows] for m in range(len(views))])
     return (torch.logsumexp(logits, dim=-1) - positives).mean()
+
+
+def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
+    r"""Elementwise :math:`KL(p \,\|\, q) + KL(q \,\|\, p)` of Bernoulli distributions with
+    :math:`p = \sigma(a)`, :math:`q = \sigma(b)` given by their logits :math:`a, b`:
+
+    .. math::
+        KL(p \,\|\, q) + KL(q \,\|\, p)
+        = (p - q) \Big(\log \frac{p}{1 - p} - \log \frac{q}{1 - q}\Big) = (p - q)(a - b),
+
+    the two KLs' :math:`p \log p` and :math:`(1-p)\log(1-p)` terms cancelling. The right-hand
+    form takes no logarithm, so saturated probabilities (:math:`\sigma(a)` rounding to 0 or 1)
+    give finite values where :math:`\log \sigma` would give ``inf - inf``.
+    """
+    if logit_p.shape != logit_q.shape:
+        raise ValueError(
+            f"logit_p and logit_q must have one shape, got {list(logit_p.shape)} and "
+            f"{list(logit_q.shape)}"
+        )
+    return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
