@@ -11,6 +11,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
+from pyg_dhmrec.models.cmdl import CMDL
 from pyg_dhmrec.models.dhmrec import DHMRec
 from pyg_dhmrec.models.dualgnn import DualGNN
 from pyg_dhmrec.models.freedom import FREEDOM
@@ -28,6 +29,7 @@ from pyg_dhmrec.models.vbpr import VBPR
 MODELS: dict[str, type[Recommender]] = {
     "bm3": BM3,
     "bpr": BPR,
+    "cmdl": CMDL,
     "dhmrec": DHMRec,
     "dualgnn": DualGNN,
     "freedom": FREEDOM,
@@ -76,6 +78,7 @@ def build_model(name: str, data: HeteroData, config: Mapping[str, Any]) -> Recom
 __all__ = [
     "BM3",
     "BPR",
+    "CMDL",
     "DHMRec",
     "DualGNN",
     "FREEDOM",
