@@ -94,23 +94,30 @@ def test_info_nce_is_at_most_log_n() -> None:
     assert critic.info_nce_loss(x.float(), y.float()).item() >= 0
 
 
-def test_no_pair_block_exceeds_the_budget(monkeypatch) -> None:
-    # With a 20-value budget, 7 rows x 3 hidden units: one y row (21 values) per block.
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_no_pair_block_exceeds_the_budget(monkeypatch, num_layers) -> None:
+    # A budget of 21 values, 7 rows x 3 hidden units: one y row (21 values) per block.
     monkeypatch.setattr(information, "PAIR_CHUNK_ELEMENTS", 21)
     shapes = []
-    block = information._pair_block
+    output = information._output
 
-    def record(first_x, first_y, weights, biases, op):
-        shapes.append((first_y.size(0), first_x.size(0)))
-        return block(first_x, first_y, weights, biases, op)
+    def record(hidden, weight):
+        shapes.append(tuple(hidden.shape))
+        return output(hidden, weight)
 
-    monkeypatch.setattr(information, "_pair_block", record)
+    monkeypatch.setattr(information, "_output", record)
     torch.manual_seed(4)
-    critic = ConcatCritic(3, 2, 3).double()
+    critic = ConcatCritic(3, 2, 3, num_layers=num_layers).double()
     x, y = _inputs()
-    critic.nce_club(x, y).backward()
-    # 7 blocks of one row in forward, recomputed once each in backward
-    assert shapes == [(1, 7)] * 14
+    for estimate in (critic.nce_club, critic.info_nce):
+        shapes.clear()
+        estimate(x, y).backward()
+        blocks = [shape for shape in shapes if len(shape) == 3]
+        assert blocks and all(shape == (1, 7, 3) for shape in blocks), shapes
+        assert len(blocks) >= 7  # 7 blocks in forward (and recomputed ones in backward)
+    shapes.clear()
+    NCECLUB(3, 2, 3, num_layers=num_layers).double()(x, y)
+    assert all(shape[0] == 1 for shape in shapes if len(shape) == 3)
 
 
 def test_nce_club_routes_each_gradient_to_its_own_objective() -> None:
@@ -119,12 +126,14 @@ def test_nce_club_routes_each_gradient_to_its_own_objective() -> None:
     x, y = _inputs()
     bound, fit = club(x, y)
     # The bound trains the inputs only ...
-    grads = torch.autograd.grad(bound, [x, y, *club.parameters()], allow_unused=True)
+    grads = torch.autograd.grad(
+        bound, [x, y, *club.parameters()], allow_unused=True, retain_graph=True
+    )
     assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
-    assert all(g is None for g in grads[2:])
+    assert all(g is None or g.abs().sum() == 0 for g in grads[2:])
     # ... the fit loss the critic only.
     grads = torch.autograd.grad(fit, [x, y, *club.parameters()], allow_unused=True)
-    assert grads[0] is None and grads[1] is None
+    assert all(g is None or g.abs().sum() == 0 for g in grads[:2])
     assert all(g is not None and g.abs().sum() > 0 for g in grads[2:])
     # The fit loss is the InfoNCE loss of the critic; the bound its NCE-CLUB estimate.
     torch.testing.assert_close(fit, club.critic.info_nce_loss(x, y))
