@@ -113,11 +113,11 @@ class CMDL(Recommender):
     over the rows of the batch's positive items :math:`B^+` and, separately, of its negative
     items :math:`B^-`, summed as in the release. *Choices*: the lower bound enters as the
     InfoNCE loss :math:`\log |B| - \hat{I}_{NCE} \ge 0` (the release's
-    :math:`-\hat{I}_{NCE}` minus a constant: the same gradient). For M > 2 the release's two
-    conditional terms become the :math:`M(M-1)` ordered pairs. *Reference difference*: the
-    release indexes the ``[U + I, d]`` stacks with item ids directly (``self.share[pos_items]``),
-    i.e. it takes the *user* rows numbered like the batch's items; we use the item rows the
-    names mean.
+    :math:`-\hat{I}_{NCE}` plus the constant :math:`\log |B|`: the same gradient). For
+    M > 2 the release's two conditional terms become the :math:`M(M-1)` ordered pairs.
+    *Reference difference*: the release indexes the ``[U + I, d]`` stacks with item ids
+    directly (``self.share[pos_items]``), i.e. it takes the *user* rows numbered like the
+    batch's items; we use the item rows the names mean.
 
     **(10) Critic objective** (``critic``, unweighted): for each NCE-CLUB critic the InfoNCE
     loss :math:`\log |B| - \hat{I}_{NCE}` on *detached* inputs, with its parameters detached in
@@ -137,10 +137,14 @@ class CMDL(Recommender):
     common-part attention and the part-weight MLP in no optimiser (so they stay at their
     initialisation); here all parameters train under one Adam state that the checkpoint
     saves, so ``--resume`` is exact. The release's critics have hidden width 1
-    (``critic_hidden_dim = 1``); ``critic_hidden`` sets it. Our critics' output layer has no
-    bias: the release's never gets a gradient (both estimates ignore a constant shift). Its pairwise critics tile
-    ``[B, B, 2d]`` inputs (2.1 GB per call at batch 2048, d = 64); :class:`ConcatCritic`
-    computes the same values in chunks without the tiling.
+    (``critic_hidden_dim = 1``); ``critic_hidden`` sets it. Such a critic is
+    :math:`w_2\,\mathrm{relu}(u^\top x + v^\top y + b)`: where no pair of the batch crosses
+    the kink it is constant (the fit loss is :math:`\log |B|`, no gradient) or affine (both
+    estimates ignore the pairing, NCE-CLUB is 0), so the bounds constrain the parts only
+    through pairs on both sides of one hyperplane. Our critics' output layer has no bias:
+    the release's never gets a gradient (both estimates ignore a constant shift). The
+    release's pairwise critics tile ``[B, B, 2d]`` inputs (2.1 GB per call at batch 2048,
+    d = 64); :class:`ConcatCritic` computes the same values in chunks without the tiling.
 
     **Modalities.** Any number M >= 1. With one modality there is nothing to disentangle:
     :math:`\alpha = 1`, :math:`C = Z_1` and :math:`S_1 = 0`, so the upper bound
