@@ -12,6 +12,7 @@ from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.damrs import DAMRS
+from pyg_dhmrec.models.cmdl import CMDL
 from pyg_dhmrec.models.dhmrec import DHMRec
 from pyg_dhmrec.models.dualgnn import DualGNN
 from pyg_dhmrec.models.freedom import FREEDOM
@@ -31,6 +32,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bm3": BM3,
     "bpr": BPR,
     "damrs": DAMRS,
+    "cmdl": CMDL,
     "dhmrec": DHMRec,
     "dualgnn": DualGNN,
     "freedom": FREEDOM,
@@ -81,6 +83,7 @@ __all__ = [
     "BM3",
     "BPR",
     "DAMRS",
+    "CMDL",
     "DHMRec",
     "DualGNN",
     "FREEDOM",

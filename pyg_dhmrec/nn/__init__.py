@@ -23,7 +23,13 @@ from pyg_dhmrec.nn.hypergraph import (
     hypergraph_contrastive_loss,
     relaxed_dependencies,
 )
-from pyg_dhmrec.nn.information import CLUB, VariationalEncoder, kl_to_standard_normal
+from pyg_dhmrec.nn.information import (
+    CLUB,
+    NCECLUB,
+    ConcatCritic,
+    VariationalEncoder,
+    kl_to_standard_normal,
+)
 from pyg_dhmrec.nn.losses import (
     anchor_info_nce,
     bpr_loss,
@@ -70,6 +76,8 @@ __all__ = [
     "AttentionFusion",
     "ModalityAttention",
     "CLUB",
+    "ConcatCritic",
+    "NCECLUB",
     "CollaborativeGate",
     "DimensionAttention",
     "DisentangledEncoder",
