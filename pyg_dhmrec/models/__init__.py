@@ -12,6 +12,7 @@ from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.dhmrec import DHMRec
+from pyg_dhmrec.models.diffmm import DiffMM
 from pyg_dhmrec.models.dualgnn import DualGNN
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.models.grcn import GRCN
@@ -29,6 +30,7 @@ MODELS: dict[str, type[Recommender]] = {
     "bm3": BM3,
     "bpr": BPR,
     "dhmrec": DHMRec,
+    "diffmm": DiffMM,
     "dualgnn": DualGNN,
     "freedom": FREEDOM,
     "grcn": GRCN,
@@ -77,6 +79,7 @@ __all__ = [
     "BM3",
     "BPR",
     "DHMRec",
+    "DiffMM",
     "DualGNN",
     "FREEDOM",
     "GRCN",

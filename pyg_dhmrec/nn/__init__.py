@@ -1,6 +1,7 @@
 from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
 from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
 from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce
+from pyg_dhmrec.nn.diffusion import DenoisingMLP, GaussianDiffusion, timestep_embedding
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
@@ -29,6 +30,7 @@ from pyg_dhmrec.nn.losses import (
     bpr_loss,
     embedding_norm_penalty,
     info_nce,
+    info_nce_all_negatives,
     score_distribution_kl,
     squared_l2_penalty,
 )
@@ -46,6 +48,9 @@ from pyg_dhmrec.nn.propagation import (
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
 
 __all__ = [
+    "DenoisingMLP",
+    "GaussianDiffusion",
+    "timestep_embedding",
     "ConfidenceEdgeWeights",
     "PrototypeRouting",
     "neighborhood_affinity",
@@ -84,6 +89,7 @@ __all__ = [
     "constant_spmm",
     "embedding_norm_penalty",
     "info_nce",
+    "info_nce_all_negatives",
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "VariationalEncoder",
