@@ -13,7 +13,7 @@ from toy_graphs import first_batch, toy_graph
 
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.models import DiffMM
-from pyg_dhmrec.nn import GaussianDiffusion, info_nce_all_negatives
+from pyg_dhmrec.nn import DenoisingMLP, GaussianDiffusion, info_nce_all_negatives
 
 U, I = 12, 9
 SMALL = {
@@ -162,6 +162,24 @@ def test_inference_noises_to_t_prime_then_takes_the_t_reverse_steps() -> None:
     torch.manual_seed(3)
     torch.testing.assert_close(seen[0][0], diffusion.q_sample(x0, torch.full((2,), 2)))
     assert [t for _, t in seen] == [3, 2, 1]
+
+
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_folded_reverse_chain_equals_the_step_by_step_chain(start_step: int) -> None:
+    """A one-hidden-layer denoiser in eval mode runs the reverse chain in its hidden space;
+    the result is the step-by-step chain's."""
+    diffusion = GaussianDiffusion(5, noise_scale=0.5, noise_min=0.1, noise_max=0.9)
+    torch.manual_seed(0)
+    mlp = DenoisingMLP(7, [6], time_dim=4).eval()
+    assert mlp.foldable and not DenoisingMLP(7, [6, 5]).eval().foldable
+    assert not mlp.train().foldable
+    mlp.eval()
+    x0 = (torch.rand(4, 7) < 0.4).float()
+    torch.manual_seed(1)
+    folded = diffusion.sample(mlp, x0, start_step)
+    torch.manual_seed(1)
+    stepwise = diffusion.sample(lambda x, t: mlp(x, t), x0, start_step)  # not an MLP: no fold
+    torch.testing.assert_close(folded, stepwise, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_schedules_refused() -> None:

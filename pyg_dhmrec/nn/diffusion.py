@@ -4,7 +4,9 @@ SIGIR 2023; DiffMM, Jiang et al. ACM MM 2024, Eqs. 1-13)."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -158,10 +160,45 @@ class GaussianDiffusion(torch.nn.Module):
         x = x0
         if start_step > 0:
             x = self.q_sample(x0, torch.full((rows,), start_step, device=x0.device))
+        if not sampling_noise and isinstance(denoiser, DenoisingMLP) and denoiser.foldable:
+            return self._folded_chain(denoiser, x)
         for step in range(self.steps, 0, -1):
             t = torch.full((rows,), step, device=x0.device)
             x = self.p_step(denoiser, x, t, torch.randn_like(x) if sampling_noise else None)
         return x
+
+    def _folded_chain(self, mlp: DenoisingMLP, x: Tensor) -> Tensor:
+        r"""The deterministic reverse steps of :meth:`sample` for a one-hidden-layer
+        :class:`DenoisingMLP` in eval mode, carried in its hidden space: with
+        :math:`u_t = W_x x_t` (:math:`W_x` the input layer's columns of the row),
+        :math:`u_{t-1} = c^{(1)}_t (W_x W_2 h_t + W_x b_2) + c^{(2)}_t u_t` is the same
+        recursion as :math:`x_{t-1} = c^{(1)}_t \hat{x}_0 + c^{(2)}_t x_t`, with a
+        ``[H, H]`` product per step instead of two ``[I, H]`` ones; only the last step's
+        :math:`\hat{x}_0` is built (the same values up to float rounding)."""
+        first, last = mlp.in_layers[0], mlp.out_layers[0]
+        w_x_rows, w_t, fold, fold_bias = mlp.hidden_fold()
+        # an unnoised interaction row is mostly zeros: gather its columns of W_x
+        sparse = torch.count_nonzero(x) < 0.1 * x.numel()
+        if sparse:
+            with warnings.catch_warnings():
+                warnings.filterwarnings(
+                    "ignore", message=".*Sparse CSR tensor support is in beta.*"
+                )
+                u = x.to_sparse_csr() @ w_x_rows
+        else:
+            u = x @ w_x_rows
+        for step in range(self.steps, 0, -1):
+            t = torch.full((x.size(0),), step, device=x.device)
+            h = torch.tanh(
+                u + mlp.time_layer(timestep_embedding(t, mlp.time_dim)) @ w_t.t() + first.bias
+            )
+            if step == 1:  # the mean of the last step is the prediction itself
+                return last(h)
+            u = (
+                self.posterior_mean_x0[step] * (h @ fold.t() + fold_bias)
+                + self.posterior_mean_xt[step] * u
+            )
+        raise AssertionError("unreachable: steps >= 1")
 
     def sample_steps(self, rows: int, device: torch.device | None = None) -> Tensor:
         r""":math:`t \sim U\{1, \dots, T\}` for ``rows`` rows (torch's global RNG)."""
@@ -239,7 +276,31 @@ class DenoisingMLP(torch.nn.Module):
             torch.nn.Linear(a, b) for a, b in zip(sizes_out[:-1], sizes_out[1:])
         )
         self.dropout = torch.nn.Dropout(dropout)
+        self._fold: tuple[Any, tuple[Tensor, ...]] | None = None  # see hidden_fold
         self.reset_parameters()
+
+    @property
+    def foldable(self) -> bool:
+        """One hidden layer and no dropout (eval mode): reverse chains can run in the hidden
+        space (:meth:`GaussianDiffusion.sample`)."""
+        return len(self.in_layers) == 1 and len(self.out_layers) == 1 and not self.training
+
+    @torch.no_grad()
+    def hidden_fold(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """For a :attr:`foldable` MLP: the input layer's row columns :math:`W_x^\top`
+        (``[I, H]``, contiguous) and step columns :math:`W_t`, :math:`W_x W_2` and
+        :math:`W_x b_2`; computed once per version of the weights (an optimiser step or a
+        state load makes a new one)."""
+        first, last = self.in_layers[0], self.out_layers[0]
+        version = tuple(p._version for p in (first.weight, last.weight, last.bias))
+        key = (version, first.weight.device, first.weight.data_ptr(), last.weight.data_ptr())
+        if self._fold is None or self._fold[0] != key:
+            num_items = last.out_features
+            w_x = first.weight[:, :num_items].contiguous()
+            w_t = first.weight[:, num_items:].contiguous()
+            fold = (w_x.t().contiguous(), w_t, w_x @ last.weight, w_x @ last.bias)
+            self._fold = (key, fold)
+        return self._fold[1]
 
     def reset_parameters(self) -> None:
         for layer in [self.time_layer, *self.in_layers, *self.out_layers]:
