@@ -12,9 +12,11 @@ What every rank shares and what is its own:
   is one full-graph pass); the parameters (DDP averages the gradients, so Adam steps agree);
   the shuffle of the epoch's positives (:class:`ShardedBPRSampler`'s ``generator``, seeded
   with ``seed`` on every rank); torch's global RNG, which rank 0's state overwrites on every
-  rank before :meth:`~pyg_dhmrec.models.base.Recommender.on_train_epoch_start`
-  (:meth:`Dist.sync_rng`), so degree-sensitive pruning, learned graphs and the dropout of
-  ``forward()`` draw the same numbers on every replica.
+  rank before the model's phase (:meth:`~pyg_dhmrec.models.base.Recommender.train_phase`) and
+  :meth:`~pyg_dhmrec.models.base.Recommender.on_train_epoch_start` (:meth:`Dist.sync_rng`),
+  so a model's own phase (every rank runs it whole, on the same numbers), degree-sensitive
+  pruning, learned graphs and the dropout of ``forward()`` draw the same numbers on every
+  replica.
 * **Per rank**: its shard of each global batch (``batch_size / N`` positives) and its
   negatives, drawn from its own generator (``seed`` and the rank), both in the checkpoint per
   rank. Random draws *inside* ``loss()`` on batch rows (BM3's dropout views) come from the
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -114,8 +116,14 @@ class Dist:
         stacked /= self.world_size
         return dict(zip(keys, stacked, strict=True))
 
-    def wrap(self, module: torch.nn.Module) -> DistributedDataParallel:
+    def wrap(
+        self, module: torch.nn.Module, ignore: Iterable[torch.nn.Parameter] = ()
+    ) -> DistributedDataParallel:
         """``module`` in DDP: gradients averaged over ranks at ``backward()``.
+
+        ``ignore``: parameters DDP leaves alone (a model's phase parameters, which every rank
+        trains identically in its own phase; averaging their unused gradients every step would
+        only move zeros). They are broadcast from rank 0 here like the others.
 
         ``find_unused_parameters=True``: some models and plug-ins leave parameters out of a
         step's loss (a modality head, a frozen branch); DDP then walks the autograd graph once
@@ -127,6 +135,10 @@ class Dist:
             for t in list(module.parameters()) + list(module.buffers()):
                 if t.layout == torch.strided:
                     dist.broadcast(t.data, src=0)
+        ignored = {id(p) for p in ignore}
+        names = [n for n, p in module.named_parameters() if id(p) in ignored]
+        if names:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, names)
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(
             module,

@@ -177,10 +177,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 class Trainer:
     """Trains a :class:`Recommender` on a dataset graph and evaluates it by full ranking.
 
-    Every epoch: the model's :meth:`~Recommender.on_train_epoch_start`, one pass of BPR
+    Every epoch: the model's own phase (:meth:`~Recommender.train_phase`, with the phase
+    optimiser of :meth:`~Recommender.phase_optimizer`, for models that have one), its
+    :meth:`~Recommender.on_train_epoch_start`, one pass of BPR
     batches (per batch one :meth:`~Recommender.forward` pass, whose output the model's
-    :meth:`~Recommender.loss` reads; the sum of the loss parts is minimised with Adam, whose step
-    size follows ``learning_rate_scheduler``, stepped after each epoch's training), then, every
+    :meth:`~Recommender.loss` reads; the sum of the loss parts is minimised with Adam over
+    every parameter but :meth:`~Recommender.phase_parameters`, whose step size follows
+    ``learning_rate_scheduler``, stepped after each epoch's training), then, every
     ``eval_step`` epochs, valid metrics. The best epoch is the one with the highest valid
     ``early_stop_metric``; training stops after ``patience`` evaluations without a strict
     improvement. Test metrics are computed once, with the best epoch's parameters.
@@ -227,8 +230,12 @@ class Trainer:
             self.sampler = ShardedBPRSampler(
                 *args, seed=config["seed"], rank=dist.rank, world_size=dist.world_size
             )
+        # the model's own phase: its parameters, trained by its optimiser only
+        self.phase_params = list(self.model.phase_parameters())
+        self.phase_optimizer = self._build_phase_optimizer()
         # one step's forward: the full-graph pass and the loss parts (in DDP with several ranks)
-        self.step = LossStep(self.model) if dist is None else dist.wrap(LossStep(self.model))
+        step = LossStep(self.model)
+        self.step = step if dist is None else dist.wrap(step, ignore=self.phase_params)
         evaluator_args = dict(
             num_users=num_users,
             num_items=num_items,
@@ -248,8 +255,9 @@ class Trainer:
             raise ValueError(
                 f"early_stop_metric {metric!r} is not computed; choose one of {', '.join(known)}"
             )
+        phase_ids = {id(p) for p in self.phase_params}
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if id(p) not in phase_ids],
             lr=config["learning_rate"],
             weight_decay=config["weight_decay"],
         )
@@ -263,11 +271,50 @@ class Trainer:
         self.eval_times: list[float] = []
         self.elapsed_s = 0.0  # training time before this process (resumed runs)
 
+    def _build_phase_optimizer(self) -> torch.optim.Optimizer | None:
+        """The model's phase optimiser, checked to step exactly its phase parameters."""
+        optimizer = self.model.phase_optimizer()
+        name = type(self.model).__name__
+        if not self.phase_params:
+            if optimizer is not None:
+                raise ValueError(
+                    f"{name}.phase_optimizer() gave an optimiser, but "
+                    f"{name}.phase_parameters() is empty"
+                )
+            return None
+        if optimizer is None:
+            raise ValueError(
+                f"{name}.phase_parameters() names {len(self.phase_params)} parameter(s), but "
+                f"{name}.phase_optimizer() gave no optimiser"
+            )
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if stepped != {id(p) for p in self.phase_params}:
+            raise ValueError(
+                f"{name}.phase_optimizer() must step exactly {name}.phase_parameters()"
+            )
+        return optimizer
+
+    def train_phase(self, epoch: int) -> dict[str, float]:
+        """The model's own phase of ``epoch`` (none: ``{}``); its mean losses, checked finite."""
+        if self.phase_optimizer is None:
+            return {}
+        losses = {
+            k: float(v) for k, v in self.model.train_phase(epoch, self.phase_optimizer).items()
+        }
+        bad = [k for k, v in losses.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(
+                f"epoch {epoch}: phase loss part(s) {', '.join(bad)} became NaN or inf"
+            )
+        return losses
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the train interactions; returns the mean of every loss part."""
+        """The model's phase and one pass over the train interactions; returns the mean of
+        every loss part (the phase's as ``phase_<name>``)."""
         self.model.train()
         if self.dist:
-            self.dist.sync_rng()  # per-epoch graphs and forward() dropout: same on every rank
+            self.dist.sync_rng()  # phase, per-epoch graphs, forward() dropout: same on every rank
+        phase = self.train_phase(epoch)
         self.model.on_train_epoch_start()
         sums: dict[str, Tensor] = {}
         bar = tqdm(
@@ -296,7 +343,8 @@ class Trainer:
             bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
         if self.dist:  # the logged loss parts: means over the ranks' shards
             sums = self.dist.mean(sums)
-        return {k: float(v) / len(self.sampler) for k, v in sums.items()}
+        losses = {k: float(v) / len(self.sampler) for k, v in sums.items()}
+        return {**losses, **{f"phase_{k}": v for k, v in phase.items()}}
 
     def evaluate(self, split: str) -> dict[str, float]:
         self.model.eval()
@@ -328,6 +376,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "phase_optimizer": (
+                self.phase_optimizer.state_dict() if self.phase_optimizer is not None else None
+            ),
             **state,  # rank 0's
             "progress": {
                 "epoch": self.epoch,
@@ -375,6 +426,11 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer"])
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(payload["scheduler"])
+            if self.phase_optimizer is not None:
+                phase_state = payload.get("phase_optimizer")
+                if phase_state is None:
+                    raise ValueError("no phase optimizer state, the model has a phase")
+                self.phase_optimizer.load_state_dict(phase_state)
             self.sampler.load_state_dict(own["sampler"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             first = str(e).strip().splitlines()

@@ -150,13 +150,16 @@ VARIANTS = [
     ("lightgcn", None, {"reg_weight": 0.0}, True),
     ("freedom", None, {}, True),
     ("freedom", "mrdib", {}, False),
+    # its own phase (the denoisers, outside DDP, the same on every rank) and generated graphs
+    ("diffmm", None, {"denoiser_dims": [16], "diffusion_batch_size": 16}, True),
 ]
 
 
 def test_one_step_on_two_ranks_equals_one_process(tmp_path: Path) -> None:
     """Each rank takes half of the global batch; DDP's averaged gradients, the parameters
     after the Adam step and the sharded evaluation equal those of one process (LightGCN;
-    FREEDOM, whose pruned graph each rank draws from the common stream; FREEDOM + MRdIB)."""
+    FREEDOM, whose pruned graph each rank draws from the common stream; FREEDOM + MRdIB;
+    DiffMM, whose diffusion phase every rank runs whole)."""
     variants = [v[:3] for v in VARIANTS]
     ctx = mp.start_processes(
         one_step,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyg_dhmrec.nn import info_nce
+from pyg_dhmrec.nn import info_nce, info_nce_all_negatives
 
 
 def test_info_nce_hand_value() -> None:
@@ -41,3 +41,21 @@ def test_info_nce_rejects_bad_input() -> None:
         info_nce(torch.randn(4, 3), torch.randn(5, 3), 0.2)
     with pytest.raises(ValueError, match="temperature"):
         info_nce(torch.randn(4, 3), torch.randn(4, 3), 0.0)
+
+
+def test_info_nce_all_negatives_hand_value() -> None:
+    anchor = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    positive = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 0.5]])
+    index = torch.tensor([0, 2, 0])  # rows 0 and 2 as anchors, row 0 twice
+    # row 0: cosines to the positives [1, 1, 0]; row 2: [1/sqrt2] * 3 (its positive is row 2)
+    expected = (2 * (math.log(2 * math.e + 1) - 1) + math.log(3)) / 3
+    got = info_nce_all_negatives(anchor, positive, index, temperature=1.0)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    half = info_nce_all_negatives(anchor, positive, index, temperature=0.5)
+    assert half.item() == pytest.approx(
+        (2 * (math.log(2 * math.e**2 + 1) - 2) + math.log(3)) / 3, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="two \\[N, d\\] views of one shape"):
+        info_nce_all_negatives(anchor, positive[:2], index, 1.0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        info_nce_all_negatives(anchor, positive, index, 0.0)

@@ -34,6 +34,8 @@ CONFIG = {
     "user_graph_k": 3,
     "pruned_k": 2,
     "num_positives": 3,
+    "denoiser_dims": [16],
+    "diffusion_batch_size": 10,
 }
 NAMES = sorted(MODELS)
 #: Models that prune the user-item graph in training (FREEDOM's degree-sensitive dropout).
@@ -106,8 +108,9 @@ def test_cli_trains_and_writes_results(name: str, tmp_path, tiny_cli_argv) -> No
     assert results["model"] == name
     assert results["config"].get("knn_k", 3) == 3
     assert [h["epoch"] for h in results["history"]] == [1, 2]
+    phase = {f"phase_{part}" for part in MODELS[name].phase_loss_parts}
     for record in results["history"]:
-        assert set(record["loss"]) == set(MODELS[name].loss_parts), record["loss"]
+        assert set(record["loss"]) == set(MODELS[name].loss_parts) | phase, record["loss"]
         assert all(math.isfinite(v) for v in record["loss"].values())
     assert 1 <= results["best_epoch"] <= 2
     assert 0.0 <= results["test"]["recall@20"] <= 1.0
@@ -171,8 +174,11 @@ def test_every_parameter_gets_a_gradient(
     model = _build(name, graphs)
     _epoch_start(model)
     _loss(model, batch).backward()
-    params = dict(model.named_parameters())
+    phase = {id(p) for p in model.phase_parameters()}  # trained by the model's own phase
+    params = {n: p for n, p in model.named_parameters() if id(p) not in phase}
     assert params, name
+    for n, p in model.named_parameters():
+        assert id(p) not in phase or p.grad is None, f"the loss reaches phase parameter {n}"
     missing = [n for n, p in params.items() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, f"no gradient: {missing}"
     for n, p in params.items():

@@ -21,7 +21,12 @@ from pyg_dhmrec.train import CheckpointError, read_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 KILL_POINTS = REPO / "tests" / "kill_points.py"
 TINY = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
-MODEL_ARGS = {"lightgcn": [], "dhmrec": ["--knn_k", "3"]}
+MODEL_ARGS = {
+    "lightgcn": [],
+    "dhmrec": ["--knn_k", "3"],
+    # a model with its own phase (diffusion) and per-epoch generated graphs
+    "diffmm": ["--denoiser_dims", "[16]", "--diffusion_batch_size", "16"],
+}
 #: A schedule steep enough that a resume without its state would train differently.
 SCHEDULED = ["--learning_rate_scheduler", "[0.5,2]"]
 
@@ -57,8 +62,8 @@ def checkpoint_epoch(path: Path) -> int:
 
 @pytest.mark.parametrize(
     "model, extra",
-    [("lightgcn", []), ("dhmrec", []), ("lightgcn", SCHEDULED)],
-    ids=["lightgcn", "dhmrec", "lightgcn-lr-schedule"],
+    [("lightgcn", []), ("dhmrec", []), ("diffmm", []), ("lightgcn", SCHEDULED)],
+    ids=["lightgcn", "dhmrec", "diffmm", "lightgcn-lr-schedule"],
 )
 def test_sigkill_then_resume_matches_uninterrupted(
     data_root: Path, tmp_path: Path, model: str, extra: list[str]

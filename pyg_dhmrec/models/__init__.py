@@ -14,6 +14,7 @@ from pyg_dhmrec.models.bpr import BPR
 from pyg_dhmrec.models.damrs import DAMRS
 from pyg_dhmrec.models.cmdl import CMDL
 from pyg_dhmrec.models.dhmrec import DHMRec
+from pyg_dhmrec.models.diffmm import DiffMM
 from pyg_dhmrec.models.dualgnn import DualGNN
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.models.grcn import GRCN
@@ -34,6 +35,7 @@ MODELS: dict[str, type[Recommender]] = {
     "damrs": DAMRS,
     "cmdl": CMDL,
     "dhmrec": DHMRec,
+    "diffmm": DiffMM,
     "dualgnn": DualGNN,
     "freedom": FREEDOM,
     "grcn": GRCN,
@@ -85,6 +87,7 @@ __all__ = [
     "DAMRS",
     "CMDL",
     "DHMRec",
+    "DiffMM",
     "DualGNN",
     "FREEDOM",
     "GRCN",

@@ -46,6 +46,23 @@ class Recommender(torch.nn.Module):
       :meth:`full_scores` (default: inner products of :meth:`forward`'s embeddings) and
       :meth:`graph_transforms` (the derived edge types it reads from ``data``).
 
+    **Per-epoch hooks.** The trainer runs every epoch, in this order (under DDP after every
+    rank took rank 0's torch RNG state, so every rank draws the same numbers):
+
+    1. :meth:`train_phase` (optional): a phase the model runs on its own, with its own
+       optimiser, over the parameters it declares in :meth:`phase_parameters` (e.g. DiffMM's
+       denoisers). The trainer builds that optimiser once with :meth:`phase_optimizer`, leaves
+       those parameters out of the main Adam optimiser (and out of DDP's gradient averaging:
+       every rank runs the same phase on the same numbers instead), keeps the optimiser's state
+       in the checkpoint, and logs the phase's mean losses as ``phase_<name>`` beside the
+       epoch's loss parts (names in :attr:`phase_loss_parts`). The phase draws its randomness
+       from torch's global RNG, which the checkpoint restores, so ``--resume`` continues it
+       exactly; anything else it needs across epochs must be a parameter or a persistent buffer.
+    2. :meth:`on_train_epoch_start` (optional): per-epoch graph work (FREEDOM's
+       degree-sensitive dropout, LATTICE's learned graph, DiffMM's generated graphs, rebuilt
+       from the denoisers the phase just trained).
+    3. The BPR batches: one :meth:`forward` and :meth:`loss` per batch, main Adam step.
+
     ``exposes_modalities`` is true for models whose :class:`Embeddings` carry per-modality item
     representations (what plug-in objectives such as MRdIB need).
 
@@ -59,6 +76,8 @@ class Recommender(torch.nn.Module):
     exposes_modalities: bool = False
     #: Names of the loss parts :meth:`loss` returns at the default settings (logged per epoch).
     loss_parts: tuple[str, ...] = ()
+    #: Names of the mean losses :meth:`train_phase` returns (logged as ``phase_<name>``).
+    phase_loss_parts: tuple[str, ...] = ()
 
     def __init__(self, data: HeteroData) -> None:
         super().__init__()
@@ -124,7 +143,24 @@ class Recommender(torch.nn.Module):
         raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
-        """Called by the trainer before every training epoch."""
+        """Called by the trainer before every training epoch's BPR batches (after
+        :meth:`train_phase`), in training mode: resample or rebuild per-epoch graphs here."""
+
+    def phase_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters that only :meth:`train_phase` trains (default: none, no phase). The
+        main optimiser and DDP leave them out; the main loss must not depend on them."""
+        return []
+
+    def phase_optimizer(self) -> torch.optim.Optimizer | None:
+        """A new optimiser over exactly :meth:`phase_parameters` (``None`` without a phase).
+        The trainer calls it once and owns the result (its state goes into checkpoints)."""
+        return None
+
+    def train_phase(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """The model's own training phase of ``epoch`` (1-based), run before
+        :meth:`on_train_epoch_start`: steps ``optimizer`` (the one :meth:`phase_optimizer`
+        built) and returns the phase's mean losses by name (:attr:`phase_loss_parts`)."""
+        return {}
 
     @torch.no_grad()
     def item_representations(self) -> dict[str, Tensor]:

@@ -1,6 +1,8 @@
 from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
 from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
 from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce, neighbour_contrastive_loss
+from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce
+from pyg_dhmrec.nn.diffusion import DenoisingMLP, GaussianDiffusion, timestep_embedding
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
@@ -35,6 +37,7 @@ from pyg_dhmrec.nn.losses import (
     bpr_loss,
     embedding_norm_penalty,
     info_nce,
+    info_nce_all_negatives,
     score_distribution_kl,
     squared_l2_penalty,
     symmetric_bernoulli_kl,
@@ -53,6 +56,9 @@ from pyg_dhmrec.nn.propagation import (
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
 
 __all__ = [
+    "DenoisingMLP",
+    "GaussianDiffusion",
+    "timestep_embedding",
     "ConfidenceEdgeWeights",
     "PrototypeRouting",
     "neighborhood_affinity",
@@ -94,6 +100,7 @@ __all__ = [
     "embedding_norm_penalty",
     "info_nce",
     "neighbour_contrastive_loss",
+    "info_nce_all_negatives",
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "symmetric_bernoulli_kl",

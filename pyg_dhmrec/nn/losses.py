@@ -129,3 +129,28 @@ def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
             f"{list(logit_q.shape)}"
         )
     return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
+def info_nce_all_negatives(
+    anchor: Tensor, positive: Tensor, index: Tensor, temperature: float
+) -> Tensor:
+    r"""InfoNCE of the rows ``index`` of two views against every row of the second view, on
+    cosine similarity (DiffMM Eqs. 18-19, HCCF / SGL with full-graph negatives):
+
+    .. math::
+        \mathcal{L} = -\frac{1}{B} \sum_{b=1}^{B} \log
+        \frac{\exp(\hat{a}_{i_b}^\top \hat{p}_{i_b} / \tau)}
+             {\sum_{j=1}^{N} \exp(\hat{a}_{i_b}^\top \hat{p}_j / \tau)}
+
+    with :math:`\hat{x} = x / \lVert x \rVert_2`, ``anchor`` and ``positive`` two ``[N, d]``
+    views of the same ``N`` nodes and ``index`` the ``B`` anchor rows (repeats count again).
+    Memory :math:`O(B N)`: one ``[B, N]`` logit block.
+    """
+    if anchor.dim() != 2 or anchor.shape != positive.shape:
+        raise ValueError(
+            f"info_nce_all_negatives needs two [N, d] views of one shape, got "
+            f"{list(anchor.shape)} and {list(positive.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    rows = F.normalize(anchor[index], dim=-1)
+    logits = rows @ F.normalize(positive, dim=-1).t() / temperature
+    return F.cross_entropy(logits, index)

@@ -132,6 +132,7 @@ class MRdIB(Recommender):
         self.num_users, self.num_items = base.num_users, base.num_items
         self._eval_embeddings = None
         self.base = base
+        self.phase_loss_parts = base.phase_loss_parts
 
         probe = self._probe()
         self.modalities = list(probe.modalities)
@@ -177,6 +178,15 @@ class MRdIB(Recommender):
 
     def on_train_epoch_start(self) -> None:
         self.base.on_train_epoch_start()
+
+    def phase_parameters(self) -> list[torch.nn.Parameter]:
+        return self.base.phase_parameters()
+
+    def phase_optimizer(self) -> torch.optim.Optimizer | None:
+        return self.base.phase_optimizer()
+
+    def train_phase(self, epoch: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        return self.base.train_phase(epoch, optimizer)
 
     def forward(self) -> Embeddings:
         return self.base()
