@@ -148,8 +148,9 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
         (["--epoch", "3"], r"command line: unknown key 'epoch'\. Did you mean: epochs\?"),
         (
             ["--model", "nope"],
-            r"unknown model 'nope'; available: bm3, bpr, damrs, dhmrec, dualgnn, freedom, grcn, "
-            r"lattice, layergcn, lgmrec, lightgcn, mgcn, micro, mmgcn, siger, vbpr$",
+            r"unknown model 'nope'; available: bm3, bpr, cmdl, damrs, dhmrec, diffmm, dualgnn, "
+            r"freedom, grcn, lattice, layergcn, lgmrec, lightgcn, mgcn, micro, mmgcn, siger, "
+            r"tmlp, vbpr$",
         ),
         (["--dataset", "nope"], r"unknown dataset 'nope'; available: baby, .*synthetic"),
         (

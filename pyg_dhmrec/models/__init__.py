@@ -11,8 +11,8 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.models.bm3 import BM3
 from pyg_dhmrec.models.bpr import BPR
-from pyg_dhmrec.models.damrs import DAMRS
 from pyg_dhmrec.models.cmdl import CMDL
+from pyg_dhmrec.models.damrs import DAMRS
 from pyg_dhmrec.models.dhmrec import DHMRec
 from pyg_dhmrec.models.diffmm import DiffMM
 from pyg_dhmrec.models.dualgnn import DualGNN

@@ -1,7 +1,6 @@
 from pyg_dhmrec.nn.behavior_fusion import BehaviorAwareFusion, FusionParts
 from pyg_dhmrec.nn.bootstrap import cosine_alignment_loss, dropout_view
 from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce, neighbour_contrastive_loss
-from pyg_dhmrec.nn.chunked_contrastive import chunked_info_nce
 from pyg_dhmrec.nn.diffusion import DenoisingMLP, GaussianDiffusion, timestep_embedding
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,

@@ -129,6 +129,8 @@ def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
             f"{list(logit_q.shape)}"
         )
     return (torch.sigmoid(logit_p) - torch.sigmoid(logit_q)) * (logit_p - logit_q)
+
+
 def info_nce_all_negatives(
     anchor: Tensor, positive: Tensor, index: Tensor, temperature: float
 ) -> Tensor:
