@@ -18,6 +18,7 @@ from typing import Any
 from pyg_dhmrec import distributed
 from pyg_dhmrec.config import (
     CONFIG_DIR,
+    MODEL_FILE_TRAINER_KEYS,
     ConfigError,
     available,
     available_datasets,
@@ -150,7 +151,7 @@ def resolve_config(
     config = load_config(model, dataset, overrides)
     model_class(model)  # unknown model -> clear error
     declared = set(load_yaml(CONFIG_DIR / "models" / f"{model}.yaml")) - {"per_dataset"}
-    unused = declared - model_keys(model)
+    unused = declared - model_keys(model) - MODEL_FILE_TRAINER_KEYS
     if unused:
         raise ConfigError(
             f"configs/models/{model}.yaml: key(s) {', '.join(sorted(unused))} are not "

@@ -370,6 +370,9 @@ def load_config(
 METRIC_NAMES = ("recall", "ndcg", "precision", "map")
 MAX_EMBEDDING_DIM = 4096
 # key -> (smallest, largest) allowed integer; None: no bound.
+#: General keys a model's YAML may set to its published value (documented in overall.yaml).
+MODEL_FILE_TRAINER_KEYS = frozenset({"learning_rate", "learning_rate_scheduler", "weight_decay"})
+
 _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "seed": (0, 2**32 - 1),  # numpy's seed range
     "epochs": (1, None),

@@ -10,6 +10,7 @@ import pytest
 
 from pyg_dhmrec.config import (
     CONFIG_DIR,
+    MODEL_FILE_TRAINER_KEYS,
     ConfigError,
     available,
     coerce,
@@ -295,17 +296,13 @@ def test_real_configs_load_for_every_model_and_dataset() -> None:
             assert (config["model"], config["dataset"]) == (model, dataset)
 
 
-#: General keys a model's YAML may set to its published value (documented in overall.yaml).
-OPTIMISER_KEYS = {"learning_rate", "learning_rate_scheduler", "weight_decay"}
-
-
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_model_yaml_keys_are_constructor_arguments(model: str) -> None:
     path = CONFIG_DIR / "models" / f"{model}.yaml"
     overall = set(load_yaml(CONFIG_DIR / "overall.yaml"))
     # A model file may set the optimiser's published settings, no other general key.
-    assert set(load_yaml(path)) & overall <= OPTIMISER_KEYS
-    declared = set(load_yaml(path)) - {"per_dataset"} - OPTIMISER_KEYS
+    assert set(load_yaml(path)) & overall <= MODEL_FILE_TRAINER_KEYS
+    declared = set(load_yaml(path)) - {"per_dataset"} - MODEL_FILE_TRAINER_KEYS
     keys = model_keys(model)
     # Every other key of the model file is a constructor argument ...
     assert declared <= keys, declared - keys
