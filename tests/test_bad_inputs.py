@@ -148,8 +148,8 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
         (["--epoch", "3"], r"command line: unknown key 'epoch'\. Did you mean: epochs\?"),
         (
             ["--model", "nope"],
-            r"unknown model 'nope'; available: bm3, bpr, dhmrec, dualgnn, freedom, grcn, lattice, "
-            r"layergcn, lgmrec, lightgcn, mgcn, micro, mmgcn, siger, vbpr$",
+            r"unknown model 'nope'; available: bm3, bpr, dhmrec, diffmm, dualgnn, freedom, grcn, "
+            r"lattice, layergcn, lgmrec, lightgcn, mgcn, micro, mmgcn, siger, vbpr$",
         ),
         (["--dataset", "nope"], r"unknown dataset 'nope'; available: baby, .*synthetic"),
         (

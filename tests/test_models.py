@@ -332,8 +332,8 @@ def test_build_model_passes_config_keys(tiny: HeteroData) -> None:
     default = build_model("lightgcn", tiny, {})
     assert default.user_embedding.weight.shape[1] == 64 and default.ui_propagation.num_layers == 2
     available = (
-        "bm3, bpr, dhmrec, dualgnn, freedom, grcn, lattice, layergcn, lgmrec, lightgcn, mgcn, "
-        "micro, mmgcn, siger, vbpr"
+        "bm3, bpr, dhmrec, diffmm, dualgnn, freedom, grcn, lattice, layergcn, lgmrec, lightgcn, "
+        "mgcn, micro, mmgcn, siger, vbpr"
     )
     with pytest.raises(ValueError, match=f"unknown model 'mf'; available: {available}"):
         model_class("mf")
