@@ -14,7 +14,10 @@ fresh process, one at a time:
   of two steps first (not timed) compiles (``--compile``) and warms the allocator.
 * **s/epoch** (extrapolated, not run): the 1-step epoch (per-epoch work: pruned-graph resampling,
   the epoch's shuffle and negatives, plus one step) + (steps per epoch - 1) x s/step.
-* **eval s**: one full-ranking evaluation of every valid user (``Trainer.evaluate('valid')``).
+* **eval s**: one full-ranking evaluation of every valid user (``Trainer.evaluate('valid')``);
+  with ``--eval-chunks n``, the embedding pass plus the first ``n`` chunks of
+  ``eval_batch_size`` users (``FullRankEvaluator.evaluate_chunks``), extrapolated to all chunks
+  (chunks cost the same: one ``[chunk, items]`` score block, the train mask and top-k each).
 * **peak MB**: peak resident memory (VmHWM) of the process, whole (dataset loading included)
   and from the trainer's construction on (training and evaluation; the peak is reset with
   ``/proc/self/clear_refs`` after loading).
@@ -165,7 +168,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     many_steps = min(1 + args.steps, steps_per_epoch)
     many = epoch(many_steps)
     step = [(b - a) / max(1, many_steps - 1) for a, b in zip(one, many)]
-    eval_s, eval_cpu_s = timed(lambda: trainer.evaluate("valid"))
+    evaluator = trainer.valid_evaluator
+    chunks = evaluator.num_chunks
+    timed_chunks = chunks if args.eval_chunks == 0 else min(args.eval_chunks, chunks)
+    if timed_chunks == chunks:  # the whole evaluation, as the trainer runs it
+        eval_s, eval_cpu_s = timed(lambda: trainer.evaluate("valid"))
+    else:  # the embedding pass, then user chunks of equal cost, extrapolated to all chunks
+        model.eval()
+        first = timed(lambda: model.full_scores(evaluator.users[:1]))  # caches the pass
+        part = timed(lambda: evaluator.evaluate_chunks(model.full_scores, range(timed_chunks)))
+        model.train()
+        eval_s, eval_cpu_s = (a + b * chunks / timed_chunks for a, b in zip(first, part))
     stats = dataset.stats
     return {
         "model": args.model,
@@ -184,7 +197,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_s": warmup_s,
         "eval_s": eval_s,
         "eval_cpu_s": eval_cpu_s,
-        "valid_users": trainer.valid_evaluator.num_users_evaluated,
+        "valid_users": evaluator.num_users_evaluated,
+        "eval_chunks_timed": timed_chunks,
+        "eval_chunks": chunks,
         "load_s": load_s,
         "rss_after_load_mb": after_load,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -273,7 +288,8 @@ def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> 
             f"{r['interactions']} | {r['steps_per_epoch']} | "
             f"{r['s_per_step']:.3f} ({r['cpu_s_per_step']:.3f}) | {r['s_epoch_overhead']:.2f} | "
             f"{r['s_per_epoch']:.0f} ({r['cpu_s_per_epoch']:.0f}) | "
-            f"{r['eval_s']:.1f} ({r['eval_cpu_s']:.1f}) | {r['valid_users']} | "
+            f"{r['eval_s']:.1f} ({r['eval_cpu_s']:.1f}) | {r['valid_users']} "
+            f"({r['eval_chunks_timed']}/{r['eval_chunks']} chunks) | "
             f"{r['peak_rss_train_eval_mb'] or 0:.0f} | {r['peak_rss_mb']:.0f} | "
             f"{r['loadavg_start']} -> {r['loadavg_end']} |"
         )
@@ -355,6 +371,12 @@ def main() -> None:
     parser.add_argument("--data-root", default="datasets")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+    parser.add_argument(
+        "--eval-chunks",
+        type=int,
+        default=0,
+        help="time this many chunks of eval_batch_size valid users and extrapolate (0: all)",
+    )
     parser.add_argument("--out", default="runs/scale")
     parser.add_argument("--min-available-mb", type=float, default=1536)
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per process")
@@ -378,7 +400,8 @@ def main() -> None:
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     common = ["--data-root", args.data_root, "--device", args.device, "--models", *args.models]
-    common += ["--steps", str(args.steps)] + (["--compile"] if args.compile else [])
+    common += ["--steps", str(args.steps), "--eval-chunks", str(args.eval_chunks)]
+    common += ["--compile"] if args.compile else []
     rows, prepared = [], []
     for scale in args.scales:
         log = logs / f"prepare-{scale}x.log"
