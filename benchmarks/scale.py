@@ -24,8 +24,9 @@ fresh process, one at a time:
 
 Times are wall seconds and, in parentheses, the process's CPU seconds (``time.process_time``;
 one thread, so equal to wall time on an idle machine): on a shared machine the CPU time is the
-steadier figure, and the slope fits use it. A watchdog kills a measurement (the process this script started, by its id) when the machine's
-available memory drops below ``--min-available-mb`` and records it as killed. Results:
+steadier figure, and the slope fits use it. A watchdog kills a measurement (the process this
+script started, by its id) when the machine's available memory drops below
+``--min-available-mb`` and records it as killed. Results:
 ``<out>/scale.md`` (tables, slope fits), ``<out>/scale.json`` and ``<out>/scale.png`` (log-log
 cost against interactions with the least-squares slope of log cost on log interactions: 1 is
 linear).
