@@ -240,8 +240,9 @@ def test_candidate_pool_draws_a_valid_graph_that_follows_preferences_and_popular
     assert sample_synthetic(POOLED).item.tobytes() == data.item.tobytes()  # deterministic
 
 
-def test_users_with_too_few_distinct_candidates_take_the_exact_draw(monkeypatch) -> None:
-    # Steep popularity: 8 * 4 candidates of 200 items repeat, so some users lack n_u distinct.
+def test_heavy_users_and_users_short_of_candidates_take_the_exact_draw(monkeypatch) -> None:
+    # Steep popularity: 16-64 candidates of 200 items repeat, so some users lack n_u distinct
+    # ones; users with 4 n_u >= 100 (half the items) score all items from the start.
     config = replace(
         POOLED, num_users=100, num_items=200, num_interactions=2000, popularity_sigma=3.0
     )
@@ -254,7 +255,8 @@ def test_users_with_too_few_distinct_candidates_take_the_exact_draw(monkeypatch)
 
     monkeypatch.setattr(synthetic, "_exact_rows", counting)
     data = sample_synthetic(config)
-    assert 0 < sum(exact_rows) < config.num_users
+    heavy = int((4 * _activity(config) * 2 >= config.num_items).sum())
+    assert 0 < heavy < sum(exact_rows) < config.num_users
     _check_graph(data, config)
 
 

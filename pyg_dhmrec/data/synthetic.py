@@ -39,6 +39,10 @@ for ``M`` modalities, modalities processed in sorted name order):
    ``C``. Measured at 1x Sports' shape, the mean preference logit of drawn pairs minus that of
    random pairs is 2.5 (``C = 64``, 2.3 s), 3.2 (256, 9 s), 3.6 (1024, 42 s) and 3.9 (exact,
    44 s). For speed and memory benchmarks at scale (:meth:`SyntheticConfig.sports_shape`).
+
+Separate random streams are derived from ``seed`` for latents, activity, item draws and each
+modality (keyed by the modality name), so e.g. changing a feature dimension leaves the
+interactions unchanged.
 """
 
 from __future__ import annotations
@@ -357,19 +361,17 @@ def _pooled_draws(
     width = np.minimum(
         num_items, np.maximum(config.candidate_pool, _POOL_OVERSAMPLE * counts[order])
     )
-    exact = width * 2 >= num_items  # scoring W >= I/2 candidates: score all items instead
-    for start, end in _row_blocks(np.where(exact, num_items, width), config.latent_dim):
+    # Users whose W reaches half the items score all items (step 4): the last ones in
+    # ``order``, since W grows with n_u.
+    pooled = int(np.searchsorted(width * 2 >= num_items, True))
+    for start, end in _row_blocks(width[:pooled], config.latent_dim):
         idx, k = order[start:end], counts[order[start:end]]
-        if exact[start]:  # width is non-decreasing, so the block is exact from its start on
-            users.append(np.repeat(idx, k))
-            items.append(_exact_rows(idx, k, p, z_t, log_pop, rng))
-            continue
         pool = int(width[end - 1])
         if pool not in offset:
             # log pop_i - log pi_i, pi_i = 1 - (1 - q_i)^W: the chance that i is a candidate.
             offset[pool] = (log_pop - np.log(-np.expm1(pool * log1m_q))).astype(np.float32)
         draws = rng.random((idx.size, pool))
-        draws.sort(axis=1)  # sorted needles make the search cache-friendly; cand comes sorted
+        draws.sort(axis=1)  # sorted draws give sorted candidates: duplicates are neighbours
         cand = np.minimum(np.searchsorted(cdf, draws, side="right"), num_items - 1)
         duplicate = np.zeros(cand.shape, dtype=bool)
         duplicate[:, 1:] = cand[:, 1:] == cand[:, :-1]
@@ -386,6 +388,10 @@ def _pooled_draws(
             top, mask = _top_k(keys, k)
             users.append(np.repeat(idx, k))
             items.append(np.take_along_axis(cand, top, axis=1)[mask])
+    for start, end in _row_blocks(np.full(order.size - pooled, num_items), 1):
+        idx = order[pooled + start : pooled + end]
+        users.append(np.repeat(idx, counts[idx]))
+        items.append(_exact_rows(idx, counts[idx], p, z_t, log_pop, rng))
 
 
 def _features(
