@@ -13,7 +13,10 @@ fresh process, one at a time:
   ``--steps`` is the time of one training step (forward pass, loss, backward, Adam). An epoch
   of two steps first (not timed) compiles (``--compile``) and warms the allocator.
 * **s/epoch** (extrapolated, not run): the 1-step epoch (per-epoch work: pruned-graph resampling,
-  the epoch's shuffle and negatives, plus one step) + (steps per epoch - 1) x s/step.
+  the epoch's shuffle and negatives, plus one step) + (steps per epoch - 1) x s/step. Every
+  step propagates the whole graph, so s/step grows with the graph and s/epoch with the graph
+  times the number of steps: about quadratically in the interactions (slope 2), for LightGCN
+  as for the others. The same holds for full-ranking evaluation (users x items scores).
 * **eval s**: one full-ranking evaluation of every valid user (``Trainer.evaluate('valid')``);
   with ``--eval-chunks n``, the embedding pass plus the first ``n`` chunks of
   ``eval_batch_size`` users (``FullRankEvaluator.evaluate_chunks``), extrapolated to all chunks
@@ -193,6 +196,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "s_per_step": step[0],
         "cpu_s_per_step": step[1],
         "s_epoch_overhead": max(0.0, one[0] - step[0]),
+        "cpu_s_epoch_overhead": max(0.0, one[1] - step[1]),
         "s_per_epoch": one[0] + (steps_per_epoch - 1) * step[0],
         "cpu_s_per_epoch": one[1] + (steps_per_epoch - 1) * step[1],
         "warmup_s": warmup_s,
@@ -276,7 +280,7 @@ def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> 
     }
     lines = [
         "| model | scale | users | items | interactions | steps/epoch | s/step (CPU) | "
-        "epoch work s | s/epoch extrap. (CPU) | eval s (CPU) | valid users | "
+        "epoch work CPU s | s/epoch extrap. (CPU) | eval s (CPU) | valid users | "
         "peak MB train+eval | peak MB process | load avg |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -287,7 +291,8 @@ def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> 
         lines.append(
             f"| {r['model']} | {r['scale']}x | {r['users']} | {r['items']} | "
             f"{r['interactions']} | {r['steps_per_epoch']} | "
-            f"{r['s_per_step']:.3f} ({r['cpu_s_per_step']:.3f}) | {r['s_epoch_overhead']:.2f} | "
+            f"{r['s_per_step']:.3f} ({r['cpu_s_per_step']:.3f}) | "
+            f"{r.get('cpu_s_epoch_overhead', r['s_epoch_overhead']):.2f} | "
             f"{r['s_per_epoch']:.0f} ({r['cpu_s_per_epoch']:.0f}) | "
             f"{r['eval_s']:.1f} ({r['eval_cpu_s']:.1f}) | {r['valid_users']} "
             f"({r['eval_chunks_timed']}/{r['eval_chunks']} chunks) | "
@@ -386,9 +391,16 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the tables and plot from scale.json"
+    )
     args = parser.parse_args()
     if args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.report_only:
+        record = json.loads((Path(args.out) / "scale.json").read_text())
+        report(record["rows"], record["prepare"], args)
+        return
 
     if args.result:  # a child: one preparation or one measurement
         import logging
