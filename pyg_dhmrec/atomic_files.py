@@ -101,40 +101,107 @@ def _header(kind: str) -> bytes:
     return f"pyg_dhmrec {kind} sha256:".encode("ascii")
 
 
+class _HashingWriter:
+    """A write-only file that passes bytes on to ``file`` and hashes them on the way."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file, self.digest = file, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+class _Window(io.RawIOBase):
+    """The part of a binary file from ``start`` on, as a seekable file of its own (so
+    ``torch.load`` reads the body after the header without a copy in memory)."""
+
+    def __init__(self, file: IO[bytes], start: int) -> None:
+        super().__init__()
+        self.file, self.start = file, start
+        self.file.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            offset += self.start
+        return self.file.seek(offset, whence) - self.start
+
+    def tell(self) -> int:
+        return self.file.tell() - self.start
+
+    def readinto(self, buffer: Any) -> int:
+        return self.file.readinto(buffer)
+
+
+_BLOCK = 1 << 22  # bytes hashed per read
+
+
 def write_torch_checked(path: str | os.PathLike, obj: Any, kind: str) -> Path:
     """``torch.save`` of ``obj`` behind a header line naming ``kind`` and the sha256 of the
-    bytes that follow, atomically; :func:`read_torch_checked` verifies both."""
-    body = torch_bytes(obj)
-    return write_bytes(path, _header(kind) + sha256_bytes(body).encode("ascii") + b"\n" + body)
+    bytes that follow, atomically; :func:`read_torch_checked` verifies both.
+
+    Streamed: the body is hashed while it is written and the header's checksum is filled in
+    last, so no copy of the serialised object is held in memory (a processed dataset with
+    gigabytes of features costs its own size, not three times it).
+    """
+    import torch
+
+    header = _header(kind)
+
+    def write(f: IO[bytes]) -> None:
+        f.write(header + b"0" * 64 + b"\n")  # checksum placeholder, same length
+        body = _HashingWriter(f)
+        torch.save(obj, body)
+        f.flush()
+        f.seek(len(header))
+        f.write(body.digest.hexdigest().encode("ascii"))
+        f.seek(0, io.SEEK_END)
+
+    return atomic_write(path, write)
 
 
 def read_torch_checked(path: str | os.PathLike, kind: str) -> Any:
     """The object of a file written by :func:`write_torch_checked` for ``kind``.
 
     Raises :class:`DamagedFile` (message starting with the path) when the file cannot be read,
-    lacks the header, fails the checksum (truncated, flipped bytes) or does not unpickle.
+    lacks the header, fails the checksum (truncated, flipped bytes) or does not unpickle. The
+    checksum is computed block by block and the object is loaded from the file itself, so
+    memory holds the loaded object only.
     """
     import torch
 
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DamagedFile(f"{path}: cannot be read ({e.strerror or e})") from None
     header = _header(kind)
     end = len(header) + 64
-    if not raw.startswith(header) or raw[end : end + 1] != b"\n":
-        raise DamagedFile(
-            f"{path}: not a {kind} file written by this version of pyg_dhmrec (it does not "
-            f"start with the header line {header.decode()}<sha256>)"
-        )
-    body = raw[end + 1 :]
-    if sha256_bytes(body) != raw[len(header) : end].decode("ascii", "replace"):
-        raise DamagedFile(
-            f"{path}: checksum mismatch: its {len(body)} bytes after the header differ from "
-            "what was written (the file was cut short or altered)"
-        )
     try:
-        return torch.load(io.BytesIO(body), map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 (unpickling raises many kinds; the checksum passed)
-        raise DamagedFile(f"{path}: not readable ({type(e).__name__}: {e})") from None
+        with open(path, "rb") as f:
+            head = f.read(end + 1)
+            if not head.startswith(header) or head[end : end + 1] != b"\n":
+                raise DamagedFile(
+                    f"{path}: not a {kind} file written by this version of pyg_dhmrec (it does "
+                    f"not start with the header line {header.decode()}<sha256>)"
+                )
+            digest, size = hashlib.sha256(), 0
+            for block in iter(lambda: f.read(_BLOCK), b""):
+                digest.update(block)
+                size += len(block)
+            if digest.hexdigest() != head[len(header) : end].decode("ascii", "replace"):
+                raise DamagedFile(
+                    f"{path}: checksum mismatch: its {size} bytes after the header differ from "
+                    "what was written (the file was cut short or altered)"
+                )
+            try:
+                return torch.load(_Window(f, end + 1), map_location="cpu", weights_only=False)
+            except Exception as e:  # noqa: BLE001 (unpickling raises many kinds; checksum passed)
+                raise DamagedFile(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise DamagedFile(f"{path}: cannot be read ({e.strerror or e})") from None

@@ -383,7 +383,10 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "eval_batch_size": (1, None),
     "knn_k": (1, None),  # the dataset's item count bounds it too (check_config_for_data)
     "infusion_k": (1, None),
+    "max_steps_per_epoch": (1, None),  # null (every batch) is allowed
 }
+#: Values of ``matmul_precision`` (torch.set_float32_matmul_precision).
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 def validate_config(config: Mapping[str, Any], source: str | None = None) -> None:
@@ -432,6 +435,10 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         not isinstance(metrics, list) or not metrics or not set(metrics) <= set(METRIC_NAMES)
     ):
         raise bad("metrics", f"a non-empty list of {', '.join(METRIC_NAMES)}")
+    if "compile" in config and not isinstance(config["compile"], bool):
+        raise bad("compile", "true or false")
+    if "matmul_precision" in config and config["matmul_precision"] not in MATMUL_PRECISIONS:
+        raise bad("matmul_precision", f"one of {', '.join(MATMUL_PRECISIONS)}")
     modalities = config.get("modalities")
     if isinstance(modalities, dict) and not all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in modalities.items()

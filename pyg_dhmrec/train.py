@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import os
 import platform
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from pyg_dhmrec.atomic_files import (
     write_torch,
     write_torch_checked,
 )
-from pyg_dhmrec.config import overall_defaults
+from pyg_dhmrec.config import MATMUL_PRECISIONS, overall_defaults
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRSampler
 from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
@@ -71,6 +73,92 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
     return device
+
+
+def set_matmul_precision(precision: str) -> None:
+    """``torch.set_float32_matmul_precision``: ``highest`` (float32), ``high`` (TF32 on CUDA
+    Ampere+) or ``medium`` (bfloat16 on CUDA; on CPU, oneDNN uses either only where the CPU
+    has the instructions). Process-wide: every Trainer sets it from its config."""
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, got {precision!r}"
+        )
+    if precision != torch.get_float32_matmul_precision():
+        log.info("float32 matmul precision: %s", precision)
+    torch.set_float32_matmul_precision(precision)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler TorchInductor would use on CPU (``$CXX``, else g++, clang++ or c++ on
+    ``PATH``), or None."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean torch.compile itself failed (not the model's code)."""
+    found = []
+    for module, name in (
+        ("torch._dynamo.exc", "BackendCompilerFailed"),
+        ("torch._inductor.exc", "InductorError"),
+        ("torch._inductor.exc", "CppCompileError"),
+    ):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+#: torch.compile backend of ``compile: true`` (tests switch to ``aot_eager``: traced, not
+#: code-generated, so seconds instead of a minute of C++ compilation).
+COMPILE_BACKEND = "inductor"
+
+
+class CompiledStep:
+    """A training step under ``torch.compile`` (config ``compile: true``).
+
+    TorchInductor compiles the step on its first calls (and once more for a batch of another
+    size, the epoch's last); what it cannot trace (sparse CSR products, the models' Python
+    checks) runs eagerly between compiled graphs, with the same values. Refused up front, with
+    the reason, where torch.compile cannot run (Python/torch without Dynamo; CPU without a C++
+    compiler); a compiler failure on the first steps is raised naming the fix,
+    ``compile: false``.
+
+    Args:
+        step: the eager step (``LossStep`` or its DDP wrapper).
+        device: where the step runs (CPU needs a C++ compiler).
+        backend: ``torch.compile`` backend (name or callable); None: :data:`COMPILE_BACKEND`.
+    """
+
+    def __init__(self, step: torch.nn.Module, device: torch.device, backend: Any = None) -> None:
+        backend = COMPILE_BACKEND if backend is None else backend
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            raise RuntimeError(
+                f"compile: true needs torch.compile, which torch {torch.__version__} does not "
+                f"support on Python {platform.python_version()}; set compile: false"
+            )
+        if backend == "inductor" and device.type == "cpu" and cpp_compiler() is None:
+            raise RuntimeError(
+                "compile: true on CPU needs a C++ compiler for TorchInductor's kernels and none "
+                "was found (set CXX or put g++ or clang++ on PATH); set compile: false to "
+                "train eagerly"
+            )
+        self.step = step
+        self.compiled = torch.compile(step, backend=backend)
+        log.info("compile: the training step runs under torch.compile (backend %s)", backend)
+
+    def __call__(self, batch: Any) -> dict[str, Tensor]:
+        try:
+            return self.compiled(batch)
+        except _compile_errors() as e:
+            first = str(e).strip().splitlines()[:1]
+            raise RuntimeError(
+                f"torch.compile of the training step failed ({type(e).__name__}: "
+                f"{' '.join(first)}); set compile: false to train eagerly"
+            ) from e
 
 
 def peak_rss_mb() -> float:
@@ -236,6 +324,9 @@ class Trainer:
         # one step's forward: the full-graph pass and the loss parts (in DDP with several ranks)
         step = LossStep(self.model)
         self.step = step if dist is None else dist.wrap(step, ignore=self.phase_params)
+        set_matmul_precision(config["matmul_precision"])
+        if config["compile"]:
+            self.step = CompiledStep(self.step, device)
         evaluator_args = dict(
             num_users=num_users,
             num_items=num_items,
@@ -309,17 +400,21 @@ class Trainer:
         return losses
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """The model's phase and one pass over the train interactions; returns the mean of
-        every loss part (the phase's as ``phase_<name>``)."""
+        """The model's phase and one pass over the train interactions (its first
+        ``max_steps_per_epoch`` batches when that is set); returns the mean of every loss part
+        over the batches run (the phase's as ``phase_<name>``)."""
         self.model.train()
         if self.dist:
             self.dist.sync_rng()  # phase, per-epoch graphs, forward() dropout: same on every rank
         phase = self.train_phase(epoch)
         self.model.on_train_epoch_start()
         sums: dict[str, Tensor] = {}
+        steps = len(self.sampler)
+        if self.config.get("max_steps_per_epoch") is not None:  # a benchmark's short epoch
+            steps = min(steps, self.config["max_steps_per_epoch"])
         bar = tqdm(
-            self.sampler,
-            total=len(self.sampler),
+            itertools.islice(self.sampler, steps),
+            total=steps,
             desc=f"epoch {epoch}",
             leave=False,
             # redirected stderr (a log file) would collect every carriage-return update
@@ -343,7 +438,7 @@ class Trainer:
             bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
         if self.dist:  # the logged loss parts: means over the ranks' shards
             sums = self.dist.mean(sums)
-        losses = {k: float(v) / len(self.sampler) for k, v in sums.items()}
+        losses = {k: float(v) / steps for k, v in sums.items()}
         return {**losses, **{f"phase_{k}": v for k, v in phase.items()}}
 
     def evaluate(self, split: str) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from pyg_dhmrec.atomic_files import (
     DamagedFile,
     atomic_write,
     read_torch_checked,
+    torch_bytes,
     write_json,
     write_torch_checked,
 )
@@ -69,3 +71,21 @@ def test_early_stopping_strict_improvement_patience_and_state() -> None:
     assert (restored.best_epoch, restored.bad_evals, restored.best_value) == (1, 1, 0.5)
     with pytest.raises(ValueError, match="monitored 'recall@20', this run monitors 'ndcg@20'"):
         EarlyStopping("ndcg@20", 2).load_state_dict(state)
+
+
+def test_checked_torch_file_is_streamed_in_the_in_memory_format(tmp_path: Path) -> None:
+    # Written without holding the serialised bytes: the file is still header, sha256 of the
+    # body and the body torch.save would give in memory, so older files read the same.
+    obj = {"x": torch.randn(300, 7), "name": "graph", "list": [torch.arange(3)]}
+    path = write_torch_checked(tmp_path / "d.pt", obj, "thing")
+    body = torch_bytes(obj)
+    expected = b"pyg_dhmrec thing sha256:" + hashlib.sha256(body).hexdigest().encode() + b"\n"
+    assert path.read_bytes() == expected + body
+    loaded = read_torch_checked(path, "thing")  # loaded from the file after the header
+    assert torch.equal(loaded["x"], obj["x"]) and loaded["name"] == "graph"
+    assert torch.equal(loaded["list"][0], torch.arange(3))
+    raw = bytearray(path.read_bytes())
+    raw[len(expected) + len(body) // 2] ^= 0xFF  # one flipped byte mid-body
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DamagedFile, match=f"checksum mismatch: its {len(body)} bytes"):
+        read_torch_checked(path, "thing")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pyg_dhmrec.config import load_config
+from pyg_dhmrec.data import synthetic
 from pyg_dhmrec.data.split import split_per_user
 from pyg_dhmrec.data.synthetic import (
     SyntheticConfig,
+    _activity,
     ensure_synthetic,
     generate_synthetic,
     sample_synthetic,
@@ -192,3 +196,120 @@ def test_ensure_regenerates_only_on_change(tmp_path: Path) -> None:
     assert ensure_synthetic(tmp_path, "syn", changed, log=logs.append)
     assert "text_feat.npy" in logs[-1]
     assert len(logs) == 3
+
+
+# ---------------------------------------------------------------- large graphs (step 4')
+
+POOLED = SyntheticConfig(
+    num_users=1500,
+    num_items=1000,
+    num_interactions=15000,
+    modalities={"image": 8, "text": 4},
+    seed=3,
+    candidate_pool=16,
+)
+
+
+def _check_graph(data, config: SyntheticConfig) -> None:
+    """Every user keeps its drawn activity, pairs are distinct, every item occurs."""
+    assert np.all(np.diff(data.user * config.num_items + data.item) > 0)
+    assert np.all(np.bincount(data.item, minlength=config.num_items) > 0)
+    extra = np.bincount(data.user, minlength=config.num_users) - _activity(config)
+    # Users have exactly their n_u items, plus one per unpicked item given to them (step 5).
+    assert extra.min() == 0 and extra.sum() == data.user.size - _activity(config).sum()
+
+
+def _preference_gap(data) -> float:
+    """Mean preference logit (no popularity) of drawn pairs minus that of random pairs."""
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, data.num_users, data.user.size)
+    items = rng.integers(0, data.num_items, data.user.size)
+    drawn = data.logits(data.user, data.item, with_popularity=False).mean()
+    return float(drawn - data.logits(users, items, with_popularity=False).mean())
+
+
+def test_candidate_pool_draws_a_valid_graph_that_follows_preferences_and_popularity() -> None:
+    data = sample_synthetic(POOLED)
+    _check_graph(data, POOLED)
+    degree = np.bincount(data.item, minlength=POOLED.num_items)
+    assert np.corrcoef(np.log1p(degree), data.log_popularity)[0, 1] > 0.5
+    # A larger pool moves the draws towards the exact softmax (step 4) and its stronger signal.
+    gaps = [_preference_gap(sample_synthetic(replace(POOLED, candidate_pool=c))) for c in (16, 256)]
+    exact = _preference_gap(sample_synthetic(replace(POOLED, candidate_pool=None)))
+    assert 1.0 < gaps[0] < gaps[1] < exact + 0.1
+    assert sample_synthetic(POOLED).item.tobytes() == data.item.tobytes()  # deterministic
+
+
+def test_heavy_users_and_users_short_of_candidates_take_the_exact_draw(monkeypatch) -> None:
+    # Steep popularity: 16-64 candidates of 200 items repeat, so some users lack n_u distinct
+    # ones; users with 4 n_u >= 100 (half the items) score all items from the start.
+    config = replace(
+        POOLED, num_users=100, num_items=200, num_interactions=2000, popularity_sigma=3.0
+    )
+    exact_rows = []
+    original = synthetic._exact_rows
+
+    def counting(idx, *args):
+        exact_rows.append(idx.size)
+        return original(idx, *args)
+
+    monkeypatch.setattr(synthetic, "_exact_rows", counting)
+    data = sample_synthetic(config)
+    heavy = int((4 * _activity(config) * 2 >= config.num_items).sum())
+    assert 0 < heavy < sum(exact_rows) < config.num_users
+    _check_graph(data, config)
+
+
+def test_features_in_row_blocks_equal_the_one_shot_formula(monkeypatch) -> None:
+    # The noise is added in row blocks of _CHUNK_ELEMENTS; its stream is consumed in row
+    # order, so the blocks change no number.
+    config = SMALL
+    whole = sample_synthetic(config)
+    monkeypatch.setattr(synthetic, "_CHUNK_ELEMENTS", 7 * 48)  # 7-row image blocks
+    blocked = sample_synthetic(config)
+    for m in config.modalities:
+        assert np.array_equal(whole.features[m], blocked.features[m])
+    # And the features are the one-shot formula x = latent @ maps + noise_std * eps.
+    rng = np.random.default_rng([config.seed, 3, zlib.crc32(b"text")])
+    noise = rng.standard_normal((config.num_items, config.noise_dim))
+    latent = np.concatenate([whole.common, whole.specific("text"), noise], 1).astype(np.float32)
+    maps = rng.standard_normal((latent.shape[1], 32), dtype=np.float32) / np.float32(
+        np.sqrt(latent.shape[1])
+    )
+    expected = latent @ maps
+    expected += np.float32(config.noise_std) * rng.standard_normal(expected.shape, np.float32)
+    np.testing.assert_array_equal(blocked.features["text"], expected)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_sports_shaped_datasets_are_the_preset(scale: int) -> None:
+    config = SyntheticConfig.sports_shape(scale)
+    assert (config.num_users, config.num_items, config.num_interactions) == (
+        35598 * scale,
+        18357 * scale,
+        296337 * scale,
+    )
+    assert config.modalities == {"image": 4096, "text": 384}
+    settings = load_config("lightgcn", f"synthetic_sports_{scale}x")
+    assert SyntheticConfig(**settings["synthetic"]) == config
+    assert settings["modalities"] == {"image": "image_feat.npy", "text": "text_feat.npy"}
+
+
+def test_bad_scale_and_candidate_pool_are_refused() -> None:
+    for scale in (0, 1.5, True):
+        with pytest.raises(ValueError, match="scale must be an int >= 1"):
+            SyntheticConfig.sports_shape(scale)
+    for pool in (0, 2.0, True):
+        with pytest.raises(ValueError, match="candidate_pool must be null or an int >= 1"):
+            replace(SMALL, candidate_pool=pool)
+
+
+def test_meta_records_the_candidate_pool_only_when_set(tmp_path: Path) -> None:
+    # Folders generated before the key existed stay valid: an unset pool is not recorded.
+    small = replace(SMALL, num_users=50, num_items=80, num_interactions=500)
+    generate_synthetic(tmp_path / "a", "syn", small)
+    assert "candidate_pool" not in json.loads((tmp_path / "a" / "meta.json").read_text())["config"]
+    generate_synthetic(tmp_path / "b", "syn", replace(small, candidate_pool=8))
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    assert meta["config"]["candidate_pool"] == 8
+    assert not ensure_synthetic(tmp_path / "b", "syn", replace(small, candidate_pool=8))
