@@ -27,6 +27,7 @@ from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
     bpr_loss,
+    item_seeded_propagation,
     jensen_shannon_divergence,
     logit_pooling,
     orthogonality_loss,
@@ -283,19 +284,28 @@ class DHMRec(Recommender):
         before attention fusion)."""
         inputs, commons, specifics = self._disentangle()
         d = self.item_embedding.embedding_dim
-        # All modality views share the full graph: propagate them as one wide matrix.
+        # All modality views share the full graph: propagate them as one wide matrix, users
+        # seeded by their items (Eq. 8's users are needed only without the item-item views).
         items = torch.cat([inputs[v] for v in self.views], dim=-1)
-        users = self._to_users(items)
-        ui = self.ui_propagation(torch.cat([users, items]), self.pruning.full_adjacency)
-        view_embs, view_items = [], {}
-        for j, view in enumerate(self.views):
-            user_v, item_v = self._split(ui[:, j * d : (j + 1) * d])
-            if self.item_graphs:
-                item_v = self.ii_propagation(item_v, self.item_item[view])
-                user_v = self._to_users(item_v)
-            view_items[view] = item_v
-            view_embs.append(torch.cat([user_v, item_v]))
-        mm = self.fusion(view_embs) if self.attention else torch.stack(view_embs).mean(0)
+        users, items = item_seeded_propagation(
+            items, self.user_item, self.ui_propagation.num_layers, with_users=not self.item_graphs
+        )
+        if self.item_graphs:
+            cols = [slice(j * d, (j + 1) * d) for j in range(len(self.views))]
+            items = torch.cat(
+                [
+                    self.ii_propagation(items[:, c], self.item_item[view])
+                    for c, view in zip(cols, self.views)
+                ],
+                dim=-1,
+            )
+            users = self._to_users(items)  # Eq. 14, every view in one product
+        views = torch.cat([users, items])  # [U + I, V d]
+        if self.attention:
+            mm = self.fusion.fuse_concatenated(views)
+        else:
+            mm = views.view(views.size(0), len(self.views), d).mean(1)
+        view_items = {v: items[:, j * d : (j + 1) * d] for j, v in enumerate(self.views)}
 
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         id_emb = self.ui_propagation(ego, self.pruning())

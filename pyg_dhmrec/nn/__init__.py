@@ -41,6 +41,7 @@ from pyg_dhmrec.nn.propagation import (
     LightConv,
     LightPropagation,
     constant_spmm,
+    item_seeded_propagation,
     symmetric_spmm,
 )
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
@@ -79,6 +80,7 @@ __all__ = [
     "FrozenSparse",
     "LightConv",
     "LightPropagation",
+    "item_seeded_propagation",
     "symmetric_spmm",
     "bpr_loss",
     "constant_spmm",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
@@ -38,6 +41,38 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
 
 
+class _ScoreDistributionKL(torch.autograd.Function):
+    """:func:`score_distribution_kl` with its closed-form gradient: keeps three ``[B, I]``
+    matrices for the backward pass instead of autograd's chain of softmax, exp, sub and mul."""
+
+    @staticmethod
+    def forward(ctx: Any, user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
+        log_p = user_p @ item_p.t()
+        log_p -= torch.logsumexp(log_p, dim=-1, keepdim=True)
+        log_q = user_q @ item_q.t()
+        log_q -= torch.logsumexp(log_q, dim=-1, keepdim=True)
+        p = log_p.exp()
+        ratio = log_p.sub_(log_q)  # log P - log Q, in place of log P
+        row_kl = torch.linalg.vecdot(p, ratio)
+        ctx.save_for_backward(user_p, item_p, user_q, item_q, p, ratio, log_q, row_kl)
+        return row_kl.mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:
+        user_p, item_p, user_q, item_q, p, ratio, log_q, row_kl = ctx.saved_tensors
+        scale = grad / p.size(0)
+        # d/ds_p = P (log P - log Q - KL_u); d/ds_q = Q - P (per row u, over the items).
+        grad_p = (ratio - row_kl.unsqueeze(-1)).mul_(p)
+        grad_q = log_q.exp().sub_(p)
+        return (
+            (grad_p @ item_p).mul_(scale),
+            (grad_p.t() @ user_p).mul_(scale),
+            (grad_q @ item_q).mul_(scale),
+            (grad_q.t() @ user_q).mul_(scale),
+        )
+
+
 def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
     r"""KL between two users-over-items score distributions (DHMRec Eqs. 20-21).
 
@@ -46,12 +81,13 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
         Q = \mathrm{softmax}(E_{u}^{q} (E_{i}^{q})^\top), \quad
         KL(P \,\|\, Q) = \frac{1}{B} \sum_u \sum_i P_{ui} \log \frac{P_{ui}}{Q_{ui}}
 
-    Softmax over all items per user (row); computed from ``log_softmax`` (no ``log(0)``).
-    Cost :math:`O(B |I| d)` for ``B`` user rows.
+    Softmax over all items per user (row); computed from log-softmax (no ``log(0)``). Cost
+    :math:`O(B |I| d)` for ``B`` user rows. The gradient is closed-form (with
+    :math:`s = E_u E_i^\top`): :math:`\partial KL_u / \partial s^p_{ui} = P_{ui}(\log
+    P_{ui}/Q_{ui} - KL_u)` and :math:`\partial KL_u / \partial s^q_{ui} = Q_{ui} - P_{ui}`, so
+    the backward pass needs two ``[B, I]`` matrices besides those kept from the forward.
     """
-    log_p = torch.log_softmax(user_p @ item_p.t(), dim=-1)
-    log_q = torch.log_softmax(user_q @ item_q.t(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    return _ScoreDistributionKL.apply(user_p, item_p, user_q, item_q)
 
 
 def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
