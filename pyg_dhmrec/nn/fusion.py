@@ -148,26 +148,46 @@ class AttentionFusion(torch.nn.Module):
         return self.fuse_concatenated(torch.cat(list(views), dim=-1))
 
     def fuse_concatenated(self, views: Tensor) -> Tensor:
-        r""":meth:`forward` of the views concatenated along the columns, ``[N, V d]``.
+        """:meth:`forward` of the views concatenated along the columns, ``[N, V d]``."""
+        return self.attend(views, self.attention_maps(views))
 
-        Every map needs only :math:`E_{fus}^\top \hat{E}_v` (:meth:`DimensionAttention.
-        map_from_cross`), all of them one ``[d, V d]`` product :math:`E_{fus}^\top [\hat{E}_1,
-        \dots, \hat{E}_V]`; each view then costs one ``d x d`` map per node
-        (:meth:`DimensionAttention.attend`)."""
-        width = views.size(1) // self.num_views
-        if views.dim() != 2 or width * self.num_views != views.size(1):
+    def attention_maps(self, views: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        r"""The ``V`` maps :math:`S_v` (``[d, d]`` each) over all nodes: ``views`` holds every
+        node's concatenated views, ``[N, V d]``, or a sequence of blocks of such rows (e.g.
+        users and items; the maps sum over all of them).
+
+        Every map needs only :math:`E_{fus}^	op \hat{E}_v` (:meth:`DimensionAttention.
+        map_from_cross`), all of them the one ``[d, V d]`` product :math:`E_{fus}^	op
+        [\hat{E}_1, \dots, \hat{E}_V]`, a sum over the blocks."""
+        blocks = [views] if isinstance(views, Tensor) else list(views)
+        for block in blocks:
+            self._check(block)
+        cross = sum(self.fuse(block).t() @ block for block in blocks)
+        width = cross.size(1) // self.num_views
+        num_nodes = sum(block.size(0) for block in blocks)
+        return [
+            attention.map_from_cross(part, num_nodes)
+            for attention, part in zip(self.attentions, cross.split(width, dim=1))
+        ]
+
+    def attend(self, rows: Tensor, maps: Sequence[Tensor]) -> Tensor:
+        r""":math:`\tilde{E}_{mm}` (Eq. 19) of the nodes ``rows`` (``[n, V d]`` concatenated
+        views, any subset of the nodes) under the maps of :meth:`attention_maps`: one ``d x d``
+        map per view and node, then the layer norms (:meth:`DimensionAttention.attend`)."""
+        self._check(rows)
+        width = rows.size(1) // self.num_views
+        out = None
+        for attention, view, attn in zip(self.attentions, rows.split(width, dim=1), maps):
+            part = attention.attend(view, attn)
+            out = part if out is None else out + part
+        return out
+
+    def _check(self, views: Tensor) -> None:
+        width = views.size(1) // self.num_views if views.dim() == 2 else 0
+        if views.dim() != 2 or width * self.num_views != views.size(1) or width < 1:
             raise ValueError(
                 f"expected [N, {self.num_views} * d] concatenated views, got {list(views.shape)}"
             )
-        fused = self.fuse(views)
-        cross = fused.t() @ views
-        out = None
-        for j, attention in enumerate(self.attentions):
-            cols = slice(j * width, (j + 1) * width)
-            attn = attention.map_from_cross(cross[:, cols], views.size(0))
-            part = attention.attend(views[:, cols], attn)
-            out = part if out is None else out + part
-        return out
 
 
 class ModalityAttention(torch.nn.Module):

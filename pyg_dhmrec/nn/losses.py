@@ -41,36 +41,61 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
 
 
+#: Score entries per row block of :func:`score_distribution_kl` (4 MB of float32): the block's
+#: few ``[rows, I]`` matrices stay in cache instead of streaming ``[B, I]`` ones through memory.
+KL_BLOCK_ENTRIES = 1 << 20
+
+
 class _ScoreDistributionKL(torch.autograd.Function):
-    """:func:`score_distribution_kl` with its closed-form gradient: keeps three ``[B, I]``
-    matrices for the backward pass instead of autograd's chain of softmax, exp, sub and mul."""
+    """:func:`score_distribution_kl`, row block by row block, with its closed-form gradient
+    computed in the same pass: only the ``[B, d]`` and ``[I, d]`` gradients are kept for the
+    backward pass, never a ``[B, I]`` matrix."""
 
     @staticmethod
-    def forward(ctx: Any, user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
-        log_p = user_p @ item_p.t()
-        log_p -= torch.logsumexp(log_p, dim=-1, keepdim=True)
-        log_q = user_q @ item_q.t()
-        log_q -= torch.logsumexp(log_q, dim=-1, keepdim=True)
-        p = log_p.exp()
-        ratio = log_p.sub_(log_q)  # log P - log Q, in place of log P
-        row_kl = torch.linalg.vecdot(p, ratio)
-        ctx.save_for_backward(user_p, item_p, user_q, item_q, p, ratio, log_q, row_kl)
+    def forward(
+        ctx: Any,
+        user_p: Tensor,
+        item_p: Tensor,
+        user_q: Tensor,
+        item_q: Tensor,
+        with_grad: bool,
+        block_rows: int,
+    ) -> Tensor:
+        row_kl = user_p.new_empty(user_p.size(0))
+        if with_grad:
+            grads = [torch.empty_like(user_p), torch.zeros_like(item_p)]
+            grads += [torch.empty_like(user_q), torch.zeros_like(item_q)]
+        for start in range(0, user_p.size(0), block_rows):
+            rows = slice(start, start + block_rows)
+            # Shifted scores and their exponentials: one exp per side and entry.
+            shifted_p = user_p[rows] @ item_p.t()
+            shifted_p -= shifted_p.amax(dim=-1, keepdim=True)
+            shifted_q = user_q[rows] @ item_q.t()
+            shifted_q -= shifted_q.amax(dim=-1, keepdim=True)
+            p, q = shifted_p.exp(), shifted_q.exp()
+            norm_p, norm_q = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
+            p /= norm_p
+            # log P - log Q, in place of the shifted P scores.
+            ratio = shifted_p.sub_(shifted_q).sub_(norm_p.log() - norm_q.log())
+            kl = torch.linalg.vecdot(p, ratio)
+            row_kl[rows] = kl
+            if with_grad:
+                # d KL_u / d s^p = P (log P/Q - KL_u); d KL_u / d s^q = Q - P (s: the scores).
+                grad_p = ratio.sub_(kl.unsqueeze(-1)).mul_(p)
+                grad_q = q.div_(norm_q).sub_(p)
+                torch.mm(grad_p, item_p, out=grads[0][rows])
+                grads[1].addmm_(grad_p.t(), user_p[rows])
+                torch.mm(grad_q, item_q, out=grads[2][rows])
+                grads[3].addmm_(grad_q.t(), user_q[rows])
+        if with_grad:
+            ctx.save_for_backward(*grads)
         return row_kl.mean()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, ...]:
-        user_p, item_p, user_q, item_q, p, ratio, log_q, row_kl = ctx.saved_tensors
-        scale = grad / p.size(0)
-        # d/ds_p = P (log P - log Q - KL_u); d/ds_q = Q - P (per row u, over the items).
-        grad_p = (ratio - row_kl.unsqueeze(-1)).mul_(p)
-        grad_q = log_q.exp().sub_(p)
-        return (
-            (grad_p @ item_p).mul_(scale),
-            (grad_p.t() @ user_p).mul_(scale),
-            (grad_q @ item_q).mul_(scale),
-            (grad_q.t() @ user_q).mul_(scale),
-        )
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        scale = grad / ctx.saved_tensors[0].size(0)
+        return (*(g * scale for g in ctx.saved_tensors), None, None)
 
 
 def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
@@ -82,12 +107,21 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
         KL(P \,\|\, Q) = \frac{1}{B} \sum_u \sum_i P_{ui} \log \frac{P_{ui}}{Q_{ui}}
 
     Softmax over all items per user (row); computed from log-softmax (no ``log(0)``). Cost
-    :math:`O(B |I| d)` for ``B`` user rows. The gradient is closed-form (with
-    :math:`s = E_u E_i^\top`): :math:`\partial KL_u / \partial s^p_{ui} = P_{ui}(\log
-    P_{ui}/Q_{ui} - KL_u)` and :math:`\partial KL_u / \partial s^q_{ui} = Q_{ui} - P_{ui}`, so
-    the backward pass needs two ``[B, I]`` matrices besides those kept from the forward.
+    :math:`O(B |I| d)` for ``B`` user rows, memory :math:`O((B + |I|) d)` plus one block of
+    rows. The gradient is closed-form, with :math:`s = E_u E_i^\top`:
+    :math:`\partial KL_u / \partial s^p_{ui} = P_{ui}(\log (P_{ui}/Q_{ui}) - KL_u)` and
+    :math:`\partial KL_u / \partial s^q_{ui} = Q_{ui} - P_{ui}`; it is computed block by
+    block in the forward pass when any input requires grad (not twice differentiable).
     """
-    return _ScoreDistributionKL.apply(user_p, item_p, user_q, item_q)
+    if user_p.size(0) != user_q.size(0) or item_p.size(0) != item_q.size(0):
+        raise ValueError(
+            f"the P and Q sides need the same users and items, got users "
+            f"{user_p.size(0)} / {user_q.size(0)} and items {item_p.size(0)} / {item_q.size(0)}"
+        )
+    inputs = (user_p, item_p, user_q, item_q)
+    with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    block_rows = max(1, KL_BLOCK_ENTRIES // max(1, item_p.size(0)))
+    return _ScoreDistributionKL.apply(*inputs, with_grad, block_rows)
 
 
 def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
