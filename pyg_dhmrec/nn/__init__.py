@@ -31,6 +31,7 @@ from pyg_dhmrec.nn.losses import (
     info_nce,
     score_distribution_kl,
     squared_l2_penalty,
+    symmetric_info_nce,
 )
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
@@ -88,5 +89,6 @@ __all__ = [
     "info_nce",
     "kl_to_standard_normal",
     "squared_l2_penalty",
+    "symmetric_info_nce",
     "VariationalEncoder",
 ]

@@ -124,7 +124,9 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
     return _ScoreDistributionKL.apply(*inputs, with_grad, block_rows)
 
 
-def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
+def info_nce(
+    anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor | None = None
+) -> Tensor:
     r"""InfoNCE with in-batch negatives on cosine similarity.
 
     .. math::
@@ -135,6 +137,14 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
     with :math:`\hat{x} = x / \lVert x \rVert_2`. Row ``i`` of ``anchor`` and ``positive`` form
     the positive pair; every other row of ``positive`` is a negative of anchor ``i``, and the
     positive itself stays in the denominator (the SGL / SimGCL form).
+
+    ``ids`` (optional, ``[B]``) names the node of each row, for rows gathered from tables by a
+    batch with repeats: rows with one id must be equal. On the CPU the loss is then computed
+    over the :math:`K` distinct ids with their counts :math:`c`, the same value from a
+    :math:`K \times K` instead of a :math:`B \times B` matrix: row :math:`u`'s denominator is
+    :math:`\sum_v c_v \exp(\hat{a}_u^\top \hat{p}_v / \tau)` and it counts :math:`c_u` times.
+    Elsewhere (e.g. CUDA, where the matrix is cheap and ``torch.unique`` would wait for the
+    device) ``ids`` is ignored.
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -143,9 +153,44 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if ids is not None and ids.shape != anchor.shape[:1]:
+        raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
+    if ids is not None and ids.device.type == "cpu":
+        return _grouped_info_nce(anchor, positive, temperature, ids)
     logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
     target = torch.arange(anchor.size(0), device=anchor.device)
     return F.cross_entropy(logits, target)
+
+
+def _grouped_info_nce(anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor) -> Tensor:
+    """:func:`info_nce` over the distinct ``ids``, each weighted by its count."""
+    distinct, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    positions = torch.arange(ids.numel(), device=ids.device)
+    first = torch.full_like(distinct, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")
+    logits = (
+        F.normalize(anchor[first], dim=-1) @ F.normalize(positive[first], dim=-1).t() / temperature
+    )
+    weight = counts.to(logits.dtype)
+    denominator = torch.logsumexp(logits + weight.log(), dim=-1)
+    return (weight * (denominator - logits.diagonal())).sum() / ids.numel()
+
+
+def symmetric_info_nce(first: Tensor, second: Tensor, temperature: float) -> Tensor:
+    r""":math:`\frac12`[:func:`info_nce` ``(first, second)`` + :func:`info_nce`
+    ``(second, first)``] from one similarity matrix: the second direction's logits are the
+    transpose of the first's, so its softmax runs down the columns (one ``B x B`` product and
+    its backward instead of two)."""
+    if first.dim() != 2 or first.shape != second.shape:
+        raise ValueError(
+            f"symmetric_info_nce needs two [B, d] tensors of one shape, got "
+            f"{list(first.shape)} and {list(second.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).t() / temperature
+    target = torch.arange(first.size(0), device=first.device)
+    columns = torch.logsumexp(logits, dim=0) - logits.diagonal()
+    return 0.5 * (F.cross_entropy(logits, target) + columns.mean())
 
 
 def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> Tensor:
@@ -177,5 +222,5 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
     candidates = F.normalize(torch.cat(list(views)), dim=-1)  # [M B, d], view-major
     logits = F.normalize(anchor, dim=-1) @ candidates.t() / temperature  # [B, M B]
     rows = torch.arange(anchor.size(0), device=anchor.device)
-    positives = torch.stack([logits[rows, m * anchor.size(0) + rows] for m in range(len(views))])
-    return (torch.logsumexp(logits, dim=-1) - positives).mean()
+    positives = rows + anchor.size(0) * torch.arange(len(views), device=anchor.device).unsqueeze(1)
+    return -torch.log_softmax(logits, dim=-1)[rows.expand_as(positives), positives].mean()

@@ -139,19 +139,29 @@ class LightPropagation(torch.nn.Module):
     def reset_parameters(self) -> None:
         pass  # parameter-free
 
+    def hop(self, x: Tensor, adj: Tensor | FrozenSparse) -> Tensor:
+        """One hop, :math:`\hat{A} x`."""
+        return adj(x) if isinstance(adj, FrozenSparse) else self.conv(x, adj)
+
     def forward(
         self,
         x: Tensor,
         adj: Tensor | FrozenSparse,
         perturb: Callable[[Tensor], Tensor] | None = None,
+        first_hop: Tensor | None = None,
     ) -> Tensor:
         r"""``adj``: a normalised ``torch.sparse_csr`` matrix, or a :class:`FrozenSparse`
         operator (a constant graph with its transpose, for a fast backward). ``perturb``, if
         given, is applied after every hop (SimGCL's placement; layer 0 stays clean),
-        :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`."""
+        :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`. ``first_hop``, if given, is
+        :math:`\hat{A} x` already computed (:meth:`hop`), e.g. shared by several passes that
+        differ only in their noise."""
         out = total = x
-        for _ in range(self.num_layers):
-            out = adj(out) if isinstance(adj, FrozenSparse) else self.conv(out, adj)
+        for layer in range(self.num_layers):
+            if layer == 0 and first_hop is not None:
+                out = first_hop
+            else:
+                out = self.hop(out, adj)
             if perturb is not None:
                 out = perturb(out)
             total = total + out
