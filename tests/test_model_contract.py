@@ -256,10 +256,11 @@ def test_loss_reads_the_pass_it_is_given(
     given = model.loss(batch, out)
     # The same value as a loss that runs its own pass (same graph and noise) ...
     torch.testing.assert_close(sum(given.values()), _loss(model, batch))
-    # ... and its gradient flows through the given pass's embeddings.
-    out.user.retain_grad()
+    # ... and its gradient flows through the given pass's embeddings (the item table: every
+    # loss scores the pass's items; a pass may compute its users on demand, DHMRec's does).
+    out.item.retain_grad()
     sum(given.values()).backward()
-    assert out.user.grad is not None and out.user.grad.abs().sum() > 0
+    assert out.item.grad is not None and out.item.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,31 @@ class Embeddings:
     user: Tensor
     item: Tensor
     modalities: dict[str, Tensor] = field(default_factory=dict)
+
+
+class OnDemandRows:
+    """The rows of an ``[n, d]`` table, computed on demand by ``compute`` (a function of an
+    index tensor, or ``None`` for every row).
+
+    :meth:`rows` computes only the rows asked for, until :meth:`table` has computed every row
+    once; from then on rows are read from the table. For models whose training loss reads a
+    few rows of an expensive per-row map (e.g. a batch's users), while the
+    :class:`Embeddings` contract (full tables) still holds on request.
+    """
+
+    def __init__(self, compute: Callable[[Tensor | None], Tensor]) -> None:
+        self.compute = compute
+        self._table: Tensor | None = None
+
+    def table(self) -> Tensor:
+        """Every row, computed once."""
+        if self._table is None:
+            self._table = self.compute(None)
+        return self._table
+
+    def rows(self, index: Tensor) -> Tensor:
+        """``table()[index]``, computing only those rows unless the table exists."""
+        return self._table[index] if self._table is not None else self.compute(index)
 
 
 class Recommender(torch.nn.Module):

@@ -19,7 +19,7 @@ from pyg_dhmrec.data.graph import (
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
-from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
@@ -27,6 +27,7 @@ from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
     bpr_loss,
+    item_seeded_propagation,
     jensen_shannon_divergence,
     logit_pooling,
     orthogonality_loss,
@@ -40,14 +41,40 @@ ABLATIONS = ("no_dis", "no_af", "no_pnf", "no_kl", "no_ii")
 @dataclass
 class DHMRecEmbeddings(Embeddings):
     """:class:`Embeddings` plus the parts of the same pass that the loss reads: the propagated
-    ID view ``id`` and fused multimodal view ``mm`` (``[U + I, d]`` each), and the common
-    codes ``commons`` (:math:`C_m`) and specific parts ``specifics`` (:math:`S_m`) per
-    modality (empty with ``no_dis``)."""
+    ID view ``id`` (``[U + I, d]``), the fused multimodal view :math:`\tilde{E}_{mm}` as its
+    item rows ``mm_item`` and its user rows ``mm_users``, and the common codes ``commons``
+    (:math:`C_m`) and specific parts ``specifics`` (:math:`S_m`) per modality (empty with
+    ``no_dis``).
+
+    The multimodal user rows are :class:`OnDemandRows`: Eqs. 18-19 cost a ``d x d`` map and two
+    layer norms per view and row, and a training step needs only its batch's users
+    (``mm_users.rows(users)``). Reading ``user`` or ``mm`` computes every user once, in the same
+    autograd graph, so the :class:`Embeddings` contract holds unchanged.
+    """
 
     id: Tensor | None = None
-    mm: Tensor | None = None
+    mm_item: Tensor | None = None
+    mm_users: OnDemandRows | None = field(default=None, repr=False)
     commons: dict[str, Tensor] = field(default_factory=dict)
     specifics: dict[str, Tensor] = field(default_factory=dict)
+    alpha_mm: float = 1.0
+
+    @property
+    def user(self) -> Tensor:  # type: ignore[override]
+        """Final user embeddings ``[U, d]`` (Eq. 22), computed on first access."""
+        if self._user is None:
+            num_users = self.id.size(0) - self.mm_item.size(0)
+            self._user = self.id[:num_users] + self.alpha_mm * self.mm_users.table()
+        return self._user
+
+    @user.setter
+    def user(self, value: Tensor | None) -> None:
+        self._user = value
+
+    @property
+    def mm(self) -> Tensor:
+        r""":math:`\tilde{E}_{mm}` of every node, ``[U + I, d]``."""
+        return torch.cat([self.mm_users.table(), self.mm_item])
 
 
 class DHMRec(Recommender):
@@ -280,35 +307,52 @@ class DHMRec(Recommender):
     def forward(self) -> DHMRecEmbeddings:
         r"""Final embeddings :math:`E_{id} + \alpha_{mm}\tilde{E}_{mm}` (Eq. 22); modality
         ``m``'s representation is its view's item embedding :math:`\hat{E}_m` (propagated,
-        before attention fusion)."""
+        before attention fusion). The multimodal user rows are computed on demand (see
+        :class:`DHMRecEmbeddings`)."""
         inputs, commons, specifics = self._disentangle()
         d = self.item_embedding.embedding_dim
-        # All modality views share the full graph: propagate them as one wide matrix.
+        # All modality views share the full graph: propagate them as one wide matrix, users
+        # seeded by their items (Eq. 8's users are needed only without the item-item views).
         items = torch.cat([inputs[v] for v in self.views], dim=-1)
-        users = self._to_users(items)
-        ui = self.ui_propagation(torch.cat([users, items]), self.pruning.full_adjacency)
-        view_embs, view_items = [], {}
-        for j, view in enumerate(self.views):
-            user_v, item_v = self._split(ui[:, j * d : (j + 1) * d])
-            if self.item_graphs:
-                item_v = self.ii_propagation(item_v, self.item_item[view])
-                user_v = self._to_users(item_v)
-            view_items[view] = item_v
-            view_embs.append(torch.cat([user_v, item_v]))
-        mm = self.fusion(view_embs) if self.attention else torch.stack(view_embs).mean(0)
-
+        users, items = item_seeded_propagation(
+            items, self.user_item, self.ui_propagation.num_layers, with_users=not self.item_graphs
+        )
+        if self.item_graphs:
+            item_views = [
+                self.ii_propagation(x, self.item_item[view])
+                for x, view in zip(items.split(d, dim=1), self.views)
+            ]
+            items = torch.cat(item_views, dim=-1)
+            users = self._to_users(items)  # Eq. 14, every view in one product
+        if self.attention:
+            maps = self.fusion.attention_maps([users, items])  # Eqs. 15-16 over all nodes
+            mm_item = self.fusion.attend(items, maps)
+            mm_users = OnDemandRows(
+                lambda rows: self.fusion.attend(users if rows is None else users[rows], maps)
+            )
+        else:
+            mm_item = self._mean_view(items)
+            mm_users = OnDemandRows(
+                lambda rows: self._mean_view(users if rows is None else users[rows])
+            )
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         id_emb = self.ui_propagation(ego, self.pruning())
-        user, item = self._split(id_emb + self.alpha_mm * mm)
+        item = id_emb[self.num_users :] + self.alpha_mm * mm_item
         return DHMRecEmbeddings(
-            user,
+            None,
             item,
-            {m: view_items[m] for m in self.modalities},
+            {v: x for v, x in zip(self.views, items.split(d, dim=1)) if v in self.modalities},
             id=id_emb,
-            mm=mm,
+            mm_item=mm_item,
+            mm_users=mm_users,
             commons=commons,
             specifics=specifics,
+            alpha_mm=self.alpha_mm,
         )
+
+    def _mean_view(self, views: Tensor) -> Tensor:
+        """The ``no_af`` fusion: the mean of the ``[n, V d]`` concatenated views."""
+        return views.view(views.size(0), len(self.views), -1).mean(1)
 
     def ranking_parts(self, out: DHMRecEmbeddings) -> dict[str, Tensor]:
         """The two summands of Eq. 22, ``[U + I, d]`` each: ``id`` and ``mm`` (times
@@ -318,9 +362,6 @@ class DHMRec(Recommender):
     def _to_users(self, item_emb: Tensor) -> Tensor:
         """Eq. 14: users aggregate their interacted items, weighted 1/sqrt(|N_u||N_i|)."""
         return self.user_item(item_emb)
-
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[: self.num_users], x[self.num_users :]
 
     @torch.no_grad()
     def item_representations(self) -> dict[str, Tensor]:
@@ -341,7 +382,13 @@ class DHMRec(Recommender):
 
     def loss(self, batch: BPRBatch, out: DHMRecEmbeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
-        pos, neg = pair_scores(out.user, out.item, batch)
+        # The batch's distinct users: their multimodal rows serve Eq. 22 and the KL alike.
+        users, inverse = torch.unique(batch.user, return_inverse=True)
+        mm_user = out.mm_users.rows(users)
+        id_user, id_item = out.id.split([self.num_users, self.num_items])
+        user = (id_user[users] + self.alpha_mm * mm_user)[inverse]
+        pos = (user * out.item[batch.pos_item]).sum(-1)
+        neg = (user * out.item[batch.neg_item]).sum(-1)
         parts = {"bpr": bpr_loss(pos, neg)}
         if self.disentangle:
             items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
@@ -352,11 +399,8 @@ class DHMRec(Recommender):
                 for m in self.modalities
             )
         if self.kl_alignment:
-            users = torch.unique(batch.user)
-            mm_user, mm_item = self._split(out.mm)
-            id_user, id_item = self._split(out.id)
             parts["kl"] = self.gamma_kl * score_distribution_kl(
-                mm_user[users], mm_item, id_user[users], id_item
+                mm_user, out.mm_item, id_user[users], id_item
             )
         parts["reg"] = self.gamma_reg * squared_l2_penalty(
             self.user_embedding(batch.user),

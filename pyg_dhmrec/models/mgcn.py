@@ -4,7 +4,7 @@ recommendation."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
-from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
 from pyg_dhmrec.nn import (
     BehaviorAwareFusion,
     CollaborativeGate,
@@ -28,11 +28,43 @@ from pyg_dhmrec.nn import (
 
 @dataclass
 class MGCNEmbeddings(Embeddings):
-    """:class:`Embeddings` plus the pass's ID view and fused modality view, ``[U + I, d]``
-    each (the contrastive term of Eq. 8 reads them)."""
+    """:class:`Embeddings` plus the pass's ID view ``id_view`` (``[U + I, d]``) and its fused
+    modality view :math:`E_{mul}` as :class:`OnDemandRows` of users (``mm_users``) and items
+    (``mm_items``): the fuser (Eq. 6) is a map of each node's own rows, and a training step
+    reads only its batch's users and items. Reading ``user``, ``item`` or ``mm_view``
+    (``[U + I, d]``) computes every row once, in the same autograd graph."""
 
     id_view: Tensor | None = None
-    mm_view: Tensor | None = None
+    mm_users: OnDemandRows | None = field(default=None, repr=False)
+    mm_items: OnDemandRows | None = field(default=None, repr=False)
+    num_users: int = 0
+
+    @property
+    def user(self) -> Tensor:  # type: ignore[override]
+        """Final user embeddings (Eq. 7), computed on first access."""
+        if self._user is None:
+            self._user = self.id_view[: self.num_users] + self.mm_users.table()
+        return self._user
+
+    @user.setter
+    def user(self, value: Tensor | None) -> None:
+        self._user = value
+
+    @property
+    def item(self) -> Tensor:  # type: ignore[override]
+        """Final item embeddings (Eq. 7), computed on first access."""
+        if self._item is None:
+            self._item = self.id_view[self.num_users :] + self.mm_items.table()
+        return self._item
+
+    @item.setter
+    def item(self, value: Tensor | None) -> None:
+        self._item = value
+
+    @property
+    def mm_view(self) -> Tensor:
+        """:math:`E_{mul}` of every node, ``[U + I, d]``."""
+        return torch.cat([self.mm_users.table(), self.mm_items.table()])
 
 
 def _check_int(name: str, value: int, low: int) -> None:
@@ -197,40 +229,63 @@ class MGCN(Recommender):
         projected = self.projections[m](self._features(m))
         return self.gates[m](self.item_embedding.weight, projected)
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[: self.num_users], x[self.num_users :]
-
     def forward(self) -> MGCNEmbeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         id_view = self.ui_propagation(ego, self.adjacency)
-        item_views, views = {}, []
-        for m in self.modalities:
-            item_views[m] = self.ii_propagation(self.purify(m), self.item_item[m])
-            users = self.user_item(item_views[m])
-            views.append(torch.cat([users, item_views[m]]))
-        mm_view = self.fusion(views, id_view)
-        user, item = self._split(id_view + mm_view)
-        return MGCNEmbeddings(user, item, item_views, id_view=id_view, mm_view=mm_view)
+        id_user, id_item = id_view.split([self.num_users, self.num_items])
+        item_views = {
+            m: self.ii_propagation(self.purify(m), self.item_item[m]) for m in self.modalities
+        }
+        items = torch.cat(list(item_views.values()), dim=-1)  # [I, M d]
+        users = self.user_item(items)  # Eq. (5), every modality in one product
+        d = id_view.size(1)
+
+        def fuser(views: Tensor, behaviour: Tensor) -> OnDemandRows:
+            def rows(index: Tensor | None) -> Tensor:
+                if index is not None:
+                    views_, behaviour_ = views[index], behaviour[index]
+                else:
+                    views_, behaviour_ = views, behaviour
+                return self.fusion(views_.split(d, dim=1), behaviour_)
+
+            return OnDemandRows(rows)
+
+        return MGCNEmbeddings(
+            None,
+            None,
+            item_views,
+            id_view=id_view,
+            mm_users=fuser(users, id_user),
+            mm_items=fuser(items, id_item),
+            num_users=self.num_users,
+        )
 
     def contrastive_loss(self, id_view: Tensor, mm_view: Tensor, batch: BPRBatch) -> Tensor:
         """Eq. (8) without its weight: InfoNCE of ``mm_view`` against ``id_view`` (``[U + I, d]``
         each) over the batch's positive items plus over its users."""
-        id_user, id_item = self._split(id_view)
-        mm_user, mm_item = self._split(mm_view)
+        id_user, id_item = id_view.split([self.num_users, self.num_items])
+        mm_user, mm_item = mm_view.split([self.num_users, self.num_items])
         items, users = batch.pos_item, batch.user
-        return info_nce(mm_item[items], id_item[items], self.temperature) + info_nce(
-            mm_user[users], id_user[users], self.temperature
+        return self._contrast(
+            (mm_item[items], id_item[items], items), (mm_user[users], id_user[users], users)
         )
+
+    def _contrast(self, *sides: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        """Sum over ``(anchor rows, positive rows, ids)`` of InfoNCE; the rows repeat with
+        their ids (:func:`info_nce` then works on the distinct ones)."""
+        return sum(info_nce(a, p, self.temperature, ids=ids) for a, p, ids in sides)
 
     def loss(self, batch: BPRBatch, out: MGCNEmbeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
-        pos, neg = pair_scores(out.user, out.item, batch)
-        cl = self.contrastive_loss(out.id_view, out.mm_view, batch)
-        reg = squared_l2_penalty(
-            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
-        )
+        id_user, id_item = out.id_view.split([self.num_users, self.num_items])
+        items = torch.cat([batch.pos_item, batch.neg_item])
+        mm_user = out.mm_users.rows(batch.user)
+        mm_pos, mm_neg = out.mm_items.rows(items).chunk(2)
+        id_u, id_pos = id_user[batch.user], id_item[batch.pos_item]
+        user, pos, neg = id_u + mm_user, id_pos + mm_pos, id_item[batch.neg_item] + mm_neg
+        cl = self._contrast((mm_pos, id_pos, batch.pos_item), (mm_user, id_u, batch.user))
         return {
-            "bpr": bpr_loss(pos, neg),
+            "bpr": bpr_loss((user * pos).sum(-1), (user * neg).sum(-1)),
             "cl": self.cl_weight * cl,
-            "reg": self.reg_weight * reg,
+            "reg": self.reg_weight * squared_l2_penalty(user, pos, neg),
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -27,17 +27,30 @@ from pyg_dhmrec.nn import (
     anchor_info_nce,
     bpr_loss,
     info_nce,
+    symmetric_info_nce,
 )
 
 #: The loss parts, always all returned (a switched-off mechanism's part is 0).
 LOSS_PARTS = ("bpr", "mm", "reg", "cl", "align_anchor", "align_fused")
 
 
+class FirstHops(NamedTuple):
+    """The first hop of the user-item propagation (``ui``, over ``[U + I, d]``) and of each
+    modality's semantic propagation (``semantic``): the clean pass and both perturbed views
+    of a step start from the same layer-0 embeddings over the same graphs, and the noise
+    (6) comes after each hop, so they share these products (``None``: no hop)."""
+
+    ui: Tensor | None
+    semantic: dict[str, Tensor | None]
+
+
 @dataclass
 class SIGEREmbeddings(Embeddings):
-    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass."""
+    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass and its
+    :class:`FirstHops` (reused by the contrastive views of the same step)."""
 
     projected: dict[str, Tensor] = field(default_factory=dict)
+    first_hops: FirstHops | None = None
 
 
 class SIGER(FREEDOM):
@@ -246,16 +259,37 @@ class SIGER(FREEDOM):
                 user_item_matrix(edge_index, self.num_users, self.num_items)
             )
 
-    def _encode(self, perturb: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def _first_hops(self) -> FirstHops:
+        """:class:`FirstHops` of the current (pruned, in training) graphs."""
+        items = self.item_embedding.weight
+        semantic = {
+            m: self.ii_propagation.hop(items, self.semantic_graphs[m])
+            if self.ii_propagation.num_layers
+            else None
+            for m in self.modalities
+        }
+        ui = None
+        if self.ui_propagation.num_layers:
+            ego = torch.cat([self.user_embedding.weight, items])
+            ui = self.ui_propagation.hop(ego, self.pruning())
+        return FirstHops(ui, semantic)
+
+    def _encode(
+        self, perturb: bool, first_hops: FirstHops | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Behaviour ``(b_u, b_i)`` (1) and semantic ``{m: h^m}`` (2); with ``perturb`` every
-        hop gets the modulus-guided noise (6)."""
+        hop gets the modulus-guided noise (6). ``first_hops``: the step's shared first hops
+        (computed here if not given)."""
+        hops = self._first_hops() if first_hops is None else first_hops
         items = self.item_embedding.weight
         noise = self.perturbation if perturb else None
         semantic = {}
         for m in self.modalities:
-            semantic[m] = self.ii_propagation(items, self.semantic_graphs[m], noise)
+            semantic[m] = self.ii_propagation(
+                items, self.semantic_graphs[m], noise, first_hop=hops.semantic[m]
+            )
         ego = torch.cat([self.user_embedding.weight, items])
-        ui = self.ui_propagation(ego, self.pruning(), noise)
+        ui = self.ui_propagation(ego, self.pruning(), noise, first_hop=hops.ui)
         return ui[: self.num_users], ui[self.num_users :], semantic
 
     def _fuse(self, semantic: Mapping[str, Tensor]) -> Tensor:
@@ -265,9 +299,10 @@ class SIGER(FREEDOM):
     def forward(self) -> SIGEREmbeddings:
         """Eq. (4) embeddings; the modality representations are :math:`h^m` (2), and
         ``projected`` FREEDOM's :math:`W_m x_m` (the ``mm`` term)."""
-        user, item, semantic = self._encode(perturb=False)
+        first_hops = self._first_hops()
+        user, item, semantic = self._encode(perturb=False, first_hops=first_hops)
         return SIGEREmbeddings(
-            user, item + self._fuse(semantic), semantic, self.projected_features()
+            user, item + self._fuse(semantic), semantic, self.projected_features(), first_hops
         )
 
     def loss(self, batch: BPRBatch, out: SIGEREmbeddings | None = None) -> dict[str, Tensor]:
@@ -284,7 +319,8 @@ class SIGER(FREEDOM):
         }
         batch_users, batch_items = batch.user.unique(), batch.pos_item.unique()
         if self.use_perturbation:
-            parts["cl"] = self.cl_weight * self._contrast_views(batch_users, batch_items)
+            views = self._contrast_views(batch_users, batch_items, out.first_hops)
+            parts["cl"] = self.cl_weight * views
         if self.use_alignment:
             fused = self._fuse(out.modalities)
             # The behaviour items of Eq. (1) from the same pass: e_i - h_i = b_i (up to rounding).
@@ -296,11 +332,14 @@ class SIGER(FREEDOM):
             parts["align_fused"] = self.fused_align_weight * fused_part
         return parts
 
-    def _contrast_views(self, users: Tensor, items: Tensor) -> Tensor:
-        """Eq. (7): InfoNCE between two perturbed views, users plus items."""
+    def _contrast_views(
+        self, users: Tensor, items: Tensor, first_hops: FirstHops | None = None
+    ) -> Tensor:
+        """Eq. (7): InfoNCE between two perturbed views, users plus items (from the step's
+        ``first_hops``, if given)."""
         views = []
         for _ in range(2):
-            user, item, semantic = self._encode(perturb=True)
+            user, item, semantic = self._encode(perturb=True, first_hops=first_hops)
             views.append((user, item + self._fuse(semantic)))
         (u1, i1), (u2, i2) = views
         tau = self.cl_temperature
@@ -327,5 +366,5 @@ class SIGER(FREEDOM):
             self.modality_weights[m] * s for m, s in zip(self.modalities, user_semantic)
         )
         pairs = ((behaviour_user[users], user_fused), (behaviour_item[items], fused[items]))
-        fused_part = sum(0.5 * (info_nce(b, h, tau) + info_nce(h, b, tau)) for b, h in pairs)
+        fused_part = sum(symmetric_info_nce(b, h, tau) for b, h in pairs)
         return anchor, fused_part

@@ -40,6 +40,7 @@ from pyg_dhmrec.nn.losses import (
     score_distribution_kl,
     squared_l2_penalty,
     symmetric_bernoulli_kl,
+    symmetric_info_nce,
 )
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
@@ -50,6 +51,7 @@ from pyg_dhmrec.nn.propagation import (
     LightConv,
     LightPropagation,
     constant_spmm,
+    item_seeded_propagation,
     symmetric_spmm,
 )
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
@@ -93,6 +95,7 @@ __all__ = [
     "FrozenSparse",
     "LightConv",
     "LightPropagation",
+    "item_seeded_propagation",
     "symmetric_spmm",
     "bpr_loss",
     "constant_spmm",
@@ -103,5 +106,6 @@ __all__ = [
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "symmetric_bernoulli_kl",
+    "symmetric_info_nce",
     "VariationalEncoder",
 ]

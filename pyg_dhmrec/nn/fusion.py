@@ -73,19 +73,32 @@ class DimensionAttention(torch.nn.Module):
 
     def attention_map(self, fused: Tensor, view: Tensor) -> Tensor:
         """The ``[d, d]`` map :math:`S` (rows: query dimensions)."""
-        q, k = self.query(fused), self.key(view)  # [N, d], nodes as rows
-        return torch.softmax(q.t() @ k / math.sqrt(view.size(0)), dim=-1)
+        return self.map_from_cross(fused.t() @ view, view.size(0))
+
+    def map_from_cross(self, cross: Tensor, num_nodes: int) -> Tensor:
+        r""":math:`S` from the ``[d, d]`` cross product :math:`E_{fus}^\top \hat{E}` (rows as
+        nodes) over ``num_nodes`` nodes: :math:`Q K^\top = W_q (E_{fus}^\top \hat{E}) W_k^\top`,
+        so :math:`Q` and :math:`K` are never formed for the nodes."""
+        scores = self.query.weight @ cross @ self.key.weight.t()
+        return torch.softmax(scores / math.sqrt(num_nodes), dim=-1)
+
+    def output_map(self, attn: Tensor) -> Tensor:
+        r"""The ``[d, d]`` matrix :math:`M = W_o (\alpha_{pos} S + \alpha_{neg} (J - S)) W_v`
+        (:math:`J` all ones), so that :math:`W_o O = M \hat{E}` (Eqs. 15-17 in the paper's
+        ``d x N`` layout): value, attention and output weights folded into one map."""
+        mix = attn
+        if self.negative:
+            mix = self.alpha_pos * attn + self.alpha_neg * (1 - attn)
+        return self.out.weight @ mix @ self.value.weight
+
+    def attend(self, view: Tensor, attn: Tensor) -> Tensor:
+        """Eq. 18 for the rows of ``view`` (``[n, d]``, any subset of the nodes) under the map
+        ``attn`` (:meth:`attention_map` over all nodes)."""
+        return self.outer_norm(self.inner_norm(view @ self.output_map(attn).t()) + view)
 
     def forward(self, fused: Tensor, view: Tensor) -> Tensor:
         """``fused`` and ``view`` are ``[N, d]`` (one row per node); returns ``[N, d]``."""
-        attn = self.attention_map(fused, view)
-        v = self.value(view)
-        # Rows are nodes, so (S V)^T = V^T-rows times S^T.
-        out = v @ attn.t()
-        if self.negative:
-            negative = v.sum(-1, keepdim=True) - out  # (1 - S) V = J V - S V
-            out = self.alpha_pos * out + self.alpha_neg * negative
-        return self.outer_norm(self.inner_norm(self.out(out)) + view)
+        return self.attend(view, self.attention_map(fused, view))
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.query.in_features}, negative={self.negative})"
@@ -132,8 +145,49 @@ class AttentionFusion(torch.nn.Module):
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         if len(views) != self.num_views:
             raise ValueError(f"expected {self.num_views} views, got {len(views)}")
-        fused = self.fuse(torch.cat(list(views), dim=-1))
-        return sum(att(fused, view) for att, view in zip(self.attentions, views))
+        return self.fuse_concatenated(torch.cat(list(views), dim=-1))
+
+    def fuse_concatenated(self, views: Tensor) -> Tensor:
+        """:meth:`forward` of the views concatenated along the columns, ``[N, V d]``."""
+        return self.attend(views, self.attention_maps(views))
+
+    def attention_maps(self, views: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        r"""The ``V`` maps :math:`S_v` (``[d, d]`` each) over all nodes: ``views`` holds every
+        node's concatenated views, ``[N, V d]``, or a sequence of blocks of such rows (e.g.
+        users and items; the maps sum over all of them).
+
+        Every map needs only :math:`E_{fus}^	op \hat{E}_v` (:meth:`DimensionAttention.
+        map_from_cross`), all of them the one ``[d, V d]`` product :math:`E_{fus}^	op
+        [\hat{E}_1, \dots, \hat{E}_V]`, a sum over the blocks."""
+        blocks = [views] if isinstance(views, Tensor) else list(views)
+        for block in blocks:
+            self._check(block)
+        cross = sum(self.fuse(block).t() @ block for block in blocks)
+        width = cross.size(1) // self.num_views
+        num_nodes = sum(block.size(0) for block in blocks)
+        return [
+            attention.map_from_cross(part, num_nodes)
+            for attention, part in zip(self.attentions, cross.split(width, dim=1))
+        ]
+
+    def attend(self, rows: Tensor, maps: Sequence[Tensor]) -> Tensor:
+        r""":math:`\tilde{E}_{mm}` (Eq. 19) of the nodes ``rows`` (``[n, V d]`` concatenated
+        views, any subset of the nodes) under the maps of :meth:`attention_maps`: one ``d x d``
+        map per view and node, then the layer norms (:meth:`DimensionAttention.attend`)."""
+        self._check(rows)
+        width = rows.size(1) // self.num_views
+        out = None
+        for attention, view, attn in zip(self.attentions, rows.split(width, dim=1), maps):
+            part = attention.attend(view, attn)
+            out = part if out is None else out + part
+        return out
+
+    def _check(self, views: Tensor) -> None:
+        width = views.size(1) // self.num_views if views.dim() == 2 else 0
+        if views.dim() != 2 or width * self.num_views != views.size(1) or width < 1:
+            raise ValueError(
+                f"expected [N, {self.num_views} * d] concatenated views, got {list(views.shape)}"
+            )
 
 
 class ModalityAttention(torch.nn.Module):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
@@ -38,6 +41,63 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
 
 
+#: Score entries per row block of :func:`score_distribution_kl` (4 MB of float32): the block's
+#: few ``[rows, I]`` matrices stay in cache instead of streaming ``[B, I]`` ones through memory.
+KL_BLOCK_ENTRIES = 1 << 20
+
+
+class _ScoreDistributionKL(torch.autograd.Function):
+    """:func:`score_distribution_kl`, row block by row block, with its closed-form gradient
+    computed in the same pass: only the ``[B, d]`` and ``[I, d]`` gradients are kept for the
+    backward pass, never a ``[B, I]`` matrix."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        user_p: Tensor,
+        item_p: Tensor,
+        user_q: Tensor,
+        item_q: Tensor,
+        with_grad: bool,
+        block_rows: int,
+    ) -> Tensor:
+        row_kl = user_p.new_empty(user_p.size(0))
+        if with_grad:
+            grads = [torch.empty_like(user_p), torch.zeros_like(item_p)]
+            grads += [torch.empty_like(user_q), torch.zeros_like(item_q)]
+        for start in range(0, user_p.size(0), block_rows):
+            rows = slice(start, start + block_rows)
+            # Shifted scores and their exponentials: one exp per side and entry.
+            shifted_p = user_p[rows] @ item_p.t()
+            shifted_p -= shifted_p.amax(dim=-1, keepdim=True)
+            shifted_q = user_q[rows] @ item_q.t()
+            shifted_q -= shifted_q.amax(dim=-1, keepdim=True)
+            p, q = shifted_p.exp(), shifted_q.exp()
+            norm_p, norm_q = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
+            p /= norm_p
+            # log P - log Q, in place of the shifted P scores.
+            ratio = shifted_p.sub_(shifted_q).sub_(norm_p.log() - norm_q.log())
+            kl = torch.linalg.vecdot(p, ratio)
+            row_kl[rows] = kl
+            if with_grad:
+                # d KL_u / d s^p = P (log P/Q - KL_u); d KL_u / d s^q = Q - P (s: the scores).
+                grad_p = ratio.sub_(kl.unsqueeze(-1)).mul_(p)
+                grad_q = q.div_(norm_q).sub_(p)
+                torch.mm(grad_p, item_p, out=grads[0][rows])
+                grads[1].addmm_(grad_p.t(), user_p[rows])
+                torch.mm(grad_q, item_q, out=grads[2][rows])
+                grads[3].addmm_(grad_q.t(), user_q[rows])
+        if with_grad:
+            ctx.save_for_backward(*grads)
+        return row_kl.mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        scale = grad / ctx.saved_tensors[0].size(0)
+        return (*(g * scale for g in ctx.saved_tensors), None, None)
+
+
 def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
     r"""KL between two users-over-items score distributions (DHMRec Eqs. 20-21).
 
@@ -46,15 +106,27 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
         Q = \mathrm{softmax}(E_{u}^{q} (E_{i}^{q})^\top), \quad
         KL(P \,\|\, Q) = \frac{1}{B} \sum_u \sum_i P_{ui} \log \frac{P_{ui}}{Q_{ui}}
 
-    Softmax over all items per user (row); computed from ``log_softmax`` (no ``log(0)``).
-    Cost :math:`O(B |I| d)` for ``B`` user rows.
+    Softmax over all items per user (row); computed from log-softmax (no ``log(0)``). Cost
+    :math:`O(B |I| d)` for ``B`` user rows, memory :math:`O((B + |I|) d)` plus one block of
+    rows. The gradient is closed-form, with :math:`s = E_u E_i^\top`:
+    :math:`\partial KL_u / \partial s^p_{ui} = P_{ui}(\log (P_{ui}/Q_{ui}) - KL_u)` and
+    :math:`\partial KL_u / \partial s^q_{ui} = Q_{ui} - P_{ui}`; it is computed block by
+    block in the forward pass when any input requires grad (not twice differentiable).
     """
-    log_p = torch.log_softmax(user_p @ item_p.t(), dim=-1)
-    log_q = torch.log_softmax(user_q @ item_q.t(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    if user_p.size(0) != user_q.size(0) or item_p.size(0) != item_q.size(0):
+        raise ValueError(
+            f"the P and Q sides need the same users and items, got users "
+            f"{user_p.size(0)} / {user_q.size(0)} and items {item_p.size(0)} / {item_q.size(0)}"
+        )
+    inputs = (user_p, item_p, user_q, item_q)
+    with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    block_rows = max(1, KL_BLOCK_ENTRIES // max(1, item_p.size(0)))
+    return _ScoreDistributionKL.apply(*inputs, with_grad, block_rows)
 
 
-def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
+def info_nce(
+    anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor | None = None
+) -> Tensor:
     r"""InfoNCE with in-batch negatives on cosine similarity.
 
     .. math::
@@ -65,6 +137,14 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
     with :math:`\hat{x} = x / \lVert x \rVert_2`. Row ``i`` of ``anchor`` and ``positive`` form
     the positive pair; every other row of ``positive`` is a negative of anchor ``i``, and the
     positive itself stays in the denominator (the SGL / SimGCL form).
+
+    ``ids`` (optional, ``[B]``) names the node of each row, for rows gathered from tables by a
+    batch with repeats: rows with one id must be equal. On the CPU the loss is then computed
+    over the :math:`K` distinct ids with their counts :math:`c`, the same value from a
+    :math:`K \times K` instead of a :math:`B \times B` matrix: row :math:`u`'s denominator is
+    :math:`\sum_v c_v \exp(\hat{a}_u^\top \hat{p}_v / \tau)` and it counts :math:`c_u` times.
+    Elsewhere (e.g. CUDA, where the matrix is cheap and ``torch.unique`` would wait for the
+    device) ``ids`` is ignored.
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -73,9 +153,44 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if ids is not None and ids.shape != anchor.shape[:1]:
+        raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
+    if ids is not None and ids.device.type == "cpu":
+        return _grouped_info_nce(anchor, positive, temperature, ids)
     logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
     target = torch.arange(anchor.size(0), device=anchor.device)
     return F.cross_entropy(logits, target)
+
+
+def _grouped_info_nce(anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor) -> Tensor:
+    """:func:`info_nce` over the distinct ``ids``, each weighted by its count."""
+    distinct, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+    positions = torch.arange(ids.numel(), device=ids.device)
+    first = torch.full_like(distinct, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")
+    logits = (
+        F.normalize(anchor[first], dim=-1) @ F.normalize(positive[first], dim=-1).t() / temperature
+    )
+    weight = counts.to(logits.dtype)
+    denominator = torch.logsumexp(logits + weight.log(), dim=-1)
+    return (weight * (denominator - logits.diagonal())).sum() / ids.numel()
+
+
+def symmetric_info_nce(first: Tensor, second: Tensor, temperature: float) -> Tensor:
+    r""":math:`\frac12`[:func:`info_nce` ``(first, second)`` + :func:`info_nce`
+    ``(second, first)``] from one similarity matrix: the second direction's logits are the
+    transpose of the first's, so its softmax runs down the columns (one ``B x B`` product and
+    its backward instead of two)."""
+    if first.dim() != 2 or first.shape != second.shape:
+        raise ValueError(
+            f"symmetric_info_nce needs two [B, d] tensors of one shape, got "
+            f"{list(first.shape)} and {list(second.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).t() / temperature
+    target = torch.arange(first.size(0), device=first.device)
+    columns = torch.logsumexp(logits, dim=0) - logits.diagonal()
+    return 0.5 * (F.cross_entropy(logits, target) + columns.mean())
 
 
 def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> Tensor:
@@ -107,8 +222,8 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
     candidates = F.normalize(torch.cat(list(views)), dim=-1)  # [M B, d], view-major
     logits = F.normalize(anchor, dim=-1) @ candidates.t() / temperature  # [B, M B]
     rows = torch.arange(anchor.size(0), device=anchor.device)
-    positives = torch.stack([logits[rows, m * anchor.size(0) + rows] for m in range(len(views))])
-    return (torch.logsumexp(logits, dim=-1) - positives).mean()
+    positives = rows + anchor.size(0) * torch.arange(len(views), device=anchor.device).unsqueeze(1)
+    return -torch.log_softmax(logits, dim=-1)[rows.expand_as(positives), positives].mean()
 
 
 def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:

@@ -74,6 +74,10 @@ class FrozenSparse(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return _ConstantSpmm.apply(self.matrix, self.transpose, x)
 
+    def apply_transpose(self, x: Tensor) -> Tensor:
+        r""":math:`A^\top x` (backward :math:`A g`), without transposing anything per call."""
+        return _ConstantSpmm.apply(self.transpose, self.matrix, x)
+
     def __matmul__(self, x: Tensor) -> Tensor:
         return self(x)
 
@@ -135,19 +139,29 @@ class LightPropagation(torch.nn.Module):
     def reset_parameters(self) -> None:
         pass  # parameter-free
 
+    def hop(self, x: Tensor, adj: Tensor | FrozenSparse) -> Tensor:
+        r"""One hop, :math:`\hat{A} x`."""
+        return adj(x) if isinstance(adj, FrozenSparse) else self.conv(x, adj)
+
     def forward(
         self,
         x: Tensor,
         adj: Tensor | FrozenSparse,
         perturb: Callable[[Tensor], Tensor] | None = None,
+        first_hop: Tensor | None = None,
     ) -> Tensor:
         r"""``adj``: a normalised ``torch.sparse_csr`` matrix, or a :class:`FrozenSparse`
         operator (a constant graph with its transpose, for a fast backward). ``perturb``, if
         given, is applied after every hop (SimGCL's placement; layer 0 stays clean),
-        :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`."""
+        :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`. ``first_hop``, if given, is
+        :math:`\hat{A} x` already computed (:meth:`hop`), e.g. shared by several passes that
+        differ only in their noise."""
         out = total = x
-        for _ in range(self.num_layers):
-            out = adj(out) if isinstance(adj, FrozenSparse) else self.conv(out, adj)
+        for layer in range(self.num_layers):
+            if layer == 0 and first_hop is not None:
+                out = first_hop
+            else:
+                out = self.hop(out, adj)
             if perturb is not None:
                 out = perturb(out)
             total = total + out
@@ -160,3 +174,47 @@ class LightPropagation(torch.nn.Module):
             f"{self.__class__.__name__}(num_layers={self.num_layers}, mode={self.mode}, "
             f"symmetric={self.conv.symmetric})"
         )
+
+
+def item_seeded_propagation(
+    items: Tensor, user_item: FrozenSparse, num_layers: int, with_users: bool = True
+) -> tuple[Tensor | None, Tensor]:
+    r"""LightGCN's layer mean on a user-item graph whose users start as their items' aggregate.
+
+    On the bipartite graph :math:`\hat{A} = \begin{pmatrix} 0 & \tilde{R} \\ \tilde{R}^\top
+    & 0 \end{pmatrix}` (:func:`~pyg_dhmrec.data.graph.normalized_adjacency`, whose user-item
+    block is ``user_item`` :math:`= \tilde{R}`), with layer 0 :math:`i_0 = X` and
+    :math:`u_0 = \tilde{R} X`, the layers are :math:`u_{l+1} = \tilde{R} i_l` and
+    :math:`i_{l+1} = \tilde{R}^\top u_l`. Then :math:`u_1 = \tilde{R} i_0 = u_0`, and by
+    induction :math:`u_{2k+1} = u_{2k}` and :math:`i_{2k+2} = i_{2k+1}`: every second layer
+    repeats the previous one. So the chain :math:`c_0 = X`, :math:`c_{k+1} = \tilde{R} c_k`
+    (:math:`k` even) or :math:`\tilde{R}^\top c_k` (:math:`k` odd) holds every layer,
+    :math:`i_l = c_{2\lceil l/2 \rceil}` and :math:`u_l = c_{2\lfloor l/2 \rfloor + 1}`, and
+    the mean over layers :math:`0..L` of :class:`LightPropagation` over
+    :math:`[\tilde{R}X; X]` costs :math:`L` or :math:`L + 1` half products (items, users)
+    instead of :math:`2L + 1` (for :math:`L = 2`: two instead of five when only the items
+    are needed, as in DHMRec's Eq. 13 input).
+
+    Args:
+        items: ``[I, d]`` layer-0 item embeddings :math:`X`.
+        user_item: :math:`\tilde{R}` as ``[U, I]`` :class:`FrozenSparse`.
+        num_layers: :math:`L \ge 0`.
+        with_users: also return the users' mean (``None`` otherwise).
+
+    Returns:
+        ``(users [U, d] or None, items [I, d])``, the means over layers :math:`0..L`.
+    """
+    if num_layers < 0:
+        raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+    # c_k (k >= 1) is u_{k-1} = u_k (k odd) or i_{k-1} = i_k (k even): needed up to k = L + 1.
+    last = num_layers + 1 if with_users or num_layers % 2 else num_layers
+    item_sum, user_sum, chain = items, None, items
+    for k in range(1, last + 1):
+        chain = user_item(chain) if k % 2 else user_item.apply_transpose(chain)
+        term = chain if k > num_layers else 2 * chain  # layer k - 1 always, layer k if <= L
+        if k % 2 == 0:
+            item_sum = item_sum + term
+        elif with_users:
+            user_sum = term if user_sum is None else user_sum + term
+    layers = num_layers + 1
+    return (user_sum / layers if with_users else None), item_sum / layers
