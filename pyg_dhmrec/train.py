@@ -31,7 +31,7 @@ from pyg_dhmrec.atomic_files import (
 )
 from pyg_dhmrec.config import overall_defaults
 from pyg_dhmrec.data.dataset import RATES
-from pyg_dhmrec.data.sampler import BPRSampler
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
 from pyg_dhmrec.metrics import FullRankEvaluator
 from pyg_dhmrec.models.base import Recommender
@@ -44,6 +44,7 @@ CHECKPOINT_KIND = "checkpoint"  # header word of checkpoint.pt
 BEST = "best.pt"
 RESULTS = "results.json"
 PER_USER = "per_user_test.pt"
+PROGRESS_EVERY = 20  # batches between progress-bar loss readings (each waits for the device)
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
@@ -258,6 +259,25 @@ class Trainer:
         self.eval_times: list[float] = []
         self.elapsed_s = 0.0  # training time before this process (resumed runs)
 
+    def train_step(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """One optimiser step on ``batch`` (on the model's device); its loss parts, detached.
+
+        Nothing in it waits for the device: the loss parts stay where they were computed. A
+        non-finite loss raises :class:`FloatingPointError` before the update when the step ran
+        on the CPU (where reading the value costs nothing); on an accelerator
+        :meth:`train_epoch` checks the epoch's sums instead.
+        """
+        # one embedding pass per step, shared by every loss part
+        parts = self.step(batch)
+        total = sum(parts.values())
+        if total.device.type == "cpu" and not torch.isfinite(total):
+            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+            raise FloatingPointError(f"loss part(s) {', '.join(bad)} became NaN or inf")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return {k: v.detach() for k, v in parts.items()}
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the train interactions; returns the mean of every loss part."""
         self.model.train()
@@ -274,23 +294,25 @@ class Trainer:
             disable=not (self.config["progress"] and self.is_main) or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
-        for batch in bar:
-            # one embedding pass per step, shared by every loss part
-            parts = self.step(batch.to(self.device))
-            total = sum(parts.values())
-            if not torch.isfinite(total):
-                bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-                raise FloatingPointError(
-                    f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+        # pinned host batches copy to an accelerator without waiting for its queue
+        pin = self.device.type == "cuda"
+        for step, batch in enumerate(bar):
+            batch = batch.pin_memory() if pin else batch
+            try:
+                parts = self.train_step(batch.to(self.device, non_blocking=pin))
+            except FloatingPointError as e:
+                raise FloatingPointError(f"epoch {epoch}: {e}") from None
             for k, v in parts.items():  # stays on the device: one sync per epoch, not per part
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
+                sums[k] = sums.get(k, 0.0) + v
+            if not bar.disable and step % PROGRESS_EVERY == 0:  # reading the loss waits
+                bar.set_postfix(loss=f"{float(sum(parts.values())):.4f}", refresh=False)
         if self.dist:  # the logged loss parts: means over the ranks' shards
             sums = self.dist.mean(sums)
+        bad = [k for k, v in sums.items() if not torch.isfinite(v)]
+        if bad:  # a non-finite step leaves its part's sum non-finite (the accelerator's check)
+            raise FloatingPointError(
+                f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
+            )
         return {k: float(v) / len(self.sampler) for k, v in sums.items()}
 
     def evaluate(self, split: str) -> dict[str, float]:

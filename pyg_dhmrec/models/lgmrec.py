@@ -29,9 +29,12 @@ from pyg_dhmrec.nn import (
 @dataclass
 class LGMRecEmbeddings(Embeddings):
     """:class:`Embeddings` that also carries, in ``global_views``, each modality's global
-    hypergraph embeddings ``(users [U, d], items [I, d])`` of the same pass (for the HCL loss)."""
+    hypergraph embeddings ``(users [U, d], items [I, d])`` of the same pass (for the HCL loss),
+    and in ``global_factors`` their factors ``(H_u [U, A], H_i [I, A], M [A, d])`` after
+    dropout, ``users = H_u @ M`` and ``items = H_i @ M`` (the HCL's rank-A logits)."""
 
     global_views: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    global_factors: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
 
 
 class LGMRec(Recommender):
@@ -208,32 +211,43 @@ class LGMRec(Recommender):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         collab = self.ui_propagation(ego, self.adjacency)  # Eqs. 1-2
         local, global_sum = collab, 0.0
-        representations, global_views = {}, {}
+        representations, global_views, global_factors = {}, {}, {}
         for m in self.modalities:
             mge = F.normalize(self._modality_graph_embedding(m), dim=-1)
             local = local + mge  # Eq. 6
             item_dep, user_dep = self.dependencies(m)
-            items, users = self.hyper_propagation(
-                collab[self.num_users :],
+            item_dep, user_dep = (
                 self.dependency_dropout(item_dep),
                 self.dependency_dropout(user_dep),
+            )
+            items, users, messages = self.hyper_propagation(
+                collab[self.num_users :], item_dep, user_dep, return_messages=True
             )  # Eq. 9
             global_views[m] = (users, items)
+            global_factors[m] = (user_dep, item_dep, messages)
             global_sum = global_sum + torch.cat([users, items])  # Eq. 10
             representations[m] = mge[self.num_users :] + self.alpha * F.normalize(items, dim=-1)
         final = local + self.alpha * F.normalize(global_sum, dim=-1)  # Eq. 12
         return LGMRecEmbeddings(
-            final[: self.num_users], final[self.num_users :], representations, global_views
+            final[: self.num_users],
+            final[self.num_users :],
+            representations,
+            global_views,
+            global_factors,
         )
 
     def hypergraph_contrastive(self, out: LGMRecEmbeddings, batch: BPRBatch) -> Tensor:
-        """Eq. 11 over every modality pair, for the batch's users and positive items."""
+        """Eq. 11 over every modality pair, for the batch's users and positive items; the
+        candidates' logits in the rank-A space of their hypergraph factors (same values)."""
         hcl = out.user.new_zeros(())
         for a, b in itertools.combinations(self.modalities, 2):
             (user_a, item_a), (user_b, item_b) = out.global_views[a], out.global_views[b]
-            hcl = hcl + hypergraph_contrastive_loss(user_a, user_b, batch.user, self.temperature)
+            user_dep, item_dep, messages = out.global_factors[b]
             hcl = hcl + hypergraph_contrastive_loss(
-                item_a, item_b, batch.pos_item, self.temperature
+                user_a, user_b, batch.user, self.temperature, (user_dep, messages)
+            )
+            hcl = hcl + hypergraph_contrastive_loss(
+                item_a, item_b, batch.pos_item, self.temperature, (item_dep, messages)
             )
         return hcl
 

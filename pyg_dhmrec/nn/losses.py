@@ -54,6 +54,63 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+class _FactoredCrossEntropy(torch.autograd.Function):
+    """Forward keeps the ``[B, N]`` softmax, backward reads it: one exp per logit in all, and
+    no ``log_softmax`` or one-hot ``[B, N]`` tensors (the one-hot part is a gather)."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor, target: Tensor) -> Tensor:  # noqa: ANN001
+        positive = (query * key[target]).sum(-1)
+        probs = query @ key.t()
+        shift = probs.amax(dim=-1, keepdim=True)
+        probs.sub_(shift).exp_()
+        norm = probs.sum(dim=-1, keepdim=True)
+        probs.div_(norm)
+        ctx.save_for_backward(query, key, target, probs)
+        return (shift + norm.log()).sum() - positive.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
+        query, key, target, probs = ctx.saved_tensors
+        # d/dlogits = softmax - onehot(target)
+        grad_query = (probs @ key).sub_(key[target]).mul_(grad)
+        grad_key = (probs.t() @ query).index_add_(0, target, query, alpha=-1.0).mul_(grad)
+        return grad_query, grad_key, None
+
+
+def factored_cross_entropy(query: Tensor, key: Tensor, target: Tensor) -> Tensor:
+    r"""Softmax cross-entropy of the logits :math:`Q K^\top` against target columns, summed
+    over the rows:
+
+    .. math::
+        \mathcal{L} = \sum_{b=1}^{B} \Big( \log \sum_{n=1}^{N} e^{q_b^\top k_n}
+        - q_b^\top k_{t_b} \Big)
+
+    the value and gradients of ``F.cross_entropy(query @ key.T, target, reduction="sum")``, by
+    one autograd function: the ``[B, N]`` softmax is the only ``[B, N]`` tensor kept (the size
+    of what ``cross_entropy`` keeps), each logit is exponentiated once, and the gradients are
+    ``(P - Y) K`` and ``(P - Y)^\top Q`` with the one-hot ``Y`` applied as a gather. Passing
+    low-rank factors (``query`` ``[B, r]``, ``key`` ``[N, r]`` with small ``r``) makes the two
+    products cost :math:`O(B N r)`.
+
+    Args:
+        query: ``[B, r]`` rows :math:`q_b`.
+        key: ``[N, r]`` candidates :math:`k_n`.
+        target: ``[B]`` index of each row's positive candidate :math:`t_b`.
+    """
+    if query.dim() != 2 or key.dim() != 2 or query.size(1) != key.size(1):
+        raise ValueError(
+            f"factored_cross_entropy needs [B, r] query and [N, r] key, got "
+            f"{list(query.shape)} and {list(key.shape)}"
+        )
+    if target.shape != (query.size(0),):
+        raise ValueError(
+            f"target must be [B={query.size(0)}] candidate indices, got {list(target.shape)}"
+        )
+    return _FactoredCrossEntropy.apply(query, key, target)
+
+
 def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
     r"""InfoNCE with in-batch negatives on cosine similarity.
 
