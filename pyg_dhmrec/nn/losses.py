@@ -54,28 +54,43 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
+CHUNK_ELEMENTS = 1 << 20  # logits per block: 4 MiB in float32, reused from the heap and cached
+
+
 class _FactoredCrossEntropy(torch.autograd.Function):
-    """Forward keeps the ``[B, N]`` softmax, backward reads it: one exp per logit in all, and
-    no ``log_softmax`` or one-hot ``[B, N]`` tensors (the one-hot part is a gather)."""
+    """Row blocks of ``Q K^T``: forward keeps only each row's log-normaliser, backward
+    recomputes a block and applies ``softmax - onehot``; no ``[B, N]`` tensor is ever built."""
 
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, target: Tensor) -> Tensor:  # noqa: ANN001
-        positive = (query * key[target]).sum(-1)
-        probs = query @ key.t()
-        shift = probs.amax(dim=-1, keepdim=True)
-        probs.sub_(shift).exp_()
-        norm = probs.sum(dim=-1, keepdim=True)
-        probs.div_(norm)
-        ctx.save_for_backward(query, key, target, probs)
-        return (shift + norm.log()).sum() - positive.sum()
+        rows = max(1, CHUNK_ELEMENTS // max(1, key.size(0)))
+        key_t = key.t()
+        lse = query.new_empty(query.size(0), 1)
+        for start in range(0, query.size(0), rows):
+            block = query[start : start + rows] @ key_t
+            shift = block.amax(dim=-1, keepdim=True)
+            lse[start : start + rows] = (
+                block.sub_(shift).exp_().sum(-1, keepdim=True).log_() + shift
+            )
+        ctx.save_for_backward(query, key, target, lse)
+        return lse.sum() - (query * key[target]).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
-        query, key, target, probs = ctx.saved_tensors
-        # d/dlogits = softmax - onehot(target)
-        grad_query = (probs @ key).sub_(key[target]).mul_(grad)
-        grad_key = (probs.t() @ query).index_add_(0, target, query, alpha=-1.0).mul_(grad)
+        query, key, target, lse = ctx.saved_tensors
+        rows = max(1, CHUNK_ELEMENTS // max(1, key.size(0)))
+        key_t = key.t()
+        grad_query = torch.empty_like(query)
+        grad_key_t = query.new_zeros(key_t.shape)  # accumulated as [r, N]: Q^T P, not P^T Q
+        for start in range(0, query.size(0), rows):
+            rows_q = query[start : start + rows]
+            probs = (rows_q @ key_t).sub_(lse[start : start + rows]).exp_()  # softmax rows
+            torch.mm(probs, key, out=grad_query[start : start + rows])
+            grad_key_t.addmm_(rows_q.t(), probs)
+        # the one-hot part of softmax - onehot(target): a gather and a scatter
+        grad_query.sub_(key[target]).mul_(grad)
+        grad_key = grad_key_t.t().index_add(0, target, query, alpha=-1.0).mul_(grad)
         return grad_query, grad_key, None
 
 
@@ -87,12 +102,14 @@ def factored_cross_entropy(query: Tensor, key: Tensor, target: Tensor) -> Tensor
         \mathcal{L} = \sum_{b=1}^{B} \Big( \log \sum_{n=1}^{N} e^{q_b^\top k_n}
         - q_b^\top k_{t_b} \Big)
 
-    the value and gradients of ``F.cross_entropy(query @ key.T, target, reduction="sum")``, by
-    one autograd function: the ``[B, N]`` softmax is the only ``[B, N]`` tensor kept (the size
-    of what ``cross_entropy`` keeps), each logit is exponentiated once, and the gradients are
-    ``(P - Y) K`` and ``(P - Y)^\top Q`` with the one-hot ``Y`` applied as a gather. Passing
-    low-rank factors (``query`` ``[B, r]``, ``key`` ``[N, r]`` with small ``r``) makes the two
-    products cost :math:`O(B N r)`.
+    the value and gradients of ``F.cross_entropy(query @ key.T, target, reduction="sum")``,
+    computed by one autograd function in blocks of rows (about a million logits each): the
+    forward pass keeps only each row's log-normaliser, the backward pass recomputes a block's
+    logits and applies the gradients ``(P - Y) K`` and ``(P - Y)^\top Q`` (``P`` the softmax,
+    the one-hot ``Y`` a gather). No ``[B, N]`` tensor is built, so memory is
+    :math:`O(B + N)` beyond the inputs and each block stays in cache (a fresh ``[B, N]``
+    tensor per step also pays for its page faults on CPU). Low-rank factors (``query``
+    ``[B, r]``, ``key`` ``[N, r]`` with small ``r``) make the products cost :math:`O(B N r)`.
 
     Args:
         query: ``[B, r]`` rows :math:`q_b`.
