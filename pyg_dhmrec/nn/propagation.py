@@ -12,6 +12,12 @@ from torch_geometric.nn import LGConv
 from pyg_dhmrec.data.graph import csr_transpose
 
 
+def _spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` written into a fresh output (``torch.sparse.mm`` zero-fills its output and
+    accumulates into it: one pass over ``[N, d]`` more, same values)."""
+    return torch.addmm(x.new_empty(adj.size(0), x.size(1)), adj, x, beta=0)
+
+
 class _ConstantSpmm(torch.autograd.Function):
     """``adj @ x`` for a constant sparse ``adj`` whose transpose ``adj_t`` is precomputed.
 
@@ -24,11 +30,11 @@ class _ConstantSpmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:
         ctx.adj_t = adj_t
-        return torch.sparse.mm(adj, x)
+        return _spmm(adj, x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
-        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+        return None, None, _spmm(ctx.adj_t, grad)
 
 
 def constant_spmm(adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
