@@ -229,8 +229,7 @@ class LGMRec(Recommender):
             representations[m] = mge[self.num_users :] + self.alpha * F.normalize(items, dim=-1)
         final = local + self.alpha * F.normalize(global_sum, dim=-1)  # Eq. 12
         return LGMRecEmbeddings(
-            final[: self.num_users],
-            final[self.num_users :],
+            *final.split([self.num_users, self.num_items]),
             representations,
             global_views,
             global_factors,
