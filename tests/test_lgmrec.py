@@ -13,8 +13,11 @@ from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import LGMRec, build_model
+from pyg_dhmrec.models.base import pair_scores
 from pyg_dhmrec.nn import (
     HypergraphPropagation,
+    bpr_loss,
+    embedding_norm_penalty,
     hypergraph_contrastive_loss,
     relaxed_dependencies,
 )
@@ -247,6 +250,29 @@ def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     torch.testing.assert_close(
         _model(data, keep_rate=0.5).eval().full_scores(torch.arange(NUM_USERS)), first
     )
+
+
+def test_loss_equals_the_former_formula_with_its_gradients(
+    data: HeteroData, batch: BPRBatch
+) -> None:
+    # formerly: bpr and reg each gathered the batch rows, hcl had dense [B, N] cosine logits
+    model = _model(data, cl_weight=0.3).train().double()
+    out = model()
+    parts = model.loss(batch, out)
+    pos, neg = pair_scores(out.user, out.item, batch)
+    reg = embedding_norm_penalty(
+        out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
+    )
+    (user_a, item_a), (user_b, item_b) = out.global_views["image"], out.global_views["text"]
+    hcl = _reference_hcl(user_a, user_b, batch.user, model.temperature)
+    hcl = hcl + _reference_hcl(item_a, item_b, batch.pos_item, model.temperature)
+    former = {"bpr": bpr_loss(pos, neg), "hcl": 0.3 * hcl, "reg": model.reg_weight * reg}
+    for key in PARTS:
+        torch.testing.assert_close(parts[key], former[key])
+    params = list(model.parameters())
+    got = torch.autograd.grad(sum(parts.values()), params, retain_graph=True)
+    for a, b in zip(got, torch.autograd.grad(sum(former.values()), params)):
+        torch.testing.assert_close(a, b)
 
 
 def test_loss_reads_the_global_views_of_the_given_pass(data: HeteroData, batch: BPRBatch) -> None:

@@ -14,7 +14,7 @@ from torch_geometric.utils import degree
 
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_rows
 from pyg_dhmrec.nn import (
     FrozenSparse,
     HypergraphPropagation,
@@ -252,12 +252,10 @@ class LGMRec(Recommender):
 
     def loss(self, batch: BPRBatch, out: LGMRecEmbeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
-        pos, neg = pair_scores(out.user, out.item, batch)
-        reg = embedding_norm_penalty(
-            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
-        )
+        user, pos, neg = pair_rows(out.user, out.item, batch)  # read by bpr and reg
+        reg = embedding_norm_penalty(user, pos, neg)
         return {
-            "bpr": bpr_loss(pos, neg),
+            "bpr": bpr_loss((user * pos).sum(-1), (user * neg).sum(-1)),
             "hcl": self.cl_weight * self.hypergraph_contrastive(out, batch),
             "reg": self.reg_weight * reg,
         }
