@@ -167,6 +167,10 @@ class FullRankEvaluator:
     :math:`\max(K)` items are retrieved and :func:`ranking_metrics` is computed. Per-user
     values are averaged over the evaluated users.
 
+    Per chunk of users the work is the score product (in :obj:`score_fn`), the train mask
+    (written in place, then restored), the top-:math:`K` and a binary search of the ranked
+    items among the users' ground truth: no other ``users x items`` tensor is built.
+
     Args:
         train_edge_index (torch.Tensor): Training (user, item) pairs, shape :obj:`[2, E]`.
             These items are masked out of the ranking.
@@ -229,7 +233,9 @@ class FullRankEvaluator:
 
         Args:
             score_fn (Callable): Maps a CPU :obj:`LongTensor` of user ids to a
-                :obj:`[len(user_ids), num_items]` float score tensor on any device.
+                :obj:`[len(user_ids), num_items]` float score tensor on any device. The
+                train mask is written into that tensor and its entries restored after the
+                top-k, so it may be a view of a cached score matrix (not one read meanwhile).
             per_user (bool): If :obj:`True`, additionally returns the per-user values
                 (CPU tensors aligned with :obj:`self.users`). (default: :obj:`False`)
 
