@@ -8,7 +8,7 @@ from toy_graphs import toy_graph
 
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.models import VBPR, LightGCN
-from pyg_dhmrec.train import Trainer
+from pyg_dhmrec.train import Trainer, seed_everything
 
 CONFIG = {"batch_size": 64, "epochs": 1, "seed": 0, "progress": False, "weight_decay": 0.01}
 
@@ -73,3 +73,10 @@ def test_cuda_training_epoch_never_waits_for_the_device(model_class) -> None:  #
             trainer.train_step(batch.to(trainer.device, non_blocking=True))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_seeding_selects_deterministic_kernels_without_nan_filled_allocations() -> None:
+    seed_everything(0, torch.device("cpu"))
+    assert torch.are_deterministic_algorithms_enabled()
+    # NaN-filling every fresh tensor is a debugging aid: it changes no value, only the speed
+    assert not torch.utils.deterministic.fill_uninitialized_memory
