@@ -13,9 +13,10 @@ from pyg_dhmrec.data.graph import csr_transpose
 
 
 def _spmm(adj: Tensor, x: Tensor) -> Tensor:
-    """``adj @ x`` written into a fresh output (``torch.sparse.mm`` zero-fills its output and
-    accumulates into it: one pass over ``[N, d]`` more, same values)."""
-    return torch.addmm(x.new_empty(adj.size(0), x.size(1)), adj, x, beta=0)
+    """``adj @ x`` written straight into a fresh output: ``torch.sparse.mm`` zero-fills a tensor
+    and copies it into its output before the product, two passes over ``[N, d]`` more (the
+    same values; ``beta=0`` never reads the uninitialised output)."""
+    return x.new_empty(adj.size(0), x.size(1)).addmm_(adj, x, beta=0)
 
 
 class _ConstantSpmm(torch.autograd.Function):
