@@ -56,6 +56,10 @@ def test_factored_cross_entropy_is_the_summed_cross_entropy_with_its_gradients()
     expected = torch.autograd.grad(3.0 * reference, (query, key))
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+    # without inputs that require a gradient, only the value (no gradient is formed)
+    torch.testing.assert_close(
+        factored_cross_entropy(query.detach(), key.detach(), target), reference.detach()
+    )
     # one row, two candidates: log(e^{q.k0} + e^{q.k1}) - q.k0 by hand
     q, k = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     value = factored_cross_entropy(q, k, torch.tensor([0]))
