@@ -79,8 +79,8 @@ class _FactoredCrossEntropy(torch.autograd.Function):
             norm = block.sum(dim=-1, keepdim=True)
             lse[start : start + rows] = norm.log() + shift
             if grads:  # softmax = block / norm, the division folded into the [rows, r] factors
-                out = grad_query[start : start + rows]
-                torch.mm(block, key, out=out).div_(norm)
+                # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
+                grad_query[start : start + rows] = (key_t @ block.t()).t().div_(norm)
                 grad_key_t.addmm_((rows_q / norm).t(), block)
         if grads:  # the one-hot part of softmax - onehot(target): a gather and a scatter
             grad_query.sub_(key[target])
