@@ -238,6 +238,25 @@ def test_forward_follows_the_equations(data: HeteroData) -> None:
         assert out.modalities[m].shape == (NUM_ITEMS, DIM)
 
 
+def test_precomputed_modality_propagation_equals_projecting_first(
+    data: HeteroData, batch: BPRBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(data, num_mm_layers=3).train()
+    assert {"mge_basis_image", "mge_basis_text"} <= set(dict(model.named_buffers()))
+    monkeypatch.setattr(LGMRec, "precompute_width_ratio", 0.0)  # every modality too wide
+    projected_first = _model(data, num_mm_layers=3).train()
+    assert not [n for n, _ in projected_first.named_buffers() if n.startswith("mge_basis")]
+    for m in ("image", "text"):
+        a = model._modality_graph_embedding(m)
+        b = projected_first._modality_graph_embedding(m)
+        torch.testing.assert_close(a, b)
+        weights = (model.projections[m].weight, projected_first.projections[m].weight)
+        upstream = torch.randn_like(a)
+        got, expected = (torch.autograd.grad(x, w, upstream)[0] for x, w in zip((a, b), weights))
+        torch.testing.assert_close(got, expected)
+    assert "mge_basis_image" not in model.state_dict()  # graph data, not model state
+
+
 def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     model = _model(data, keep_rate=0.5)
     model.eval()
