@@ -167,6 +167,10 @@ class FullRankEvaluator:
     :math:`\max(K)` items are retrieved and :func:`ranking_metrics` is computed. Per-user
     values are averaged over the evaluated users.
 
+    Per chunk of users the work is the score product (in :obj:`score_fn`), the train mask
+    (written in place, then restored), the top-:math:`K` and a binary search of the ranked
+    items among the users' ground truth: no other ``users x items`` tensor is built.
+
     Args:
         train_edge_index (torch.Tensor): Training (user, item) pairs, shape :obj:`[2, E]`.
             These items are masked out of the ranking.
@@ -229,7 +233,9 @@ class FullRankEvaluator:
 
         Args:
             score_fn (Callable): Maps a CPU :obj:`LongTensor` of user ids to a
-                :obj:`[len(user_ids), num_items]` float score tensor on any device.
+                :obj:`[len(user_ids), num_items]` float score tensor on any device. The
+                train mask is written into that tensor and its entries restored after the
+                top-k, so it may be a view of a cached score matrix (not one read meanwhile).
             per_user (bool): If :obj:`True`, additionally returns the per-user values
                 (CPU tensors aligned with :obj:`self.users`). (default: :obj:`False`)
 
@@ -267,27 +273,39 @@ class FullRankEvaluator:
                 )
             if not scores.is_floating_point():
                 raise ValueError(f"'score_fn' must return float scores (got {scores.dtype})")
-            device = scores.device
-
-            row, col = _gather_rows(self.train_rowptr, self.train_col, users)
-            # out-of-place: score_fn may return a view of a cached score matrix
-            scores = scores.index_put(
-                (row.to(device), col.to(device)), scores.new_full((), float("-inf"))
-            )
-            top_scores, top_items = torch.topk(scores, ranked, dim=1)
-
-            row, col = _gather_rows(self.eval_rowptr, self.eval_col, users)
-            gt_mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
-            gt_mask[row.to(device), col.to(device)] = True
-            # masked (-inf) items that fill up a short ranking are never hits
-            hits = gt_mask.gather(1, top_items) & (top_scores > float("-inf"))
-            del scores, gt_mask
-            hits = torch.nn.functional.pad(hits, (0, max_k - ranked))  # no item there: misses
-
             num_gt = self.num_ground_truth[start : start + self.user_batch_size]
-            values = ranking_metrics(hits, num_gt.to(device), self.ks, self.metrics)
-            out[chunk] = {key: value.cpu() for key, value in values.items()}
+            top_scores, top_items = self._masked_topk(scores, users, ranked)
+            hits = self._hits(users, top_items) & (top_scores > float("-inf"))
+            del scores
+            hits = torch.nn.functional.pad(hits, (0, max_k - ranked))  # no item there: misses
+            values = ranking_metrics(hits, num_gt, self.ks, self.metrics)
+            # one copy to the host for all metrics of the chunk
+            stacked = torch.stack(list(values.values())).cpu()
+            out[chunk] = dict(zip(values, stacked.unbind(0)))
         return out
+
+    def _masked_topk(self, scores: Tensor, users: Tensor, ranked: int) -> tuple[Tensor, Tensor]:
+        """Top-``ranked`` of ``scores`` with the users' train items at ``-inf``: written in
+        place and restored afterwards (``scores`` may be a view of a cached score matrix),
+        which costs two passes over the train entries instead of a copy of ``scores``."""
+        row, col = _gather_rows(self.train_rowptr, self.train_col, users)
+        index = (row.to(scores.device), col.to(scores.device))
+        kept = scores[index]
+        scores.index_put_(index, scores.new_full((), float("-inf")))
+        try:
+            return torch.topk(scores, ranked, dim=1)
+        finally:
+            scores.index_put_(index, kept)
+
+    def _hits(self, users: Tensor, top_items: Tensor) -> Tensor:
+        """Whether each ranked item is a ground-truth item of its user: a binary search of
+        ``row * num_items + item`` in the users' sorted eval keys (no dense users x items mask)."""
+        row, col = _gather_rows(self.eval_rowptr, self.eval_col, users)
+        keys = (row * self.num_items + col).to(top_items.device)  # sorted: CSR rows, sorted cols
+        local = torch.arange(users.numel(), device=top_items.device).unsqueeze(1)
+        ranked = local * self.num_items + top_items
+        found = torch.searchsorted(keys, ranked).clamp_(max=max(keys.numel() - 1, 0))
+        return keys[found] == ranked if keys.numel() else torch.zeros_like(ranked, dtype=torch.bool)
 
     def summarize(
         self, chunks: Mapping[int, Mapping[str, Tensor]], per_user: bool = False

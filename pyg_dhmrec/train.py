@@ -34,7 +34,7 @@ from pyg_dhmrec.atomic_files import (
 )
 from pyg_dhmrec.config import MATMUL_PRECISIONS, overall_defaults
 from pyg_dhmrec.data.dataset import RATES
-from pyg_dhmrec.data.sampler import BPRSampler
+from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
 from pyg_dhmrec.metrics import FullRankEvaluator
 from pyg_dhmrec.models.base import Recommender
@@ -47,6 +47,7 @@ CHECKPOINT_KIND = "checkpoint"  # header word of checkpoint.pt
 BEST = "best.pt"
 RESULTS = "results.json"
 PER_USER = "per_user_test.pt"
+PROGRESS_EVERY = 20  # batches between progress-bar loss readings (each waits for the device)
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> None:
@@ -54,13 +55,17 @@ def seed_everything(seed: int, device: torch.device | None = None) -> None:
 
     On CPU it also selects torch's deterministic kernels: with several threads, the default
     accumulating index backward (``index_put_``) sums in a varying order, so two runs with one
-    seed drifted apart by float rounding (seen with DHMRec on 2 threads).
+    seed drifted apart by float rounding (seen with DHMRec on 2 threads). Without torch's
+    companion setting that fills every new uninitialised tensor with NaN (a debugging aid that
+    changes no result of correct code, but was up to a sixth of a step: one more pass over each
+    fresh ``[U + I, d]`` output).
     """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if device is None or device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -347,10 +352,13 @@ class Trainer:
                 f"early_stop_metric {metric!r} is not computed; choose one of {', '.join(known)}"
             )
         phase_ids = {id(p) for p in self.phase_params}
+        # foreach: one multi-tensor kernel per update term instead of one per parameter; the
+        # same values as the per-parameter loop (CPU's default), bit for bit
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if id(p) not in phase_ids],
             lr=config["learning_rate"],
             weight_decay=config["weight_decay"],
+            foreach=True,
         )
         self.scheduler = learning_rate_scheduler(
             self.optimizer, config.get("learning_rate_scheduler")
@@ -399,6 +407,25 @@ class Trainer:
             )
         return losses
 
+    def train_step(self, batch: BPRBatch) -> dict[str, Tensor]:
+        """One optimiser step on ``batch`` (on the model's device); its loss parts, detached.
+
+        Nothing in it waits for the device: the loss parts stay where they were computed. A
+        non-finite loss raises :class:`FloatingPointError` before the update when the step ran
+        on the CPU (where reading the value costs nothing); on an accelerator
+        :meth:`train_epoch` checks the epoch's sums instead.
+        """
+        # one embedding pass per step, shared by every loss part
+        parts = self.step(batch)
+        total = sum(parts.values())
+        if total.device.type == "cpu" and not torch.isfinite(total):
+            bad = [k for k, v in parts.items() if not torch.isfinite(v)]
+            raise FloatingPointError(f"loss part(s) {', '.join(bad)} became NaN or inf")
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return {k: v.detach() for k, v in parts.items()}
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """The model's phase and one pass over the train interactions (its first
         ``max_steps_per_epoch`` batches when that is set); returns the mean of every loss part
@@ -421,23 +448,25 @@ class Trainer:
             disable=not (self.config["progress"] and self.is_main) or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
-        for batch in bar:
-            # one embedding pass per step, shared by every loss part
-            parts = self.step(batch.to(self.device))
-            total = sum(parts.values())
-            if not torch.isfinite(total):
-                bad = [k for k, v in parts.items() if not torch.isfinite(v)]
-                raise FloatingPointError(
-                    f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
+        # pinned host batches copy to an accelerator without waiting for its queue
+        pin = self.device.type == "cuda"
+        for step, batch in enumerate(bar):
+            batch = batch.pin_memory() if pin else batch
+            try:
+                parts = self.train_step(batch.to(self.device, non_blocking=pin))
+            except FloatingPointError as e:
+                raise FloatingPointError(f"epoch {epoch}: {e}") from None
             for k, v in parts.items():  # stays on the device: one sync per epoch, not per part
-                sums[k] = sums.get(k, 0.0) + v.detach()
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}", refresh=False)
+                sums[k] = sums.get(k, 0.0) + v
+            if not bar.disable and step % PROGRESS_EVERY == 0:  # reading the loss waits
+                bar.set_postfix(loss=f"{float(sum(parts.values())):.4f}", refresh=False)
         if self.dist:  # the logged loss parts: means over the ranks' shards
             sums = self.dist.mean(sums)
+        bad = [k for k, v in sums.items() if not torch.isfinite(v)]
+        if bad:  # a non-finite step leaves its part's sum non-finite (the accelerator's check)
+            raise FloatingPointError(
+                f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
+            )
         losses = {k: float(v) / steps for k, v in sums.items()}
         return {**losses, **{f"phase_{k}": v for k, v in phase.items()}}
 

@@ -13,8 +13,11 @@ from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import LGMRec, build_model
+from pyg_dhmrec.models.base import pair_scores
 from pyg_dhmrec.nn import (
     HypergraphPropagation,
+    bpr_loss,
+    embedding_norm_penalty,
     hypergraph_contrastive_loss,
     relaxed_dependencies,
 )
@@ -104,6 +107,42 @@ def test_hypergraph_contrastive_loss_hand_computed_and_alignment() -> None:
     torch.testing.assert_close(low, expected)
 
 
+def _reference_hcl(anchor, positive, index, temperature):  # noqa: ANN001, ANN202
+    """Eq. 11 as written before the factored rewrite: dense [B, N] cosine logits."""
+    anchors = F.normalize(anchor[index], dim=-1) / temperature
+    logits = anchors @ F.normalize(positive, dim=-1).t()
+    return F.cross_entropy(logits, index, reduction="sum")
+
+
+@pytest.mark.parametrize("factored", [False, True])
+def test_hypergraph_contrastive_loss_equals_the_dense_formula(factored: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    anchor = torch.randn(30, 8, dtype=torch.double, generator=g, requires_grad=True)
+    incidence = torch.rand(30, 3, dtype=torch.double, generator=g, requires_grad=True)
+    messages = torch.randn(3, 8, dtype=torch.double, generator=g, requires_grad=True)
+    index = torch.tensor([0, 5, 5, 29, 7, 0])
+    positive = incidence @ messages  # a hypergraph view: rank 3
+    factors = (incidence, messages) if factored else None
+    loss = hypergraph_contrastive_loss(anchor, positive, index, 0.2, factors)
+    reference = _reference_hcl(anchor, positive, index, 0.2)
+    torch.testing.assert_close(loss, reference)
+    inputs = (anchor, incidence, messages)
+    for got, expected in zip(
+        torch.autograd.grad(loss, inputs, retain_graph=True), torch.autograd.grad(reference, inputs)
+    ):
+        torch.testing.assert_close(got, expected)
+
+
+def test_hypergraph_propagation_returns_the_factors_of_its_outputs() -> None:
+    g = torch.Generator().manual_seed(2)
+    x, h, readers = torch.randn(6, 4, generator=g), torch.rand(6, 3, generator=g), torch.rand(5, 3)
+    out, read, messages = HypergraphPropagation(2)(x, h, readers, return_messages=True)
+    assert messages.shape == (3, 4)
+    torch.testing.assert_close(out, h @ messages)
+    torch.testing.assert_close(read, readers @ messages)
+    torch.testing.assert_close((out, read), HypergraphPropagation(2)(x, h, readers))
+
+
 def test_hypergraph_blocks_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="num_layers must be an int >= 1"):
         HypergraphPropagation(0)
@@ -115,6 +154,13 @@ def test_hypergraph_blocks_reject_bad_input() -> None:
         relaxed_dependencies(torch.ones(2, 2), 0.0)
     with pytest.raises(ValueError, match="anchor and positive"):
         hypergraph_contrastive_loss(torch.ones(3, 2), torch.ones(4, 2), torch.tensor([0]), 0.2)
+    with pytest.raises(
+        ValueError, match=r"positive_factors must be \(H \[N=3, A\], M \[A, d=2\]\)"
+    ):
+        factors = (torch.ones(3, 4), torch.ones(5, 2))
+        hypergraph_contrastive_loss(
+            torch.ones(3, 2), torch.ones(3, 2), torch.tensor([0]), 0.2, factors
+        )
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -192,6 +238,25 @@ def test_forward_follows_the_equations(data: HeteroData) -> None:
         assert out.modalities[m].shape == (NUM_ITEMS, DIM)
 
 
+def test_precomputed_modality_propagation_equals_projecting_first(
+    data: HeteroData, batch: BPRBatch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _model(data, num_mm_layers=3).train()
+    assert {"mge_basis_image", "mge_basis_text"} <= set(dict(model.named_buffers()))
+    monkeypatch.setattr(LGMRec, "precompute_width_ratio", 0.0)  # every modality too wide
+    projected_first = _model(data, num_mm_layers=3).train()
+    assert not [n for n, _ in projected_first.named_buffers() if n.startswith("mge_basis")]
+    for m in ("image", "text"):
+        a = model._modality_graph_embedding(m)
+        b = projected_first._modality_graph_embedding(m)
+        torch.testing.assert_close(a, b)
+        weights = (model.projections[m].weight, projected_first.projections[m].weight)
+        upstream = torch.randn_like(a)
+        got, expected = (torch.autograd.grad(x, w, upstream)[0] for x, w in zip((a, b), weights))
+        torch.testing.assert_close(got, expected)
+    assert "mge_basis_image" not in model.state_dict()  # graph data, not model state
+
+
 def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     model = _model(data, keep_rate=0.5)
     model.eval()
@@ -206,20 +271,51 @@ def test_dropout_and_noise_in_training_only(data: HeteroData) -> None:
     )
 
 
+def test_loss_equals_the_former_formula_with_its_gradients(
+    data: HeteroData, batch: BPRBatch
+) -> None:
+    # formerly: bpr and reg each gathered the batch rows, hcl had dense [B, N] cosine logits
+    model = _model(data, cl_weight=0.3).train().double()
+    out = model()
+    parts = model.loss(batch, out)
+    pos, neg = pair_scores(out.user, out.item, batch)
+    reg = embedding_norm_penalty(
+        out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
+    )
+    (user_a, item_a), (user_b, item_b) = out.global_views["image"], out.global_views["text"]
+    hcl = _reference_hcl(user_a, user_b, batch.user, model.temperature)
+    hcl = hcl + _reference_hcl(item_a, item_b, batch.pos_item, model.temperature)
+    former = {"bpr": bpr_loss(pos, neg), "hcl": 0.3 * hcl, "reg": model.reg_weight * reg}
+    for key in PARTS:
+        torch.testing.assert_close(parts[key], former[key])
+    params = list(model.parameters())
+    got = torch.autograd.grad(sum(parts.values()), params, retain_graph=True)
+    for a, b in zip(got, torch.autograd.grad(sum(former.values()), params)):
+        torch.testing.assert_close(a, b)
+
+
 def test_loss_reads_the_global_views_of_the_given_pass(data: HeteroData, batch: BPRBatch) -> None:
-    model = _model(data, cl_weight=0.3).train()
+    model = _model(data, cl_weight=0.3).train().double()  # float64: a tight gradient check
     calls = []
     original = model._modality_graph_embedding
     model._modality_graph_embedding = lambda m: calls.append(m) or original(m)
     out = model()
     parts = model.loss(batch, out)
     assert len(calls) == 2  # one MGE pass per modality, in the given pass only
-    # The contrastive part is the two-modality Eq. 11 on the pass's global views.
+    # The contrastive part is the two-modality Eq. 11 on the pass's global views (the dense
+    # formula; the model computes it from the views' factors), with the same gradients.
     (user_a, item_a), (user_b, item_b) = out.global_views["image"], out.global_views["text"]
-    expected = hypergraph_contrastive_loss(user_a, user_b, batch.user, model.temperature)
-    expected += hypergraph_contrastive_loss(item_a, item_b, batch.pos_item, model.temperature)
+    expected = _reference_hcl(user_a, user_b, batch.user, model.temperature)
+    expected += _reference_hcl(item_a, item_b, batch.pos_item, model.temperature)
     torch.testing.assert_close(model.hypergraph_contrastive(out, batch), expected)
     torch.testing.assert_close(parts["hcl"], 0.3 * expected)
+    params = list(model.parameters())
+    got = torch.autograd.grad(parts["hcl"], params, retain_graph=True, allow_unused=True)
+    want = torch.autograd.grad(0.3 * expected, params, allow_unused=True)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])

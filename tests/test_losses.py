@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pyg_dhmrec.nn import info_nce, info_nce_all_negatives
+from pyg_dhmrec.nn import factored_cross_entropy, info_nce, info_nce_all_negatives
 
 
 def test_info_nce_hand_value() -> None:
@@ -59,3 +60,32 @@ def test_info_nce_all_negatives_hand_value() -> None:
         info_nce_all_negatives(anchor, positive[:2], index, 1.0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         info_nce_all_negatives(anchor, positive, index, 0.0)
+
+
+def test_factored_cross_entropy_is_the_summed_cross_entropy_with_its_gradients() -> None:
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(7, 3, dtype=torch.double, generator=g, requires_grad=True)
+    key = torch.randn(11, 3, dtype=torch.double, generator=g, requires_grad=True)
+    target = torch.tensor([0, 4, 4, 10, 2, 0, 7])  # duplicates count once each
+    loss = factored_cross_entropy(query, key, target)
+    reference = F.cross_entropy(query @ key.t(), target, reduction="sum")
+    torch.testing.assert_close(loss, reference)
+    got = torch.autograd.grad(3.0 * loss, (query, key))
+    expected = torch.autograd.grad(3.0 * reference, (query, key))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+    # without inputs that require a gradient, only the value (no gradient is formed)
+    torch.testing.assert_close(
+        factored_cross_entropy(query.detach(), key.detach(), target), reference.detach()
+    )
+    # one row, two candidates: log(e^{q.k0} + e^{q.k1}) - q.k0 by hand
+    q, k = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    value = factored_cross_entropy(q, k, torch.tensor([0]))
+    torch.testing.assert_close(value, torch.tensor(math.log(math.e + math.e**2) - 1.0))
+
+
+def test_factored_cross_entropy_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match=r"\[B, r\] query and \[N, r\] key"):
+        factored_cross_entropy(torch.ones(2, 3), torch.ones(4, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"target must be \[B=2\]"):
+        factored_cross_entropy(torch.ones(2, 3), torch.ones(4, 3), torch.tensor([0]))

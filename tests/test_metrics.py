@@ -289,3 +289,38 @@ def test_evaluator_cuda_scores():
     cuda_scores = scores.cuda()
     out = evaluator.evaluate(lambda users: cuda_scores[users.cuda()])
     assert out == pytest.approx(expected)
+
+
+def _dense_reference(evaluator: FullRankEvaluator, scores: torch.Tensor) -> dict:
+    """Per-user values by the evaluator's former formula: an out-of-place masked copy of the
+    scores and a dense users x items ground-truth mask."""
+    users, max_k = evaluator.users, max(evaluator.ks)
+    train = torch.zeros(evaluator.num_users, evaluator.num_items, dtype=torch.bool)
+    gt = torch.zeros_like(train)
+    for rowptr, col, mask in (
+        (evaluator.train_rowptr, evaluator.train_col, train),
+        (evaluator.eval_rowptr, evaluator.eval_col, gt),
+    ):
+        row = torch.repeat_interleave(torch.arange(evaluator.num_users), rowptr.diff())
+        mask[row, col] = True
+    masked = scores[users].masked_fill(train[users], float("-inf"))
+    top_scores, top_items = masked.topk(min(max_k, evaluator.num_items), dim=1)
+    hits = gt[users].gather(1, top_items) & (top_scores > float("-inf"))
+    hits = torch.nn.functional.pad(hits, (0, max_k - hits.size(1)))
+    return ranking_metrics(hits, evaluator.num_ground_truth, evaluator.ks)
+
+
+@pytest.mark.parametrize("user_batch_size", [1, 5, 64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_evaluator_equals_the_dense_mask_formula(user_batch_size, seed):
+    train, test, scores = _random_split(seed, num_users=33, num_items=25, density=0.3)
+    evaluator = FullRankEvaluator(
+        train, test, 33, 25, ks=(1, 5, 30), user_batch_size=user_batch_size
+    )
+    kept = scores.clone()
+    _, per_user = evaluator.evaluate(lambda users: scores[users], per_user=True)
+    expected = _dense_reference(evaluator, scores)
+    assert per_user.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(per_user[key], expected[key], rtol=0, atol=0)
+    assert torch.equal(scores, kept)

@@ -13,6 +13,7 @@ from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.models import BPR, LightGCN, Recommender, build_model, model_class
 from pyg_dhmrec.nn import (
+    FrozenSparse,
     LightConv,
     LightPropagation,
     bpr_loss,
@@ -121,6 +122,22 @@ def test_symmetric_spmm_matches_dense_values_and_gradients() -> None:
     upstream = torch.randn(6, 3)
     (out * upstream).sum().backward()
     assert torch.allclose(x.grad, dense.t() @ upstream, atol=1e-6)
+
+
+def test_frozen_sparse_equals_torch_sparse_mm_bit_for_bit() -> None:
+    # the product writes a fresh output instead of torch.sparse.mm's zero-filled one: the same
+    # values exactly, forward and backward, whatever the uninitialised output held
+    g = torch.Generator().manual_seed(0)
+    dense = torch.rand(40, 30, generator=g) * (torch.rand(40, 30, generator=g) > 0.7)
+    op = FrozenSparse(_csr(dense))
+    for _ in range(3):
+        torch.empty(40, 8).fill_(float("nan"))  # garbage a reused allocation may hold
+        x = torch.randn(30, 8, generator=g, requires_grad=True)
+        out = op(x)
+        assert torch.equal(out, torch.sparse.mm(_csr(dense), x.detach()))
+        upstream = torch.randn(40, 8, generator=g)
+        (grad,) = torch.autograd.grad(out, x, upstream)
+        assert torch.equal(grad, torch.sparse.mm(_csr(dense.t().contiguous()), upstream))
 
 
 def test_symmetric_spmm_gradcheck() -> None:

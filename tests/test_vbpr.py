@@ -12,6 +12,7 @@ from toy_graphs import NUM_ITEMS, NUM_USERS, first_batch, toy_graph
 from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import VBPR, build_model
+from pyg_dhmrec.models.base import pair_scores
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
 
 DIM = 8
@@ -66,6 +67,26 @@ def test_parameters_and_both_user_halves_learn(data: HeteroData, batch: BPRBatch
     # Both user halves learn: gamma_u from the ID part, theta_u from the feature part.
     grad = model.user_embedding.weight.grad
     assert grad[:, :DIM].abs().sum() > 0 and grad[:, DIM:].abs().sum() > 0
+
+
+def test_loss_equals_the_former_formula_with_its_gradients(
+    data: HeteroData, batch: BPRBatch
+) -> None:
+    # the loss gathers the batch rows once for both parts; formerly each part gathered them
+    model = _model(data).train().double()
+    out = model()
+    parts = model.loss(batch, out)
+    pos, neg = pair_scores(out.user, out.item, batch)
+    reg = embedding_norm_penalty(
+        out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
+    )
+    former = {"bpr": bpr_loss(pos, neg), "reg": 0.1 * reg}
+    params = list(model.parameters())
+    for key in PARTS:
+        torch.testing.assert_close(parts[key], former[key])
+    got = torch.autograd.grad(sum(parts.values()), params, retain_graph=True)
+    for a, b in zip(got, torch.autograd.grad(sum(former.values()), params)):
+        torch.testing.assert_close(a, b)
 
 
 def _hand_model() -> VBPR:

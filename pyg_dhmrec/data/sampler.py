@@ -19,8 +19,19 @@ class BPRBatch:
     pos_item: Tensor
     neg_item: Tensor
 
-    def to(self, device: torch.device) -> BPRBatch:
-        return BPRBatch(self.user.to(device), self.pos_item.to(device), self.neg_item.to(device))
+    def to(self, device: torch.device, non_blocking: bool = False) -> BPRBatch:
+        return BPRBatch(
+            *(
+                t.to(device, non_blocking=non_blocking)
+                for t in (self.user, self.pos_item, self.neg_item)
+            )
+        )
+
+    def pin_memory(self) -> BPRBatch:
+        """The batch in page-locked host memory (for a copy that does not wait for the device)."""
+        return BPRBatch(
+            self.user.pin_memory(), self.pos_item.pin_memory(), self.neg_item.pin_memory()
+        )
 
     def __len__(self) -> int:
         return self.user.numel()

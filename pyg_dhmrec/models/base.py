@@ -216,6 +216,13 @@ class Recommender(torch.nn.Module):
         return out.user[users] @ out.item.t()
 
 
+def pair_rows(user_emb: Tensor, item_emb: Tensor, batch: BPRBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's rows ``(users, positive items, negative items)`` of the embeddings; a loss
+    that reads them twice (scores and a penalty) gathers them once: every gather's backward
+    zero-fills a gradient of the whole table."""
+    return user_emb[batch.user], item_emb[batch.pos_item], item_emb[batch.neg_item]
+
+
 def pair_scores(user_emb: Tensor, item_emb: Tensor, batch: BPRBatch) -> tuple[Tensor, Tensor]:
     """Inner-product scores of the batch's positive and negative pairs."""
     u = user_emb[batch.user]

@@ -160,9 +160,10 @@ class BM3(Recommender):
         """The pre-predictor representations :math:`h_u, h_i, h_m` (Eqs. 1-3)."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = self.ui_propagation(ego, self.adjacency)
-        item = out[self.num_users :] + self.item_embedding.weight  # code's residual ID term
+        user, item = out.split([self.num_users, self.num_items])
+        item = item + self.item_embedding.weight  # code's residual ID term
         features = {m: self.projections[m](self._feature(m)) for m in self.modalities}
-        return BM3Online(out[: self.num_users], item, features)
+        return BM3Online(user, item, features)
 
     def forward(self) -> BM3Embeddings:
         online = self.online()

@@ -234,8 +234,9 @@ class DualGNN(Recommender):
 
     def forward(self) -> Embeddings:
         reps = self.modality_representations()
-        user = self.fuse_users([r[: self.num_users] for r in reps.values()])
-        items = {m: r[self.num_users :] for m, r in reps.items()}
+        parts = {m: r.split([self.num_users, self.num_items]) for m, r in reps.items()}
+        user = self.fuse_users([users for users, _ in parts.values()])
+        items = {m: items for m, (_, items) in parts.items()}
         matrix, matrix_t = self._user_aggregation
         user = user + constant_spmm(matrix, user, matrix_t)
         return Embeddings(user, torch.stack(list(items.values())).sum(0), items)

@@ -145,7 +145,8 @@ class FREEDOM(Recommender):
         """LightGCN on the (pruned, in training) user-item graph: ``(b_u, b_i)``."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         ui = self.ui_propagation(ego, self.pruning())
-        return ui[: self.num_users], ui[self.num_users :]
+        users, items = ui.split([self.num_users, self.num_items])
+        return users, items
 
     def projected_features(self) -> dict[str, Tensor]:
         """:math:`W_m x_m` of every item, per modality."""

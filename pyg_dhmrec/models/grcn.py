@@ -148,7 +148,7 @@ class GRCN(Recommender):
             m: nodes[m] + self.conv(nodes[m], self.edge_index, affinity[m]) for m in self.modalities
         }
         rep = torch.cat([id_rep, *content.values()], dim=-1)
-        user, item = rep[: self.num_users], rep[self.num_users :]
+        user, item = rep.split([self.num_users, self.num_items])
         blocks = [id_rep.size(1)] + [c.size(1) for c in content.values()]
         modalities = {}
         for k, (m, c) in enumerate(content.items(), start=1):

@@ -249,7 +249,8 @@ class LATTICE(Recommender):
         per_modality = {m: F.normalize(self._propagate(g), dim=1) for m, g in graphs.items()}
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         ui = self.ui_propagation(ego, self.adjacency)
-        return Embeddings(ui[: self.num_users], ui[self.num_users :] + h, per_modality)  # Eq. 9
+        users, items = ui.split([self.num_users, self.num_items])
+        return Embeddings(users, items + h, per_modality)  # Eq. 9
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out

@@ -170,7 +170,7 @@ class LayerGCN(Recommender):
     def forward(self) -> Embeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = self.propagation(ego, self.pruning())
-        return Embeddings(out[: self.num_users], out[self.num_users :])
+        return Embeddings(*out.split([self.num_users, self.num_items]))
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out

@@ -57,7 +57,9 @@ class LightGCN(Recommender):
         """The mean over layers of the propagated ID embeddings, ``(users, items)``."""
         x = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = self.ui_propagation(x, self.adjacency)
-        return out[: self.num_users], out[self.num_users :]
+        # split, not two slices: its backward is one cat, not two zero-filled [U + I, d] grads
+        users, items = out.split([self.num_users, self.num_items])
+        return users, items
 
     def forward(self) -> Embeddings:
         return Embeddings(*self.propagate())

@@ -231,9 +231,10 @@ class MICRO(Recommender):
         fused = self.attention(list(views.values()))  # Eqs. 8-9
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         ui = self.ui_propagation(ego, self.adjacency)
-        item = ui[self.num_users :] + F.normalize(fused, dim=1)  # Eq. 12
+        user, item = ui.split([self.num_users, self.num_items])
+        item = item + F.normalize(fused, dim=1)  # Eq. 12
         return MICROEmbeddings(
-            ui[: self.num_users],
+            user,
             item,
             {m: F.normalize(v, dim=1) for m, v in views.items()},
             modality_views=views,

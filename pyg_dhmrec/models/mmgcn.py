@@ -155,7 +155,7 @@ class MMGCN(Recommender):
         reps = {m: self.modality_representation(m, ids) for m in self.modalities}
         total = torch.stack(list(reps.values())).sum(0)
         modalities = {m: rep[self.num_users :] for m, rep in reps.items()}
-        return Embeddings(total[: self.num_users], total[self.num_users :], modalities)
+        return Embeddings(*total.split([self.num_users, self.num_items]), modalities)
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out

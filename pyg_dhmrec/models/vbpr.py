@@ -9,7 +9,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, Recommender, pair_rows
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
 
 
@@ -106,8 +106,7 @@ class VBPR(Recommender):
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
-        pos, neg = pair_scores(out.user, out.item, batch)
-        reg = embedding_norm_penalty(
-            out.user[batch.user], out.item[batch.pos_item], out.item[batch.neg_item]
-        )
-        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}
+        user, pos, neg = pair_rows(out.user, out.item, batch)  # read by both parts
+        scores = (user * pos).sum(-1), (user * neg).sum(-1)
+        reg = embedding_norm_penalty(user, pos, neg)
+        return {"bpr": bpr_loss(*scores), "reg": self.reg_weight * reg}

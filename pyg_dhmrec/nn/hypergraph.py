@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_dhmrec.nn.losses import factored_cross_entropy
+
 
 def relaxed_dependencies(logits: Tensor, temperature: float, noise: bool = False) -> Tensor:
     r"""Row-wise soft assignment of nodes to hyperedges (LGMRec Eq. 8, Gumbel-softmax).
@@ -67,9 +69,16 @@ class HypergraphPropagation(torch.nn.Module):
         pass  # parameter-free
 
     def forward(
-        self, x: Tensor, incidence: Tensor, readers: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
-        """``x`` ``[N, d]``, ``incidence`` ``[N, A]``, ``readers`` ``[M, A]`` or ``None``."""
+        self,
+        x: Tensor,
+        incidence: Tensor,
+        readers: Tensor | None = None,
+        return_messages: bool = False,
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
+        r"""``x`` ``[N, d]``, ``incidence`` ``[N, A]``, ``readers`` ``[M, A]`` or ``None``.
+        With ``return_messages``, also the last layer's ``[A, d]`` hyperedge messages
+        :math:`H^\top X^{(L-1)}`: then :math:`X^{(L)} = H\,(H^\top X^{(L-1)})` and
+        :math:`Y` are rank-:math:`A` products of known factors."""
         if incidence.dim() != 2 or incidence.size(0) != x.size(0):
             raise ValueError(
                 f"incidence must be [num_nodes={x.size(0)}, num_hyperedges], "
@@ -86,14 +95,18 @@ class HypergraphPropagation(torch.nn.Module):
             out = incidence @ edges
         if readers is not None:
             read = readers @ edges
-        return out, read
+        return (out, read, edges) if return_messages else (out, read)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(num_layers={self.num_layers})"
 
 
 def hypergraph_contrastive_loss(
-    anchor: Tensor, positive: Tensor, index: Tensor, temperature: float
+    anchor: Tensor,
+    positive: Tensor,
+    index: Tensor,
+    temperature: float,
+    positive_factors: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     r"""Cross-view InfoNCE of LGMRec's hypergraph contrastive loss (Eq. 11), summed over a batch.
 
@@ -106,6 +119,12 @@ def hypergraph_contrastive_loss(
     ``index`` ``[B]`` picks the anchors, and every node of the other view is a candidate (not
     only the batch's, unlike :func:`~pyg_dhmrec.nn.info_nce`). Summed, not averaged, over the
     batch, as in the paper's sum over nodes; duplicates in ``index`` count once each.
+
+    ``positive_factors`` ``(H [N, A], M [A, d])`` with ``positive == H @ M`` (the output of
+    :class:`HypergraphPropagation` with ``return_messages``) gives the same value through the
+    rank-:math:`A` logits :math:`(\hat{a} M^\top)(H / \lVert p \rVert)^\top`: the
+    ``[B, N]`` products cost :math:`O(B N A)` instead of :math:`O(B N d)`. The cross-entropy
+    is :func:`~pyg_dhmrec.nn.losses.factored_cross_entropy`.
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -114,7 +133,23 @@ def hypergraph_contrastive_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    # 1/tau scales the [B, d] anchors, not the [B, N] logits (one big op less, both passes).
-    anchors = F.normalize(anchor[index], dim=-1) / temperature
-    logits = anchors @ F.normalize(positive, dim=-1).t()
-    return F.cross_entropy(logits, index, reduction="sum")
+    # 1/tau scales the [B, d] anchors, not the [B, N] logits
+    query = F.normalize(anchor[index], dim=-1) / temperature
+    norm = torch.linalg.vector_norm(positive, dim=-1, keepdim=True).clamp_min(1e-12)
+    if positive_factors is None:
+        return factored_cross_entropy(query, positive / norm, index)  # F.normalize's division
+    incidence, messages = positive_factors
+    if (
+        incidence.dim() != 2
+        or incidence.size(0) != positive.size(0)
+        or messages.shape
+        != (
+            incidence.size(1),
+            positive.size(1),
+        )
+    ):
+        raise ValueError(
+            f"positive_factors must be (H [N={positive.size(0)}, A], M [A, d={positive.size(1)}]), "
+            f"got {list(incidence.shape)} and {list(messages.shape)}"
+        )
+    return factored_cross_entropy(query @ messages.t(), incidence / norm, index)

@@ -12,6 +12,13 @@ from torch_geometric.nn import LGConv
 from pyg_dhmrec.data.graph import csr_transpose
 
 
+def _spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """``adj @ x`` written straight into a fresh output: ``torch.sparse.mm`` zero-fills a tensor
+    and copies it into its output before the product, two passes over ``[N, d]`` more (the
+    same values; ``beta=0`` never reads the uninitialised output)."""
+    return x.new_empty(adj.size(0), x.size(1)).addmm_(adj, x, beta=0)
+
+
 class _ConstantSpmm(torch.autograd.Function):
     """``adj @ x`` for a constant sparse ``adj`` whose transpose ``adj_t`` is precomputed.
 
@@ -24,11 +31,11 @@ class _ConstantSpmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, adj: Tensor, adj_t: Tensor, x: Tensor) -> Tensor:
         ctx.adj_t = adj_t
-        return torch.sparse.mm(adj, x)
+        return _spmm(adj, x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[None, None, Tensor]:
-        return None, None, torch.sparse.mm(ctx.adj_t, grad)
+        return None, None, _spmm(ctx.adj_t, grad)
 
 
 def constant_spmm(adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
