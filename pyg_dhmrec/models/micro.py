@@ -15,8 +15,9 @@ from pyg_dhmrec.models.base import Embeddings
 from pyg_dhmrec.models.lattice import LATTICE, Graph
 from pyg_dhmrec.nn import ModalityAttention, chunked_info_nce
 
-#: Anchors per chunk of the all-item contrastive loss (memory only; the authors' 4096).
-CONTRASTIVE_CHUNK = 4096
+#: Anchors per chunk of the all-item contrastive loss (memory and speed only: a [1024, 2N]
+#: block is reused across chunks; on TikTok faster than the authors' 4096 rows at once).
+CONTRASTIVE_CHUNK = 1024
 
 
 @dataclass
@@ -63,9 +64,10 @@ class MICRO(LATTICE):
     :math:`\mathcal{L}_C = \sum_m \frac{1}{N} \sum_i -\log \frac{e^{\theta(h^m_i, h_i)/\tau}}
     {\sum_j e^{\theta(h^m_i, h_j)/\tau} + \sum_{j \ne i} e^{\theta(h^m_i, h^m_j)/\tau}}`,
     :math:`\theta` the cosine similarity, one direction (modality -> fused) and summed over
-    modalities as the authors' code. Computed by :func:`chunked_info_nce`: chunks of anchors
-    under checkpointing, so memory is :math:`O(\text{chunk} \cdot N)` where the authors' code
-    keeps the :math:`N \times N` exponent matrices for backward.
+    modalities as the authors' code. Computed by :func:`chunked_info_nce`: chunks of anchors,
+    each chunk's similarities computed once and turned at once into the loss and its analytic
+    gradient, so memory is :math:`O(\text{chunk} \cdot N)` where the authors' code keeps the
+    :math:`N \times N` exponent matrices for backward (same value and gradient).
 
     **Backbone and prediction (Eq. 12).** LightGCN (mean over layers
     :math:`0..L_{ui}`, ``num_ui_layers``) gives :math:`x_u, x_i`;
