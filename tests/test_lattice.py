@@ -122,7 +122,7 @@ def test_mixing_with_the_initial_graph_and_modality_weights(data: HeteroData) ->
     with torch.no_grad():
         model.modality_logits.copy_(torch.tensor([0.3, -0.2]))
     alpha = torch.softmax(torch.tensor([0.3, -0.2]), 0)
-    graphs, got_alpha = model.build_item_graphs()
+    graphs, got_alpha = model.build_item_graphs(), model.modality_weights()
     torch.testing.assert_close(got_alpha, alpha)
     fused = torch.zeros(NUM_ITEMS, NUM_ITEMS)
     for a, m in zip(alpha, ("image", "text")):
@@ -192,7 +192,7 @@ def test_graph_is_learned_once_per_epoch(data: HeteroData, batch) -> None:
     with torch.no_grad():
         fresh = model._item_operators()[1]["image"][0].to_dense()
         assert not torch.allclose(fresh, cached)
-        graphs, _ = model.build_item_graphs()
+        graphs = model.build_item_graphs()
         torch.testing.assert_close(
             fresh, _dense(graphs["image"][0].flip(0), graphs["image"][1], 30)
         )
@@ -230,7 +230,7 @@ def test_modality_representations(data: HeteroData) -> None:
     # Per-modality representations: the item IDs propagated over that modality's graph only.
     with torch.no_grad():
         out = model()
-    graphs, _ = model.build_item_graphs()
+    graphs = model.build_item_graphs()
     for m, rep in out.modalities.items():
         ei, w = graphs[m]
         graph = _dense(ei.flip(0), w, NUM_ITEMS)

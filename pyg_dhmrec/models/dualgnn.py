@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
@@ -21,6 +20,7 @@ from pyg_dhmrec.data.transforms import (
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, constant_spmm
+from pyg_dhmrec.nn.normalize import l2_normalize
 
 #: How the per-modality user representations are fused (Section III-C of the paper).
 FUSIONS = ("weighted_sum", "mean", "max", "concat")
@@ -218,7 +218,7 @@ class DualGNN(Recommender):
         out = {}
         for m in self.modalities:
             nodes = torch.cat([self.preferences[m], self.projections[m](self.feature(m))])
-            out[m] = self.propagation(F.normalize(nodes, dim=1), self.adjacency)
+            out[m] = self.propagation(l2_normalize(nodes), self.adjacency)
         return out
 
     def fuse_users(self, users: list[Tensor]) -> Tensor:

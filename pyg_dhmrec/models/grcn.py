@@ -6,13 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
-from torch_geometric.nn import SimpleConv
+from torch_geometric.utils import softmax
 
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import bpr_loss
 from pyg_dhmrec.nn.edge_refinement import ConfidenceEdgeWeights
-from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
+from pyg_dhmrec.nn.normalize import l2_normalize
+from pyg_dhmrec.nn.routing import PrototypeRouting
+from pyg_dhmrec.nn.sparse_pattern import SparsePattern
 
 
 class GRCN(Recommender):
@@ -25,7 +27,7 @@ class GRCN(Recommender):
     (:class:`~pyg_dhmrec.nn.routing.PrototypeRouting`); with node vectors
     :math:`x^m = [p^m; i_m]`, every edge :math:`j \to v` of the two-way user-item graph gets
     the affinity :math:`a^m_{jv} = \mathrm{softmax}_{j \in \mathcal{N}(v)}({x_j^m}^\top x_v^m)`
-    (:func:`~pyg_dhmrec.nn.routing.neighborhood_affinity`). The modalities are combined by
+    (one dot product per interaction, shared by its two edges). The modalities are combined by
     the learned confidence of the sending node and softly pruned
     (:class:`~pyg_dhmrec.nn.edge_refinement.ConfidenceEdgeWeights`),
     :math:`w_{jv} = \max_m \sigma(c_{j,m})\, a^m_{jv} \in [0, 1]`.
@@ -94,7 +96,10 @@ class GRCN(Recommender):
         edges = self.train_edge_index(data).long()
         pairs = torch.unique(edges[0] * self.num_items + edges[1])  # each interaction once
         users, items = pairs // self.num_items, pairs % self.num_items
-        self.register_buffer("ui_edge_index", torch.stack([users, items]), persistent=False)
+        # R [U, I] with learned values: every edge-wise step is a fused CSR product.
+        self.interactions = SparsePattern(
+            torch.stack([users, items]), self.num_users, self.num_items
+        )
         source = torch.cat([users, items + self.num_users])
         target = torch.cat([items + self.num_users, users])
         self.register_buffer("edge_index", torch.stack([source, target]), persistent=False)
@@ -109,7 +114,6 @@ class GRCN(Recommender):
         )
         self.routing = PrototypeRouting(num_routing)
         self.edge_weights = ConfidenceEdgeWeights(n, len(features))
-        self.conv = SimpleConv(aggr="sum")  # weighted sum over in-edges
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -121,39 +125,73 @@ class GRCN(Recommender):
             torch.nn.init.zeros_(self.projections[m].bias)
         self.edge_weights.reset_parameters()
 
+    def modality_sides(self, modality: str) -> tuple[Tensor, Tensor]:
+        """The refined ``[U, f]`` user prototypes and the normalised ``[I, f]`` item content
+        vectors of ``modality``."""
+        content = F.leaky_relu(self.projections[modality](self.feature(modality)))
+        content = l2_normalize(content)
+        prototypes = self.routing(self.prototypes[modality], content, self.interactions)
+        return prototypes, content
+
     def modality_nodes(self, modality: str) -> Tensor:
         """``[U + I, f]``: refined user prototypes over normalised item content vectors."""
-        content = F.leaky_relu(self.projections[modality](self.feature(modality)))
-        content = F.normalize(content, dim=-1)
-        prototypes = self.routing(self.prototypes[modality], content, self.ui_edge_index)
-        return torch.cat([prototypes, content])
+        return torch.cat(self.modality_sides(modality))
+
+    def _affinity(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The ``[E]`` affinities of the user -> item and of the item -> user edges:
+        :math:`x_j^\top x_v` is one dot product per interaction, shared by its two edges,
+        normalised over the item's users and over the user's items."""
+        logits = self.interactions.dot(users, items)
+        into_items = softmax(logits, self.interactions.col, num_nodes=self.num_items)
+        into_users = softmax(logits, self.interactions.row, num_nodes=self.num_users)
+        return into_items, into_users
+
+    def _aggregate(
+        self, users: Tensor, items: Tensor, into_items: Tensor, into_users: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        r""":math:`\sum_{j \in \mathcal{N}(v)} w_{jv} x_j` for every user and item, with
+        the weights of the user -> item and item -> user edges: two products with the weighted
+        interaction matrix."""
+        return (
+            self.interactions.matmul(into_users, items),
+            self.interactions.matmul(into_items, users, transposed=True),
+        )
+
+    def _refine(self) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
+        sides = {m: self.modality_sides(m) for m in self.modalities}
+        affinity = {m: torch.cat(self._affinity(*x)) for m, x in sides.items()}
+        weights = self.edge_weights(torch.stack(list(affinity.values()), -1), self.edge_index[0])
+        return weights, sides, affinity
 
     def refined_edge_weights(self) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-        """The ``[2E]`` refined weights of :attr:`edge_index`, and per modality the node
-        vectors and edge affinities."""
-        nodes = {m: self.modality_nodes(m) for m in self.modalities}
-        n = self.num_users + self.num_items
-        affinity = {m: neighborhood_affinity(x, x, self.edge_index, n) for m, x in nodes.items()}
-        weights = self.edge_weights(torch.stack(list(affinity.values()), -1), self.edge_index[0])
-        return weights, nodes, affinity
+        """The ``[2E]`` refined weights of :attr:`edge_index`, and per modality the
+        ``[U + I, f]`` node vectors and the ``[2E]`` edge affinities."""
+        weights, sides, affinity = self._refine()
+        return weights, {m: torch.cat(x) for m, x in sides.items()}, affinity
 
     def forward(self) -> Embeddings:
-        weights, nodes, affinity = self.refined_edge_weights()
-        x = F.normalize(torch.cat([self.user_embedding.weight, self.item_embedding.weight]), dim=-1)
-        id_rep = x
+        # Users and items are kept apart: no [U + I, d] concatenation to slice again.
+        weights, sides, affinity = self._refine()
+        num_edges = self.interactions.num_entries
+        into_items, into_users = weights[:num_edges], weights[num_edges:]
+        users = l2_normalize(self.user_embedding.weight)
+        items = l2_normalize(self.item_embedding.weight)
+        id_users, id_items = users, items
         for _ in range(self.num_ui_layers):
-            x = self.conv(x, self.edge_index, weights)
-            id_rep = id_rep + x
-        content = {
-            m: nodes[m] + self.conv(nodes[m], self.edge_index, affinity[m]) for m in self.modalities
-        }
-        rep = torch.cat([id_rep, *content.values()], dim=-1)
-        user, item = rep.split([self.num_users, self.num_items])
-        blocks = [id_rep.size(1)] + [c.size(1) for c in content.values()]
+            users, items = self._aggregate(users, items, into_items, into_users)
+            id_users, id_items = id_users + users, id_items + items
+        content = {}
+        for m, (prototypes, content_items) in sides.items():
+            a = affinity[m]
+            pulled = self._aggregate(prototypes, content_items, a[:num_edges], a[num_edges:])
+            content[m] = (prototypes + pulled[0], content_items + pulled[1])
+        user = torch.cat([id_users, *(c[0] for c in content.values())], dim=-1)
+        item = torch.cat([id_items, *(c[1] for c in content.values())], dim=-1)
+        blocks = [id_items.size(1)] + [c[1].size(1) for c in content.values()]
         modalities = {}
         for k, (m, c) in enumerate(content.items(), start=1):
-            parts = [c.new_zeros(self.num_items, w) for w in blocks]
-            parts[k] = c[self.num_users :]
+            parts = [c[1].new_zeros(self.num_items, w) for w in blocks]
+            parts[k] = c[1]
             modalities[m] = torch.cat(parts, dim=-1)
         return Embeddings(user, item, modalities)
 

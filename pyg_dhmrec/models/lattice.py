@@ -166,7 +166,6 @@ class LATTICE(Recommender):
         self.projections = torch.nn.ModuleDict(
             {m: torch.nn.Linear(x.size(1), feat_embed_dim) for m, x in features.items()}
         )
-        self.modality_logits = torch.nn.Parameter(torch.zeros(len(self.modalities)))
         self.graph_learner = LearnedKNNGraph(self.knn_k)
 
         for m in self.modalities:  # Eqs. 1-3 on the raw features: built once, frozen
@@ -175,20 +174,28 @@ class LATTICE(Recommender):
             self.register_buffer(f"init_weight_{m}", store.edge_weight, persistent=False)
 
         self.item_conv = LightConv()
+        self.build_modality_fusion(embedding_dim)
         self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
         adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
         self.adjacency = FrozenSparse(adj, symmetric=True)
 
         # The training graphs of the current epoch as CSR constants (graph_update="epoch").
-        self._train_graph: tuple[Graph, dict[str, Graph]] | None = None
+        self._train_graph: tuple[Graph | None, dict[str, Graph]] | None = None
         self.reset_parameters()
+
+    def build_modality_fusion(self, embedding_dim: int) -> None:
+        """The parameters that combine the modalities: the logits :math:`w` of Eq. 7."""
+        self.modality_logits = torch.nn.Parameter(torch.zeros(len(self.modalities)))
+
+    def reset_modality_fusion(self) -> None:
+        torch.nn.init.zeros_(self.modality_logits)  # equal logits: uniform alpha
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
         for projection in self.projections.values():
             projection.reset_parameters()  # PyTorch's default Linear initialisation, as MMRec
-        torch.nn.init.zeros_(self.modality_logits)  # equal logits: uniform alpha
+        self.reset_modality_fusion()
         self._train_graph = None
 
     def on_train_epoch_start(self) -> None:
@@ -202,10 +209,10 @@ class LATTICE(Recommender):
         r""":math:`\alpha = \mathrm{softmax}(w)`, one weight per modality (Eq. 7)."""
         return torch.softmax(self.modality_logits, dim=0)
 
-    def build_item_graphs(self) -> tuple[dict[str, Graph], Tensor]:
-        r"""Per modality :math:`\tilde{A}^m = (1-\lambda)\hat{A}^m + \lambda\tilde{S}^m` (Eq. 6)
-        as ``(edge_index, weight)`` with ``edge_index`` in (neighbour, item) order, and
-        :math:`\alpha` (Eq. 7); differentiable in :math:`W_m, b_m, w`."""
+    def build_item_graphs(self) -> dict[str, Graph]:
+        r"""Per modality :math:`\tilde{A}^m = (1-\lambda)\hat{A}^m + \lambda\tilde{S}^m` (Eqs. 4-6)
+        as ``(edge_index, weight)`` with ``edge_index`` in (neighbour, item) order,
+        differentiable in :math:`W_m, b_m`."""
         graphs = {}
         for m in self.modalities:
             projected = self.projections[m](self.feature(m))  # Eq. 4
@@ -214,26 +221,38 @@ class LATTICE(Recommender):
             graphs[m] = skip_connected_graph(
                 (edge_index.flip(0), weight), frozen, self.frozen_graph_weight
             )  # Eq. 6
-        return graphs, self.modality_weights()
+        return graphs
 
-    def _item_operators(self) -> tuple[Graph, dict[str, Graph]]:
-        r"""The fused graph :math:`A` and each :math:`\tilde{A}^m`, either as differentiable
-        ``(edge_index, weight)`` or, when no gradient reaches them, as constant
-        ``(adj, adj_t)`` CSR pairs (fused sparse products, several times faster on CPU)."""
+    def mix_item_graphs(self, graphs: dict[str, Graph]) -> Graph | None:
+        r"""The fused graph :math:`A = \sum_m \alpha_m \tilde{A}^m` (Eq. 7), differentiable in
+        :math:`w` too."""
+        alpha = self.modality_weights()
+        return (
+            torch.cat([ei for ei, _ in graphs.values()], dim=1),
+            torch.cat([a * w for a, (_, w) in zip(alpha, graphs.values())]),
+        )
+
+    def _item_operators(self) -> tuple[Graph | None, dict[str, Graph]]:
+        r"""The fused graph :math:`A` (``None`` where :meth:`mix_item_graphs` mixes none) and
+        each :math:`\tilde{A}^m`, either as differentiable ``(edge_index, weight)`` or, when no
+        gradient reaches them, as constant ``(adj, adj_t)`` CSR pairs (fused sparse products,
+        several times faster on CPU)."""
         epoch_mode = self.training and self.graph_update == "epoch"
         if epoch_mode and self._train_graph is not None:
             return self._train_graph
-        graphs, alpha = self.build_item_graphs()
-        fused = (
-            torch.cat([ei for ei, _ in graphs.values()], dim=1),
-            torch.cat([a * w for a, (_, w) in zip(alpha, graphs.values())]),  # Eq. 7
-        )
+        graphs = self.build_item_graphs()
+        fused = self.mix_item_graphs(graphs)
+        weights = [w for _, w in graphs.values()] + ([] if fused is None else [fused[1]])
+        differentiable = any(w.requires_grad for w in weights)
         constant = None
-        if epoch_mode or not fused[1].requires_grad:
-            constant = self._constant(fused), {m: self._constant(g) for m, g in graphs.items()}
+        if epoch_mode or not differentiable:
+            constant = (
+                None if fused is None else self._constant(fused),
+                {m: self._constant(g) for m, g in graphs.items()},
+            )
         if epoch_mode:
             self._train_graph = constant  # later batches of the epoch reuse it, detached
-        return (fused, graphs) if fused[1].requires_grad else constant
+        return (fused, graphs) if differentiable else constant
 
     def _constant(self, graph: Graph) -> Graph:
         return constant_item_graph(graph, self.num_items)

@@ -11,6 +11,7 @@ from pyg_dhmrec.data.mean_adjacency import row_normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.nn import FrozenSparse, bpr_loss
+from pyg_dhmrec.nn.normalize import l2_normalize
 
 
 class ModalityGraphLayer(torch.nn.Module):
@@ -145,7 +146,7 @@ class MMGCN(Recommender):
     def modality_representation(self, modality: str, id_embedding: Tensor) -> Tensor:
         """The ``[U + I, d]`` output of modality ``modality``'s GCN."""
         projected = self.projections[modality](self.feature(modality))
-        x = F.normalize(torch.cat([self.preferences[modality], projected]), dim=-1)
+        x = l2_normalize(torch.cat([self.preferences[modality], projected]))
         for layer in self.layers[modality]:
             x = layer(x, self.mean_adjacency, id_embedding)
         return x

@@ -7,64 +7,65 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _chunk_logits(
-    anchor: Tensor, positive: Tensor, start: int, end: int, temperature: float, intra: bool
-) -> Tensor:
-    """``[B, N]`` (or ``[B, 2N]`` with the in-view block) logits of anchors ``start:end``;
-    the anchor's similarity to itself is ``-inf`` (not a negative)."""
-    rows = anchor[start:end] / temperature
-    logits = rows @ positive.t()
-    if intra:
-        within = rows @ anchor.t()
-        local = torch.arange(end - start, device=anchor.device)
-        within[local, local + start] = float("-inf")
-        logits = torch.cat([logits, within], dim=1)
-    return logits
+#: Largest :math:`1/\tau` for which ``exp`` of a cosine logit is taken without a max shift:
+#: :math:`e^{\pm 40}` and a sum of millions of them stay finite and normal in float32.
+_UNSHIFTED_MAX_LOGIT = 40.0
 
 
 class _ChunkedInfoNCE(torch.autograd.Function):
-    """Sum over anchors of ``logsumexp(row) - positive logit``, forward and backward in chunks:
-    the backward recomputes each chunk's logits and applies the analytic gradient
-    ``softmax(row) - onehot(positive)``, so only one ``[chunk, 2N]`` block lives at a time."""
+    """Sum over anchors of ``logsumexp(row) - positive logit`` over the keys
+    ``[positive; anchor]`` (``positive`` alone without in-view negatives), in one pass of
+    chunks: each chunk's ``[chunk, K]`` exponentiated logits give its log-denominators and,
+    when a gradient is wanted, at once the analytic gradient ``softmax(row) - onehot(positive)``
+    of every anchor and key (the softmax's division is applied to the ``[chunk, d]`` factors,
+    not to the block). Only the two ``[N, d]`` gradients are kept for backward, which scales
+    them: the logits are computed once per call, and one ``[chunk, K]`` buffer serves every
+    chunk."""
 
     @staticmethod
-    def forward(ctx, anchor, positive, temperature, intra, chunk_size):  # noqa: ANN001, ANN205
+    def forward(ctx, anchor, positive, temperature, intra, chunk_size, want_grad):  # noqa: ANN001, ANN205
         num = anchor.size(0)
-        lse = anchor.new_empty(num)
+        keys = torch.cat([positive, anchor]) if intra else positive  # [K, d]
+        grad_rows = torch.zeros_like(anchor) if want_grad else None
+        grad_keys = torch.zeros_like(keys) if want_grad else None
+        # Cosine logits lie in [-1/tau, 1/tau]: unshifted exp is exact and finite for a
+        # moderate 1/tau; otherwise each row is shifted by its max, as logsumexp does.
+        shift = 1.0 / temperature > _UNSHIFTED_MAX_LOGIT
         total = anchor.new_zeros(())
+        buffer = anchor.new_empty(min(chunk_size, num), keys.size(0))
         for start in range(0, num, chunk_size):
             end = min(start + chunk_size, num)
-            logits = _chunk_logits(anchor, positive, start, end, temperature, intra)
-            lse[start:end] = torch.logsumexp(logits, dim=1)
+            rows = anchor[start:end] / temperature
+            logits = torch.mm(rows, keys.t(), out=buffer[: end - start])
             local = torch.arange(end - start, device=anchor.device)
-            total = total + (lse[start:end] - logits[local, local + start]).sum()
-        ctx.save_for_backward(anchor, positive, lse)
-        ctx.settings = (temperature, intra, chunk_size)
+            if intra:  # an anchor is not its own negative: exp(-inf) = 0
+                logits[local, local + start + num] = float("-inf")
+            positive_logit = logits[local, local + start].clone()
+            if shift:
+                top = logits.amax(dim=1, keepdim=True)
+                logits.sub_(top)
+            exp = logits.exp_()  # in place: the buffer now holds the row's exponents
+            denominator = exp.sum(dim=1, keepdim=True)
+            lse = denominator.log().squeeze(1)
+            if shift:
+                lse = lse + top.squeeze(1)
+            total = total + (lse - positive_logit).sum()
+            if want_grad:  # (softmax - onehot) @ keys and its transpose @ rows
+                grad_rows[start:end] = (exp @ keys).div_(denominator) - keys[start:end]
+                grad_keys.addmm_(exp.t(), rows / denominator)
+                grad_keys[start:end] -= rows
+        if want_grad:
+            grad_anchor = grad_rows.div_(temperature)
+            grad_positive = grad_keys[:num]
+            if intra:  # a_i . a_j reaches both anchors
+                grad_anchor += grad_keys[num:]
+            ctx.save_for_backward(grad_anchor, grad_positive)
         return total
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        anchor, positive, lse = ctx.saved_tensors
-        temperature, intra, chunk_size = ctx.settings
-        num = anchor.size(0)
-        grad_anchor, grad_positive = torch.zeros_like(anchor), torch.zeros_like(positive)
-        scale = grad / temperature
-        for start in range(0, num, chunk_size):
-            end = min(start + chunk_size, num)
-            logits = _chunk_logits(anchor, positive, start, end, temperature, intra)
-            probs = logits.sub_(lse[start:end].unsqueeze(1)).exp_()  # softmax of each row
-            local = torch.arange(end - start, device=anchor.device)
-            probs[local, local + start] -= 1.0  # minus the positive's one-hot
-            probs.mul_(scale)
-            between = probs[:, :num]
-            grad_anchor[start:end] += between @ positive
-            grad_positive += between.t() @ anchor[start:end]
-            if intra:  # a_i . a_j reaches both anchors
-                within = probs[:, num:]
-                grad_anchor[start:end] += within @ anchor
-                grad_anchor += within.t() @ anchor[start:end]
-        return grad_anchor, grad_positive, None, None, None
+        grad_anchor, grad_positive = ctx.saved_tensors
+        return grad * grad_anchor, grad * grad_positive, None, None, None, None
 
 
 def chunked_info_nce(
@@ -72,7 +73,7 @@ def chunked_info_nce(
     positive: Tensor,
     temperature: float,
     intra_view_negatives: bool = True,
-    chunk_size: int = 4096,
+    chunk_size: int = 512,
 ) -> Tensor:
     r"""InfoNCE over all ``N`` rows, every other row a negative (GRACE's semi-loss, MICRO's
     contrastive modality fusion):
@@ -86,21 +87,24 @@ def chunked_info_nce(
     with :math:`\theta` the cosine similarity. ``intra_view_negatives=False`` drops the second
     sum (then it is :func:`~pyg_dhmrec.nn.losses.info_nce` over all rows).
 
-    Anchors are processed ``chunk_size`` rows at a time by one autograd function: the forward
-    pass keeps only each anchor's log-denominator, the backward pass recomputes one chunk's
-    ``[chunk, N]`` similarity blocks at a time and applies the analytic gradient (softmax of
-    the row minus the positive's one-hot), so peak memory is
+    Anchors are processed ``chunk_size`` rows at a time by one autograd function: one
+    ``[chunk, 2N]`` block of logits at a time (one product with the keys
+    :math:`[p; a]`), from which the anchor's log-denominator and, when a gradient is wanted,
+    the analytic gradient (softmax of the row minus the positive's one-hot) are taken at once;
+    only the ``[N, d]`` gradients are kept for the backward pass. Peak memory is
     :math:`O(\text{chunk\_size} \cdot N)` instead of the :math:`O(N^2)` that autograd keeps
-    for the dense formula (or for a plain loop over chunks); the value and gradient are those
-    of the dense formula (sums reassociated only). Computed with ``logsumexp``, so no term
-    overflows.
+    for the dense formula, and the logits are computed once (not again in backward); the value
+    and gradient are those of the dense formula (sums reassociated only). Computed with a
+    per-row max shift (``logsumexp``), so no term overflows. The default chunk keeps the block
+    small enough to be reused from the allocator's heap (a block of hundreds of MB is mapped
+    afresh, and page-faulted, on every call).
 
     Args:
         anchor: ``[N, d]`` anchors :math:`a` (e.g. one modality's item representations).
         positive: ``[N, d]`` positives :math:`p` (e.g. the fused item representations).
         temperature: :math:`\tau > 0`.
         intra_view_negatives: include the anchor view's other rows as negatives.
-        chunk_size: anchors per chunk (memory only).
+        chunk_size: anchors per chunk (memory and speed only).
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -112,8 +116,9 @@ def chunked_info_nce(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    want_grad = torch.is_grad_enabled() and (anchor.requires_grad or positive.requires_grad)
     total = _ChunkedInfoNCE.apply(
-        anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size
+        anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size, want_grad
     )
     return total / anchor.size(0)
 

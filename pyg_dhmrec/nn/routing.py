@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import scatter, softmax
+from torch_geometric.utils import softmax
+
+from pyg_dhmrec.nn.normalize import l2_normalize
+from pyg_dhmrec.nn.sparse_pattern import SparsePattern
 
 __all__ = ["PrototypeRouting", "neighborhood_affinity"]
 
@@ -64,17 +66,21 @@ class PrototypeRouting(torch.nn.Module):
     def reset_parameters(self) -> None:
         pass  # parameter-free
 
-    def forward(self, prototypes: Tensor, items: Tensor, edge_index: Tensor) -> Tensor:
-        """``prototypes`` ``[U, d]``, ``items`` ``[I, d]``, ``edge_index`` ``[2, E]`` (user,
-        item) -> the refined, normalised ``[U, d]`` prototypes."""
-        users, item_ids = edge_index
+    def forward(self, prototypes: Tensor, items: Tensor, edges: Tensor | SparsePattern) -> Tensor:
+        """``prototypes`` ``[U, d]``, ``items`` ``[I, d]``, ``edges`` the (user, item) pairs as
+        a ``[2, E]`` edge index or a :class:`SparsePattern` of shape ``[U, I]`` (built once by
+        the caller: the fast path) -> the refined, normalised ``[U, d]`` prototypes.
+
+        Each step is one per-edge dot product and one product with the sparse matrix of
+        :math:`\alpha` (:class:`SparsePattern`), no ``[E, d]`` gathered tensor."""
         num_users = prototypes.size(0)
-        out = F.normalize(prototypes, dim=-1)
+        if not isinstance(edges, SparsePattern):
+            edges = SparsePattern(edges, num_users, items.size(0)).to(items.device)
+        out = l2_normalize(prototypes)
         for _ in range(self.num_iterations):
             # The prototype is the target: items route into their users.
-            weight = neighborhood_affinity(items, out, edge_index.flip(0), num_users)
-            pulled = scatter(weight.unsqueeze(-1) * items[item_ids], users, 0, num_users, "sum")
-            out = F.normalize(out + pulled, dim=-1)
+            weight = softmax(edges.dot(out, items), edges.row, num_nodes=num_users)
+            out = l2_normalize(out + edges.matmul(weight, items))
         return out
 
     def extra_repr(self) -> str:
