@@ -312,7 +312,10 @@ class DAMRS(Recommender):
     in Python; here both graphs are built sparse, in chunks, and cached with the dataset,
     with the same edges up to ties (ties go to the lower item id). Their behaviour graph loads
     the co-interaction counts but normalises with ones (a binary graph), which we follow.
-    Items with a zero feature row get NaN similarities there and similarity 0 here. Their
+    Items with a zero feature row get NaN similarities there and similarity 0 here. They
+    zero the filtered similarities and take the top-:math:`k` of the whole row, so where a
+    modality's mean similarity is negative a filtered pair (0) can outrank a consistent pair of
+    negative similarity; here only consistent pairs are candidates. Their
     :math:`\mathcal{L}_{AI}` holds ``[batch items, I]`` blocks for autograd and adds
     :math:`10^{-9}` inside the logarithms; ours is exact (log-sum-exp) and chunked. Their
     losses take ``log(sigmoid(x))``; ours ``logsigmoid`` (equal where theirs is finite). Their
