@@ -141,8 +141,10 @@ class CMDL(Recommender):
     :math:`w_2\,\mathrm{relu}(u^\top x + v^\top y + b)`: where no pair of the batch crosses
     the kink it is constant (the fit loss is :math:`\log |B|`, no gradient) or affine (both
     estimates ignore the pairing, NCE-CLUB is 0), so the bounds constrain the parts only
-    through pairs on both sides of one hyperplane. Our critics' output layer has no bias:
-    the release's never gets a gradient (both estimates ignore a constant shift). The
+    through pairs on both sides of one hyperplane. Our critics' output layer has no bias
+    (the release's never gets a gradient: both estimates ignore a constant shift), and their
+    hidden biases start at zero rather than at PyTorch's default, which starts such critics
+    constant or affine on the whole batch (:class:`ConcatCritic`). The
     release's pairwise critics tile ``[B, B, 2d]`` inputs (2.1 GB per call at batch 2048,
     d = 64); :class:`ConcatCritic` computes the same values in chunks without the tiling.
 
