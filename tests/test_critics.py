@@ -33,12 +33,13 @@ def _inputs(n: int = 7, dx: int = 3, dy: int = 2, seed: int = 0):
     return x, y
 
 
-@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize(("hidden", "num_layers"), [(5, 1), (5, 2), (1, 1), (1, 2)])
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 100, None])
 @pytest.mark.parametrize("estimate", ["info_nce", "info_nce_loss", "nce_club"])
-def test_chunked_equals_dense_in_value_and_gradient(num_layers, chunk_size, estimate) -> None:
+def test_chunked_equals_dense_in_value_and_gradient(hidden, num_layers, chunk_size, estimate):
+    # (1, 1): one hidden unit, the sorted O(N log N) sums; the others: pair blocks.
     torch.manual_seed(1)
-    critic = ConcatCritic(3, 2, 5, num_layers=num_layers).double()
+    critic = ConcatCritic(3, 2, hidden, num_layers=num_layers).double()
     x, y = _inputs()
     inputs = [x, y, *critic.parameters()]
     chunked = getattr(critic, estimate)(x, y, chunk_size=chunk_size)
@@ -84,6 +85,34 @@ def test_hand_computed_bounds() -> None:
     # Independent pairs (every y sees the same x's): NCE-CLUB of identical rows is 0.
     same = torch.tensor([[0.5], [0.5]])
     torch.testing.assert_close(critic.nce_club(x, same), torch.tensor(0.0))
+
+
+@pytest.mark.parametrize("hidden", [1, 3])
+def test_a_dead_or_affine_critic_measures_nothing(hidden) -> None:
+    # Every unit inactive on every pair: f = 0, the InfoNCE loss is log N, no gradient (the
+    # release's width-1 critics can start so); every unit active: f is affine in [x; y] and
+    # NCE-CLUB is 0 whatever the pairing.
+    x, y = _inputs()
+    critic = ConcatCritic(3, 2, hidden).double()
+    with torch.no_grad():
+        critic.mlp[0].bias.fill_(-100.0)
+    loss = critic.info_nce_loss(x, y)
+    torch.testing.assert_close(loss, torch.tensor(math.log(7), dtype=torch.double))
+    grads = torch.autograd.grad(loss, [x, y, *critic.parameters()], allow_unused=True)
+    assert all(g is None or (torch.isfinite(g).all() and g.abs().sum() == 0) for g in grads)
+    with torch.no_grad():
+        critic.mlp[0].bias.fill_(100.0)
+    torch.testing.assert_close(critic.nce_club(x, y), torch.tensor(0.0, dtype=torch.double))
+
+
+def test_hidden_biases_start_at_zero() -> None:
+    critic = ConcatCritic(3, 2, 4, num_layers=2)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.fill_(1.0)
+    critic.reset_parameters()
+    assert critic.mlp[0].bias.abs().sum() == 0 and critic.mlp[2].bias.abs().sum() == 0
+    assert critic.mlp[0].weight.std() > 0 and critic.mlp[4].bias is None
 
 
 def test_info_nce_is_at_most_log_n() -> None:

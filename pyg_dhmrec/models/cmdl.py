@@ -133,18 +133,23 @@ class CMDL(Recommender):
     rate). Differences: the critic fits the embeddings of the same pass, before the encoder
     step (a one-step lag, simultaneous rather than alternating updates), and with the
     trainer's learning rate. *Reference differences* we do not copy: the release recreates its
-    AdamW optimisers every epoch (their moments reset) and leaves the purifier gates, the
-    common-part attention and the part-weight MLP in no optimiser (so they stay at their
-    initialisation); here all parameters train under one Adam state that the checkpoint
-    saves, so ``--resume`` is exact. The release's critics have hidden width 1
-    (``critic_hidden_dim = 1``); ``critic_hidden`` sets it. Such a critic is
+    AdamW optimisers (default weight decay 0.01) every epoch, so their moments reset, and
+    leaves the purifier gates, the common-part attention and the part-weight MLP in no
+    optimiser (they stay at their initialisation); here all parameters train under the
+    trainer's one Adam state, which the checkpoint saves, so ``--resume`` is exact.
+
+    **Critics.** The release's critics have hidden width 1 (``critic_hidden_dim = 1``);
+    ``critic_hidden`` sets it. Such a critic is
     :math:`w_2\,\mathrm{relu}(u^\top x + v^\top y + b)`: where no pair of the batch crosses
     the kink it is constant (the fit loss is :math:`\log |B|`, no gradient) or affine (both
     estimates ignore the pairing, NCE-CLUB is 0), so the bounds constrain the parts only
-    through pairs on both sides of one hyperplane. Our critics' output layer has no bias:
-    the release's never gets a gradient (both estimates ignore a constant shift). The
-    release's pairwise critics tile ``[B, B, 2d]`` inputs (2.1 GB per call at batch 2048,
-    d = 64); :class:`ConcatCritic` computes the same values in chunks without the tiling.
+    through pairs on both sides of one hyperplane. Our critics' output layer has no bias
+    (the release's never gets a gradient: both estimates ignore a constant shift), and their
+    hidden biases start at zero rather than at PyTorch's default, which starts such critics
+    constant or affine on the whole batch (:class:`ConcatCritic`). The release's pairwise
+    critics tile ``[B, B, 2d]`` inputs (2.1 GB per call at batch 2048, d = 64);
+    :class:`ConcatCritic` computes the same values without the tiling, in chunks, and for
+    width 1 from sorted projections in :math:`O(B \log B)`.
 
     **Modalities.** Any number M >= 1. With one modality there is nothing to disentangle:
     :math:`\alpha = 1`, :math:`C = Z_1` and :math:`S_1 = 0`, so the upper bound

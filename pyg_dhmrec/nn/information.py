@@ -184,6 +184,25 @@ def _output(hidden: Tensor, weight: Tensor) -> Tensor:
     return F.linear(hidden, weight).squeeze(-1)
 
 
+def _sorted_unit_sums(a: Tensor, b: Tensor, w: Tensor, op: str) -> Tensor:
+    r"""Row reductions over ``j`` of ``s_ij = w relu(a_j + b_i)`` (a critic with one hidden
+    unit; ``a``, ``b``: ``[N]``, ``w``: a scalar) in :math:`O(N \log N)`: with ``a`` sorted, row
+    ``i``'s active pairs (:math:`a_j > -b_i`) are a suffix found by binary search, so its sum is
+    a suffix sum plus a count times :math:`b_i`, and its log-sum-exp adds the suffix's
+    log-sum-exp of :math:`w a_j` (shifted by :math:`w b_i`) to the inactive pairs' count (each
+    scores 0). Exactly the dense sums; gradients flow through the sort and the cumulative sums."""
+    num = a.size(0)
+    a_sorted = torch.sort(a).values
+    # inactive pairs of row i: a_j + b_i <= 0 (relu and its gradient are 0 there)
+    inactive = torch.searchsorted(a_sorted.detach(), (-b).detach(), right=True)
+    if op == "mean":
+        suffix = torch.cat([a_sorted.flip(0).cumsum(0).flip(0), a.new_zeros(1)])
+        return w * (suffix[inactive] + (num - inactive).to(a.dtype) * b) / num
+    scaled = (w * a_sorted).flip(0)
+    tail = torch.cat([torch.logcumsumexp(scaled, 0).flip(0), a.new_full((1,), float("-inf"))])
+    return torch.logaddexp(inactive.to(a.dtype).log(), w * b + tail[inactive])
+
+
 class ConcatCritic(torch.nn.Module):
     r"""A pair critic :math:`f(x, y) = \mathrm{MLP}([x \,;\, y])`, one score per pair (the concat
     critic of FactorCL, Liang et al., NeurIPS 2023), with its two contrastive estimates of
@@ -201,16 +220,26 @@ class ConcatCritic(torch.nn.Module):
     log-likelihood). :meth:`info_nce_loss` is :math:`\log N - \hat{I}_{NCE} \ge 0`.
 
     The MLP is ``Linear(dx + dy, h) -> ReLU -> [Linear(h, h) -> ReLU] x (num_layers - 1) ->
-    Linear(h, 1, bias=False)`` (PyTorch's default initialisation); the output has no bias
-    because both estimates are invariant to adding a constant to :math:`f` (such a bias would
-    never receive a gradient). The sums over all :math:`N^2` pairs
-    never build the tiled ``[N, N, dx + dy]`` input: the first layer is split,
+    Linear(h, 1, bias=False)``. The output has no bias because both estimates are invariant
+    to adding a constant to :math:`f` (such a bias would never receive a gradient). Weights
+    start with PyTorch's default initialisation, hidden biases at zero: a ReLU unit whose
+    kink no pair crosses is zero or linear on every pair, and a critic made of such units is
+    constant or affine in :math:`[x; y]`, for which :math:`\hat{I}_{NCE}` ignores :math:`y`
+    and :math:`\hat{I}_{NCE\text{-}CLUB} = 0` (nothing is measured, no gradient reaches the
+    biases). PyTorch's default bias, :math:`U(\pm 1/\sqrt{d_x + d_y})`, is large against
+    small inputs (e.g. freshly initialised embeddings) and starts critics in that state; a zero
+    bias puts every kink through the data's centre.
+
+    The sums over all :math:`N^2` pairs never build the tiled ``[N, N, dx + dy]`` input: the
+    first layer is split,
     :math:`W [x_j; y_i] + b = W_x x_j + (W_y y_i + b)`, so a pair costs :math:`O(h)` after an
     :math:`O(N (dx + dy) h)` projection, and rows :math:`i` are processed ``chunk_size`` at a
     time under activation checkpointing: forward and backward hold one ``[chunk, N, h]`` block
     (by default at most :data:`PAIR_CHUNK_ELEMENTS` values; when all pairs fit in one block,
     plain autograd keeps it instead of recomputing it), with the value and gradient of the
-    dense formula (sums reassociated only).
+    dense formula (sums reassociated only). A critic with one hidden unit (:math:`h = 1`, one
+    layer) needs no pair at all: its row sums and log-sum-exps follow from the sorted
+    :math:`W_x x_j` in :math:`O(N \log N)` (see ``_sorted_unit_sums``), again the dense values.
 
     Args:
         x_channels: size :math:`d_x` of ``x``.
@@ -242,11 +271,14 @@ class ConcatCritic(torch.nn.Module):
         layers.append(torch.nn.Linear(hidden_channels, 1, bias=False))
         #: The MLP on the concatenation ``[x ; y]`` (the dense formula applies it to pairs).
         self.mlp = torch.nn.Sequential(*layers)
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for layer in self.mlp:
             if isinstance(layer, torch.nn.Linear):
                 layer.reset_parameters()
+                if layer.bias is not None:  # kinks through the data (see the class docstring)
+                    torch.nn.init.zeros_(layer.bias)
 
     def _linears(self, detach: bool) -> tuple[list[Tensor], list[Tensor]]:
         linears = [layer for layer in self.mlp if isinstance(layer, torch.nn.Linear)]
@@ -288,6 +320,8 @@ class ConcatCritic(torch.nn.Module):
         paired = _output(hidden, rest_w[-1])
 
         num, width = x.size(0), first_x.size(1)
+        if width == 1 and len(rest_w) == 1:  # one hidden unit: sorted sums, no pair blocks
+            return paired, _sorted_unit_sums(first_x[:, 0], first_y[:, 0], rest_w[0][0, 0], op)
         if chunk_size is None:
             chunk_size = max(1, PAIR_CHUNK_ELEMENTS // max(1, num * width))
         elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
