@@ -118,6 +118,28 @@ def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -
     assert parts["kl"].item() > 0 and parts["jsd"].item() > 0 and parts["orth"].item() > 0
 
 
+def test_a_training_step_attends_only_its_batch_users(data: HeteroData, batch: BPRBatch) -> None:
+    """Eqs. 18-19 run for the batch's distinct users (and every item); the full tables of the
+    Embeddings contract are computed on request, with the same rows."""
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()
+    out = model()
+    asked = []
+    compute = out.mm_users.compute
+    out.mm_users.compute = lambda rows: asked.append(rows) or compute(rows)  # noqa: E731
+    parts = model.loss(batch, out)
+    users = torch.unique(batch.user)
+    assert len(asked) == 1 and torch.equal(asked[0], users)
+    full = out.user  # every user, once
+    assert len(asked) == 2 and asked[1] is None
+    torch.testing.assert_close(out.mm_users.rows(users), out.mm[:NUM_USERS][users])
+    assert len(asked) == 2  # rows now come from the table
+    torch.testing.assert_close(full, out.id[:NUM_USERS] + model.alpha_mm * out.mm[:NUM_USERS])
+    # The loss of the rows is the loss of the full tables.
+    torch.testing.assert_close(sum(model.loss(batch, out).values()), sum(parts.values()))
+
+
 # ---------------------------------------------------------------- the forward pass by hand
 
 

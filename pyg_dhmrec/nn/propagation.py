@@ -140,7 +140,7 @@ class LightPropagation(torch.nn.Module):
         pass  # parameter-free
 
     def hop(self, x: Tensor, adj: Tensor | FrozenSparse) -> Tensor:
-        """One hop, :math:`\hat{A} x`."""
+        r"""One hop, :math:`\hat{A} x`."""
         return adj(x) if isinstance(adj, FrozenSparse) else self.conv(x, adj)
 
     def forward(
