@@ -18,6 +18,7 @@ from pyg_dhmrec.data.graph import (
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import DHMRec, build_model
+from pyg_dhmrec.models.base import distinct_rows
 from pyg_dhmrec.models.dhmrec import ABLATIONS
 from pyg_dhmrec.nn import (
     jensen_shannon_divergence,
@@ -138,6 +139,29 @@ def test_a_training_step_attends_only_its_batch_users(data: HeteroData, batch: B
     torch.testing.assert_close(full, out.id[:NUM_USERS] + model.alpha_mm * out.mm[:NUM_USERS])
     # The loss of the rows is the loss of the full tables.
     torch.testing.assert_close(sum(model.loss(batch, out).values()), sum(parts.values()))
+
+
+def test_the_sync_free_loss_equals_the_distinct_rows_loss(
+    data: HeteroData, batch: BPRBatch, monkeypatch
+) -> None:
+    """On an accelerator the loss reads every batch row with the repeats weighted 0 (no
+    torch.unique): the same parts and gradients as over the distinct users and items."""
+    import functools
+
+    import pyg_dhmrec.models.dhmrec as module
+
+    model = _model(data, gamma_kl=0.7)
+    model.train()
+    model.on_train_epoch_start()
+    distinct = model.loss(batch)
+    params = list(model.parameters())
+    want = torch.autograd.grad(sum(distinct.values()), params)
+    monkeypatch.setattr(module, "distinct_rows", functools.partial(distinct_rows, sync_free=True))
+    sync_free = model.loss(batch)
+    for key, value in distinct.items():
+        torch.testing.assert_close(sync_free[key], value)
+    for got, expected in zip(torch.autograd.grad(sum(sync_free.values()), params), want):
+        torch.testing.assert_close(got, expected)
 
 
 # ---------------------------------------------------------------- the forward pass by hand

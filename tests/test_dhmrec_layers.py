@@ -544,3 +544,22 @@ def test_block_kl_equals_the_autograd_kl_with_its_gradient(monkeypatch, block_en
     assert not score_distribution_kl(*detached).requires_grad
     with pytest.raises(ValueError, match="the P and Q sides need the same users and items"):
         score_distribution_kl(inputs[0], inputs[1], inputs[2][:4], inputs[3])
+
+
+def test_weighted_kl_is_the_kl_of_the_weighted_rows() -> None:
+    """Rows weighted 1 / 0 (an accelerator's repeats): the KL of the rows weighted 1."""
+    torch.manual_seed(32)
+    users_p, users_q = (
+        torch.randn(6, 3, dtype=torch.float64),
+        torch.randn(6, 4, dtype=torch.float64),
+    )
+    items = [torch.randn(8, w, dtype=torch.float64, requires_grad=True) for w in (3, 4)]
+    keep = torch.tensor([0, 2, 3])
+    weight = torch.zeros(6, dtype=torch.float64).index_fill_(0, keep, 1.0)
+    got = score_distribution_kl(users_p, items[0], users_q, items[1], weight)
+    want = _kl_autograd(users_p[keep], items[0], users_q[keep], items[1])
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, items), torch.autograd.grad(want, items)):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(ValueError, match=r"weight must have shape \[6\]"):
+        score_distribution_kl(users_p, items[0], users_q, items[1], weight[:2])

@@ -32,6 +32,7 @@ from pyg_dhmrec.nn.losses import (
     score_distribution_kl,
     squared_l2_penalty,
     symmetric_info_nce,
+    weighted_mean,
 )
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
@@ -90,5 +91,6 @@ __all__ = [
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "symmetric_info_nce",
+    "weighted_mean",
     "VariationalEncoder",
 ]
