@@ -18,6 +18,7 @@ from pyg_dhmrec.data.graph import (
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import DHMRec, build_model
+from pyg_dhmrec.models.base import distinct_rows
 from pyg_dhmrec.models.dhmrec import ABLATIONS
 from pyg_dhmrec.nn import (
     jensen_shannon_divergence,
@@ -116,6 +117,51 @@ def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -
     for key, value in expected.items():
         assert parts[key].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-7), key
     assert parts["kl"].item() > 0 and parts["jsd"].item() > 0 and parts["orth"].item() > 0
+
+
+def test_a_training_step_attends_only_its_batch_users(data: HeteroData, batch: BPRBatch) -> None:
+    """Eqs. 18-19 run for the batch's distinct users (and every item); the full tables of the
+    Embeddings contract are computed on request, with the same rows."""
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()
+    out = model()
+    asked = []
+    compute = out.mm_users.compute
+    out.mm_users.compute = lambda rows: asked.append(rows) or compute(rows)  # noqa: E731
+    parts = model.loss(batch, out)
+    users = torch.unique(batch.user)
+    assert len(asked) == 1 and torch.equal(asked[0], users)
+    full = out.user  # every user, once
+    assert len(asked) == 2 and asked[1] is None
+    torch.testing.assert_close(out.mm_users.rows(users), out.mm[:NUM_USERS][users])
+    assert len(asked) == 2  # rows now come from the table
+    torch.testing.assert_close(full, out.id[:NUM_USERS] + model.alpha_mm * out.mm[:NUM_USERS])
+    # The loss of the rows is the loss of the full tables.
+    torch.testing.assert_close(sum(model.loss(batch, out).values()), sum(parts.values()))
+
+
+def test_the_sync_free_loss_equals_the_distinct_rows_loss(
+    data: HeteroData, batch: BPRBatch, monkeypatch
+) -> None:
+    """On an accelerator the loss reads every batch row with the repeats weighted 0 (no
+    torch.unique): the same parts and gradients as over the distinct users and items."""
+    import functools
+
+    import pyg_dhmrec.models.dhmrec as module
+
+    model = _model(data, gamma_kl=0.7)
+    model.train()
+    model.on_train_epoch_start()
+    distinct = model.loss(batch)
+    params = list(model.parameters())
+    want = torch.autograd.grad(sum(distinct.values()), params)
+    monkeypatch.setattr(module, "distinct_rows", functools.partial(distinct_rows, sync_free=True))
+    sync_free = model.loss(batch)
+    for key, value in distinct.items():
+        torch.testing.assert_close(sync_free[key], value)
+    for got, expected in zip(torch.autograd.grad(sum(sync_free.values()), params), want):
+        torch.testing.assert_close(got, expected)
 
 
 # ---------------------------------------------------------------- the forward pass by hand

@@ -465,3 +465,101 @@ def test_non_positive_output_gain_raises(gain: float) -> None:
         DimensionAttention(4, output_gain=gain)
     with pytest.raises(ValueError, match="output_gain must be > 0"):
         AttentionFusion(4, 2).reset_parameters(output_gain=gain)
+
+
+# ---------------------------------------------------------------- the fast paths, against the
+# previous computations (projections of every node, autograd's softmax chain)
+
+
+def _attention_per_node(att: DimensionAttention, fused: torch.Tensor, view: torch.Tensor):
+    """The previous DimensionAttention.forward: Q, K, V of every node, S, O, Eq. 18."""
+    q, k, v = att.query(fused), att.key(view), att.value(view)
+    attn = torch.softmax(q.t() @ k / math.sqrt(view.size(0)), dim=-1)
+    out = v @ attn.t()
+    if att.negative:
+        out = att.alpha_pos * out + att.alpha_neg * (v.sum(-1, keepdim=True) - out)
+    return att.outer_norm(att.inner_norm(att.out(out)) + view)
+
+
+@pytest.mark.parametrize("negative", [True, False])
+def test_folded_attention_fusion_equals_the_per_node_projections(negative: bool) -> None:
+    torch.manual_seed(30)
+    n, d, num_views = 23, 5, 3
+    fusion = AttentionFusion(d, num_views, negative=negative, output_gain=0.3).double()
+    with torch.no_grad():
+        for att in fusion.attentions:
+            att.inner_norm.weight.uniform_(0.5, 1.5)
+            att.outer_norm.bias.uniform_(-0.5, 0.5)
+            if negative:
+                att.alpha_pos.fill_(0.7)
+                att.alpha_neg.fill_(0.4)
+    views = [torch.randn(n, d, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    fused = fusion.fuse(torch.cat(views, dim=-1))
+    expected = sum(_attention_per_node(a, fused, v) for a, v in zip(fusion.attentions, views))
+    out = fusion(views)
+    torch.testing.assert_close(out, expected)
+    g = torch.randn_like(out)
+    params = [*views, *fusion.parameters()]
+    grads = torch.autograd.grad(out, params, g, retain_graph=True)
+    for got, want in zip(grads, torch.autograd.grad(expected, params, g)):
+        torch.testing.assert_close(got, want)
+    # Maps over all nodes from blocks of rows; rows attended in any subset.
+    x = torch.cat(views, dim=-1).detach()
+    maps = fusion.attention_maps([x[:9], x[9:]])
+    for whole, part in zip(fusion.attention_maps(x), maps):
+        torch.testing.assert_close(part, whole)
+    rows = torch.tensor([4, 0, 17, 4])
+    torch.testing.assert_close(fusion.attend(x[rows], maps), expected[rows].detach())
+    with pytest.raises(ValueError, match=r"expected \[N, 3 \* d\] concatenated views"):
+        fusion.attention_maps(torch.randn(4, 7, dtype=torch.float64))
+
+
+def _kl_autograd(user_p, item_p, user_q, item_q) -> torch.Tensor:
+    """The previous score_distribution_kl: log-softmax, exp, KL through autograd."""
+    log_p = torch.log_softmax(user_p @ item_p.t(), dim=-1)
+    log_q = torch.log_softmax(user_q @ item_q.t(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+@pytest.mark.parametrize("block_entries", [1, 20, 1 << 20])
+def test_block_kl_equals_the_autograd_kl_with_its_gradient(monkeypatch, block_entries) -> None:
+    import pyg_dhmrec.nn.losses as losses
+
+    monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)  # 1, 2 or all rows a block
+    torch.manual_seed(31)
+    inputs = [
+        3 * torch.randn(n, w, dtype=torch.float64, requires_grad=True)
+        for n, w in ((5, 3), (9, 3), (5, 4), (9, 4))
+    ]
+    kl, expected = score_distribution_kl(*inputs), _kl_autograd(*inputs)
+    torch.testing.assert_close(kl, expected)
+    for got, want in zip(
+        torch.autograd.grad(2.5 * kl, inputs), torch.autograd.grad(2.5 * expected, inputs)
+    ):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(score_distribution_kl, inputs)
+    with torch.no_grad():  # no gradient wanted: none computed, same value
+        torch.testing.assert_close(score_distribution_kl(*inputs), expected.detach())
+    detached = [x.detach() for x in inputs]
+    assert not score_distribution_kl(*detached).requires_grad
+    with pytest.raises(ValueError, match="the P and Q sides need the same users and items"):
+        score_distribution_kl(inputs[0], inputs[1], inputs[2][:4], inputs[3])
+
+
+def test_weighted_kl_is_the_kl_of_the_weighted_rows() -> None:
+    """Rows weighted 1 / 0 (an accelerator's repeats): the KL of the rows weighted 1."""
+    torch.manual_seed(32)
+    users_p, users_q = (
+        torch.randn(6, 3, dtype=torch.float64),
+        torch.randn(6, 4, dtype=torch.float64),
+    )
+    items = [torch.randn(8, w, dtype=torch.float64, requires_grad=True) for w in (3, 4)]
+    keep = torch.tensor([0, 2, 3])
+    weight = torch.zeros(6, dtype=torch.float64).index_fill_(0, keep, 1.0)
+    got = score_distribution_kl(users_p, items[0], users_q, items[1], weight)
+    want = _kl_autograd(users_p[keep], items[0], users_q[keep], items[1])
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, items), torch.autograd.grad(want, items)):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(ValueError, match=r"weight must have shape \[6\]"):
+        score_distribution_kl(users_p, items[0], users_q, items[1], weight[:2])

@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pyg_dhmrec.nn import factored_cross_entropy, info_nce, info_nce_all_negatives
+from pyg_dhmrec.nn import (
+    anchor_info_nce,
+    factored_cross_entropy,
+    info_nce,
+    info_nce_all_negatives,
+    symmetric_info_nce,
+)
 
 
 def test_info_nce_hand_value() -> None:
@@ -89,3 +95,59 @@ def test_factored_cross_entropy_rejects_bad_shapes() -> None:
         factored_cross_entropy(torch.ones(2, 3), torch.ones(4, 2), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match=r"target must be \[B=2\]"):
         factored_cross_entropy(torch.ones(2, 3), torch.ones(4, 3), torch.tensor([0]))
+
+
+def _grads(loss: torch.Tensor, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return torch.autograd.grad(loss, inputs, retain_graph=True)
+
+
+def test_info_nce_over_distinct_ids_equals_the_repeated_rows() -> None:
+    """With ``ids`` the loss is computed over the distinct rows, weighted by their counts;
+    the previous computation, the ``B x B`` matrix of the repeated rows, is the reference."""
+    torch.manual_seed(2)
+    anchors = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    positives = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([3, 1, 3, 3, 5, 1, 0, 2, 2, 4, 3])
+    rows = (anchors[ids], positives[ids])
+    grouped, plain = info_nce(*rows, 0.3, ids=ids), info_nce(*rows, 0.3)
+    torch.testing.assert_close(grouped, plain)
+    for got, want in zip(
+        _grads(grouped, [anchors, positives]), _grads(plain, [anchors, positives])
+    ):
+        torch.testing.assert_close(got, want)
+    distinct = torch.arange(6)  # no repeats: the plain loss
+    torch.testing.assert_close(
+        info_nce(anchors, positives, 0.3, ids=distinct), info_nce(anchors, positives, 0.3)
+    )
+    with pytest.raises(ValueError, match=r"ids must have shape \[11\]"):
+        info_nce(*rows, 0.3, ids=ids[:5])
+
+
+def test_symmetric_info_nce_equals_both_directions() -> None:
+    torch.manual_seed(3)
+    a, b = (torch.randn(7, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    got = symmetric_info_nce(a, b, 0.2)
+    want = 0.5 * (info_nce(a, b, 0.2) + info_nce(b, a, 0.2))  # two similarity matrices
+    torch.testing.assert_close(got, want)
+    for x, y in zip(_grads(got, [a, b]), _grads(want, [a, b])):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(ValueError, match="one shape"):
+        symmetric_info_nce(a, b[:3], 0.2)
+    with pytest.raises(ValueError, match="temperature"):
+        symmetric_info_nce(a, b, -1.0)
+
+
+def test_anchor_info_nce_equals_the_logsumexp_form() -> None:
+    torch.manual_seed(4)
+    anchor = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    views = [torch.randn(5, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    # The previous computation: logsumexp over the candidates minus each positive's logit.
+    candidates = F.normalize(torch.cat(views), dim=-1)
+    logits = F.normalize(anchor, dim=-1) @ candidates.t() / 0.4
+    rows = torch.arange(5)
+    positives = torch.stack([logits[rows, m * 5 + rows] for m in range(3)])
+    want = (torch.logsumexp(logits, dim=-1) - positives).mean()
+    got = anchor_info_nce(anchor, views, 0.4)
+    torch.testing.assert_close(got, want)
+    for x, y in zip(_grads(got, [anchor, *views]), _grads(want, [anchor, *views])):
+        torch.testing.assert_close(x, y)

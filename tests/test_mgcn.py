@@ -190,6 +190,32 @@ def test_contrastive_term(data: HeteroData, batch: BPRBatch) -> None:
     assert low < high - 1.0, (low, high)
 
 
+def test_a_training_step_fuses_only_its_batch_rows(data: HeteroData, batch: BPRBatch) -> None:
+    """The fuser (Eq. 6) runs for the batch's users and items only; the full tables are
+    computed on request, and the loss from them (the previous computation) is the same."""
+    model = _model(data).train()
+    out = model()
+    asked = {"users": [], "items": []}
+    for side, rows in (("users", out.mm_users), ("items", out.mm_items)):
+        rows.compute = (lambda f, log: lambda index: log.append(index) or f(index))(
+            rows.compute, asked[side]
+        )
+    parts = model.loss(batch, out)
+    assert [len(v) for v in asked.values()] == [1, 1]
+    assert torch.equal(asked["users"][0], batch.user)
+    assert torch.equal(asked["items"][0], torch.cat([batch.pos_item, batch.neg_item]))
+    user, item = out.user, out.item
+    pos = (user[batch.user] * item[batch.pos_item]).sum(-1)
+    neg = (user[batch.user] * item[batch.neg_item]).sum(-1)
+    torch.testing.assert_close(parts["bpr"], torch.nn.functional.softplus(neg - pos).mean())
+    reg = user[batch.user].pow(2).sum() + item[batch.pos_item].pow(2).sum()
+    reg = (reg + item[batch.neg_item].pow(2).sum()) / (2 * len(batch))
+    torch.testing.assert_close(parts["reg"], model.reg_weight * reg)
+    torch.testing.assert_close(
+        parts["cl"], model.cl_weight * model.contrastive_loss(out.id_view, out.mm_view, batch)
+    )
+
+
 @pytest.mark.parametrize("modalities", [{"audio": 5}, {"image": 6, "text": 4, "audio": 5}])
 def test_any_number_of_modalities(modalities: dict[str, int]) -> None:
     data = toy_graph(modalities=modalities)

@@ -12,6 +12,7 @@ from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.models import BPR, LightGCN, Recommender, build_model, model_class
+from pyg_dhmrec.models.base import OnDemandRows, distinct_rows
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightConv,
@@ -20,6 +21,7 @@ from pyg_dhmrec.nn import (
     embedding_norm_penalty,
     squared_l2_penalty,
     symmetric_spmm,
+    weighted_mean,
 )
 
 R = 1 / math.sqrt(2)
@@ -373,3 +375,36 @@ def test_models_train_on_sampler_batches(tiny: HeteroData) -> None:
                 total += loss.item()
             means.append(total / len(sampler))
         assert means[-1] < means[0] * 0.7, (name, means)
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_distinct_rows_and_their_weights(sync_free: bool) -> None:
+    index = torch.tensor([4, 1, 4, 4, 0, 1, 7])
+    rows, weight, inverse = distinct_rows(index, sync_free=sync_free)
+    torch.testing.assert_close(rows[inverse], index)
+    if sync_free:
+        assert torch.equal(rows, index)
+        torch.testing.assert_close(weight, torch.tensor([1.0, 1, 0, 0, 1, 0, 1]))
+    else:
+        assert torch.equal(rows, torch.tensor([0, 1, 4, 7])) and weight is None
+    # One value per id: the weighted mean over the rows is the mean over the distinct ids.
+    per_id = {4: 10.0, 1: 1.0, 0: 5.0, 7: 3.0}
+    values = torch.tensor([per_id[int(i)] for i in rows])
+    assert weighted_mean(values, weight).item() == pytest.approx(19.0 / 4)
+
+
+def test_on_demand_rows_compute_what_is_asked() -> None:
+    calls = []
+    table = torch.arange(12.0).view(6, 2)
+
+    def compute(index):
+        calls.append(index)
+        return table if index is None else table[index]
+
+    rows = OnDemandRows(compute)
+    torch.testing.assert_close(rows.rows(torch.tensor([3, 1])), table[[3, 1]])
+    assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([3, 1]))
+    torch.testing.assert_close(rows.table(), table)
+    torch.testing.assert_close(rows.rows(torch.tensor([5])), table[[5]])
+    rows.table()
+    assert len(calls) == 2 and calls[1] is None  # the table once, then rows read from it

@@ -293,6 +293,19 @@ def test_noise_norm_scales_with_the_embedding_norm() -> None:
         modulus_perturbation(torch.ones(3), 0.1)
 
 
+def test_noise_equals_the_normalised_direction_form() -> None:
+    """The previous computation, eps |x| sign(x) * u / |u|, from the same random draw; a zero
+    coordinate and a zero row get no noise."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(50, 8, generator=g)
+    x[4, 2], x[9] = 0.0, 0.0
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(4))
+    expected = 0.2 * x.norm(dim=1, keepdim=True) * (torch.sign(x) * F.normalize(u, dim=-1))
+    noise = modulus_perturbation(x, 0.2, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(noise, expected)
+    assert noise[4, 2] == 0 and noise[9].abs().sum() == 0
+
+
 def test_propagation_perturbs_every_hop() -> None:
     adj = torch.tensor([[0.0, 0.5], [0.5, 0.0]]).to_sparse_csr()
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
@@ -425,3 +438,32 @@ def test_bad_data_raises(data: HeteroData) -> None:
     three = toy_graph(modalities={"image": 6, "text": 4, "audio": 5})
     with pytest.raises(ValueError, match="default modality_weights only for image and text"):
         _model(three)
+
+
+def test_views_share_the_first_hops_of_the_clean_pass(data: HeteroData, batch: BPRBatch) -> None:
+    """The clean pass and both perturbed views start from the same layer 0 over the same
+    graphs: with the pass's first hops the views are those of a pass of their own (the
+    previous computation), noise for noise."""
+    model = _model(data, num_ii_layers=2, perturbation_eps=0.3)
+    model.train()
+    model.on_train_epoch_start()
+    out = model()
+    users, items = batch.user.unique(), batch.pos_item.unique()
+    torch.manual_seed(5)
+    shared = model._contrast_views(users, items, out.first_hops)
+    torch.manual_seed(5)
+    own = model._contrast_views(users, items)
+    torch.testing.assert_close(shared, own)
+    params = list(model.parameters())
+    grads = torch.autograd.grad(shared, params, allow_unused=True)
+    for got, want in zip(grads, torch.autograd.grad(own, params, allow_unused=True)):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want)
+    hops = out.first_hops
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    torch.testing.assert_close(hops.ui, model.pruning() @ ego)
+    for m in model.modalities:
+        torch.testing.assert_close(
+            hops.semantic[m], model.semantic_graphs[m].matrix @ model.item_embedding.weight
+        )

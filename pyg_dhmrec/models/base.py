@@ -227,3 +227,29 @@ def pair_scores(user_emb: Tensor, item_emb: Tensor, batch: BPRBatch) -> tuple[Te
     """Inner-product scores of the batch's positive and negative pairs."""
     u = user_emb[batch.user]
     return (u * item_emb[batch.pos_item]).sum(-1), (u * item_emb[batch.neg_item]).sum(-1)
+
+
+def distinct_rows(
+    index: Tensor, sync_free: bool | None = None
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The rows a loss over the distinct entries of ``index`` (e.g. a batch's users) reads, as
+    ``(rows, weight, inverse)`` with ``rows[inverse]`` equal to ``index``.
+
+    Without ``sync_free`` (the default on the CPU) ``rows`` are the distinct ids
+    (``torch.unique``) and ``weight`` is ``None``. With it (the default elsewhere: the size of
+    ``torch.unique``'s output makes the host wait for the device) ``rows`` is ``index`` itself
+    and ``weight`` is 1.0 at each id's first occurrence and 0.0 at its repeats, so a
+    ``weight``-ed mean over the rows (:func:`~pyg_dhmrec.nn.weighted_mean`) is the mean over
+    the distinct ids, with shapes known in advance.
+    """
+    if sync_free is None:
+        sync_free = index.device.type != "cpu"
+    if not sync_free:
+        rows, inverse = torch.unique(index, return_inverse=True)
+        return rows, None, inverse
+    order = index.argsort(stable=True)
+    ordered = index[order]
+    first = torch.ones_like(index, dtype=torch.bool)
+    first[1:] = ordered[1:] != ordered[:-1]
+    weight = torch.empty_like(first).scatter_(0, order, first).float()
+    return index, weight, torch.arange(index.numel(), device=index.device)

@@ -19,7 +19,7 @@ from pyg_dhmrec.data.graph import (
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
-from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
+from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender, distinct_rows
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
@@ -148,6 +148,18 @@ class DHMRec(Recommender):
     :math:`\lVert\theta\rVert^2` is the squared L2 norm of the batch's layer-0 ID embeddings
     over :math:`2B` (*choice*, the usual MMRec form). Logged parts: ``bpr``, ``jsd``, ``orth``,
     ``kl``, ``reg`` (each already weighted).
+
+    **Computation** (issue 17; each an exact rewrite, tested against the direct form). The
+    views' users start as their items' aggregate, so every second LightGCN layer repeats the
+    previous one: :func:`item_seeded_propagation` computes Eqs. 7-8 with two half products
+    instead of five (items only; Eq. 14 recomputes the users after the item-item hop). The
+    attention maps of Eqs. 15-16 need only :math:`E_{fus}^\top [\hat{E}_1, \dots,
+    \hat{E}_V]` over all nodes (one ``[d, V d]`` product, :meth:`AttentionFusion.
+    attention_maps`), and value, map and output weights fold into one ``d x d`` matrix per view
+    (:meth:`DimensionAttention.output_map`). Eq. 18 is per node, so a training step applies it
+    to every item and only its batch's distinct users (:class:`DHMRecEmbeddings`); reading the
+    full user table computes the rest. :func:`score_distribution_kl` runs block by block with
+    its closed-form gradient.
 
     **Ablations** (Table 2), any combination of: ``no_dis`` (no encoders, gates, JSD, orth: each
     modality view starts from :math:`W_1^m X_m` and there is no common view), ``no_af`` (mean of
@@ -382,8 +394,9 @@ class DHMRec(Recommender):
 
     def loss(self, batch: BPRBatch, out: DHMRecEmbeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
-        # The batch's distinct users: their multimodal rows serve Eq. 22 and the KL alike.
-        users, inverse = torch.unique(batch.user, return_inverse=True)
+        # The batch's distinct users: their multimodal rows serve Eq. 22 and the KL alike (on
+        # an accelerator every batch row, the repeats weighted 0: no wait for torch.unique).
+        users, user_weight, inverse = distinct_rows(batch.user)
         mm_user = out.mm_users.rows(users)
         id_user, id_item = out.id.split([self.num_users, self.num_items])
         user = (id_user[users] + self.alpha_mm * mm_user)[inverse]
@@ -391,16 +404,16 @@ class DHMRec(Recommender):
         neg = (user * out.item[batch.neg_item]).sum(-1)
         parts = {"bpr": bpr_loss(pos, neg)}
         if self.disentangle:
-            items = torch.unique(torch.cat([batch.pos_item, batch.neg_item]))
+            items, item_weight, _ = distinct_rows(torch.cat([batch.pos_item, batch.neg_item]))
             commons = [out.commons[m][items] for m in self.modalities]
-            parts["jsd"] = self.gamma_dis * jensen_shannon_divergence(commons)
+            parts["jsd"] = self.gamma_dis * jensen_shannon_divergence(commons, item_weight)
             parts["orth"] = self.gamma_dis * sum(
-                orthogonality_loss(out.commons[m][items], out.specifics[m][items])
-                for m in self.modalities
+                orthogonality_loss(c, out.specifics[m][items], weight=item_weight)
+                for m, c in zip(self.modalities, commons)
             )
         if self.kl_alignment:
             parts["kl"] = self.gamma_kl * score_distribution_kl(
-                mm_user, out.mm_item, id_user[users], id_item
+                mm_user, out.mm_item, id_user[users], id_item, user_weight
             )
         parts["reg"] = self.gamma_reg * squared_l2_penalty(
             self.user_embedding(batch.user),

@@ -124,6 +124,11 @@ class MGCN(Recommender):
     :func:`squared_l2_penalty` of the batch's *final* user, positive and negative embeddings
     (the released code regularises those, not the layer-0 ones).
 
+    **Computation** (issue 17, exact): the fuser (6) is a map of each node's own rows, so a
+    training step runs it for its batch's users and items only (:class:`MGCNEmbeddings`);
+    the InfoNCE terms (8) work on the distinct ids of the batch with their counts
+    (:func:`info_nce` with ``ids``, on the CPU).
+
     ``Embeddings.modalities`` holds :math:`\bar{E}_{i,m}` per modality (the item-item view
     before fusion, ``[I, d]``). Any number (>= 1) of modalities is accepted; with one, the
     shared part is the view itself and the specific part is zero.

@@ -130,6 +130,12 @@ class SIGER(FREEDOM):
     switched off), so ablations log the same parts. Parameters (and their initialisation
     order) are FREEDOM's: none of the three mechanisms adds one.
 
+    **Computation** (issue 17, exact): the clean pass and both perturbed views start from the
+    same layer-0 embeddings over the same graphs and add noise after each hop, so the first
+    hop of every propagation is computed once per step (:class:`FirstHops`); the symmetric
+    InfoNCE of (9) uses one similarity matrix for both directions
+    (:func:`symmetric_info_nce`).
+
     **Modality representations** (:attr:`Embeddings.modalities`): :math:`h^m` (2), before the
     fusion (3), in the scoring space.
 

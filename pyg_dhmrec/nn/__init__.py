@@ -42,6 +42,7 @@ from pyg_dhmrec.nn.losses import (
     squared_l2_penalty,
     symmetric_bernoulli_kl,
     symmetric_info_nce,
+    weighted_mean,
 )
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
@@ -109,5 +110,6 @@ __all__ = [
     "squared_l2_penalty",
     "symmetric_bernoulli_kl",
     "symmetric_info_nce",
+    "weighted_mean",
     "VariationalEncoder",
 ]

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_dhmrec.nn.losses import weighted_mean
+
 
 class DisentangledEncoder(torch.nn.Module):
     r"""Projects one modality and splits it into a common and a private part (DHMRec Eqs. 1-2).
@@ -64,7 +66,7 @@ class CollaborativeGate(torch.nn.Module):
         return private * torch.sigmoid(self.linear(item_id_emb))
 
 
-def jensen_shannon_divergence(logits: Sequence[Tensor]) -> Tensor:
+def jensen_shannon_divergence(logits: Sequence[Tensor], weight: Tensor | None = None) -> Tensor:
     r"""Jensen-Shannon divergence of the sigmoids of M modality-common codes (DHMRec Eq. 4).
 
     With :math:`P_m = \sigma(C_m)` and the mixture :math:`\bar{P} = \frac{1}{M}\sum_m P_m`,
@@ -77,14 +79,14 @@ def jensen_shannon_divergence(logits: Sequence[Tensor]) -> Tensor:
     it literally, summing :math:`P_j \log(P_j/Q_j)` over the :math:`d_k` entries (a generalised
     KL, non-negative by the log-sum inequality and zero iff all :math:`P_m` are equal), and
     average over the rows (items). Logs come from ``logsigmoid`` and ``logsumexp``, so no
-    ``log(0)`` occurs even for saturated codes.
+    ``log(0)`` occurs even for saturated codes. ``weight`` (optional, ``[n]``) weighs the rows.
     """
     if len(logits) < 2:
         raise ValueError(f"the JSD needs at least 2 modalities, got {len(logits)}")
     log_p = torch.stack([F.logsigmoid(c) for c in logits])  # [M, n, d]
     log_mix = torch.logsumexp(log_p, dim=0) - math.log(len(logits))
     kl = (log_p.exp() * (log_p - log_mix)).sum(-1)  # [M, n]
-    return kl.mean(0).mean()
+    return weighted_mean(kl.mean(0), weight)
 
 
 def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
@@ -104,16 +106,20 @@ def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
     return torch.logsumexp(F.logsigmoid(stacked), 0) - torch.logsumexp(F.logsigmoid(-stacked), 0)
 
 
-def orthogonality_loss(common: Tensor, specific: Tensor, eps: float = 1e-8) -> Tensor:
+def orthogonality_loss(
+    common: Tensor, specific: Tensor, eps: float = 1e-8, weight: Tensor | None = None
+) -> Tensor:
     r"""Mean absolute cosine similarity of paired rows (DHMRec Eq. 6).
 
     .. math::
         \mathcal{L}_{orth} = \frac{1}{n}\sum_i
         \frac{|\langle C_i, S_i \rangle|}{\lVert C_i \rVert \, \lVert S_i \rVert}
+
+    ``weight`` (optional, ``[n]``) weighs the rows.
     """
     if common.shape != specific.shape:
         raise ValueError(
             f"common and specific must have one shape, got {list(common.shape)} "
             f"and {list(specific.shape)}"
         )
-    return F.cosine_similarity(common, specific, dim=-1, eps=eps).abs().mean()
+    return weighted_mean(F.cosine_similarity(common, specific, dim=-1, eps=eps).abs(), weight)

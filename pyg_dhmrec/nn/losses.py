@@ -23,6 +23,13 @@ def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
     return F.softplus(neg_score - pos_score).mean()
 
 
+def weighted_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``values.mean()``, or with ``weight`` (same shape) the ``weight``-ed mean."""
+    if weight is None:
+        return values.mean()
+    return (values * weight).sum() / weight.sum()
+
+
 def embedding_norm_penalty(*embeddings: Tensor) -> Tensor:
     r"""MMRec's ``EmbLoss``: :math:`\frac{1}{B}\sum_k \lVert E_k \rVert_F` over the batch tensors.
 
@@ -58,6 +65,7 @@ class _ScoreDistributionKL(torch.autograd.Function):
         item_p: Tensor,
         user_q: Tensor,
         item_q: Tensor,
+        weight: Tensor | None,
         with_grad: bool,
         block_rows: int,
     ) -> Tensor:
@@ -83,22 +91,30 @@ class _ScoreDistributionKL(torch.autograd.Function):
                 # d KL_u / d s^p = P (log P/Q - KL_u); d KL_u / d s^q = Q - P (s: the scores).
                 grad_p = ratio.sub_(kl.unsqueeze(-1)).mul_(p)
                 grad_q = q.div_(norm_q).sub_(p)
+                w = None if weight is None else weight[rows].unsqueeze(-1)
                 torch.mm(grad_p, item_p, out=grads[0][rows])
-                grads[1].addmm_(grad_p.t(), user_p[rows])
+                grads[1].addmm_(grad_p.t(), user_p[rows] if w is None else user_p[rows] * w)
                 torch.mm(grad_q, item_q, out=grads[2][rows])
-                grads[3].addmm_(grad_q.t(), user_q[rows])
+                grads[3].addmm_(grad_q.t(), user_q[rows] if w is None else user_q[rows] * w)
+        total = user_p.new_tensor(float(user_p.size(0))) if weight is None else weight.sum()
         if with_grad:
-            ctx.save_for_backward(*grads)
-        return row_kl.mean()
+            if weight is not None:  # the user rows' weights (the items' are in the products)
+                grads[0].mul_(weight.unsqueeze(-1))
+                grads[2].mul_(weight.unsqueeze(-1))
+            ctx.save_for_backward(*grads, total)
+        return row_kl.mean() if weight is None else (row_kl * weight).sum() / total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        scale = grad / ctx.saved_tensors[0].size(0)
-        return (*(g * scale for g in ctx.saved_tensors), None, None)
+        *grads, total = ctx.saved_tensors
+        scale = grad / total
+        return (*(g * scale for g in grads), None, None, None)
 
 
-def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor) -> Tensor:
+def score_distribution_kl(
+    user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q: Tensor, weight: Tensor | None = None
+) -> Tensor:
     r"""KL between two users-over-items score distributions (DHMRec Eqs. 20-21).
 
     .. math::
@@ -112,6 +128,8 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
     :math:`\partial KL_u / \partial s^p_{ui} = P_{ui}(\log (P_{ui}/Q_{ui}) - KL_u)` and
     :math:`\partial KL_u / \partial s^q_{ui} = Q_{ui} - P_{ui}`; it is computed block by
     block in the forward pass when any input requires grad (not twice differentiable).
+    ``weight`` (optional, ``[B]``) weighs the user rows: the mean over the users becomes the
+    weighted mean (see :func:`~pyg_dhmrec.models.base.distinct_rows`).
     """
     if user_p.size(0) != user_q.size(0) or item_p.size(0) != item_q.size(0):
         raise ValueError(
@@ -121,7 +139,9 @@ def score_distribution_kl(user_p: Tensor, item_p: Tensor, user_q: Tensor, item_q
     inputs = (user_p, item_p, user_q, item_q)
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
     block_rows = max(1, KL_BLOCK_ENTRIES // max(1, item_p.size(0)))
-    return _ScoreDistributionKL.apply(*inputs, with_grad, block_rows)
+    if weight is not None and weight.shape != user_p.shape[:1]:
+        raise ValueError(f"weight must have shape [{user_p.size(0)}], got {list(weight.shape)}")
+    return _ScoreDistributionKL.apply(*inputs, weight, with_grad, block_rows)
 
 
 CHUNK_ELEMENTS = 1 << 18  # logits per block: 1 MiB in float32, stays in cache
