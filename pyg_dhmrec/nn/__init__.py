@@ -33,6 +33,7 @@ from pyg_dhmrec.nn.losses import (
     score_distribution_kl,
     squared_l2_penalty,
 )
+from pyg_dhmrec.nn.normalize import l2_normalize
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
     modulus_perturbation,
@@ -86,6 +87,7 @@ __all__ = [
     "embedding_norm_penalty",
     "factored_cross_entropy",
     "info_nce",
+    "l2_normalize",
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "VariationalEncoder",
