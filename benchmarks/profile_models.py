@@ -44,7 +44,8 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
 
 
 def op_table(events, per: int, wall_ms: float, top: int, shapes: bool) -> tuple[str, list]:
-    """The ``top`` operators by self CPU time: a text table and its rows (ms per ``per``)."""
+    """The ``top`` operators by self CPU time: a text table and its rows (self milliseconds and
+    calls per one of ``per`` steps, and the share of ``wall_ms``, a step's wall time)."""
     averages = events.key_averages(group_by_input_shape=shapes)
     rows = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)
     in_ops = sum(e.self_cpu_time_total for e in averages) / 1e3 / per
@@ -53,8 +54,9 @@ def op_table(events, per: int, wall_ms: float, top: int, shapes: bool) -> tuple[
     for e in rows[:top]:
         ms = e.self_cpu_time_total / 1e3 / per
         shape = f"  {e.input_shapes}" if shapes and e.input_shapes else ""
-        lines.append(f"{ms:9.2f} {100 * ms / wall_ms:6.1f}% {e.count // per:6d}  {e.key}{shape}")
-        out.append({"op": e.key, "self_ms": ms, "pct_wall": 100 * ms / wall_ms, "calls": e.count})
+        calls = e.count / per
+        lines.append(f"{ms:9.2f} {100 * ms / wall_ms:6.1f}% {calls:6.0f}  {e.key}{shape}")
+        out.append({"op": e.key, "self_ms": ms, "pct_wall": 100 * ms / wall_ms, "calls": calls})
     lines.append(f"{in_ops:9.2f} {100 * in_ops / wall_ms:6.1f}%         all operators (self)")
     return "\n".join(lines), out
 

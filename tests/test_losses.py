@@ -80,6 +80,19 @@ def test_factored_cross_entropy_is_the_summed_cross_entropy_with_its_gradients()
     expected = torch.autograd.grad(3.0 * reference, (query, key))
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b)
+    # a bound of |logits| skips the row-maximum shift (same values); a loose one does not
+    bound = float((query @ key.t()).detach().abs().max())
+    for max_logit in (bound, 1e4):
+        value = factored_cross_entropy(query, key, target, max_logit)
+        torch.testing.assert_close(value, reference)
+        got = torch.autograd.grad(3.0 * value, (query, key))
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+    # logits of 1000 would overflow unshifted: their true bound keeps the shift
+    huge = factored_cross_entropy(
+        torch.tensor([[1000.0]]), torch.tensor([[1.0], [0.5]]), target[:1], 1000.0
+    )
+    torch.testing.assert_close(huge, torch.tensor(0.0))
     # without inputs that require a gradient, only the value (no gradient is formed)
     torch.testing.assert_close(
         factored_cross_entropy(query.detach(), key.detach(), target), reference.detach()

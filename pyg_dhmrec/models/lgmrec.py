@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import add
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.utils import degree
@@ -22,6 +23,7 @@ from pyg_dhmrec.nn import (
     bpr_loss,
     embedding_norm_penalty,
     hypergraph_contrastive_loss,
+    l2_normalize,
     relaxed_dependencies,
 )
 
@@ -236,10 +238,10 @@ class LGMRec(Recommender):
     def forward(self) -> LGMRecEmbeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         collab = self.ui_propagation(ego, self.adjacency)  # Eqs. 1-2
-        local, global_sum = collab, 0.0
+        local, hyper_users, hyper_items = collab, [], []
         representations, global_views, global_factors = {}, {}, {}
         for m in self.modalities:
-            mge = F.normalize(self._modality_graph_embedding(m), dim=-1)
+            mge = l2_normalize(self._modality_graph_embedding(m))
             local = local + mge  # Eq. 6
             item_dep, user_dep = self.dependencies(m)
             item_dep, user_dep = (
@@ -251,9 +253,12 @@ class LGMRec(Recommender):
             )  # Eq. 9
             global_views[m] = (users, items)
             global_factors[m] = (user_dep, item_dep, messages)
-            global_sum = global_sum + torch.cat([users, items])  # Eq. 10
-            representations[m] = mge[self.num_users :] + self.alpha * F.normalize(items, dim=-1)
-        final = local + self.alpha * F.normalize(global_sum, dim=-1)  # Eq. 12
+            hyper_users.append(users)
+            hyper_items.append(items)
+            representations[m] = mge[self.num_users :] + self.alpha * l2_normalize(items)
+        # Eq. 10: the users' and the items' sums over modalities, then one [U + I, d] tensor
+        global_sum = torch.cat([reduce(add, hyper_users), reduce(add, hyper_items)])
+        final = torch.add(local, l2_normalize(global_sum), alpha=self.alpha)  # Eq. 12
         return LGMRecEmbeddings(
             *final.split([self.num_users, self.num_items]),
             representations,

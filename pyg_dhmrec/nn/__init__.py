@@ -44,6 +44,7 @@ from pyg_dhmrec.nn.losses import (
     symmetric_info_nce,
     weighted_mean,
 )
+from pyg_dhmrec.nn.normalize import l2_normalize
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
     modulus_perturbation,
@@ -106,6 +107,7 @@ __all__ = [
     "info_nce",
     "neighbour_contrastive_loss",
     "info_nce_all_negatives",
+    "l2_normalize",
     "kl_to_standard_normal",
     "squared_l2_penalty",
     "symmetric_bernoulli_kl",

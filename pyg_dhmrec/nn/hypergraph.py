@@ -137,7 +137,8 @@ def hypergraph_contrastive_loss(
     query = F.normalize(anchor[index], dim=-1) / temperature
     norm = torch.linalg.vector_norm(positive, dim=-1, keepdim=True).clamp_min(1e-12)
     if positive_factors is None:
-        return factored_cross_entropy(query, positive / norm, index)  # F.normalize's division
+        # F.normalize's division; cosine logits at 1/tau are bounded by 1/tau
+        return factored_cross_entropy(query, positive / norm, index, 1.0 / temperature)
     incidence, messages = positive_factors
     if (
         incidence.dim() != 2
@@ -152,4 +153,4 @@ def hypergraph_contrastive_loss(
             f"positive_factors must be (H [N={positive.size(0)}, A], M [A, d={positive.size(1)}]), "
             f"got {list(incidence.shape)} and {list(messages.shape)}"
         )
-    return factored_cross_entropy(query @ messages.t(), incidence / norm, index)
+    return factored_cross_entropy(query @ messages.t(), incidence / norm, index, 1.0 / temperature)

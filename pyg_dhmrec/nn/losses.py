@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -153,7 +154,7 @@ class _FactoredCrossEntropy(torch.autograd.Function):
     is ever built."""
 
     @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, target: Tensor) -> Tensor:  # noqa: ANN001
+    def forward(ctx, query: Tensor, key: Tensor, target: Tensor, shift: bool) -> Tensor:  # noqa: ANN001
         rows = max(1, CHUNK_ELEMENTS // max(1, key.size(0)))
         key_t = key.t()
         lse = query.new_empty(query.size(0), 1)
@@ -164,10 +165,12 @@ class _FactoredCrossEntropy(torch.autograd.Function):
         for start in range(0, query.size(0), rows):
             rows_q = query[start : start + rows]
             block = rows_q @ key_t
-            shift = block.amax(dim=-1, keepdim=True)
-            block.sub_(shift).exp_()
+            if shift:  # by the row maximum, so that no exponential overflows
+                row_max = block.amax(dim=-1, keepdim=True)
+                block.sub_(row_max)
+            block.exp_()
             norm = block.sum(dim=-1, keepdim=True)
-            lse[start : start + rows] = norm.log() + shift
+            lse[start : start + rows] = norm.log() + row_max if shift else norm.log()
             if grads:  # softmax = block / norm, the division folded into the [rows, r] factors
                 # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
                 grad_query[start : start + rows] = (key_t @ block.t()).t().div_(norm)
@@ -179,12 +182,14 @@ class _FactoredCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:  # noqa: ANN001
         grad_query, grad_key = ctx.saved_tensors
-        return grad_query * grad, grad_key * grad, None
+        return grad_query * grad, grad_key * grad, None, None
 
 
-def factored_cross_entropy(query: Tensor, key: Tensor, target: Tensor) -> Tensor:
+def factored_cross_entropy(
+    query: Tensor, key: Tensor, target: Tensor, max_logit: float | None = None
+) -> Tensor:
     r"""Softmax cross-entropy of the logits :math:`Q K^\top` against target columns, summed
     over the rows:
 
@@ -199,13 +204,17 @@ def factored_cross_entropy(query: Tensor, key: Tensor, target: Tensor) -> Tensor
     gather) when an input requires them; as the loss is a scalar, the backward pass only
     scales them. No ``[B, N]`` tensor is built, so memory is :math:`O((B + N) r)` beyond the
     inputs and each block stays in cache (a fresh ``[B, N]`` tensor per step also pays for its
-    page faults on CPU). Low-rank factors (``query``
-    ``[B, r]``, ``key`` ``[N, r]`` with small ``r``) make the products cost :math:`O(B N r)`.
+    page faults on CPU). Low-rank factors (``query`` ``[B, r]``, ``key`` ``[N, r]`` with
+    small ``r``) make the products cost :math:`O(B N r)`. Each row is shifted by its maximum
+    before the exponential, unless ``max_logit`` bounds every :math:`|q_b^\top k_n|` so
+    tightly that no exponential or row sum can overflow or vanish (cosine logits at
+    temperature :math:`\tau`: :math:`1 / \tau`); then two passes over each block are saved.
 
     Args:
         query: ``[B, r]`` rows :math:`q_b`.
         key: ``[N, r]`` candidates :math:`k_n`.
         target: ``[B]`` index of each row's positive candidate :math:`t_b`.
+        max_logit: a bound of the logits' absolute values, or ``None``.
     """
     if query.dim() != 2 or key.dim() != 2 or query.size(1) != key.size(1):
         raise ValueError(
@@ -216,7 +225,13 @@ def factored_cross_entropy(query: Tensor, key: Tensor, target: Tensor) -> Tensor
         raise ValueError(
             f"target must be [B={query.size(0)}] candidate indices, got {list(target.shape)}"
         )
-    return _FactoredCrossEntropy.apply(query, key, target)
+    shift = True
+    if max_logit is not None:
+        # the unshifted sums stay finite and non-zero with a margin of e^8 either side
+        finfo = torch.finfo(query.dtype)
+        headroom = math.log(finfo.max) - math.log(max(1, key.size(0))) - 8.0
+        shift = not abs(max_logit) < min(headroom, -math.log(finfo.tiny) - 8.0)
+    return _FactoredCrossEntropy.apply(query, key, target, shift)
 
 
 def info_nce(
