@@ -9,8 +9,9 @@ under ``<data-root>/synthetic_sports_<s>x/``, git-ignored), then every model is 
 fresh process, one at a time:
 
 * **s/step**: the trainer's own epoch (``Trainer.train_epoch``) is run with
-  ``max_steps_per_epoch`` = 1 and then 1 + ``--steps``; the difference of the two times over
-  ``--steps`` is the time of one training step (forward pass, loss, backward, Adam). An epoch
+  ``max_steps_per_epoch`` = 1 and then 1 + n, n = ``--steps`` or more, enough for about
+  ``--min-seconds`` of CPU time; the difference of the two times over n is the time of one
+  training step (forward pass, loss, backward, Adam). An epoch
   of two steps first (not timed) compiles (``--compile``) and warms the allocator.
 * **s/epoch** (extrapolated, not run): the 1-step epoch (per-epoch work: pruned-graph resampling,
   the epoch's shuffle and negatives, plus one step) + (steps per epoch - 1) x s/step. Every
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -108,14 +110,14 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from pyg_dhmrec.loader import derived_graph_dir
     from pyg_dhmrec.models import model_class, model_settings
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     config = _config("freedom", args.scale, args)
     folder = Path(args.data_root) / config["dataset"]
     generated = not (folder / "meta.json").exists()
     dataset = load_dataset(config)
-    dataset_s = time.perf_counter() - t0
+    dataset_s, dataset_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     data = dataset[0]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for model in args.models:
         transforms = model_class(model).graph_transforms(
             model_settings(model, _config(model, args.scale, args))
@@ -127,7 +129,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         "stats": dataset.stats,
         "generated": generated,
         "dataset_s": dataset_s,
+        "dataset_cpu_s": dataset_cpu_s,
         "graphs_s": time.perf_counter() - t0,
+        "graphs_cpu_s": time.process_time() - cpu0,
         "peak_rss_mb": peak_mb(),
         "disk_mb": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / MB,
     }
@@ -169,7 +173,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     warmup_s, _ = epoch(min(2, steps_per_epoch))
     one = epoch(1)
-    many_steps = min(1 + args.steps, steps_per_epoch)
+    # at least --steps steps, and enough for --min-seconds of CPU time (a cheap step is noisy)
+    wanted = max(args.steps, math.ceil(args.min_seconds / max(one[1], 1e-3)))
+    many_steps = min(1 + wanted, steps_per_epoch)
     many = epoch(many_steps)
     step = [(b - a) / max(1, many_steps - 1) for a, b in zip(one, many)]
     evaluator = trainer.valid_evaluator
@@ -313,7 +319,7 @@ def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> 
         "",
         "Preparation (generation, processing and kNN graphs, cached after the first run):",
         "",
-        "| scale | generated now | dataset s | kNN graphs s | peak MB | disk MB |",
+        "| scale | generated now | dataset s (CPU) | kNN graphs s (CPU) | peak MB | disk MB |",
         "|---|---|---|---|---|---|",
     ]
     for p in prepared:
@@ -321,7 +327,9 @@ def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> 
             lines.append(f"| {p['scale']}x | {p['error']} | | | | |")
             continue
         lines.append(
-            f"| {p['scale']}x | {p['generated']} | {p['dataset_s']:.0f} | {p['graphs_s']:.0f} | "
+            f"| {p['scale']}x | {p['generated']} | {p['dataset_s']:.0f} "
+            f"({p.get('dataset_cpu_s', float('nan')):.0f}) | {p['graphs_s']:.0f} "
+            f"({p.get('graphs_cpu_s', float('nan')):.0f}) | "
             f"{p['peak_rss_mb']:.0f} | {p['disk_mb']:.0f} |"
         )
     table = "\n".join(lines)
@@ -374,6 +382,12 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=20.0,
+        help="time more steps than --steps until they take about this many CPU seconds",
+    )
     parser.add_argument("--data-root", default="datasets")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the step")
@@ -414,6 +428,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     common = ["--data-root", args.data_root, "--device", args.device, "--models", *args.models]
     common += ["--steps", str(args.steps), "--eval-chunks", str(args.eval_chunks)]
+    common += ["--min-seconds", str(args.min_seconds)]
     common += ["--compile"] if args.compile else []
     rows, prepared = [], []
     for scale in args.scales:
