@@ -7,64 +7,59 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _chunk_logits(
-    anchor: Tensor, positive: Tensor, start: int, end: int, temperature: float, intra: bool
-) -> Tensor:
-    """``[B, N]`` (or ``[B, 2N]`` with the in-view block) logits of anchors ``start:end``;
-    the anchor's similarity to itself is ``-inf`` (not a negative)."""
-    rows = anchor[start:end] / temperature
-    logits = rows @ positive.t()
-    if intra:
-        within = rows @ anchor.t()
-        local = torch.arange(end - start, device=anchor.device)
-        within[local, local + start] = float("-inf")
-        logits = torch.cat([logits, within], dim=1)
-    return logits
+from pyg_dhmrec.nn.losses import needs_shift
 
 
 class _ChunkedInfoNCE(torch.autograd.Function):
-    """Sum over anchors of ``logsumexp(row) - positive logit``, forward and backward in chunks:
-    the backward recomputes each chunk's logits and applies the analytic gradient
-    ``softmax(row) - onehot(positive)``, so only one ``[chunk, 2N]`` block lives at a time."""
+    """Sum over anchors of ``logsumexp(row) - positive logit``, one chunk of anchors at a time:
+    each chunk's logits are exponentiated once, in the forward pass, which also accumulates the
+    analytic gradient ``softmax(row) - onehot(positive)`` (the loss is a scalar, so backward
+    only scales it); one ``[chunk, N]`` block per view lives at a time."""
 
     @staticmethod
-    def forward(ctx, anchor, positive, temperature, intra, chunk_size):  # noqa: ANN001, ANN205
+    def forward(ctx, anchor, positive, temperature, intra, chunk_size, shift):  # noqa: ANN001, ANN205
         num = anchor.size(0)
-        lse = anchor.new_empty(num)
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if grads:
+            grad_anchor, grad_positive = torch.zeros_like(anchor), torch.zeros_like(positive)
         total = anchor.new_zeros(())
         for start in range(0, num, chunk_size):
             end = min(start + chunk_size, num)
-            logits = _chunk_logits(anchor, positive, start, end, temperature, intra)
-            lse[start:end] = torch.logsumexp(logits, dim=1)
+            rows = anchor[start:end]
             local = torch.arange(end - start, device=anchor.device)
-            total = total + (lse[start:end] - logits[local, local + start]).sum()
-        ctx.save_for_backward(anchor, positive, lse)
-        ctx.settings = (temperature, intra, chunk_size)
+            between = (rows / temperature) @ positive.t()
+            positive_logit = between[local, local + start]
+            blocks = [between]
+            if intra:  # the anchor's similarity to itself is not a negative
+                within = (rows / temperature) @ anchor.t()
+                within[local, local + start] = float("-inf")
+                blocks.append(within)
+            if shift:  # by the row maximum, so that no exponential overflows
+                row_max = torch.stack([b.amax(dim=1) for b in blocks]).amax(dim=0).unsqueeze(1)
+            norm = 0
+            for block in blocks:
+                (block.sub_(row_max) if shift else block).exp_()
+                norm = norm + block.sum(dim=1, keepdim=True)
+            lse = norm.log() + row_max if shift else norm.log()
+            total = total + (lse.squeeze(1) - positive_logit).sum()
+            if grads:  # (softmax - onehot) / tau, the softmax's division folded into the scale
+                scale = (norm * temperature).reciprocal_()
+                between.mul_(scale)[local, local + start] -= 1.0 / temperature
+                grad_anchor[start:end] += between @ positive
+                grad_positive.addmm_(between.t(), rows)
+                if intra:  # a_i . a_j reaches both anchors
+                    within.mul_(scale)
+                    grad_anchor[start:end] += within @ anchor
+                    grad_anchor.addmm_(within.t(), rows)
+        if grads:
+            ctx.save_for_backward(grad_anchor, grad_positive)
         return total
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        anchor, positive, lse = ctx.saved_tensors
-        temperature, intra, chunk_size = ctx.settings
-        num = anchor.size(0)
-        grad_anchor, grad_positive = torch.zeros_like(anchor), torch.zeros_like(positive)
-        scale = grad / temperature
-        for start in range(0, num, chunk_size):
-            end = min(start + chunk_size, num)
-            logits = _chunk_logits(anchor, positive, start, end, temperature, intra)
-            probs = logits.sub_(lse[start:end].unsqueeze(1)).exp_()  # softmax of each row
-            local = torch.arange(end - start, device=anchor.device)
-            probs[local, local + start] -= 1.0  # minus the positive's one-hot
-            probs.mul_(scale)
-            between = probs[:, :num]
-            grad_anchor[start:end] += between @ positive
-            grad_positive += between.t() @ anchor[start:end]
-            if intra:  # a_i . a_j reaches both anchors
-                within = probs[:, num:]
-                grad_anchor[start:end] += within @ anchor
-                grad_anchor += within.t() @ anchor[start:end]
-        return grad_anchor, grad_positive, None, None, None
+        grad_anchor, grad_positive = ctx.saved_tensors
+        return grad_anchor * grad, grad_positive * grad, None, None, None, None
 
 
 def chunked_info_nce(
@@ -86,14 +81,15 @@ def chunked_info_nce(
     with :math:`\theta` the cosine similarity. ``intra_view_negatives=False`` drops the second
     sum (then it is :func:`~pyg_dhmrec.nn.losses.info_nce` over all rows).
 
-    Anchors are processed ``chunk_size`` rows at a time by one autograd function: the forward
-    pass keeps only each anchor's log-denominator, the backward pass recomputes one chunk's
-    ``[chunk, N]`` similarity blocks at a time and applies the analytic gradient (softmax of
-    the row minus the positive's one-hot), so peak memory is
+    Anchors are processed ``chunk_size`` rows at a time by one autograd function whose forward
+    pass also accumulates the analytic gradient (softmax of the row minus the positive's
+    one-hot; the loss is a scalar, so the backward pass only scales it): each ``[chunk, N]``
+    similarity block is computed and exponentiated once, and peak memory is
     :math:`O(\text{chunk\_size} \cdot N)` instead of the :math:`O(N^2)` that autograd keeps
     for the dense formula (or for a plain loop over chunks); the value and gradient are those
-    of the dense formula (sums reassociated only). Computed with ``logsumexp``, so no term
-    overflows.
+    of the dense formula (sums reassociated only). The exponentials are shifted by each row's
+    maximum unless the cosine logits' bound :math:`1/\tau` rules out overflow
+    (:func:`~pyg_dhmrec.nn.losses.needs_shift`).
 
     Args:
         anchor: ``[N, d]`` anchors :math:`a` (e.g. one modality's item representations).
@@ -112,7 +108,10 @@ def chunked_info_nce(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
+    # cosine logits at temperature tau are bounded by 1 / tau
+    count = anchor.size(0) * (2 if intra_view_negatives else 1)
+    shift = needs_shift(1.0 / temperature, count, anchor.dtype)
     total = _ChunkedInfoNCE.apply(
-        anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size
+        anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size, shift
     )
     return total / anchor.size(0)

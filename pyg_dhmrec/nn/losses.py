@@ -136,13 +136,17 @@ def factored_cross_entropy(
         raise ValueError(
             f"target must be [B={query.size(0)}] candidate indices, got {list(target.shape)}"
         )
-    shift = True
-    if max_logit is not None:
-        # the unshifted sums stay finite and non-zero with a margin of e^8 either side
-        finfo = torch.finfo(query.dtype)
-        headroom = math.log(finfo.max) - math.log(max(1, key.size(0))) - 8.0
-        shift = not abs(max_logit) < min(headroom, -math.log(finfo.tiny) - 8.0)
+    shift = max_logit is None or needs_shift(max_logit, key.size(0), query.dtype)
     return _FactoredCrossEntropy.apply(query, key, target, shift)
+
+
+def needs_shift(max_logit: float, count: int, dtype: torch.dtype) -> bool:
+    """Whether a softmax over ``count`` logits bounded by ``|max_logit|`` must subtract each
+    row's maximum: unshifted, its exponentials and row sums must stay finite and non-zero (with
+    a margin of :math:`e^8` either side) in ``dtype``."""
+    finfo = torch.finfo(dtype)
+    headroom = math.log(finfo.max) - math.log(max(1, count)) - 8.0
+    return not abs(max_logit) < min(headroom, -math.log(finfo.tiny) - 8.0)
 
 
 def info_nce(anchor: Tensor, positive: Tensor, temperature: float) -> Tensor:
