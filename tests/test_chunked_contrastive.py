@@ -75,6 +75,25 @@ def test_large_logits_do_not_overflow() -> None:
     assert torch.isfinite(chunked_info_nce(a, a, 1e-3, chunk_size=2))
 
 
+def test_logits_too_large_to_exponentiate_unshifted_keep_their_value_and_gradient() -> None:
+    # float32 at tau = 0.01: e^(1/tau) overflows, so every row is shifted by its maximum;
+    # the reference is the dense formula through log_softmax in float64
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(11, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(11, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    an, pn = F.normalize(a, dim=-1), F.normalize(p, dim=-1)
+    within = (an @ an.t() / 0.01).masked_fill(torch.eye(11, dtype=torch.bool), float("-inf"))
+    logits = torch.cat([an @ pn.t() / 0.01, within], dim=1)
+    expected = -logits.log_softmax(dim=1).diagonal().mean()
+    a32, p32 = a.detach().float().requires_grad_(), p.detach().float().requires_grad_()
+    got = chunked_info_nce(a32, p32, 0.01, chunk_size=4)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    got.backward()
+    grads = torch.autograd.grad(expected, (a, p))
+    torch.testing.assert_close(a32.grad.double(), grads[0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(p32.grad.double(), grads[1], rtol=1e-3, atol=1e-3)
+
+
 def test_bad_inputs() -> None:
     a = torch.randn(4, 3)
     with pytest.raises(ValueError, match="one shape"):
