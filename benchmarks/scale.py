@@ -28,9 +28,10 @@ fresh process, one at a time:
 
 Times are wall seconds and, in parentheses, the process's CPU seconds (``time.process_time``;
 one thread, so equal to wall time on an idle machine): on a shared machine the CPU time is the
-steadier figure, and the slope fits use it. A watchdog kills a measurement (the process this
-script started, by its id) when the machine's available memory drops below
-``--min-available-mb`` and records it as killed. Results:
+steadier figure, and the slope fits use it. Each measurement caps its own heap (RLIMIT_DATA) at
+the memory available when it starts less ``--memory-margin-mb`` and reports "out of memory"
+past it; a watchdog also kills it (the process this script started, by its id) when the
+machine's available memory drops below ``--min-available-mb``, and records it as killed. Results:
 ``<out>/scale.md`` (tables, slope fits), ``<out>/scale.json`` and ``<out>/scale.png`` (log-log
 cost against interactions with the least-squares slope of log cost on log interactions: 1 is
 linear).
@@ -84,6 +85,18 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def limit_memory(margin_mb: float) -> float:
+    """Cap this process's heap (RLIMIT_DATA: anonymous memory, about its RSS less the mapped
+    libraries) at the machine's available memory less ``margin_mb``, so that a measurement
+    too large for the machine fails with an allocation error instead of pushing the machine
+    into swap or the OOM killer. Returns the cap in MiB."""
+    limit = max(256.0, _available_mb() - margin_mb)
+    if limit != float("inf"):
+        value = int(limit * MB)
+        resource.setrlimit(resource.RLIMIT_DATA, (value, value))
+    return limit
 
 
 def loadavg() -> str:
@@ -399,6 +412,12 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/scale")
     parser.add_argument("--min-available-mb", type=float, default=1536)
+    parser.add_argument(
+        "--memory-margin-mb",
+        type=float,
+        default=1024,
+        help="each measurement may use the memory available at its start less this",
+    )
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per process")
     # internal: one child process
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -420,7 +439,16 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        record = prepare(args) if args.prepare else measure(args)
+        limit = limit_memory(args.memory_margin_mb)
+        try:
+            record = prepare(args) if args.prepare else measure(args)
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                raise
+            record = {
+                "error": f"out of memory: over {limit:.0f} MB, the memory available at its start "
+                f"less {args.memory_margin_mb:.0f} MB (peak {peak_mb():.0f} MB)"
+            }
         Path(args.result).write_text(json.dumps(record))
         return
 
