@@ -32,6 +32,7 @@ from pyg_dhmrec.nn.losses import (
     score_distribution_kl,
     squared_l2_penalty,
 )
+from pyg_dhmrec.nn.normalize import l2_normalize
 from pyg_dhmrec.nn.perturbation import (
     ModulusPerturbation,
     modulus_perturbation,
@@ -44,11 +45,14 @@ from pyg_dhmrec.nn.propagation import (
     symmetric_spmm,
 )
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
+from pyg_dhmrec.nn.sparse_pattern import SparsePattern
 
 __all__ = [
     "ConfidenceEdgeWeights",
     "PrototypeRouting",
     "neighborhood_affinity",
+    "SparsePattern",
+    "l2_normalize",
     "chunked_info_nce",
     "anchor_info_nce",
     "ModulusPerturbation",
