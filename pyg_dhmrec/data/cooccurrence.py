@@ -4,10 +4,12 @@ chunks of rows, never as a dense ``N x N`` matrix."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from pyg_dhmrec.data.graph import _check_bipartite, _check_positive, to_csr
+from pyg_dhmrec.data.graph import _check_bipartite, _check_positive
 
 __all__ = ["cooccurrence_edges", "resample_to_k_neighbours"]
 
@@ -31,9 +33,11 @@ def cooccurrence_edges(
     and row :math:`i` keeps its :math:`k` largest entries with :math:`C_{ij} > 0` (fewer when
     it co-occurs with fewer nodes; ties go to the lower node id). :math:`C` is computed
     ``chunk_size`` rows at a time as the sparse-sparse product :math:`B_{chunk} B^\top` (a
-    ``[chunk_size, N]`` sparse block holding only the co-occurring pairs), and each row's top
-    :math:`k` is taken by one sort of the block's entries: memory is
-    :math:`O(\text{nnz}(C_{chunk}))`, never a dense ``[N, N]`` (nor ``[chunk_size, N]``) matrix.
+    ``[chunk_size, N]`` sparse block holding only the co-occurring pairs, which comes out
+    sorted by row and column), and each row's top :math:`k` is taken by one stable sort of the
+    block's entries by (row, count) on a small integer key (the column order breaks ties):
+    memory is :math:`O(\text{nnz}(C_{chunk}))`, never a dense ``[N, N]`` (nor
+    ``[chunk_size, N]``) matrix.
 
     Users sharing items: ``edge_index`` = the user->item train edges, ``num_shared`` = items.
     Items co-interacted by users: the flipped edges, ``num_shared`` = users.
@@ -55,7 +59,7 @@ def cooccurrence_edges(
     device = edge_index.device
     key = torch.unique(edge_index[0].long() * num_shared + edge_index[1].long())
     pairs = torch.stack([key // num_shared, key % num_shared])  # binary B: repeats count once
-    incidence_t = to_csr(pairs.flip(0), None, num_shared, num_nodes)  # B^T, [S, N]
+    incidence_t = _coo(pairs.flip(0), num_shared, num_nodes).coalesce()  # B^T, [S, N]
     # unique() sorted the pairs by node: each chunk's pairs are one contiguous range.
     starts = torch.arange(0, num_nodes + chunk_size, chunk_size, device=device)
     bounds = torch.searchsorted(pairs[0], starts)
@@ -65,28 +69,50 @@ def cooccurrence_edges(
         end = min(start + chunk_size, num_nodes)
         lo, hi = int(bounds[chunk]), int(bounds[chunk + 1])
         local = torch.stack([pairs[0, lo:hi] - start, pairs[1, lo:hi]])
-        block = to_csr(local, None, end - start, num_shared)  # B_chunk, [chunk, S]
-        product = torch.sparse.mm(block, incidence_t)  # C[chunk, :], sparse [chunk, N]
-        row_ptr, col, count = product.crow_indices(), product.col_indices(), product.values()
-        row = torch.repeat_interleave(
-            torch.arange(end - start, device=device), row_ptr[1:] - row_ptr[:-1]
-        )
-        off_diagonal = (col != row + start) & (count > 0)  # a node does not co-occur with itself
-        row, col, count = row[off_diagonal], col[off_diagonal], count[off_diagonal]
-        # One sort by (row, count descending, column ascending) ranks every row's entries.
-        rounded = count.round().long()
-        if row.numel():
-            top = int(rounded.max())
-            order = torch.argsort((row * (top + 1) + (top - rounded)) * num_nodes + col)
-        else:
-            order = row
-        row, col, count = row[order], col[order], rounded[order]
-        first = torch.searchsorted(row, row, right=False)  # start of each entry's row
-        keep = torch.arange(row.numel(), device=device) - first < k
+        block = _coo(local, end - start, num_shared, is_coalesced=True)  # B_chunk, [chunk, S]
+        with warnings.catch_warnings():  # the product goes through CSR internally
+            warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+            product = torch.sparse.mm(block, incidence_t)  # C[chunk, :], sparse [chunk, N]
+        if not product.is_coalesced():
+            product = product.coalesce()
+        (row, col), count = product.indices(), product.values().long()  # exact small integers
+        if row.numel() == 0:
+            continue
+        # Entries come sorted by (row, column). A node's own entry C_ii = |N_i| is at least
+        # every C_ij; raised above them it sorts first in its row and is skipped below.
+        top = int(count.max()) + 1
+        count[col == row + start] = top
+        # A stable sort by (row, count descending) keeps the column order among equal counts.
+        rank_key = row * (top + 1) + (top - count)
+        if int(rank_key.max()) < 2**31:
+            rank_key = rank_key.int()  # a faster sort
+        order = torch.argsort(rank_key, stable=True)
+        # The sort keeps rows in place: each entry's rank is its offset in the row.
+        row_start = torch.cumsum(torch.bincount(row, minlength=end - start), 0)
+        row_start = torch.cat([row_start.new_zeros(1), row_start[:-1]])
+        rank = torch.arange(row.numel(), device=device) - row_start[row]
+        keep = (rank >= 1) & (rank <= k)  # rank 0: the node itself
+        kept = order[keep]
         rows.append(row[keep] + start)
-        cols.append(col[keep])
-        counts.append(count[keep].float())
+        cols.append(col[kept])
+        counts.append(count[kept].float())
+    if not rows:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return torch.stack([empty, empty]), torch.empty(0, device=device)
     return torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(counts)
+
+
+def _coo(edge_index: Tensor, num_rows: int, num_cols: int, is_coalesced: bool = False) -> Tensor:
+    """The binary sparse COO ``[num_rows, num_cols]`` matrix of distinct ``edge_index`` pairs
+    (``is_coalesced``: already sorted by row, then column). The product of two coalesced ones
+    comes out coalesced: sorted by row, then column."""
+    values = torch.ones(edge_index.size(1), device=edge_index.device)
+    with warnings.catch_warnings():
+        # Ranges were validated by the caller, so sparse invariant checks are skipped on purpose.
+        warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
+        return torch.sparse_coo_tensor(
+            edge_index, values, (num_rows, num_cols), is_coalesced=is_coalesced
+        )
 
 
 def resample_to_k_neighbours(
