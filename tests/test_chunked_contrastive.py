@@ -24,19 +24,39 @@ def _dense(anchor: torch.Tensor, positive: torch.Tensor, tau: float, intra: bool
 
 @pytest.mark.parametrize("intra", [True, False])
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 100])
-def test_value_and_gradient_equal_the_dense_formula(intra: bool, chunk_size: int) -> None:
+@pytest.mark.parametrize("tau", [0.5, 0.02])  # exp unshifted (1/tau <= 40), and row-max shifted
+def test_value_and_gradient_equal_the_dense_formula(
+    intra: bool, chunk_size: int, tau: float
+) -> None:
     g = torch.Generator().manual_seed(0)
     base_a = torch.randn(17, 5, generator=g, dtype=torch.float64)
     base_p = torch.randn(17, 5, generator=g, dtype=torch.float64)
     a1, p1 = base_a.clone().requires_grad_(), base_p.clone().requires_grad_()
     a2, p2 = base_a.clone().requires_grad_(), base_p.clone().requires_grad_()
-    expected = _dense(a1, p1, 0.5, intra)
-    got = chunked_info_nce(a2, p2, 0.5, intra_view_negatives=intra, chunk_size=chunk_size)
+    expected = _dense(a1, p1, tau, intra)
+    got = chunked_info_nce(a2, p2, tau, intra_view_negatives=intra, chunk_size=chunk_size)
     torch.testing.assert_close(got, expected)
     expected.backward()
     got.backward()
     torch.testing.assert_close(a2.grad, a1.grad)
     torch.testing.assert_close(p2.grad, p1.grad)
+
+
+def test_float32_at_micro_size_and_without_gradient() -> None:
+    # One [chunk, 2N] block reused across chunks, float32 as in training; no_grad: value only.
+    g = torch.Generator().manual_seed(5)
+    base_a, base_p = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    a1, p1 = base_a.double().requires_grad_(), base_p.double().requires_grad_()
+    a2, p2 = base_a.clone().requires_grad_(), base_p.clone().requires_grad_()
+    expected = _dense(a1, p1, 0.5, True)
+    got = chunked_info_nce(a2, p2, 0.5, chunk_size=64)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    expected.backward()
+    got.backward()
+    torch.testing.assert_close(a2.grad.double(), a1.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(p2.grad.double(), p1.grad, rtol=1e-4, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_info_nce(a2, p2, 0.5, chunk_size=64), got.detach())
 
 
 def test_one_shared_input_gets_both_gradients() -> None:

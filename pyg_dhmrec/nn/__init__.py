@@ -58,6 +58,7 @@ from pyg_dhmrec.nn.propagation import (
     symmetric_spmm,
 )
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
+from pyg_dhmrec.nn.sparse_pattern import SparsePattern
 
 __all__ = [
     "DenoisingMLP",
@@ -66,6 +67,8 @@ __all__ = [
     "ConfidenceEdgeWeights",
     "PrototypeRouting",
     "neighborhood_affinity",
+    "SparsePattern",
+    "l2_normalize",
     "chunked_info_nce",
     "anchor_info_nce",
     "ModulusPerturbation",
