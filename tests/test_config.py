@@ -329,7 +329,7 @@ def test_model_keys_values() -> None:
         ("layergcn", "num_ui_layers", 4),
         ("layergcn", "pruning", "alternate"),
         ("mgcn", "temperature", 0.2),
-        ("vbpr", "reg_weight", 0.1),
+        ("vbpr", "reg_weight", 5.0),
     ],
 )
 def test_model_file_settings_reach_the_config(model: str, key: str, value: object) -> None:
