@@ -7,7 +7,7 @@ import pytest
 import torch
 from toy_graphs import first_batch, toy_graph
 
-from pyg_dhmrec.models import MICRO
+from pyg_dhmrec.models import LATTICE, MICRO
 from pyg_dhmrec.nn import ModalityAttention, chunked_info_nce
 
 
@@ -71,3 +71,16 @@ def test_bad_settings_name_the_key() -> None:
         MICRO(_graph(), cl_weight=-1.0)
     with pytest.raises(ValueError, match="frozen_graph_weight"):
         MICRO(_graph(), frozen_graph_weight=1.5)
+
+
+def test_the_item_graph_logic_is_lattices_own() -> None:
+    # MICRO extends LATTICE: the learned/frozen graphs and their caching exist once.
+    model = MICRO(_graph(), embedding_dim=4, knn_k=3)
+    assert isinstance(model, LATTICE)
+    for name in ("build_item_graphs", "_item_operators", "_propagate", "reset_parameters"):
+        assert getattr(MICRO, name) is getattr(LATTICE, name), name
+    names = {n for n, _ in model.named_parameters()}
+    assert "modality_logits" not in names and "attention.query.weight" in names
+    assert model.mix_item_graphs(model.build_item_graphs()) is None
+    with pytest.raises(NotImplementedError, match="attention"):
+        model.modality_weights()

@@ -55,6 +55,12 @@ class GRCN(Recommender):
       paper's :math:`\lambda\lVert\Theta\rVert^2`). Xavier-normal initialisation, zero biases.
     * Runs on the device of its parameters (CPU or CUDA); the code hard-codes CUDA.
 
+    *Implementation*: every edge-wise step (routing, affinities, weighted sums) is a fused
+    product with the interaction matrix :math:`R` of fixed pattern and learned values
+    (:class:`~pyg_dhmrec.nn.sparse_pattern.SparsePattern`), users and items kept apart; the
+    two edges of an interaction share one dot product. Same values as per-edge gathers and
+    scatters (tested against them), about 2.5 times faster per step on TikTok.
+
     Args:
         data: graph with train edges and at least one item modality (any number).
         embedding_dim: width ``d`` of the ID embeddings.

@@ -138,6 +138,12 @@ class MICRO(LATTICE):
     def reset_modality_fusion(self) -> None:
         self.attention.reset_parameters()
 
+    def modality_weights(self) -> Tensor:
+        raise NotImplementedError(
+            "MICRO weighs the modalities per item by attention (self.attention.weights of the "
+            "views), not by LATTICE's one vector"
+        )
+
     def mix_item_graphs(self, graphs: dict[str, Graph]) -> None:
         """MICRO mixes no graphs: each modality propagates over its own (Eq. 7)."""
         return None
