@@ -31,6 +31,11 @@ class Embeddings:
     item: Tensor
     modalities: dict[str, Tensor] = field(default_factory=dict)
 
+    def user_rows(self, index: Tensor) -> Tensor:
+        """``user[index]``; a model whose user rows are computed on demand may serve the rows
+        its loss already computed (plug-ins read the batch's users through this)."""
+        return self.user[index]
+
 
 class OnDemandRows:
     """The rows of an ``[n, d]`` table, computed on demand by ``compute`` (a function of an

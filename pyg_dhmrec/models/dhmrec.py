@@ -58,6 +58,8 @@ class DHMRecEmbeddings(Embeddings):
     commons: dict[str, Tensor] = field(default_factory=dict)
     specifics: dict[str, Tensor] = field(default_factory=dict)
     alpha_mm: float = 1.0
+    #: ``(batch.user, its final rows)`` of the last :meth:`DHMRec.loss` on this pass
+    batch_users: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
     def user(self) -> Tensor:  # type: ignore[override]
@@ -70,6 +72,14 @@ class DHMRecEmbeddings(Embeddings):
     @user.setter
     def user(self, value: Tensor | None) -> None:
         self._user = value
+
+    def user_rows(self, index: Tensor) -> Tensor:
+        """The final rows of ``index``: those :meth:`DHMRec.loss` computed for the same batch
+        tensor, else read from (or computed for) the full table."""
+        done = self.batch_users
+        if self._user is None and done is not None and done[0] is index:
+            return done[1]
+        return self.user[index]
 
     @property
     def mm(self) -> Tensor:
@@ -400,6 +410,7 @@ class DHMRec(Recommender):
         mm_user = out.mm_users.rows(users)
         id_user, id_item = out.id.split([self.num_users, self.num_items])
         user = (id_user[users] + self.alpha_mm * mm_user)[inverse]
+        out.batch_users = (batch.user, user)  # for plug-ins: no second pass over the users
         pos = (user * out.item[batch.pos_item]).sum(-1)
         neg = (user * out.item[batch.neg_item]).sum(-1)
         parts = {"bpr": bpr_loss(pos, neg)}

@@ -156,9 +156,14 @@ class MRdIB(Recommender):
     def _probe(self) -> Embeddings:
         """One evaluation pass of the base (no randomness): the modalities and their width."""
         was_training = self.base.training
+        # A model's eval pass may fill buffers (DiffMM's generated graphs): probing leaves none
+        buffers = {name: b.clone() for name, b in self.base.named_buffers()}
         self.base.eval()
         out = self.base()
         self.base.train(was_training)
+        for name, value in buffers.items():
+            module, _, attr = name.rpartition(".")
+            setattr(self.base.get_submodule(module), attr, value)
         name = type(self.base).__name__
         if not out.modalities:
             raise ValueError(f"MRdIB: {name}.forward() returned no modality")
@@ -227,7 +232,7 @@ class MRdIB(Recommender):
         codes, means, log_vars = {}, {}, {}
         for m in self.modalities:
             codes[m], means[m], log_vars[m] = self.encoders[m](out.modalities[m][items])
-        users = out.user[batch.user]
+        users = out.user_rows(batch.user)
         w, on = self.weights, self.switches
 
         if on["kl"]:
