@@ -275,6 +275,8 @@ class DiffMM(Recommender):
         self._graphs: dict[str, tuple[Tensor, Tensor]] | None = None  # full (edges, weights)
         self._train_graphs: dict[str, Tensor] | None = None  # this epoch's kept edges
         self.register_load_state_dict_post_hook(lambda module, keys: module._forget_graphs())
+        # a state read before any use holds the graphs of the current denoisers too
+        self.register_state_dict_pre_hook(lambda module, *args: module._ensure_generated())
         self.reset_parameters()
 
     # ----- parameters and state -----
@@ -385,6 +387,11 @@ class DiffMM(Recommender):
             self.denoisers[m].train(mode)
         return out
 
+    def _ensure_generated(self) -> None:
+        """Generate :math:`A^m` from the current denoisers if it never was (a new model)."""
+        if bool((self.generated_items < 0).any()):
+            self.generated_items.copy_(self.generate_graphs())
+
     def on_train_epoch_start(self) -> None:
         """Rebuild :math:`A^m` from the denoisers (trained by this epoch's phase) and draw the
         epoch's kept edges."""
@@ -397,8 +404,7 @@ class DiffMM(Recommender):
         """Per modality, the edges of :math:`A^m` in both directions on the ``U + I`` nodes
         and their weights :math:`1/\\sqrt{|N^m_u||N^m_i|}` (Eq. 16)."""
         if self._graphs is None:
-            if bool((self.generated_items < 0).any()):
-                self.generated_items.copy_(self.generate_graphs())
+            self._ensure_generated()
             num_nodes = self.num_users + self.num_items
             users = torch.arange(self.num_users, device=self.generated_items.device)
             users = users.repeat_interleave(self.generated_k)
