@@ -71,7 +71,8 @@ class DiffMM(Recommender):
     :math:`A^m` (the top-k over all items, train items included, as in the reference code).
     Users are processed in chunks of ``diffusion_batch_size`` rows, so no users x items matrix
     exists; :math:`A^m` is kept as the ``[M, U, k]`` persistent buffer ``generated_items`` (in
-    checkpoints and in the best epoch's state) and as sparse matrices. Eq. 16 normalises it as
+    checkpoints and in the best epoch's state; a new model's, from its initial denoisers, is
+    generated on first use) and as sparse matrices. Eq. 16 normalises it as
     :math:`\tilde{A}^m_{ui} = 1/\sqrt{|N^m_u||N^m_i|}`. In training each epoch keeps every
     generated edge with probability ``generated_keep_rate`` and scales the kept ones by its
     inverse (the reference's ``keepRate``); evaluation uses the whole graph.
@@ -267,7 +268,7 @@ class DiffMM(Recommender):
                 for m in self.modalities
             }
         )
-        # A^m as each user's top-k items; -1: not generated yet (generated on first use)
+        # A^m as each user's top-k items; -1: not generated yet (see _ensure_generated)
         self.register_buffer(
             "generated_items",
             torch.full((len(self.modalities), self.num_users, generated_k), -1, dtype=torch.long),
