@@ -44,7 +44,9 @@ class DiffMM(Recommender):
 
     Notation: :math:`\tilde{A}` the normalised train graph, :math:`E_u, E_i` the ID
     embeddings, :math:`F^m` the raw features of modality :math:`m`. Equation numbers are those
-    of arXiv 2406.11781v1.
+    of arXiv 2406.11781v1 as public summaries of the paper transcribe them (its full text was
+    not at hand when this was written); the reference code settled the details they leave
+    open.
 
     **Diffusion** (Eqs. 1-13, :class:`~pyg_dhmrec.nn.GaussianDiffusion`): a user's train
     interaction row :math:`\alpha_0 = a_u \in \{0,1\}^{|I|}` is noised in closed form,
