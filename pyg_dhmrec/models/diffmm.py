@@ -66,7 +66,7 @@ class DiffMM(Recommender):
     BPR batches, one pass over all users in random chunks of ``diffusion_batch_size`` rows,
     with its own Adam optimiser (:meth:`phase_optimizer`); all modalities share each chunk.
 
-    **Modality-aware graphs** (inference of the diffusion, Sec. 3.1.3): every epoch
+    **Modality-aware graphs** (the inference of the diffusion): every epoch
     (:meth:`on_train_epoch_start`, after the phase), each user's row is noised to step
     :math:`T'` (``sampling_steps``; :math:`T' = 0`: not noised) and denoised by the :math:`T`
     deterministic reverse steps; its top ``generated_k`` items become the user's edges of
@@ -370,7 +370,7 @@ class DiffMM(Recommender):
     @torch.no_grad()
     def generate_graphs(self, chunk_size: int | None = None) -> Tensor:
         """``[M, U, k]``: each user's top ``generated_k`` items of each modality's denoised
-        row (inference of Sec. 3.1.3), users taken ``chunk_size`` rows at a time (default
+        row (the diffusion's inference), users taken ``chunk_size`` rows at a time (default
         ``diffusion_batch_size``)."""
         chunk_size = chunk_size or self.diffusion_batch_size
         device = self.row_pointer.device
