@@ -44,7 +44,9 @@ class DiffMM(Recommender):
 
     Notation: :math:`\tilde{A}` the normalised train graph, :math:`E_u, E_i` the ID
     embeddings, :math:`F^m` the raw features of modality :math:`m`. Equation numbers are those
-    of arXiv 2406.11781v1.
+    of arXiv 2406.11781v1 as public summaries of the paper transcribe them (its full text was
+    not at hand when this was written); the reference code settled the details they leave
+    open.
 
     **Diffusion** (Eqs. 1-13, :class:`~pyg_dhmrec.nn.GaussianDiffusion`): a user's train
     interaction row :math:`\alpha_0 = a_u \in \{0,1\}^{|I|}` is noised in closed form,
@@ -64,14 +66,15 @@ class DiffMM(Recommender):
     BPR batches, one pass over all users in random chunks of ``diffusion_batch_size`` rows,
     with its own Adam optimiser (:meth:`phase_optimizer`); all modalities share each chunk.
 
-    **Modality-aware graphs** (inference of the diffusion, Sec. 3.1.3): every epoch
+    **Modality-aware graphs** (the inference of the diffusion): every epoch
     (:meth:`on_train_epoch_start`, after the phase), each user's row is noised to step
     :math:`T'` (``sampling_steps``; :math:`T' = 0`: not noised) and denoised by the :math:`T`
     deterministic reverse steps; its top ``generated_k`` items become the user's edges of
     :math:`A^m` (the top-k over all items, train items included, as in the reference code).
     Users are processed in chunks of ``diffusion_batch_size`` rows, so no users x items matrix
     exists; :math:`A^m` is kept as the ``[M, U, k]`` persistent buffer ``generated_items`` (in
-    checkpoints and in the best epoch's state) and as sparse matrices. Eq. 16 normalises it as
+    checkpoints and in the best epoch's state; a new model's, from its initial denoisers, is
+    generated on first use) and as sparse matrices. Eq. 16 normalises it as
     :math:`\tilde{A}^m_{ui} = 1/\sqrt{|N^m_u||N^m_i|}`. In training each epoch keeps every
     generated edge with probability ``generated_keep_rate`` and scales the kept ones by its
     inverse (the reference's ``keepRate``); evaluation uses the whole graph.
@@ -267,7 +270,7 @@ class DiffMM(Recommender):
                 for m in self.modalities
             }
         )
-        # A^m as each user's top-k items; -1: not generated yet (generated on first use)
+        # A^m as each user's top-k items; -1: not generated yet (see _ensure_generated)
         self.register_buffer(
             "generated_items",
             torch.full((len(self.modalities), self.num_users, generated_k), -1, dtype=torch.long),
@@ -275,6 +278,8 @@ class DiffMM(Recommender):
         self._graphs: dict[str, tuple[Tensor, Tensor]] | None = None  # full (edges, weights)
         self._train_graphs: dict[str, Tensor] | None = None  # this epoch's kept edges
         self.register_load_state_dict_post_hook(lambda module, keys: module._forget_graphs())
+        # a state read before any use holds the graphs of the current denoisers too
+        self.register_state_dict_pre_hook(lambda module, *args: module._ensure_generated())
         self.reset_parameters()
 
     # ----- parameters and state -----
@@ -365,7 +370,7 @@ class DiffMM(Recommender):
     @torch.no_grad()
     def generate_graphs(self, chunk_size: int | None = None) -> Tensor:
         """``[M, U, k]``: each user's top ``generated_k`` items of each modality's denoised
-        row (inference of Sec. 3.1.3), users taken ``chunk_size`` rows at a time (default
+        row (the diffusion's inference), users taken ``chunk_size`` rows at a time (default
         ``diffusion_batch_size``)."""
         chunk_size = chunk_size or self.diffusion_batch_size
         device = self.row_pointer.device
@@ -385,6 +390,11 @@ class DiffMM(Recommender):
             self.denoisers[m].train(mode)
         return out
 
+    def _ensure_generated(self) -> None:
+        """Generate :math:`A^m` from the current denoisers if it never was (a new model)."""
+        if bool((self.generated_items < 0).any()):
+            self.generated_items.copy_(self.generate_graphs())
+
     def on_train_epoch_start(self) -> None:
         """Rebuild :math:`A^m` from the denoisers (trained by this epoch's phase) and draw the
         epoch's kept edges."""
@@ -397,8 +407,7 @@ class DiffMM(Recommender):
         """Per modality, the edges of :math:`A^m` in both directions on the ``U + I`` nodes
         and their weights :math:`1/\\sqrt{|N^m_u||N^m_i|}` (Eq. 16)."""
         if self._graphs is None:
-            if bool((self.generated_items < 0).any()):
-                self.generated_items.copy_(self.generate_graphs())
+            self._ensure_generated()
             num_nodes = self.num_users + self.num_items
             users = torch.arange(self.num_users, device=self.generated_items.device)
             users = users.repeat_interleave(self.generated_k)
