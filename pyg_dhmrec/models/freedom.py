@@ -20,6 +20,7 @@ from pyg_dhmrec.data.graph import (
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, squared_l2_penalty
 
 __all__ = ["DEFAULT_MODALITY_WEIGHTS", "FREEDOM"]
@@ -99,8 +100,10 @@ class FREEDOM(Recommender):
         l2_weight: float = 0.0,
     ) -> None:
         super().__init__(data)
+        check_int("embedding_dim", embedding_dim, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        self.l2_weight = check_nonnegative("l2_weight", l2_weight)
         data = self.with_graphs(data, knn_k=knn_k)
-        self.reg_weight, self.l2_weight = reg_weight, l2_weight
         features = self.register_item_features(data)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)

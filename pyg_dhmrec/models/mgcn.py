@@ -15,6 +15,7 @@ from pyg_dhmrec.data.graph import normalized_adjacency, to_csr, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
+from pyg_dhmrec.models.validation import check_at_most, check_int, check_nonnegative, check_positive
 from pyg_dhmrec.nn import (
     BehaviorAwareFusion,
     CollaborativeGate,
@@ -65,11 +66,6 @@ class MGCNEmbeddings(Embeddings):
     def mm_view(self) -> Tensor:
         """:math:`E_{mul}` of every node, ``[U + I, d]``."""
         return torch.cat([self.mm_users.table(), self.mm_items.table()])
-
-
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 class MGCN(Recommender):
@@ -167,18 +163,14 @@ class MGCN(Recommender):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        _check_int("embedding_dim", embedding_dim, 1)
-        _check_int("num_ui_layers", num_ui_layers, 0)
-        _check_int("num_ii_layers", num_ii_layers, 0)
-        _check_int("knn_k", knn_k, 1)
-        if knn_k > self.num_items:
-            raise ValueError(f"knn_k must be <= the number of items {self.num_items}, got {knn_k}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        for name, value in (("cl_weight", cl_weight), ("reg_weight", reg_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self.cl_weight, self.temperature, self.reg_weight = cl_weight, temperature, reg_weight
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("num_ui_layers", num_ui_layers, 0)
+        check_int("num_ii_layers", num_ii_layers, 0)
+        check_int("knn_k", knn_k, 1)
+        check_at_most("knn_k", knn_k, self.num_items, "the number of items")
+        self.temperature = check_positive("temperature", temperature)
+        self.cl_weight = check_nonnegative("cl_weight", cl_weight)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         data = self.with_graphs(data, knn_k=knn_k)
 
         # The buffers hold the initial features: the frozen input, or the trained copy's reset.

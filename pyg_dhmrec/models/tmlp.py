@@ -20,6 +20,13 @@ from pyg_dhmrec.data.transforms import (
     topology_pruned_edge_type,
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, neighbour_contrastive_loss
 
 __all__ = ["TMLP", "ModalityMLP"]
@@ -199,23 +206,14 @@ class TMLP(Recommender):
         temperature: float = 1.0,
     ) -> None:
         super().__init__(data)
-        for name, value in (
-            ("embedding_dim", embedding_dim),
-            ("feat_embed_dim", feat_embed_dim),
-            ("hidden_dim", hidden_dim),
-            ("num_mlp_layers", num_mlp_layers),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if not 0.0 <= mlp_dropout < 1.0:
-            raise ValueError(f"mlp_dropout must be in [0, 1), got {mlp_dropout!r}")
-        if not na_weight >= 0:  # also rejects NaN
-            raise ValueError(f"na_weight must be >= 0, got {na_weight!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        self.na_weight, self.temperature = float(na_weight), float(temperature)
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("feat_embed_dim", feat_embed_dim, 1)
+        check_int("hidden_dim", hidden_dim, 1)
+        check_int("num_mlp_layers", num_mlp_layers, 1)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_fraction("mlp_dropout", mlp_dropout, include_1=False)
+        self.na_weight = check_nonnegative("na_weight", na_weight)
+        self.temperature = check_positive("temperature", temperature)
         features = self.register_item_features(data)
         data = self.with_graphs(
             data, knn_k=knn_k, pruned_k=pruned_k, modality_weights=modality_weights
