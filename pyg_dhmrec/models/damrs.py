@@ -13,7 +13,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import item_features
-from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
+from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import (
     AddConsistentItemKNNGraphs,
@@ -409,9 +409,7 @@ class DAMRS(Recommender):
         self.reset_parameters()
 
     def _item_graph(self, data: HeteroData, edge_type: tuple[str, str, str]) -> FrozenSparse:
-        store = data[edge_type]
-        matrix = to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
-        return FrozenSparse(matrix)
+        return FrozenSparse(self.item_graph(data, edge_type))
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)

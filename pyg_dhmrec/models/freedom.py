@@ -15,7 +15,6 @@ from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     mix_modality_graphs,
     resolve_modality_weights,
-    to_csr,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
@@ -129,8 +128,7 @@ class FREEDOM(Recommender):
 
     def knn_graph(self, data: HeteroData, modality: str) -> Tensor:
         """The normalised kNN graph of ``modality`` from ``data``, as ``[I, I]`` CSR."""
-        store = data[knn_edge_type(modality)]
-        return to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
+        return self.item_graph(data, knn_edge_type(modality))
 
     def _weights(self, weights: Mapping[str, float] | None) -> dict[str, float]:
         return resolve_modality_weights(self.modalities, weights, type(self).__name__)

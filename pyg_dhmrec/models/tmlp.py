@@ -12,7 +12,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import MLP
 
-from pyg_dhmrec.data.graph import normalized_adjacency, submatrix_entries, to_csr
+from pyg_dhmrec.data.graph import normalized_adjacency, submatrix_entries
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import (
     AddTopologicallyPrunedGraph,
@@ -243,8 +243,7 @@ class TMLP(Recommender):
         )
         self.adjacency = FrozenSparse(adjacency, symmetric=True)
         self.propagation = LightPropagation(num_ui_layers, mode="sum", symmetric=True)
-        store = data[topology_pruned_edge_type()]
-        pruned = to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
+        pruned = self.item_graph(data, topology_pruned_edge_type())
         self.register_buffer("pruned_graph", pruned, persistent=False)
         self.reset_parameters()
 
