@@ -12,7 +12,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, pair_scores
 from pyg_dhmrec.models.mgcn import MGCNBackbone
-from pyg_dhmrec.models.validation import check_at_most, check_int, check_nonnegative, check_positive
+from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
 from pyg_dhmrec.nn import (
     NCECLUB,
     ConcatCritic,
@@ -179,20 +179,16 @@ class CMDL(MGCNBackbone):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        check_int("embedding_dim", embedding_dim, 1)
-        check_int("num_ui_layers", num_ui_layers, 0)
-        check_int("num_ii_layers", num_ii_layers, 0)
-        check_int("knn_k", knn_k, 1)
         check_int("critic_hidden", critic_hidden, 1)
-        check_at_most("knn_k", knn_k, self.num_items, "the number of items")
         self.item_temperature = check_positive("item_temperature", item_temperature)
         self.user_temperature = check_positive("user_temperature", user_temperature)
         self.cl_weight = check_nonnegative("cl_weight", cl_weight)
         self.mi_weight = check_nonnegative("mi_weight", mi_weight)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
-        data = self.with_graphs(data, knn_k=knn_k)
         # Eq. (1)'s purifier, Eq. (4)'s attention and Eq. (5)'s specific gates (MGCN's fuser).
-        self.build_backbone(data, embedding_dim, num_ui_layers, num_ii_layers, finetune_features)
+        self.build_backbone(
+            data, embedding_dim, num_ui_layers, num_ii_layers, knn_k, finetune_features
+        )
         d, num_modalities = embedding_dim, len(self.modalities)
         # The common part's gate beside the fuser's.
         self.common_preference = torch.nn.Linear(d, d)

@@ -86,9 +86,17 @@ class MGCNBackbone(Recommender):
         embedding_dim: int,
         num_ui_layers: int,
         num_ii_layers: int,
+        knn_k: int,
         finetune_features: bool,
     ) -> None:
-        """Sets the shared modules; ``data`` must hold the kNN graphs (:meth:`with_graphs`)."""
+        """Checks the shared settings and sets the shared modules, on the kNN graphs of
+        ``knn_k`` neighbours (read from ``data`` or built)."""
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("num_ui_layers", num_ui_layers, 0)
+        check_int("num_ii_layers", num_ii_layers, 0)
+        check_int("knn_k", knn_k, 1)
+        check_at_most("knn_k", knn_k, self.num_items, "the number of items")
+        data = self.with_graphs(data, knn_k=knn_k)
         # The buffers hold the initial features: the frozen input, or the trained copy's reset.
         features = self.register_item_features(data)
         self.finetune_features = bool(finetune_features)
@@ -225,16 +233,12 @@ class MGCN(MGCNBackbone):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        check_int("embedding_dim", embedding_dim, 1)
-        check_int("num_ui_layers", num_ui_layers, 0)
-        check_int("num_ii_layers", num_ii_layers, 0)
-        check_int("knn_k", knn_k, 1)
-        check_at_most("knn_k", knn_k, self.num_items, "the number of items")
         self.temperature = check_positive("temperature", temperature)
         self.cl_weight = check_nonnegative("cl_weight", cl_weight)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
-        data = self.with_graphs(data, knn_k=knn_k)
-        self.build_backbone(data, embedding_dim, num_ui_layers, num_ii_layers, finetune_features)
+        self.build_backbone(
+            data, embedding_dim, num_ui_layers, num_ii_layers, knn_k, finetune_features
+        )
         self.reset_parameters()
 
     def forward(self) -> MGCNEmbeddings:
