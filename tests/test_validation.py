@@ -2,9 +2,12 @@ import math
 
 import numpy as np
 import pytest
+from toy_graphs import toy_graph
 
+from pyg_dhmrec.models import MODELS
 from pyg_dhmrec.models.validation import (
     check_at_most,
+    check_bool,
     check_choice,
     check_fraction,
     check_int,
@@ -108,3 +111,33 @@ def test_check_choice() -> None:
     assert check_choice("mode", "mean", ("mean", "sum")) == "mean"
     with pytest.raises(ValueError, match=r"^mode must be one of mean, sum, got 'max'$"):
         check_choice("mode", "max", ("mean", "sum"))
+
+
+def test_check_bool() -> None:
+    assert check_bool("flag", True) is True and check_bool("flag", False) is False
+    for value in (1, 0, "false", None):
+        with pytest.raises(ValueError, match=rf"^flag must be true or false, got {value!r}$"):
+            check_bool("flag", value)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        ("bpr", {"embedding_dim": True}, "embedding_dim must be an int >= 1, got True"),
+        ("lightgcn", {"reg_weight": float("nan")}, "reg_weight must be >= 0 and finite, got nan"),
+        ("freedom", {"l2_weight": -1.0}, "l2_weight must be >= 0, got -1.0"),
+        ("grcn", {"num_routing": 2.0}, r"num_routing must be an int >= 0, got 2\.0"),
+        ("mmgcn", {"num_ui_layers": 0}, "num_ui_layers must be an int >= 1, got 0"),
+        ("lgmrec", {"keep_rate": 0.0}, r"keep_rate must be in \(0, 1\], got 0\.0"),
+        ("tmlp", {"mlp_dropout": 1.0}, r"mlp_dropout must be in \[0, 1\), got 1\.0"),
+        ("tmlp", {"temperature": float("inf")}, "temperature must be > 0 and finite, got inf"),
+        ("dualgnn", {"fusion": "sum"}, "fusion must be one of weighted_sum, mean, max, concat"),
+        ("mgcn", {"finetune_features": 1}, "finetune_features must be true or false, got 1"),
+        ("damrs", {"embedding_dim": 0}, "embedding_dim must be an int >= 1, got 0"),
+        ("diffmm", {"snr_weighting": "yes"}, "snr_weighting must be true or false, got 'yes'"),
+    ],
+)
+def test_models_refuse_bad_settings(model: str, kwargs: dict, message: str) -> None:
+    data = toy_graph(modalities={"image": 6, "text": 4})
+    with pytest.raises(ValueError, match=f"^{message}"):
+        MODELS[model](data, **kwargs)

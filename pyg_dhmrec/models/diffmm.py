@@ -16,6 +16,7 @@ from pyg_dhmrec.data.graph import normalized_adjacency, symmetric_normalize, to_
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import (
+    check_bool,
     check_choice,
     check_fraction,
     check_int,
@@ -216,6 +217,8 @@ class DiffMM(Recommender):
                 f"sampling_steps must be in [0, diffusion_steps = {diffusion_steps}], got "
                 f"{sampling_steps}"
             )
+        check_bool("sampling_noise", sampling_noise)
+        check_bool("snr_weighting", snr_weighting)
         check_int("diffusion_batch_size", diffusion_batch_size, 1)
         check_positive("diffusion_learning_rate", diffusion_learning_rate)
         self.feature_transform = feature_transform

@@ -15,7 +15,13 @@ from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
-from pyg_dhmrec.models.validation import check_at_most, check_int, check_nonnegative, check_positive
+from pyg_dhmrec.models.validation import (
+    check_at_most,
+    check_bool,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import (
     BehaviorAwareFusion,
     CollaborativeGate,
@@ -99,7 +105,7 @@ class MGCNBackbone(Recommender):
         data = self.with_graphs(data, knn_k=knn_k)
         # The buffers hold the initial features: the frozen input, or the trained copy's reset.
         features = self.register_item_features(data)
-        self.finetune_features = bool(finetune_features)
+        self.finetune_features = check_bool("finetune_features", finetune_features)
         if self.finetune_features:
             self.features = torch.nn.ParameterDict(
                 {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}

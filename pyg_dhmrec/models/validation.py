@@ -12,6 +12,13 @@ from numbers import Integral, Real
 from typing import Any
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a ``bool`` (not ``0``, ``1`` or a string such as ``"false"``)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_int(name: str, value: Any, low: int) -> int:
     """Return ``value`` as an ``int`` if it is an integer (not a bool or float) ``>= low``."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
