@@ -1,7 +1,7 @@
 """Checks for model settings: each names the field, the expected range and the value it got.
 
-Every model validates its constructor arguments with these, so one bad setting reads the same in
-every model (``embedding_dim must be an int >= 1, got 0``). A ``bool`` is refused wherever a number
+The models check their constructor arguments with these, so one bad setting reads the same in
+each of them (``embedding_dim must be an int >= 1, got 0``). A ``bool`` is refused wherever a number
 is expected: YAML's ``true`` is an ``int`` to Python and would otherwise pass as ``1``.
 """
 
