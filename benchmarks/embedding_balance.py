@@ -29,12 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from pyg_dhmrec.config import load_config, parse_cli_overrides  # noqa: E402
-from pyg_dhmrec.data.dataset import RATES, load_dataset  # noqa: E402
-from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler  # noqa: E402
-from pyg_dhmrec.models import build_model  # noqa: E402
+from benchmarks._setup import add_run_arguments, build_run, probe_batch, run_overrides  # noqa: E402
+from pyg_dhmrec.config import parse_cli_overrides  # noqa: E402
+from pyg_dhmrec.data.sampler import BPRBatch  # noqa: E402
 from pyg_dhmrec.models.base import Embeddings, Recommender  # noqa: E402
-from pyg_dhmrec.train import Trainer, seed_everything  # noqa: E402
+from pyg_dhmrec.train import Trainer  # noqa: E402
 
 
 def ranking_parts(model: Recommender, out: Embeddings) -> dict[str, torch.Tensor]:
@@ -104,25 +103,15 @@ def print_snapshot(label: str, snap: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data-root", default="datasets")
-    parser.add_argument("--seed", type=int, default=2024)
+    add_run_arguments(parser, seed=2024)
     parser.add_argument("--epochs", type=int, default=3, help="epochs after initialisation")
     parser.add_argument("--output", help="JSON path (default: runs/balance-<model>-<dataset>.json)")
     args, extra = parser.parse_known_args()
-    overrides = {"data_root": args.data_root, "progress": False, **parse_cli_overrides(extra)}
-    config = load_config(args.model, args.dataset, overrides)
-    config["seed"] = args.seed
-    data = load_dataset(config)[0]
-    seed_everything(args.seed)
-    model = build_model(args.model, data, config)
+    overrides = run_overrides(args, parse_cli_overrides(extra))
+    config, data, model = build_run(args.model, args.dataset, overrides)
     trainer = Trainer(model, data, config, torch.device("cpu"))
-    probe_sampler = BPRSampler(
-        data[RATES].edge_index, model.num_users, model.num_items, config["batch_size"], args.seed
-    )
     model.on_train_epoch_start()
-    probe = next(iter(probe_sampler))
+    probe = probe_batch(config, data, model)
     history = [{"epoch": 0, **snapshot(model, probe)}]
     print_snapshot("initialisation", history[0])
     for epoch in range(1, args.epochs + 1):

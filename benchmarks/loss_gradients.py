@@ -15,30 +15,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from pyg_dhmrec.config import load_config, parse_cli_overrides  # noqa: E402
-from pyg_dhmrec.data.dataset import RATES, load_dataset  # noqa: E402
-from pyg_dhmrec.data.sampler import BPRSampler  # noqa: E402
-from pyg_dhmrec.models import build_model  # noqa: E402
+from benchmarks._setup import add_run_arguments, build_run, probe_batch, run_overrides  # noqa: E402
+from pyg_dhmrec.config import parse_cli_overrides  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--data-root", default="datasets")
-    parser.add_argument("--seed", type=int, default=0)
+    add_run_arguments(parser, seed=0)
     args, extra = parser.parse_known_args()
-    overrides = {"data_root": args.data_root, **parse_cli_overrides(extra)}
-    config = load_config(args.model, args.dataset, overrides)
-    data = load_dataset(config)[0]
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, data, config)
+    overrides = run_overrides(args, parse_cli_overrides(extra))
+    config, data, model = build_run(args.model, args.dataset, overrides)
     model.train()
     model.on_train_epoch_start()
-    sampler = BPRSampler(
-        data[RATES].edge_index, model.num_users, model.num_items, config["batch_size"], args.seed
-    )
-    parts = model.loss(next(iter(sampler)))
+    parts = model.loss(probe_batch(config, data, model))
     tables = {n: p for n, p in model.named_parameters() if n.endswith("embedding.weight")}
     print("| part | value | " + " | ".join(tables) + " |")
     print("|---|---|" + "---|" * len(tables))

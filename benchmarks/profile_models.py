@@ -11,6 +11,8 @@ go to every model) and trained through the trainer's own :meth:`Trainer.train_st
 CPU time are printed (``--top``; milliseconds per step and their share of the measured wall
 time of a step; ``--shapes`` splits them by input shape) and saved as
 ``<out>/<model>-<dataset>.txt``; ``<out>/profile-<dataset>.json`` has every model's figures.
+``--trace`` also writes a Chrome trace of the profiled training steps, with memory events, as
+``<out>/<model>-<dataset>-train.trace.json`` (open in ``chrome://tracing`` or Perfetto).
 ``--threads`` sets ``OMP_NUM_THREADS`` and ``torch.set_num_threads`` (one, by default: the
 setting of the speed tables). Models that cannot run on the dataset (an ID-only dataset for a
 multimodal model) are reported and skipped.
@@ -38,6 +40,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--threads", type=int, default=1, help="OMP and torch threads")
     parser.add_argument("--top", type=int, default=15, help="operators listed per phase")
     parser.add_argument("--shapes", action="store_true", help="group operators by input shape")
+    parser.add_argument("--trace", action="store_true", help="write Chrome traces of the steps")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("runs/profile"))
     return parser.parse_known_args()
@@ -68,10 +71,10 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from pyg_dhmrec.config import load_config, parse_cli_overrides
-    from pyg_dhmrec.loader import load_data_and_model
+    from benchmarks._setup import load_run, run_config
+    from pyg_dhmrec.config import parse_cli_overrides
     from pyg_dhmrec.models import MODELS
-    from pyg_dhmrec.train import Trainer, resolve_device, seed_everything
+    from pyg_dhmrec.train import Trainer, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -87,10 +90,9 @@ def main() -> int:
             torch.cuda.synchronize(device)
 
     for name in args.models or sorted(MODELS):
-        config = load_config(name, args.dataset, {**overrides, "progress": False})
-        seed_everything(config["seed"], device)
+        config = run_config(name, args.dataset, overrides)
         try:
-            _, data, model = load_data_and_model(config)
+            data, model = load_run(config, device)
         except (ValueError, FileNotFoundError) as e:
             print(f"== {name}: skipped ({e})", flush=True)
             continue
@@ -102,12 +104,18 @@ def main() -> int:
             trainer.train_step(next(batches).to(device))
         steps = [next(batches).to(device) for _ in range(args.steps)]
         sync()
-        with profile(activities=activities, record_shapes=args.shapes) as train_prof:
+        with profile(
+            activities=activities, record_shapes=args.shapes, profile_memory=args.trace
+        ) as train_prof:
             t0 = time.perf_counter()
             for batch in steps:
                 trainer.train_step(batch)
             sync()
             step_ms = (time.perf_counter() - t0) * 1e3 / args.steps
+        if args.trace:
+            train_prof.export_chrome_trace(
+                str(args.out / f"{name}-{args.dataset}-train.trace.json")
+            )
         trainer.evaluate("valid")  # warm: the first evaluation builds caches
         with profile(activities=activities, record_shapes=args.shapes) as eval_prof:
             t0 = time.perf_counter()

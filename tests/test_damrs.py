@@ -240,9 +240,9 @@ def test_bad_settings_get_clear_errors(data) -> None:
         DAMRS(data, knn_k=3, num_positives=11)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         DAMRS(data, knn_k=3, num_positives=3, temperature=0.0)
-    with pytest.raises(ValueError, match="au_weight must be a number >= 0"):
+    with pytest.raises(ValueError, match="au_weight must be >= 0, got -1.0"):
         DAMRS(data, knn_k=3, num_positives=3, au_weight=-1.0)
-    with pytest.raises(ValueError, match="num_ii_layers must be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_ii_layers must be an int >= 1, got 0"):
         DAMRS(data, knn_k=3, num_positives=3, num_ii_layers=0)
     with pytest.raises(ValueError, match="at least one item modality"):
         DAMRS(toy_graph(24, 20, 110), knn_k=3, num_positives=3)

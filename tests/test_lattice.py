@@ -253,12 +253,12 @@ def test_any_number_of_modalities_trains(modalities: dict[str, int]) -> None:
 def test_bad_inputs(data: HeteroData) -> None:
     cases = [
         ({"frozen_graph_weight": 1.5}, "frozen_graph_weight must be in"),
-        ({"knn_k": 0}, "knn_k must be an integer >= 1"),
+        ({"knn_k": 0}, "knn_k must be an int >= 1"),
         ({"knn_k": 31}, "knn_k must be <= the number of items"),
-        ({"num_ii_layers": 0}, "num_ii_layers must be an integer >= 1"),
+        ({"num_ii_layers": 0}, "num_ii_layers must be an int >= 1"),
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"graph_update": "step"}, "graph_update must be one of"),
-        ({"feat_embed_dim": 2.5}, "feat_embed_dim must be an integer"),
+        ({"feat_embed_dim": 2.5}, "feat_embed_dim must be an int >= 1, got 2.5"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -178,9 +178,9 @@ def test_bad_inputs(data: HeteroData) -> None:
         _model(data, reg_weight=-1.0)
     with pytest.raises(ValueError, match="reg_weight must be >= 0"):
         _model(data, reg_weight=float("nan"))
-    with pytest.raises(ValueError, match="embedding_dim must be a positive integer"):
+    with pytest.raises(ValueError, match="embedding_dim must be an int >= 1, got 0"):
         _model(data, embedding_dim=0)
-    with pytest.raises(ValueError, match="embedding_dim must be a positive integer"):
+    with pytest.raises(ValueError, match="embedding_dim must be an int >= 1, got 2.5"):
         _model(data, embedding_dim=2.5)
     short = toy_graph(modalities={"image": 4})
     short["item"].image = short["item"].image[:-1]

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import RATES, item_features
+from pyg_dhmrec.data.graph import to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import DerivedGraph, add_derived_graphs
 
@@ -130,6 +131,11 @@ class Recommender(torch.nn.Module):
     def with_graphs(self, data: HeteroData, **settings: Any) -> HeteroData:
         """``data`` holding the edge types of :meth:`graph_transforms` for ``settings``."""
         return add_derived_graphs(data, self.graph_transforms(settings))
+
+    def item_graph(self, data: HeteroData, edge_type: tuple[str, str, str]) -> Tensor:
+        """The item-item graph ``edge_type`` of ``data`` (weighted) as ``[I, I]`` CSR."""
+        store = data[edge_type]
+        return to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
 
     def register_item_features(
         self, data: HeteroData, min_modalities: int = 1, prefix: str = "feat_"

@@ -8,6 +8,7 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
 
 
@@ -32,7 +33,8 @@ class BPR(Recommender):
 
     def __init__(self, data: HeteroData, embedding_dim: int = 64, reg_weight: float = 1e-4):
         super().__init__(data)
-        self.reg_weight = reg_weight
+        check_int("embedding_dim", embedding_dim, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
         self.reset_parameters()

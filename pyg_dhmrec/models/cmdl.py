@@ -3,25 +3,19 @@ learning for multimodal recommendation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.graph import normalized_adjacency, to_csr, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
-from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.base import Embeddings, pair_scores
+from pyg_dhmrec.models.mgcn import MGCNBackbone
+from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
 from pyg_dhmrec.nn import (
     NCECLUB,
-    BehaviorAwareFusion,
-    CollaborativeGate,
     ConcatCritic,
-    FrozenSparse,
-    LightPropagation,
     bpr_loss,
     info_nce,
     squared_l2_penalty,
@@ -40,12 +34,7 @@ class CMDLEmbeddings(Embeddings):
     specific: list[Tensor] = field(default_factory=list)
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-
-
-class CMDL(Recommender):
+class CMDL(MGCNBackbone):
     r"""CMDL: each modality's graph view is split into a part common to all modalities and a
     modality-specific part; contrastive mutual-information bounds make the specific parts
     independent of the common one and keep the common part informative of every modality.
@@ -174,13 +163,6 @@ class CMDL(Recommender):
 
     loss_parts = ("bpr", "reg", "cl", "mi", "critic")
 
-    uses_modalities = True
-    exposes_modalities = True
-
-    @classmethod
-    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
-        return [AddItemKNNGraphs(k=settings["knn_k"], weighting="cosine")]
-
     def __init__(
         self,
         data: HeteroData,
@@ -197,47 +179,18 @@ class CMDL(Recommender):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        _check_int("embedding_dim", embedding_dim, 1)
-        _check_int("num_ui_layers", num_ui_layers, 0)
-        _check_int("num_ii_layers", num_ii_layers, 0)
-        _check_int("knn_k", knn_k, 1)
-        _check_int("critic_hidden", critic_hidden, 1)
-        if knn_k > self.num_items:
-            raise ValueError(f"knn_k must be <= the number of items {self.num_items}, got {knn_k}")
-        for name, value in (
-            ("item_temperature", item_temperature),
-            ("user_temperature", user_temperature),
-        ):
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        for name, value in (
-            ("cl_weight", cl_weight),
-            ("mi_weight", mi_weight),
-            ("reg_weight", reg_weight),
-        ):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self.cl_weight, self.mi_weight, self.reg_weight = cl_weight, mi_weight, reg_weight
-        self.item_temperature, self.user_temperature = item_temperature, user_temperature
-        data = self.with_graphs(data, knn_k=knn_k)
-
-        # The buffers hold the initial features: the frozen input, or the trained copy's reset.
-        features = self.register_item_features(data)
-        self.finetune_features = bool(finetune_features)
-        if self.finetune_features:
-            self.features = torch.nn.ParameterDict(
-                {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}
-            )
-        d, num_modalities = embedding_dim, len(self.modalities)
-
-        self.user_embedding = torch.nn.Embedding(self.num_users, d)
-        self.item_embedding = torch.nn.Embedding(self.num_items, d)
-        self.projections = torch.nn.ModuleDict(
-            {m: torch.nn.Linear(x.size(1), d) for m, x in features.items()}
+        check_int("critic_hidden", critic_hidden, 1)
+        self.item_temperature = check_positive("item_temperature", item_temperature)
+        self.user_temperature = check_positive("user_temperature", user_temperature)
+        self.cl_weight = check_nonnegative("cl_weight", cl_weight)
+        self.mi_weight = check_nonnegative("mi_weight", mi_weight)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        # Eq. (1)'s purifier, Eq. (4)'s attention and Eq. (5)'s specific gates (MGCN's fuser).
+        self.build_backbone(
+            data, embedding_dim, num_ui_layers, num_ii_layers, knn_k, finetune_features
         )
-        self.gates = torch.nn.ModuleDict({m: CollaborativeGate(d) for m in self.modalities})
-        # Eq. (4)'s attention and Eq. (5)'s specific gates; the common part's gate beside it.
-        self.fusion = BehaviorAwareFusion(d, num_modalities)
+        d, num_modalities = embedding_dim, len(self.modalities)
+        # The common part's gate beside the fuser's.
         self.common_preference = torch.nn.Linear(d, d)
         self.part_scorer = torch.nn.Sequential(
             torch.nn.Linear(d, d),
@@ -256,19 +209,6 @@ class CMDL(Recommender):
         self.conditional_critics = torch.nn.ModuleDict(
             {self._pair_key(m, n): NCECLUB(2 * d, d, critic_hidden) for m, n in self.pairs}
         )
-
-        # Frozen graphs: data, not model state (moved by .to(), kept out of checkpoints).
-        edge_index = self.train_edge_index(data)
-        adjacency = normalized_adjacency(edge_index, self.num_users, self.num_items)
-        self.adjacency = FrozenSparse(adjacency, symmetric=True)
-        self.user_item = FrozenSparse(user_item_matrix(edge_index, self.num_users, self.num_items))
-        n = self.num_items
-        self.item_item = torch.nn.ModuleDict()
-        for m in self.modalities:
-            store = data[knn_edge_type(m)]
-            self.item_item[m] = FrozenSparse(to_csr(store.edge_index, store.edge_weight, n, n))
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
-        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
         self.reset_parameters()
 
     @staticmethod
@@ -276,16 +216,7 @@ class CMDL(Recommender):
         return f"{m}__{n}"
 
     def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
-        if self.finetune_features:
-            with torch.no_grad():
-                for m, p in self.features.items():
-                    p.copy_(self.feature(m))
-        for m in self.modalities:
-            self.projections[m].reset_parameters()  # PyTorch's default, as the release
-            self.gates[m].reset_parameters()
-        self.fusion.reset_parameters()
+        super().reset_parameters()
         self.common_preference.reset_parameters()
         for layer in self.part_scorer:
             if isinstance(layer, torch.nn.Linear):
@@ -293,14 +224,6 @@ class CMDL(Recommender):
         for critics in (self.lower_critics, self.specific_critics, self.conditional_critics):
             for critic in critics.values():
                 critic.reset_parameters()
-
-    def _features(self, m: str) -> Tensor:
-        return self.features[m] if self.finetune_features else self.feature(m)
-
-    def purify(self, m: str) -> Tensor:
-        """Eq. (1): ``[I, d]`` purified features of modality ``m``."""
-        projected = self.projections[m](self._features(m))
-        return self.gates[m](self.item_embedding.weight, projected)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[: self.num_users], x[self.num_users :]

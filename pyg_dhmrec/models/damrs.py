@@ -13,7 +13,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import item_features
-from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
+from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import (
     AddConsistentItemKNNGraphs,
@@ -23,22 +23,11 @@ from pyg_dhmrec.data.transforms import (
     consistent_knn_edge_type,
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, symmetric_bernoulli_kl
 
 #: Anchors per chunk of the all-item neighbour-discrimination loss (memory only).
 CONTRASTIVE_CHUNK = 1024
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_nonnegative(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
 
 
 def denoised_bpr_weights(
@@ -379,23 +368,22 @@ class DAMRS(Recommender):
         gamma: float = 1.0,
     ) -> None:
         super().__init__(data)
-        _check_int("num_ui_layers", num_ui_layers, 0)
-        _check_int("num_ii_layers", num_ii_layers, 1)
-        self.num_positives = _check_int("num_positives", num_positives, 1)
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("num_ui_layers", num_ui_layers, 0)
+        check_int("num_ii_layers", num_ii_layers, 1)
+        self.num_positives = check_int("num_positives", num_positives, 1)
         if 2 * num_positives > self.num_items:
             raise ValueError(
                 f"num_positives = {num_positives} needs at least {2 * num_positives} items "
                 f"(as many multi-modal as single-modal positives), the dataset has "
                 f"{self.num_items}"
             )
-        self.au_weight = _check_nonnegative("au_weight", au_weight)
-        self.ai_weight = _check_nonnegative("ai_weight", ai_weight)
-        self.alpha = _check_nonnegative("alpha", alpha)
-        self.beta = _check_nonnegative("beta", beta)
-        self.gamma = _check_nonnegative("gamma", gamma)
-        if not _check_nonnegative("temperature", temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.au_weight = check_nonnegative("au_weight", au_weight)
+        self.ai_weight = check_nonnegative("ai_weight", ai_weight)
+        self.alpha = check_nonnegative("alpha", alpha)
+        self.beta = check_nonnegative("beta", beta)
+        self.gamma = check_nonnegative("gamma", gamma)
+        self.temperature = check_positive("temperature", temperature)
         self.modalities = list(item_features(data))
         if not self.modalities:
             raise ValueError("DAMRS needs at least one item modality, the dataset has none")
@@ -421,9 +409,7 @@ class DAMRS(Recommender):
         self.reset_parameters()
 
     def _item_graph(self, data: HeteroData, edge_type: tuple[str, str, str]) -> FrozenSparse:
-        store = data[edge_type]
-        matrix = to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
-        return FrozenSparse(matrix)
+        return FrozenSparse(self.item_graph(data, edge_type))
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)

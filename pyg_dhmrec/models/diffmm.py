@@ -15,6 +15,14 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import normalized_adjacency, symmetric_normalize, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import (
     DenoisingMLP,
     FrozenSparse,
@@ -186,16 +194,10 @@ class DiffMM(Recommender):
         diffusion_learning_rate: float = 1e-3,
     ) -> None:
         super().__init__(data)
-        if feature_transform not in FEATURE_TRANSFORMS:
-            raise ValueError(
-                f"feature_transform must be one of {', '.join(FEATURE_TRANSFORMS)}, got "
-                f"{feature_transform!r}"
-            )
-        if contrast_anchor not in CONTRAST_ANCHORS:
-            raise ValueError(
-                f"contrast_anchor must be one of {', '.join(CONTRAST_ANCHORS)}, got "
-                f"{contrast_anchor!r}"
-            )
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("num_layers", num_layers, 0)
+        check_choice("feature_transform", feature_transform, FEATURE_TRANSFORMS)
+        check_choice("contrast_anchor", contrast_anchor, CONTRAST_ANCHORS)
         for name, value in (
             ("generated_graph_weight", generated_graph_weight),
             ("residual_weight", residual_weight),
@@ -203,25 +205,22 @@ class DiffMM(Recommender):
             ("reg_weight", reg_weight),
             ("msi_weight", msi_weight),
         ):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if not 1 <= generated_k <= self.num_items:
+            check_nonnegative(name, value)
+        check_positive("temperature", temperature)
+        if not 1 <= check_int("generated_k", generated_k, 1) <= self.num_items:
             raise ValueError(
                 f"generated_k must be in [1, {self.num_items}] (the items), got {generated_k}"
             )
-        if not 0 < generated_keep_rate <= 1:
-            raise ValueError(f"generated_keep_rate must be in (0, 1], got {generated_keep_rate}")
-        if not 0 <= sampling_steps <= diffusion_steps:
+        check_fraction("generated_keep_rate", generated_keep_rate, include_0=False)
+        if not 0 <= check_int("sampling_steps", sampling_steps, 0) <= diffusion_steps:
             raise ValueError(
                 f"sampling_steps must be in [0, diffusion_steps = {diffusion_steps}], got "
                 f"{sampling_steps}"
             )
-        if diffusion_batch_size < 1:
-            raise ValueError(f"diffusion_batch_size must be >= 1, got {diffusion_batch_size}")
-        if diffusion_learning_rate <= 0:
-            raise ValueError(f"diffusion_learning_rate must be > 0, got {diffusion_learning_rate}")
+        check_bool("sampling_noise", sampling_noise)
+        check_bool("snr_weighting", snr_weighting)
+        check_int("diffusion_batch_size", diffusion_batch_size, 1)
+        check_positive("diffusion_learning_rate", diffusion_learning_rate)
         self.feature_transform = feature_transform
         self.generated_graph_weight, self.residual_weight = generated_graph_weight, residual_weight
         self.cl_weight, self.temperature = cl_weight, temperature

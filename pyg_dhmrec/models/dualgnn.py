@@ -19,6 +19,7 @@ from pyg_dhmrec.data.transforms import (
     user_cooccurrence_edge_type,
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_choice, check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, constant_spmm
 from pyg_dhmrec.nn.normalize import l2_normalize
 
@@ -26,12 +27,6 @@ from pyg_dhmrec.nn.normalize import l2_normalize
 FUSIONS = ("weighted_sum", "mean", "max", "concat")
 #: How a user's sampled neighbours are weighted in the user graph aggregation.
 USER_GRAPH_WEIGHTINGS = ("softmax", "mean")
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class DualGNN(Recommender):
@@ -116,20 +111,14 @@ class DualGNN(Recommender):
         reg_weight: float = 0.1,
     ) -> None:
         super().__init__(data)
-        embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
-        num_ui_layers = _check_int("num_ui_layers", num_ui_layers, 0)
-        self.user_graph_k = _check_int("user_graph_k", user_graph_k, 1)
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-        if user_graph_weighting not in USER_GRAPH_WEIGHTINGS:
-            raise ValueError(
-                f"user_graph_weighting must be one of {USER_GRAPH_WEIGHTINGS}, "
-                f"got {user_graph_weighting!r}"
-            )
-        if not reg_weight >= 0:  # also rejects NaN
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
-        self.fusion, self.user_graph_weighting = fusion, user_graph_weighting
-        self.reg_weight = float(reg_weight)
+        embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
+        self.user_graph_k = check_int("user_graph_k", user_graph_k, 1)
+        self.fusion = check_choice("fusion", fusion, FUSIONS)
+        self.user_graph_weighting = check_choice(
+            "user_graph_weighting", user_graph_weighting, USER_GRAPH_WEIGHTINGS
+        )
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
 
         data = self.with_graphs(data, user_graph_k=self.user_graph_k)
         features = self.register_item_features(data)

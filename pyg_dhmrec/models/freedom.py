@@ -15,11 +15,11 @@ from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     mix_modality_graphs,
     resolve_modality_weights,
-    to_csr,
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, squared_l2_penalty
 
 __all__ = ["DEFAULT_MODALITY_WEIGHTS", "FREEDOM"]
@@ -99,8 +99,10 @@ class FREEDOM(Recommender):
         l2_weight: float = 0.0,
     ) -> None:
         super().__init__(data)
+        check_int("embedding_dim", embedding_dim, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        self.l2_weight = check_nonnegative("l2_weight", l2_weight)
         data = self.with_graphs(data, knn_k=knn_k)
-        self.reg_weight, self.l2_weight = reg_weight, l2_weight
         features = self.register_item_features(data)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
@@ -126,8 +128,7 @@ class FREEDOM(Recommender):
 
     def knn_graph(self, data: HeteroData, modality: str) -> Tensor:
         """The normalised kNN graph of ``modality`` from ``data``, as ``[I, I]`` CSR."""
-        store = data[knn_edge_type(modality)]
-        return to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
+        return self.item_graph(data, knn_edge_type(modality))
 
     def _weights(self, weights: Mapping[str, float] | None) -> dict[str, float]:
         return resolve_modality_weights(self.modalities, weights, type(self).__name__)

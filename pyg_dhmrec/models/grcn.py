@@ -10,6 +10,7 @@ from torch_geometric.utils import softmax
 
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import bpr_loss
 from pyg_dhmrec.nn.edge_refinement import ConfidenceEdgeWeights
 from pyg_dhmrec.nn.normalize import l2_normalize
@@ -85,17 +86,11 @@ class GRCN(Recommender):
         reg_weight: float = 1e-3,
     ) -> None:
         super().__init__(data)
-        for key, value, low in (
-            ("embedding_dim", embedding_dim, 1),
-            ("feature_dim", feature_dim, 1),
-            ("num_ui_layers", num_ui_layers, 0),
-            ("num_routing", num_routing, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
-        if not reg_weight >= 0:  # also rejects NaN
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
-        self.reg_weight, self.num_ui_layers = float(reg_weight), num_ui_layers
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("feature_dim", feature_dim, 1)
+        self.num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
+        check_int("num_routing", num_routing, 0)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         features = self.register_item_features(data)
 
         n = self.num_users + self.num_items

@@ -15,6 +15,13 @@ from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import (
+    check_at_most,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+)
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LearnedKNNGraph,
@@ -33,12 +40,6 @@ GRAPH_UPDATES = ("epoch", "batch")
 # An item graph: (edge_index [2, E] as (neighbour j, item i), weight [E]), or a constant
 # (adj, adj_t) pair of torch.sparse_csr matrices.
 Graph = tuple[Tensor, Tensor]
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 class LATTICE(Recommender):
@@ -140,23 +141,15 @@ class LATTICE(Recommender):
         graph_update: str = "epoch",
     ) -> None:
         super().__init__(data)
-        embedding_dim = _check_int("embedding_dim", embedding_dim, 1)
-        feat_embed_dim = _check_int("feat_embed_dim", feat_embed_dim, 1)
-        num_ui_layers = _check_int("num_ui_layers", num_ui_layers, 0)
-        self.num_ii_layers = _check_int("num_ii_layers", num_ii_layers, 1)
-        self.knn_k = _check_int("knn_k", knn_k, 1)
-        if self.knn_k > self.num_items:
-            raise ValueError(
-                f"knn_k must be <= the number of items ({self.num_items}), got {knn_k}"
-            )
-        if not 0.0 <= frozen_graph_weight <= 1.0:  # also rejects NaN
-            raise ValueError(f"frozen_graph_weight must be in [0, 1], got {frozen_graph_weight!r}")
-        if not reg_weight >= 0:
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
-        if graph_update not in GRAPH_UPDATES:
-            raise ValueError(f"graph_update must be one of {GRAPH_UPDATES}, got {graph_update!r}")
-        self.frozen_graph_weight, self.reg_weight = float(frozen_graph_weight), float(reg_weight)
-        self.graph_update = graph_update
+        embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        feat_embed_dim = check_int("feat_embed_dim", feat_embed_dim, 1)
+        num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
+        self.num_ii_layers = check_int("num_ii_layers", num_ii_layers, 1)
+        self.knn_k = check_int("knn_k", knn_k, 1)
+        check_at_most("knn_k", self.knn_k, self.num_items, "the number of items")
+        self.frozen_graph_weight = check_fraction("frozen_graph_weight", frozen_graph_weight)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        self.graph_update = check_choice("graph_update", graph_update, GRAPH_UPDATES)
 
         data = self.with_graphs(data, knn_k=self.knn_k)
         features = self.register_item_features(data)

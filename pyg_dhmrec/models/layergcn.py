@@ -9,6 +9,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import DegreeSensitiveEdgeDropout
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_choice, check_int, check_nonnegative
 from pyg_dhmrec.nn import LightConv, bpr_loss, squared_l2_penalty
 
 #: Edge sampling schemes of the pruned training graph (see :class:`LayerGCN`).
@@ -33,9 +34,7 @@ class LayerRefinedPropagation(torch.nn.Module):
 
     def __init__(self, num_layers: int) -> None:
         super().__init__()
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-        self.num_layers = num_layers
+        self.num_layers = check_int("num_layers", num_layers, 1)
         self.conv = LightConv(symmetric=True)
 
     def reset_parameters(self) -> None:
@@ -146,11 +145,9 @@ class LayerGCN(Recommender):
         pruning: str = "alternate",
     ) -> None:
         super().__init__(data)
-        if not float(reg_weight) >= 0.0:
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
-        if pruning not in PRUNING_MODES:
-            raise ValueError(f"pruning must be one of {PRUNING_MODES}, got {pruning!r}")
-        self.reg_weight = float(reg_weight)
+        check_int("embedding_dim", embedding_dim, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        check_choice("pruning", pruning, PRUNING_MODES)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
         self.propagation = LayerRefinedPropagation(num_ui_layers)

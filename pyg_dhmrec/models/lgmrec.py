@@ -16,6 +16,12 @@ from torch_geometric.utils import degree
 from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_rows
+from pyg_dhmrec.models.validation import (
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import (
     FrozenSparse,
     HypergraphPropagation,
@@ -147,22 +153,14 @@ class LGMRec(Recommender):
         temperature: float = 0.2,
     ) -> None:
         super().__init__(data)
-        for name, value in (
-            ("embedding_dim", embedding_dim),
-            ("num_hyper_layers", num_hyper_layers),
-            ("num_hyperedges", num_hyperedges),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if not 0.0 < keep_rate <= 1.0:  # also rejects NaN
-            raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        for name, value in (("alpha", alpha), ("cl_weight", cl_weight), ("reg_weight", reg_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value!r}")
-        self.alpha, self.cl_weight = float(alpha), float(cl_weight)
-        self.reg_weight, self.temperature = float(reg_weight), float(temperature)
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("num_hyper_layers", num_hyper_layers, 1)
+        check_int("num_hyperedges", num_hyperedges, 1)
+        check_fraction("keep_rate", keep_rate, include_0=False)
+        self.temperature = check_positive("temperature", temperature)
+        self.alpha = check_nonnegative("alpha", alpha)
+        self.cl_weight = check_nonnegative("cl_weight", cl_weight)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
 
         features = self.register_item_features(data)
 

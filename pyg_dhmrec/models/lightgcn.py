@@ -9,6 +9,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, embedding_norm_penalty
 
 
@@ -39,7 +40,8 @@ class LightGCN(Recommender):
         reg_weight: float = 1e-4,
     ) -> None:
         super().__init__(data)
-        self.reg_weight = reg_weight
+        check_int("embedding_dim", embedding_dim, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
         self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")

@@ -11,10 +11,17 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.graph import normalized_adjacency, to_csr, user_item_matrix
+from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
+from pyg_dhmrec.models.validation import (
+    check_at_most,
+    check_bool,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import (
     BehaviorAwareFusion,
     CollaborativeGate,
@@ -67,12 +74,84 @@ class MGCNEmbeddings(Embeddings):
         return torch.cat([self.mm_users.table(), self.mm_items.table()])
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+class MGCNBackbone(Recommender):
+    """What MGCN and the models built on it (CMDL) share: ID embeddings, the purified
+    modality features of MGCN's Eq. (1), the behaviour-aware fuser of Eq. (6), and the frozen
+    graphs with their propagations (Eqs. 2-5). See :class:`MGCN` for the equations."""
+
+    uses_modalities = True
+    exposes_modalities = True
+
+    @classmethod
+    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        return [AddItemKNNGraphs(k=settings["knn_k"], weighting="cosine")]
+
+    def build_backbone(
+        self,
+        data: HeteroData,
+        embedding_dim: int,
+        num_ui_layers: int,
+        num_ii_layers: int,
+        knn_k: int,
+        finetune_features: bool,
+    ) -> None:
+        """Checks the shared settings and sets the shared modules, on the kNN graphs of
+        ``knn_k`` neighbours (read from ``data`` or built)."""
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("num_ui_layers", num_ui_layers, 0)
+        check_int("num_ii_layers", num_ii_layers, 0)
+        check_int("knn_k", knn_k, 1)
+        check_at_most("knn_k", knn_k, self.num_items, "the number of items")
+        data = self.with_graphs(data, knn_k=knn_k)
+        # The buffers hold the initial features: the frozen input, or the trained copy's reset.
+        features = self.register_item_features(data)
+        self.finetune_features = check_bool("finetune_features", finetune_features)
+        if self.finetune_features:
+            self.features = torch.nn.ParameterDict(
+                {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}
+            )
+        d = embedding_dim
+        self.user_embedding = torch.nn.Embedding(self.num_users, d)
+        self.item_embedding = torch.nn.Embedding(self.num_items, d)
+        self.projections = torch.nn.ModuleDict(
+            {m: torch.nn.Linear(x.size(1), d) for m, x in features.items()}
+        )
+        self.gates = torch.nn.ModuleDict({m: CollaborativeGate(d) for m in self.modalities})
+        self.fusion = BehaviorAwareFusion(d, len(self.modalities))
+
+        # Frozen graphs: data, not model state (moved by .to(), kept out of checkpoints).
+        edge_index = self.train_edge_index(data)
+        adjacency = normalized_adjacency(edge_index, self.num_users, self.num_items)
+        self.adjacency = FrozenSparse(adjacency, symmetric=True)
+        self.user_item = FrozenSparse(user_item_matrix(edge_index, self.num_users, self.num_items))
+        self.item_item = torch.nn.ModuleDict(
+            {m: FrozenSparse(self.item_graph(data, knn_edge_type(m))) for m in self.modalities}
+        )
+        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
+        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
+        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
+        if self.finetune_features:
+            with torch.no_grad():
+                for m, p in self.features.items():
+                    p.copy_(self.feature(m))
+        for m in self.modalities:
+            self.projections[m].reset_parameters()  # PyTorch's default, as MGCN's code
+            self.gates[m].reset_parameters()
+        self.fusion.reset_parameters()
+
+    def _features(self, m: str) -> Tensor:
+        return self.features[m] if self.finetune_features else self.feature(m)
+
+    def purify(self, m: str) -> Tensor:
+        """Eq. (1): ``[I, d]`` purified features of modality ``m``."""
+        projected = self.projections[m](self._features(m))
+        return self.gates[m](self.item_embedding.weight, projected)
 
 
-class MGCN(Recommender):
+class MGCN(MGCNBackbone):
     r"""MGCN: purified modality features and ID embeddings are propagated in separate views,
     then fused with behaviour-aware attention and aligned by a contrastive task.
 
@@ -147,13 +226,6 @@ class MGCN(Recommender):
 
     loss_parts = ("bpr", "cl", "reg")
 
-    uses_modalities = True
-    exposes_modalities = True
-
-    @classmethod
-    def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
-        return [AddItemKNNGraphs(k=settings["knn_k"], weighting="cosine")]
-
     def __init__(
         self,
         data: HeteroData,
@@ -167,72 +239,13 @@ class MGCN(Recommender):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        _check_int("embedding_dim", embedding_dim, 1)
-        _check_int("num_ui_layers", num_ui_layers, 0)
-        _check_int("num_ii_layers", num_ii_layers, 0)
-        _check_int("knn_k", knn_k, 1)
-        if knn_k > self.num_items:
-            raise ValueError(f"knn_k must be <= the number of items {self.num_items}, got {knn_k}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        for name, value in (("cl_weight", cl_weight), ("reg_weight", reg_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        self.cl_weight, self.temperature, self.reg_weight = cl_weight, temperature, reg_weight
-        data = self.with_graphs(data, knn_k=knn_k)
-
-        # The buffers hold the initial features: the frozen input, or the trained copy's reset.
-        features = self.register_item_features(data)
-        self.finetune_features = bool(finetune_features)
-        if self.finetune_features:
-            self.features = torch.nn.ParameterDict(
-                {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}
-            )
-
-        self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
-        self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.projections = torch.nn.ModuleDict(
-            {m: torch.nn.Linear(x.size(1), embedding_dim) for m, x in features.items()}
+        self.temperature = check_positive("temperature", temperature)
+        self.cl_weight = check_nonnegative("cl_weight", cl_weight)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        self.build_backbone(
+            data, embedding_dim, num_ui_layers, num_ii_layers, knn_k, finetune_features
         )
-        self.gates = torch.nn.ModuleDict(
-            {m: CollaborativeGate(embedding_dim) for m in self.modalities}
-        )
-        self.fusion = BehaviorAwareFusion(embedding_dim, len(self.modalities))
-
-        # Frozen graphs: data, not model state (moved by .to(), kept out of checkpoints).
-        edge_index = self.train_edge_index(data)
-        adjacency = normalized_adjacency(edge_index, self.num_users, self.num_items)
-        self.adjacency = FrozenSparse(adjacency, symmetric=True)
-        self.user_item = FrozenSparse(user_item_matrix(edge_index, self.num_users, self.num_items))
-        n = self.num_items
-        self.item_item = torch.nn.ModuleDict()
-        for m in self.modalities:
-            store = data[knn_edge_type(m)]
-            self.item_item[m] = FrozenSparse(to_csr(store.edge_index, store.edge_weight, n, n))
-
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
-        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        torch.nn.init.xavier_uniform_(self.user_embedding.weight)
-        torch.nn.init.xavier_uniform_(self.item_embedding.weight)
-        if self.finetune_features:
-            with torch.no_grad():
-                for m, p in self.features.items():
-                    p.copy_(self.feature(m))
-        for m in self.modalities:
-            self.projections[m].reset_parameters()  # PyTorch's default, as MGCN's code
-            self.gates[m].reset_parameters()
-        self.fusion.reset_parameters()
-
-    def _features(self, m: str) -> Tensor:
-        return self.features[m] if self.finetune_features else self.feature(m)
-
-    def purify(self, m: str) -> Tensor:
-        """Eq. (1): ``[I, d]`` purified features of modality ``m``."""
-        projected = self.projections[m](self._features(m))
-        return self.gates[m](self.item_embedding.weight, projected)
 
     def forward(self) -> MGCNEmbeddings:
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])

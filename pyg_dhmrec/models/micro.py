@@ -13,6 +13,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings
 from pyg_dhmrec.models.lattice import LATTICE, Graph
+from pyg_dhmrec.models.validation import check_nonnegative, check_positive
 from pyg_dhmrec.nn import ModalityAttention, chunked_info_nce
 
 #: Anchors per chunk of the all-item contrastive loss (memory and speed only: a [1024, 2N]
@@ -114,10 +115,8 @@ class MICRO(LATTICE):
         reg_weight: float = 1e-5,
         graph_update: str = "epoch",
     ) -> None:
-        if not cl_weight >= 0:  # also rejects NaN
-            raise ValueError(f"cl_weight must be >= 0, got {cl_weight!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        check_nonnegative("cl_weight", cl_weight)
+        check_positive("temperature", temperature)
         super().__init__(
             data,
             embedding_dim=embedding_dim,

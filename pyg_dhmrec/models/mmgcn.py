@@ -10,6 +10,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.mean_adjacency import row_normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, bpr_loss
 from pyg_dhmrec.nn.normalize import l2_normalize
 
@@ -99,16 +100,10 @@ class MMGCN(Recommender):
         reg_weight: float = 1e-3,
     ) -> None:
         super().__init__(data)
-        for key, value in (
-            ("embedding_dim", embedding_dim),
-            ("feature_dim", feature_dim),
-            ("num_ui_layers", num_ui_layers),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        if not reg_weight >= 0:  # also rejects NaN
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
-        self.reg_weight = float(reg_weight)
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("feature_dim", feature_dim, 1)
+        check_int("num_ui_layers", num_ui_layers, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         features = self.register_item_features(data)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import MLP
 
-from pyg_dhmrec.data.graph import normalized_adjacency, submatrix_entries, to_csr
+from pyg_dhmrec.data.graph import normalized_adjacency, submatrix_entries
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import (
     AddTopologicallyPrunedGraph,
@@ -20,6 +20,13 @@ from pyg_dhmrec.data.transforms import (
     topology_pruned_edge_type,
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
+from pyg_dhmrec.models.validation import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, neighbour_contrastive_loss
 
 __all__ = ["TMLP", "ModalityMLP"]
@@ -199,23 +206,14 @@ class TMLP(Recommender):
         temperature: float = 1.0,
     ) -> None:
         super().__init__(data)
-        for name, value in (
-            ("embedding_dim", embedding_dim),
-            ("feat_embed_dim", feat_embed_dim),
-            ("hidden_dim", hidden_dim),
-            ("num_mlp_layers", num_mlp_layers),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if not 0.0 <= mlp_dropout < 1.0:
-            raise ValueError(f"mlp_dropout must be in [0, 1), got {mlp_dropout!r}")
-        if not na_weight >= 0:  # also rejects NaN
-            raise ValueError(f"na_weight must be >= 0, got {na_weight!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        self.na_weight, self.temperature = float(na_weight), float(temperature)
+        check_int("embedding_dim", embedding_dim, 1)
+        check_int("feat_embed_dim", feat_embed_dim, 1)
+        check_int("hidden_dim", hidden_dim, 1)
+        check_int("num_mlp_layers", num_mlp_layers, 1)
+        check_choice("activation", activation, ACTIVATIONS)
+        check_fraction("mlp_dropout", mlp_dropout, include_1=False)
+        self.na_weight = check_nonnegative("na_weight", na_weight)
+        self.temperature = check_positive("temperature", temperature)
         features = self.register_item_features(data)
         data = self.with_graphs(
             data, knn_k=knn_k, pruned_k=pruned_k, modality_weights=modality_weights
@@ -245,8 +243,7 @@ class TMLP(Recommender):
         )
         self.adjacency = FrozenSparse(adjacency, symmetric=True)
         self.propagation = LightPropagation(num_ui_layers, mode="sum", symmetric=True)
-        store = data[topology_pruned_edge_type()]
-        pruned = to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
+        pruned = self.item_graph(data, topology_pruned_edge_type())
         self.register_buffer("pruned_graph", pruned, persistent=False)
         self.reset_parameters()
 

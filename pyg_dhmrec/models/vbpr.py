@@ -10,6 +10,7 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_rows
+from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import bpr_loss, embedding_norm_penalty
 
 
@@ -72,11 +73,8 @@ class VBPR(Recommender):
 
     def __init__(self, data: HeteroData, embedding_dim: int = 64, reg_weight: float = 1e-3):
         super().__init__(data)
-        if int(embedding_dim) != embedding_dim or embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim!r}")
-        if not reg_weight >= 0:  # also rejects NaN
-            raise ValueError(f"reg_weight must be >= 0, got {reg_weight!r}")
-        self.embedding_dim, self.reg_weight = int(embedding_dim), float(reg_weight)
+        self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
+        self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         features = self.register_item_features(data)
         self.feature_dims = {m: int(x.size(1)) for m, x in features.items()}
 

@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+from toy_graphs import toy_graph
+
+from pyg_dhmrec.models import MODELS
+from pyg_dhmrec.models.validation import (
+    check_at_most,
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
+
+
+def test_check_int_returns_the_int() -> None:
+    assert check_int("k", 3, 1) == 3
+    assert check_int("layers", 0, 0) == 0
+    value = check_int("k", np.int64(5), 1)  # a numpy integer is an integer
+    assert value == 5 and type(value) is int
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, r"k must be an int >= 1, got True"),
+        (False, r"k must be an int >= 1, got False"),
+        (2.0, r"k must be an int >= 1, got 2\.0"),
+        (2.5, r"k must be an int >= 1, got 2\.5"),
+        ("3", r"k must be an int >= 1, got '3'"),
+        (0, r"k must be an int >= 1, got 0"),
+        (-4, r"k must be an int >= 1, got -4"),
+        (math.nan, r"k must be an int >= 1, got nan"),
+        (math.inf, r"k must be an int >= 1, got inf"),
+    ],
+)
+def test_check_int_refuses(value, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_int("k", value, 1)
+
+
+def test_check_at_most() -> None:
+    assert check_at_most("knn_k", 30, 30, "the number of items") == 30
+    with pytest.raises(ValueError, match=r"^knn_k must be <= the number of items 30, got 31$"):
+        check_at_most("knn_k", 31, 30, "the number of items")
+
+
+def test_number_checks_return_floats() -> None:
+    assert check_nonnegative("w", 0) == 0.0 and type(check_nonnegative("w", 0)) is float
+    assert check_nonnegative("w", 1e-4) == 1e-4
+    assert check_positive("tau", 0.2) == 0.2
+    assert check_positive("tau", np.float32(0.5)) == 0.5
+    assert check_fraction("p", 0.0, include_1=False) == 0.0
+    assert check_fraction("keep", 1, include_0=False) == 1.0
+    assert check_fraction("mix", 0.0) == 0.0 and check_fraction("mix", 1.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-0.1, r"w must be >= 0, got -0\.1"),
+        (-1, r"w must be >= 0, got -1"),
+        (math.nan, r"w must be >= 0 and finite, got nan"),
+        (math.inf, r"w must be >= 0 and finite, got inf"),
+        (True, r"w must be a number >= 0, got True"),
+        ("0.1", r"w must be a number >= 0, got '0\.1'"),
+        (None, r"w must be a number >= 0, got None"),
+    ],
+)
+def test_check_nonnegative_refuses(value, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_nonnegative("w", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0.0, r"tau must be > 0, got 0\.0"),
+        (-2, r"tau must be > 0, got -2"),
+        (math.nan, r"tau must be > 0 and finite, got nan"),
+        (math.inf, r"tau must be > 0 and finite, got inf"),
+        (False, r"tau must be a number > 0, got False"),
+    ],
+)
+def test_check_positive_refuses(value, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_positive("tau", value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "value", "message"),
+    [
+        ({"include_1": False}, 1.0, r"p must be in \[0, 1\), got 1\.0"),
+        ({"include_1": False}, -0.5, r"p must be in \[0, 1\), got -0\.5"),
+        ({"include_0": False}, 0.0, r"p must be in \(0, 1\], got 0\.0"),
+        ({}, 1.5, r"p must be in \[0, 1\], got 1\.5"),
+        ({}, math.nan, r"p must be in \[0, 1\] and finite, got nan"),
+        ({}, math.inf, r"p must be in \[0, 1\] and finite, got inf"),
+        ({}, True, r"p must be a number in \[0, 1\], got True"),
+    ],
+)
+def test_check_fraction_refuses(kwargs: dict, value, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        check_fraction("p", value, **kwargs)
+
+
+def test_check_choice() -> None:
+    assert check_choice("mode", "mean", ("mean", "sum")) == "mean"
+    with pytest.raises(ValueError, match=r"^mode must be one of mean, sum, got 'max'$"):
+        check_choice("mode", "max", ("mean", "sum"))
+
+
+def test_check_bool() -> None:
+    assert check_bool("flag", True) is True and check_bool("flag", False) is False
+    for value in (1, 0, "false", None):
+        with pytest.raises(ValueError, match=rf"^flag must be true or false, got {value!r}$"):
+            check_bool("flag", value)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        ("bpr", {"embedding_dim": True}, "embedding_dim must be an int >= 1, got True"),
+        ("lightgcn", {"reg_weight": float("nan")}, "reg_weight must be >= 0 and finite, got nan"),
+        ("freedom", {"l2_weight": -1.0}, "l2_weight must be >= 0, got -1.0"),
+        ("grcn", {"num_routing": 2.0}, r"num_routing must be an int >= 0, got 2\.0"),
+        ("mmgcn", {"num_ui_layers": 0}, "num_ui_layers must be an int >= 1, got 0"),
+        ("lgmrec", {"keep_rate": 0.0}, r"keep_rate must be in \(0, 1\], got 0\.0"),
+        ("tmlp", {"mlp_dropout": 1.0}, r"mlp_dropout must be in \[0, 1\), got 1\.0"),
+        ("tmlp", {"temperature": float("inf")}, "temperature must be > 0 and finite, got inf"),
+        ("dualgnn", {"fusion": "sum"}, "fusion must be one of weighted_sum, mean, max, concat"),
+        ("mgcn", {"finetune_features": 1}, "finetune_features must be true or false, got 1"),
+        ("damrs", {"embedding_dim": 0}, "embedding_dim must be an int >= 1, got 0"),
+        ("diffmm", {"snr_weighting": "yes"}, "snr_weighting must be true or false, got 'yes'"),
+    ],
+)
+def test_models_refuse_bad_settings(model: str, kwargs: dict, message: str) -> None:
+    data = toy_graph(modalities={"image": 6, "text": 4})
+    with pytest.raises(ValueError, match=f"^{message}"):
+        MODELS[model](data, **kwargs)
