@@ -563,3 +563,26 @@ def test_weighted_kl_is_the_kl_of_the_weighted_rows() -> None:
         torch.testing.assert_close(g, w)
     with pytest.raises(ValueError, match=r"weight must have shape \[6\]"):
         score_distribution_kl(users_p, items[0], users_q, items[1], weight[:2])
+
+
+@pytest.mark.parametrize("block_entries", [1, 20, 1 << 20])
+def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(monkeypatch, block_entries) -> None:
+    """Real-valued row weights, rows in blocks (the last one short), large scores: value and
+    gradient of every input equal the weighted mean of the autograd KL rows."""
+    import pyg_dhmrec.nn.losses as losses
+
+    monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)
+    torch.manual_seed(33)
+    inputs = [
+        4 * torch.randn(n, w, dtype=torch.float64, requires_grad=True)
+        for n, w in ((7, 3), (9, 3), (7, 5), (9, 5))
+    ]
+    weight = torch.rand(7, dtype=torch.float64) + 0.1
+    got = score_distribution_kl(*inputs, weight)
+    log_p = torch.log_softmax(inputs[0] @ inputs[1].t(), dim=-1)
+    log_q = torch.log_softmax(inputs[2] @ inputs[3].t(), dim=-1)
+    rows = (log_p.exp() * (log_p - log_q)).sum(-1)
+    want = (rows * weight).sum() / weight.sum()
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        torch.testing.assert_close(g, w)
