@@ -49,9 +49,10 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
 
 
-#: Score entries per row block of :func:`score_distribution_kl` (4 MB of float32): the block's
-#: few ``[rows, I]`` matrices stay in cache instead of streaming ``[B, I]`` ones through memory.
-KL_BLOCK_ENTRIES = 1 << 20
+#: Score entries per row block of :func:`score_distribution_kl` (2 MB of float32): the block's
+#: four ``[rows, I]`` buffers stay in cache instead of streaming ``[B, I]`` ones through memory
+#: (on TikTok, 78 rows a block: about 12 % faster than 156, one CPU thread).
+KL_BLOCK_ENTRIES = 1 << 19
 
 
 class _ScoreDistributionKL(torch.autograd.Function):
@@ -77,7 +78,8 @@ class _ScoreDistributionKL(torch.autograd.Function):
         # Four [rows, I] buffers, reused by every block: no fresh (page-faulting) allocation.
         size = (min(block_rows, user_p.size(0)), item_p.size(0))
         buffers = [user_p.new_empty(size) for _ in range(4)]
-        item_p_t, item_q_t = item_p.t(), item_q.t()
+        # [d, I] copies: MKL forms the [rows, I] scores faster from them than from views
+        item_p_t, item_q_t = item_p.t().contiguous(), item_q.t().contiguous()
         for start in range(0, user_p.size(0), block_rows):
             rows = slice(start, start + block_rows)
             n = user_p[rows].size(0)
