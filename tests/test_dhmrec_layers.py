@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix, weighted_sum
 from pyg_dhmrec.nn import (
@@ -66,6 +67,25 @@ def test_logit_pooling_three_modalities_is_logit_of_mean_sigmoid() -> None:
     assert torch.allclose(logit_pooling(logits), torch.logit(mean), atol=1e-10)
     # It is not the plain mean of the logits.
     assert not torch.allclose(logit_pooling(logits), sum(logits) / 3, atol=1e-3)
+
+
+def test_logit_pooling_equals_the_two_logsigmoid_form_with_its_gradient() -> None:
+    """One logsigmoid for both sums (log sigmoid(-x) = log sigmoid(x) - x): the value and
+    gradient of the form with logsigmoid(-x), from small to saturated logits."""
+    torch.manual_seed(2)
+    logits = [
+        (torch.randn(7, 5, dtype=torch.double) * s).requires_grad_() for s in (1.0, 8.0, 40.0)
+    ]
+    stacked = torch.stack(logits)
+    want = torch.logsumexp(F.logsigmoid(stacked), 0) - torch.logsumexp(F.logsigmoid(-stacked), 0)
+    got = logit_pooling(logits)
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(7, 5, dtype=torch.double)
+    for g, w in zip(
+        torch.autograd.grad((got * weight).sum(), logits),
+        torch.autograd.grad((want * weight).sum(), logits),
+    ):
+        torch.testing.assert_close(g, w)
 
 
 def test_logit_pooling_gradient_at_large_logits() -> None:
