@@ -141,6 +141,33 @@ def test_a_training_step_attends_only_its_batch_users(data: HeteroData, batch: B
     torch.testing.assert_close(sum(model.loss(batch, out).values()), sum(parts.values()))
 
 
+def test_attention_maps_from_the_items_equal_the_maps_over_all_nodes(data: HeteroData) -> None:
+    """Eqs. 15-16 with users = R E_I (Eq. 14): the maps formed from the items and R^T users
+    equal AttentionFusion.attention_maps over users and items, in value and gradient."""
+    model = _model(data).double()
+    torch.manual_seed(5)
+    items = torch.randn(NUM_ITEMS, len(model.views) * DIM, dtype=torch.float64)
+    items.requires_grad_(True)
+    weights = [torch.randn(DIM, DIM, dtype=torch.float64) for _ in model.views]
+    got, want = [], []
+    for maps_of, out in ((model._attention_maps, got), (None, want)):
+        users = model.user_item(items)
+        if maps_of is None:
+            maps = model.fusion.attention_maps([users, items])
+        else:
+            maps = maps_of(users, items)
+        loss = sum((m * w).sum() for m, w in zip(maps, weights))
+        params = [items, model.fusion.fuse.weight, model.fusion.attentions[0].query.weight]
+        out.append((maps, torch.autograd.grad(loss, params)))
+    for a, b in zip(got[0][0], want[0][0]):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(got[0][1], want[0][1]):
+        torch.testing.assert_close(a, b)
+    assert got[0][1][0].abs().sum() > 0
+    with pytest.raises(ValueError, match=r"expected a \[d, 3 \* d\] cross product"):
+        model.fusion.maps_from_cross(torch.zeros(DIM, DIM, dtype=torch.float64), 5)
+
+
 def test_the_sync_free_loss_equals_the_distinct_rows_loss(
     data: HeteroData, batch: BPRBatch, monkeypatch
 ) -> None:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix, weighted_sum
 from pyg_dhmrec.nn import (
@@ -66,6 +67,25 @@ def test_logit_pooling_three_modalities_is_logit_of_mean_sigmoid() -> None:
     assert torch.allclose(logit_pooling(logits), torch.logit(mean), atol=1e-10)
     # It is not the plain mean of the logits.
     assert not torch.allclose(logit_pooling(logits), sum(logits) / 3, atol=1e-3)
+
+
+def test_logit_pooling_equals_the_two_logsigmoid_form_with_its_gradient() -> None:
+    """One logsigmoid for both sums (log sigmoid(-x) = log sigmoid(x) - x): the value and
+    gradient of the form with logsigmoid(-x), from small to saturated logits."""
+    torch.manual_seed(2)
+    logits = [
+        (torch.randn(7, 5, dtype=torch.double) * s).requires_grad_() for s in (1.0, 8.0, 40.0)
+    ]
+    stacked = torch.stack(logits)
+    want = torch.logsumexp(F.logsigmoid(stacked), 0) - torch.logsumexp(F.logsigmoid(-stacked), 0)
+    got = logit_pooling(logits)
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(7, 5, dtype=torch.double)
+    for g, w in zip(
+        torch.autograd.grad((got * weight).sum(), logits),
+        torch.autograd.grad((want * weight).sum(), logits),
+    ):
+        torch.testing.assert_close(g, w)
 
 
 def test_logit_pooling_gradient_at_large_logits() -> None:
@@ -563,3 +583,26 @@ def test_weighted_kl_is_the_kl_of_the_weighted_rows() -> None:
         torch.testing.assert_close(g, w)
     with pytest.raises(ValueError, match=r"weight must have shape \[6\]"):
         score_distribution_kl(users_p, items[0], users_q, items[1], weight[:2])
+
+
+@pytest.mark.parametrize("block_entries", [1, 20, 1 << 20])
+def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(monkeypatch, block_entries) -> None:
+    """Real-valued row weights, rows in blocks (the last one short), large scores: value and
+    gradient of every input equal the weighted mean of the autograd KL rows."""
+    import pyg_dhmrec.nn.losses as losses
+
+    monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)
+    torch.manual_seed(33)
+    inputs = [
+        4 * torch.randn(n, w, dtype=torch.float64, requires_grad=True)
+        for n, w in ((7, 3), (9, 3), (7, 5), (9, 5))
+    ]
+    weight = torch.rand(7, dtype=torch.float64) + 0.1
+    got = score_distribution_kl(*inputs, weight)
+    log_p = torch.log_softmax(inputs[0] @ inputs[1].t(), dim=-1)
+    log_q = torch.log_softmax(inputs[2] @ inputs[3].t(), dim=-1)
+    rows = (log_p.exp() * (log_p - log_q)).sum(-1)
+    want = (rows * weight).sum() / weight.sum()
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        torch.testing.assert_close(g, w)

@@ -165,8 +165,11 @@ class DHMRec(Recommender):
     instead of five (items only; Eq. 14 recomputes the users after the item-item hop). The
     attention maps of Eqs. 15-16 need only :math:`E_{fus}^\top [\hat{E}_1, \dots,
     \hat{E}_V]` over all nodes (one ``[d, V d]`` product, :meth:`AttentionFusion.
-    attention_maps`), and value, map and output weights fold into one ``d x d`` matrix per view
-    (:meth:`DimensionAttention.output_map`). Eq. 18 is per node, so a training step applies it
+    attention_maps`); with the item-item views the users are :math:`\tilde{R}\hat{E}_I`
+    (Eq. 14), so their part is :math:`E_{fus,I}^\top \tilde{R}^\top \hat{E}_U` and
+    :math:`W_3` runs on the items only (:meth:`_attention_maps`). Value, map and output
+    weights fold into one ``d x d`` matrix per view (:meth:`DimensionAttention.output_map`).
+    Eq. 18 is per node, so a training step applies it
     to every item and only its batch's distinct users (:class:`DHMRecEmbeddings`); reading the
     full user table computes the rest. :func:`score_distribution_kl` runs block by block with
     its closed-form gradient.
@@ -347,7 +350,7 @@ class DHMRec(Recommender):
             items = torch.cat(item_views, dim=-1)
             users = self._to_users(items)  # Eq. 14, every view in one product
         if self.attention:
-            maps = self.fusion.attention_maps([users, items])  # Eqs. 15-16 over all nodes
+            maps = self._attention_maps(users, items)
             mm_item = self.fusion.attend(items, maps)
             mm_users = OnDemandRows(
                 lambda rows: self.fusion.attend(users if rows is None else users[rows], maps)
@@ -371,6 +374,18 @@ class DHMRec(Recommender):
             specifics=specifics,
             alpha_mm=self.alpha_mm,
         )
+
+    def _attention_maps(self, users: Tensor, items: Tensor) -> list[Tensor]:
+        r"""Eqs. 15-16's maps over all nodes from the ``[d, V d]`` product :math:`E_{fus}^\top
+        \hat{E}`. With the item-item views the users are :math:`\tilde{R} \hat{E}_I` (Eq. 14)
+        and :math:`E_{fus}` is linear, so the users' part :math:`(\tilde{R} E_{fus,I})^\top
+        \tilde{R} \hat{E}_I = E_{fus,I}^\top \tilde{R}^\top \hat{E}_U`: ``W_3`` runs on the
+        items only and a sparse product replaces the users' dense ones."""
+        if not self.item_graphs:
+            return self.fusion.attention_maps([users, items])
+        seen = items + self.user_item.apply_transpose(users)  # (I + R^T R) E_I
+        cross = self.fusion.fuse(items).t() @ seen
+        return self.fusion.maps_from_cross(cross, users.size(0) + items.size(0))
 
     def _mean_view(self, views: Tensor) -> Tensor:
         """The ``no_af`` fusion: the mean of the ``[n, V d]`` concatenated views."""

@@ -98,12 +98,14 @@ def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
 
     The right-hand form (the :math:`1/M` cancels) is evaluated with ``logsumexp`` over
     ``logsigmoid``, finite and exact for large :math:`|C_m|` (e.g. :math:`\pm 50`, where the
-    closed form of Eq. 5 overflows). For M = 2 it equals Eq. 5.
+    closed form of Eq. 5 overflows). For M = 2 it equals Eq. 5. One ``logsigmoid`` serves both
+    sums, as :math:`\log \sigma(-x) = \log \sigma(x) - x`.
     """
     if len(logits) < 1:
         raise ValueError("logit_pooling needs at least one modality")
     stacked = torch.stack(list(logits))
-    return torch.logsumexp(F.logsigmoid(stacked), 0) - torch.logsumexp(F.logsigmoid(-stacked), 0)
+    log_p = F.logsigmoid(stacked)
+    return torch.logsumexp(log_p, 0) - torch.logsumexp(log_p - stacked, 0)
 
 
 def orthogonality_loss(

@@ -156,15 +156,24 @@ class AttentionFusion(torch.nn.Module):
         node's concatenated views, ``[N, V d]``, or a sequence of blocks of such rows (e.g.
         users and items; the maps sum over all of them).
 
-        Every map needs only :math:`E_{fus}^	op \hat{E}_v` (:meth:`DimensionAttention.
-        map_from_cross`), all of them the one ``[d, V d]`` product :math:`E_{fus}^	op
+        Every map needs only :math:`E_{fus}^\top \hat{E}_v` (:meth:`DimensionAttention.
+        map_from_cross`), all of them the one ``[d, V d]`` product :math:`E_{fus}^\top
         [\hat{E}_1, \dots, \hat{E}_V]`, a sum over the blocks."""
         blocks = [views] if isinstance(views, Tensor) else list(views)
         for block in blocks:
             self._check(block)
         cross = sum(self.fuse(block).t() @ block for block in blocks)
+        return self.maps_from_cross(cross, sum(block.size(0) for block in blocks))
+
+    def maps_from_cross(self, cross: Tensor, num_nodes: int) -> list[Tensor]:
+        r"""The ``V`` maps of :meth:`attention_maps` from the ``[d, V d]`` product
+        :math:`E_{fus}^\top [\hat{E}_1, \dots, \hat{E}_V]` over ``num_nodes`` nodes, for a
+        caller that forms it more cheaply (e.g. rows that are linear maps of other rows)."""
+        if cross.dim() != 2 or cross.size(1) != self.num_views * cross.size(0):
+            raise ValueError(
+                f"expected a [d, {self.num_views} * d] cross product, got {list(cross.shape)}"
+            )
         width = cross.size(1) // self.num_views
-        num_nodes = sum(block.size(0) for block in blocks)
         return [
             attention.map_from_cross(part, num_nodes)
             for attention, part in zip(self.attentions, cross.split(width, dim=1))

@@ -49,9 +49,11 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
 
 
-#: Score entries per row block of :func:`score_distribution_kl` (4 MB of float32): the block's
-#: few ``[rows, I]`` matrices stay in cache instead of streaming ``[B, I]`` ones through memory.
-KL_BLOCK_ENTRIES = 1 << 20
+#: Score entries per row block of :func:`score_distribution_kl` (2 MB of float32): the block's
+#: four ``[rows, I]`` buffers stay in cache instead of streaming ``[B, I]`` ones through memory
+#: (TikTok-sized KL, 78 rows a block: 12-13 % faster than 156 in an interleaved micro-benchmark,
+#: one CPU thread, a loaded machine).
+KL_BLOCK_ENTRIES = 1 << 19
 
 
 class _ScoreDistributionKL(torch.autograd.Function):
@@ -74,27 +76,38 @@ class _ScoreDistributionKL(torch.autograd.Function):
         if with_grad:
             grads = [torch.empty_like(user_p), torch.zeros_like(item_p)]
             grads += [torch.empty_like(user_q), torch.zeros_like(item_q)]
+        # Four [rows, I] buffers, reused by every block: no fresh (page-faulting) allocation.
+        size = (min(block_rows, user_p.size(0)), item_p.size(0))
+        buffers = [user_p.new_empty(size) for _ in range(4)]
+        # [d, I] copies: MKL forms the [rows, I] scores faster from them than from views
+        item_p_t, item_q_t = item_p.t().contiguous(), item_q.t().contiguous()
         for start in range(0, user_p.size(0), block_rows):
             rows = slice(start, start + block_rows)
-            # Shifted scores and their exponentials: one exp per side and entry.
-            shifted_p = user_p[rows] @ item_p.t()
-            shifted_p -= shifted_p.amax(dim=-1, keepdim=True)
-            shifted_q = user_q[rows] @ item_q.t()
-            shifted_q -= shifted_q.amax(dim=-1, keepdim=True)
-            p, q = shifted_p.exp(), shifted_q.exp()
+            n = user_p[rows].size(0)
+            score_p, score_q, p, q = (b[:n] for b in buffers)
+            # Scores shifted by their row maximum, then one exp per side and entry; P and Q
+            # stay unnormalised (p, q), their row sums z_p, z_q scale the [rows, d] factors.
+            torch.mm(user_p[rows], item_p_t, out=score_p)
+            score_p.sub_(score_p.amax(dim=-1, keepdim=True))
+            torch.mm(user_q[rows], item_q_t, out=score_q)
+            score_q.sub_(score_q.amax(dim=-1, keepdim=True))
+            torch.exp(score_p, out=p)
+            torch.exp(score_q, out=q)
             norm_p, norm_q = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
-            p /= norm_p
-            # log P - log Q, in place of the shifted P scores.
-            ratio = shifted_p.sub_(shifted_q).sub_(norm_p.log() - norm_q.log())
-            kl = torch.linalg.vecdot(p, ratio)
-            row_kl[rows] = kl
+            # log P - log Q = diff - c with diff the shifted score difference and c =
+            # log z_p - log z_q; as P sums to 1, KL_u = sum_i P diff - c.
+            diff = score_p.sub_(score_q)
+            cross = torch.linalg.vecdot(p, diff).unsqueeze(-1).div_(norm_p)
+            row_kl[rows] = (cross - (norm_p.log() - norm_q.log())).squeeze(-1)
             if with_grad:
-                # d KL_u / d s^p = P (log P/Q - KL_u); d KL_u / d s^q = Q - P (s: the scores).
-                grad_p = ratio.sub_(kl.unsqueeze(-1)).mul_(p)
-                grad_q = q.div_(norm_q).sub_(p)
+                # d KL_u / d s^p = P (log P/Q - KL_u) = (p / z_p)(diff - cross); d KL_u / d s^q
+                # = Q - P (s: the scores). 1 / z_p multiplies the [rows, d] factors instead.
+                inv_p = norm_p.reciprocal_()
+                grad_p = diff.sub_(cross).mul_(p)
+                grad_q = q.mul_(norm_q.reciprocal_()).addcmul_(p, inv_p, value=-1)
                 w = None if weight is None else weight[rows].unsqueeze(-1)
-                torch.mm(grad_p, item_p, out=grads[0][rows])
-                grads[1].addmm_(grad_p.t(), user_p[rows] if w is None else user_p[rows] * w)
+                torch.mm(grad_p, item_p, out=grads[0][rows]).mul_(inv_p)
+                grads[1].addmm_(grad_p.t(), user_p[rows] * (inv_p if w is None else w * inv_p))
                 torch.mm(grad_q, item_q, out=grads[2][rows])
                 grads[3].addmm_(grad_q.t(), user_q[rows] if w is None else user_q[rows] * w)
         total = user_p.new_tensor(float(user_p.size(0))) if weight is None else weight.sum()

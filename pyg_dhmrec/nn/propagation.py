@@ -218,10 +218,11 @@ def item_seeded_propagation(
     item_sum, user_sum, chain = items, None, items
     for k in range(1, last + 1):
         chain = user_item(chain) if k % 2 else user_item.apply_transpose(chain)
-        term = chain if k > num_layers else 2 * chain  # layer k - 1 always, layer k if <= L
-        if k % 2 == 0:
-            item_sum = item_sum + term
-        elif with_users:
-            user_sum = term if user_sum is None else user_sum + term
+        if k % 2 == 0 or with_users:  # the users' sums only when asked for
+            term = chain if k > num_layers else 2 * chain  # layer k - 1 always, k if <= L
+            if k % 2 == 0:
+                item_sum = item_sum + term
+            else:
+                user_sum = term if user_sum is None else user_sum + term
     layers = num_layers + 1
     return (user_sum / layers if with_users else None), item_sum / layers
