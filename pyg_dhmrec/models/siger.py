@@ -23,10 +23,12 @@ from pyg_dhmrec.models.base import Embeddings, pair_scores
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.nn import (
     FrozenSparse,
+    LightPropagation,
     ModulusPerturbation,
     anchor_info_nce,
     bpr_loss,
     info_nce,
+    sparse_rows_matmul,
     symmetric_info_nce,
 )
 
@@ -328,11 +330,16 @@ class SIGER(FREEDOM):
             views = self._contrast_views(batch_users, batch_items, out.first_hops)
             parts["cl"] = self.cl_weight * views
         if self.use_alignment:
-            fused = self._fuse(out.modalities)
+            fused = self._fuse({m: h[batch_items] for m, h in out.modalities.items()})
             # The behaviour items of Eq. (1) from the same pass: e_i - h_i = b_i (up to rounding).
-            behaviour_item = out.item - fused
+            behaviour_item = out.item[batch_items] - fused
             anchor, fused_part = self._alignment(
-                out.user, behaviour_item, out.modalities, fused, batch_users, batch_items
+                out.user[batch_users],
+                behaviour_item,
+                out.modalities,
+                fused,
+                batch_users,
+                batch_items,
             )
             parts["align_anchor"] = self.anchor_align_weight * anchor
             parts["align_fused"] = self.fused_align_weight * fused_part
@@ -342,14 +349,67 @@ class SIGER(FREEDOM):
         self, users: Tensor, items: Tensor, first_hops: FirstHops | None = None
     ) -> Tensor:
         """Eq. (7): InfoNCE between two perturbed views, users plus items (from the step's
-        ``first_hops``, if given)."""
-        views = []
-        for _ in range(2):
-            user, item, semantic = self._encode(perturb=True, first_hops=first_hops)
-            views.append((user, item + self._fuse(semantic)))
-        (u1, i1), (u2, i2) = views
+        ``first_hops``, if given). Only the rows of ``users`` and ``items`` are computed
+        (:meth:`_view_rows`)."""
+        hops = self._first_hops() if first_hops is None else first_hops
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        (u1, i1), (u2, i2) = (self._view_rows(users, items, ego, hops) for _ in range(2))
         tau = self.cl_temperature
-        return info_nce(u1[users], u2[users], tau) + info_nce(i1[items], i2[items], tau)
+        return info_nce(u1, u2, tau) + info_nce(i1, i2, tau)
+
+    def _view_rows(
+        self, users: Tensor, items: Tensor, ego: Tensor, hops: FirstHops
+    ) -> tuple[Tensor, Tensor]:
+        """One perturbed view (6) of Eq. (4), at the rows ``users`` and ``items`` only:
+        ``(e'_u[users], e'_i[items])``, the same values and noise draws (in the same order:
+        each modality, then the user-item hops) as the full view's rows."""
+        semantic = {
+            m: self._perturbed_rows(
+                self.item_embedding.weight,
+                self.semantic_graphs[m],
+                self.ii_propagation,
+                items,
+                hops.semantic[m],
+            )
+            for m in self.modalities
+        }
+        rows = torch.cat([users, items + self.num_users])
+        ui = self._perturbed_rows(ego, self.pruning(), self.ui_propagation, rows, hops.ui)
+        user, item = ui.split([users.numel(), items.numel()])
+        return user, item + self._fuse(semantic)
+
+    def _perturbed_rows(
+        self,
+        x: Tensor,
+        adj: Tensor | FrozenSparse,
+        propagation: LightPropagation,
+        rows: Tensor,
+        first_hop: Tensor | None,
+    ) -> Tensor:
+        """``propagation(x, adj, self.perturbation, first_hop)[rows]``, exactly (issue 17):
+        every hop but the last runs on all nodes (the next reads their neighbours); the last
+        hop and its noise only on ``rows`` (:func:`sparse_rows_matmul`,
+        :meth:`ModulusPerturbation.rows`, which still draws the full-size noise)."""
+        num_layers = propagation.num_layers
+        out, total = x, x[rows]
+        matrix = adj.matrix if isinstance(adj, FrozenSparse) else adj
+        for layer in range(num_layers):
+            last = layer == num_layers - 1
+            if layer == 0 and first_hop is not None:
+                out = first_hop[rows] if last else first_hop
+            elif last:
+                out = sparse_rows_matmul(matrix, rows, out)
+            else:
+                out = propagation.hop(out, adj)
+            if last:
+                out = self.perturbation.rows(out, rows, x.size(0))
+                total = total + out
+            else:
+                out = self.perturbation(out)
+                total = total + out[rows]
+        if propagation.mode == "last":
+            return total if num_layers == 0 else out
+        return total / (num_layers + 1) if propagation.mode == "mean" else total
 
     def _alignment(
         self,
@@ -360,17 +420,19 @@ class SIGER(FREEDOM):
         users: Tensor,
         items: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Eqs. (8) and (9), each summed over users and items."""
+        """Eqs. (8) and (9), each summed over users and items; ``behaviour_user``,
+        ``behaviour_item`` and ``fused`` are the rows of ``users`` and ``items``, ``semantic``
+        the full :math:`h^m`."""
         tau = self.align_temperature
-        # Users' semantic representations: their items', LightGCN-normalised.
-        user_semantic = [self.user_item(semantic[m])[users] for m in self.modalities]
+        # Users' semantic representations: their items', LightGCN-normalised (their rows only).
+        user_semantic = [self.user_item.rows(users, semantic[m]) for m in self.modalities]
         item_semantic = [semantic[m][items] for m in self.modalities]
-        anchor = anchor_info_nce(
-            behaviour_user[users].detach(), user_semantic, tau
-        ) + anchor_info_nce(behaviour_item[items].detach(), item_semantic, tau)
+        anchor = anchor_info_nce(behaviour_user.detach(), user_semantic, tau) + anchor_info_nce(
+            behaviour_item.detach(), item_semantic, tau
+        )
         user_fused = sum(
             self.modality_weights[m] * s for m, s in zip(self.modalities, user_semantic)
         )
-        pairs = ((behaviour_user[users], user_fused), (behaviour_item[items], fused[items]))
+        pairs = ((behaviour_user, user_fused), (behaviour_item, fused))
         fused_part = sum(symmetric_info_nce(b, h, tau) for b, h in pairs)
         return anchor, fused_part

@@ -267,9 +267,11 @@ def info_nce(
         raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
     if ids is not None and ids.device.type == "cpu":
         return _grouped_info_nce(anchor, positive, temperature, ids)
-    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
+    # the cross-entropy of the logits, fused (issue 17: one exp per logit, no [B, B] autograd
+    # tensors); 1/tau on the [B, d] side bounds every logit by 1/tau
+    query, key = F.normalize(anchor, dim=-1) / temperature, F.normalize(positive, dim=-1)
     target = torch.arange(anchor.size(0), device=anchor.device)
-    return F.cross_entropy(logits, target)
+    return factored_cross_entropy(query, key, target, 1.0 / temperature) / anchor.size(0)
 
 
 def _grouped_info_nce(anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor) -> Tensor:
@@ -297,10 +299,53 @@ def symmetric_info_nce(first: Tensor, second: Tensor, temperature: float) -> Ten
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).t() / temperature
+    query, key = F.normalize(first, dim=-1) / temperature, F.normalize(second, dim=-1)
+    if 1.0 / temperature < _unshifted_logit_bound(query.dtype, 2 * first.size(0)):
+        return _SymmetricCrossEntropy.apply(query, key)
+    # logits too large for unshifted exponentials: each direction shifted by logsumexp
+    logits = query @ key.t()
     target = torch.arange(first.size(0), device=first.device)
     columns = torch.logsumexp(logits, dim=0) - logits.diagonal()
     return 0.5 * (F.cross_entropy(logits, target) + columns.mean())
+
+
+def _unshifted_logit_bound(dtype: torch.dtype, count: int) -> float:
+    """The largest logit bound for which ``count`` unshifted exponentials of logits in
+    ``[-bound, bound]`` and their sum stay finite and normal, with a margin of e^8 either side
+    (:func:`factored_cross_entropy`'s rule)."""
+    finfo = torch.finfo(dtype)
+    headroom = math.log(finfo.max) - math.log(max(1, count)) - 8.0
+    return min(headroom, -math.log(finfo.tiny) - 8.0)
+
+
+class _SymmetricCrossEntropy(torch.autograd.Function):
+    r""":func:`symmetric_info_nce` from one exponentiated ``[B, B]`` logit matrix
+    :math:`E = \exp(Q K^\top)` (logits bounded, so unshifted): row sums :math:`r`, column sums
+    :math:`c`, loss :math:`\frac{1}{2B}\sum_b (\log r_b + \log c_b) - \frac1B \sum_b
+    q_b^\top k_b`. Its gradient with respect to the logits is :math:`G = E \odot (1/r_i +
+    1/c_j) / (2B) - I / B`, formed in place of :math:`E` in the forward pass; the gradients
+    :math:`G K` and :math:`G^\top Q` are kept and backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor) -> Tensor:  # noqa: ANN001
+        n = query.size(0)
+        exp = query @ key.t()
+        diagonal = exp.diagonal().sum()
+        exp.exp_()
+        row_sum, col_sum = exp.sum(dim=1), exp.sum(dim=0)
+        loss = 0.5 * (row_sum.log().sum() + col_sum.log().sum()) / n - diagonal / n
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            half = 0.5 / n
+            exp.mul_((half / row_sum).unsqueeze(1) + (half / col_sum).unsqueeze(0))
+            exp.diagonal().sub_(1.0 / n)
+            ctx.save_for_backward(exp @ key, exp.t() @ query)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        grad_query, grad_key = ctx.saved_tensors
+        return grad_query * grad, grad_key * grad
 
 
 def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> Tensor:
@@ -329,11 +374,15 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    num = anchor.size(0)
     candidates = F.normalize(torch.cat(list(views)), dim=-1)  # [M B, d], view-major
-    logits = F.normalize(anchor, dim=-1) @ candidates.t() / temperature  # [B, M B]
-    rows = torch.arange(anchor.size(0), device=anchor.device)
-    positives = rows + anchor.size(0) * torch.arange(len(views), device=anchor.device).unsqueeze(1)
-    return -torch.log_softmax(logits, dim=-1)[rows.expand_as(positives), positives].mean()
+    query = F.normalize(anchor, dim=-1) / temperature
+    rows = torch.arange(num, device=anchor.device)
+    # The mean over the M positives of (lse_b - q_b.v^m_b) is lse_b - q_b.mean_m(v^m_b): the
+    # fused cross-entropy against the first view, corrected by q_b.(v^1_b - mean_m v^m_b).
+    positive_mean = candidates.view(len(views), num, -1).mean(dim=0)
+    correction = (query * (candidates[:num] - positive_mean)).sum()
+    return (factored_cross_entropy(query, candidates, rows, 1.0 / temperature) + correction) / num
 
 
 def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:
