@@ -92,7 +92,7 @@ def test_reduces_to_freedom_with_the_switches_off(data: HeteroData, batch: BPRBa
     # FREEDOM's modality representations (W_m x_m, the mm term) are SIGER's ``projected``.
     assert out.projected.keys() == out_f.modalities.keys()
     for m, rep in out.projected.items():
-        torch.testing.assert_close(rep, out_f.modalities[m])
+        torch.testing.assert_close(rep.table(), out_f.modalities[m])
     # One hop: sum_m w_m (S_m E) == (sum_m w_m S_m) E, FREEDOM's mixed graph.
     fused = sum(siger.modality_weights[m] * h for m, h in out.modalities.items())
     torch.testing.assert_close(

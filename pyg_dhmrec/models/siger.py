@@ -3,7 +3,7 @@ enhancement for multimodal recommendation, built from the abstract on FREEDOM's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,7 +19,7 @@ from pyg_dhmrec.data.transforms import (
     add_derived_graphs,
     co_interaction_edge_type,
 )
-from pyg_dhmrec.models.base import Embeddings, pair_scores
+from pyg_dhmrec.models.base import Embeddings, OnDemandRows, pair_scores
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.nn import (
     FrozenSparse,
@@ -28,7 +28,6 @@ from pyg_dhmrec.nn import (
     anchor_info_nce,
     bpr_loss,
     info_nce,
-    sparse_rows_matmul,
     symmetric_info_nce,
 )
 
@@ -48,10 +47,11 @@ class FirstHops(NamedTuple):
 
 @dataclass
 class SIGEREmbeddings(Embeddings):
-    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass and its
+    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass (as
+    :class:`OnDemandRows`: the ``mm`` term reads only the batch's items) and its
     :class:`FirstHops` (reused by the contrastive views of the same step)."""
 
-    projected: dict[str, Tensor] = field(default_factory=dict)
+    projected: dict[str, OnDemandRows] = field(default_factory=dict)
     first_hops: FirstHops | None = None
 
 
@@ -309,17 +309,29 @@ class SIGER(FREEDOM):
         ``projected`` FREEDOM's :math:`W_m x_m` (the ``mm`` term)."""
         first_hops = self._first_hops()
         user, item, semantic = self._encode(perturb=False, first_hops=first_hops)
-        return SIGEREmbeddings(
-            user, item + self._fuse(semantic), semantic, self.projected_features(), first_hops
-        )
+        projected = {m: OnDemandRows(self._projector(m)) for m in self.modalities}
+        return SIGEREmbeddings(user, item + self._fuse(semantic), semantic, projected, first_hops)
+
+    def _projector(self, modality: str) -> Callable[[Tensor | None], Tensor]:
+        """:math:`W_m x_m` of the items ``index`` (``None``: every item)."""
+
+        def rows(index: Tensor | None) -> Tensor:
+            feature = self.feature(modality)
+            return self.projections[modality](feature if index is None else feature[index])
+
+        return rows
 
     def loss(self, batch: BPRBatch, out: SIGEREmbeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
         pos, neg = pair_scores(out.user, out.item, batch)
-        projected = Embeddings(out.user, out.item, out.projected)
+        # FREEDOM's mm term on the projections of the batch's distinct items only
+        items, inverse = torch.cat([batch.pos_item, batch.neg_item]).unique(return_inverse=True)
+        projected = {m: rows.rows(items) for m, rows in out.projected.items()}
+        local = BPRBatch(batch.user, *inverse.split([len(batch), len(batch)]))
         parts = {
             "bpr": bpr_loss(pos, neg),
-            "mm": self.reg_weight * self.modality_bpr(projected, batch),
+            "mm": self.reg_weight
+            * self.modality_bpr(Embeddings(out.user, out.item, projected), local),
             "reg": self.l2_weight * self.id_penalty(batch),
             "cl": out.user.new_zeros(()),
             "align_anchor": out.user.new_zeros(()),
@@ -387,20 +399,17 @@ class SIGER(FREEDOM):
         first_hop: Tensor | None,
     ) -> Tensor:
         """``propagation(x, adj, self.perturbation, first_hop)[rows]``, exactly (issue 17):
-        every hop but the last runs on all nodes (the next reads their neighbours); the last
-        hop and its noise only on ``rows`` (:func:`sparse_rows_matmul`,
-        :meth:`ModulusPerturbation.rows`, which still draws the full-size noise)."""
+        every hop runs on all nodes (the next reads their neighbours), but the noise after the
+        last hop and the layer mean only on ``rows`` (:meth:`ModulusPerturbation.rows` still
+        draws the full-size noise, so the random stream is unchanged)."""
         num_layers = propagation.num_layers
         out, total = x, x[rows]
-        matrix = adj.matrix if isinstance(adj, FrozenSparse) else adj
         for layer in range(num_layers):
             last = layer == num_layers - 1
             if layer == 0 and first_hop is not None:
                 out = first_hop[rows] if last else first_hop
-            elif last:
-                out = sparse_rows_matmul(matrix, rows, out)
             else:
-                out = propagation.hop(out, adj)
+                out = propagation.hop(out, adj)[rows] if last else propagation.hop(out, adj)
             if last:
                 out = self.perturbation.rows(out, rows, x.size(0))
                 total = total + out
@@ -424,8 +433,8 @@ class SIGER(FREEDOM):
         ``behaviour_item`` and ``fused`` are the rows of ``users`` and ``items``, ``semantic``
         the full :math:`h^m`."""
         tau = self.align_temperature
-        # Users' semantic representations: their items', LightGCN-normalised (their rows only).
-        user_semantic = [self.user_item.rows(users, semantic[m]) for m in self.modalities]
+        # Users' semantic representations: their items', LightGCN-normalised.
+        user_semantic = [self.user_item(semantic[m])[users] for m in self.modalities]
         item_semantic = [semantic[m][items] for m in self.modalities]
         anchor = anchor_info_nce(behaviour_user.detach(), user_semantic, tau) + anchor_info_nce(
             behaviour_item.detach(), item_semantic, tau

@@ -81,10 +81,6 @@ class FrozenSparse(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return _ConstantSpmm.apply(self.matrix, self.transpose, x)
 
-    def rows(self, index: Tensor, x: Tensor) -> Tensor:
-        r""":math:`(A x)` at the rows ``index`` only (:func:`sparse_rows_matmul`)."""
-        return sparse_rows_matmul(self.matrix, index, x)
-
     def apply_transpose(self, x: Tensor) -> Tensor:
         r""":math:`A^\top x` (backward :math:`A g`), without transposing anything per call."""
         return _ConstantSpmm.apply(self.transpose, self.matrix, x)
@@ -94,29 +90,6 @@ class FrozenSparse(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={list(self.shape)}, nnz={self.matrix._nnz()}, symmetric={self.symmetric}"
-
-
-def sparse_rows_matmul(matrix: Tensor, rows: Tensor, x: Tensor) -> Tensor:
-    r"""``(matrix @ x)[rows]`` for a constant ``torch.sparse_csr`` ``matrix`` (no gradient to
-    it), computing only those rows: a gather of the rows' nonzeros and a sum per row, so the
-    cost (and the backward scatter into ``x``'s gradient) follows the nonzeros of ``rows``,
-    not of the matrix. For a loss that reads a few rows of a propagated table."""
-    if matrix.layout != torch.sparse_csr or matrix.dim() != 2:
-        raise ValueError("sparse_rows_matmul needs a 2-D torch.sparse_csr matrix")
-    if x.dim() != 2 or x.size(0) != matrix.size(1):
-        raise ValueError(
-            f"x must be [{matrix.size(1)}, d] for a {list(matrix.shape)} matrix, got "
-            f"{list(x.shape)}"
-        )
-    crow, col, value = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    start = crow[rows]
-    count = crow[rows + 1] - start
-    out_row = torch.repeat_interleave(torch.arange(rows.numel(), device=x.device), count)
-    # the k-th nonzero of output row r sits at start[r] + k
-    offset = torch.arange(out_row.numel(), device=x.device) - (count.cumsum(0) - count)[out_row]
-    position = start[out_row] + offset
-    messages = x[col[position]] * value[position].unsqueeze(1).to(x.dtype)
-    return x.new_zeros(rows.numel(), x.size(1)).index_add(0, out_row, messages)
 
 
 def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
