@@ -367,7 +367,7 @@ class SIGER(FREEDOM):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         (u1, i1), (u2, i2) = (self._view_rows(users, items, ego, hops) for _ in range(2))
         tau = self.cl_temperature
-        return info_nce(u1, u2, tau) + info_nce(i1, i2, tau)
+        return info_nce(u1, u2, tau, fused=True) + info_nce(i1, i2, tau, fused=True)
 
     def _view_rows(
         self, users: Tensor, items: Tensor, ego: Tensor, hops: FirstHops

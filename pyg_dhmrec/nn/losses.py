@@ -235,7 +235,11 @@ def factored_cross_entropy(
 
 
 def info_nce(
-    anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor | None = None
+    anchor: Tensor,
+    positive: Tensor,
+    temperature: float,
+    ids: Tensor | None = None,
+    fused: bool = False,
 ) -> Tensor:
     r"""InfoNCE with in-batch negatives on cosine similarity.
 
@@ -255,6 +259,12 @@ def info_nce(
     :math:`\sum_v c_v \exp(\hat{a}_u^\top \hat{p}_v / \tau)` and it counts :math:`c_u` times.
     Elsewhere (e.g. CUDA, where the matrix is cheap and ``torch.unique`` would wait for the
     device) ``ids`` is ignored.
+
+    ``fused=True`` (without ``ids``) computes the cross-entropy with
+    :func:`factored_cross_entropy` (one exponential per logit, gradients formed in the same
+    pass, no ``[B, B]`` autograd tensors; issue 17): the same value and gradients up to float
+    rounding, faster. Off by default, so that the fixed-seed runs of the models that use the
+    plain form stay bit for bit as they were (rounding can reorder near-tied rankings).
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -267,11 +277,12 @@ def info_nce(
         raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
     if ids is not None and ids.device.type == "cpu":
         return _grouped_info_nce(anchor, positive, temperature, ids)
-    # the cross-entropy of the logits, fused (issue 17: one exp per logit, no [B, B] autograd
-    # tensors); 1/tau on the [B, d] side bounds every logit by 1/tau
-    query, key = F.normalize(anchor, dim=-1) / temperature, F.normalize(positive, dim=-1)
     target = torch.arange(anchor.size(0), device=anchor.device)
-    return factored_cross_entropy(query, key, target, 1.0 / temperature) / anchor.size(0)
+    if fused:  # 1/tau on the [B, d] side: every logit is bounded by 1/tau
+        query, key = F.normalize(anchor, dim=-1) / temperature, F.normalize(positive, dim=-1)
+        return factored_cross_entropy(query, key, target, 1.0 / temperature) / anchor.size(0)
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
+    return F.cross_entropy(logits, target)
 
 
 def _grouped_info_nce(anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor) -> Tensor:
