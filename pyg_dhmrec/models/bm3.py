@@ -117,6 +117,11 @@ class BM3(Recommender):
       (0.1, 0.01) are tuned for it. ``cl_weight`` (2.0 in the code) is the paper's single
       weight of the two modality terms.
 
+    **Computation** (issue 17, exact): the loss reads only the batch's rows, so it applies
+    the predictor and the convertor (Eq. 1) to those rows (both map each row on its own; the
+    dropout masks are drawn on the same rows in the same order as before); the full predicted
+    tables of :class:`BM3Embeddings` are computed on first access.
+
     **Prediction (Eq. 11).** :math:`s(u, i) = \tilde{h}_u^\top \tilde{h}_i`, the predictor
     outputs (the code scores with the predicted online embeddings too); the full graph is used.
 

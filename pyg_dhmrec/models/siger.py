@@ -136,7 +136,13 @@ class SIGER(FREEDOM):
     same layer-0 embeddings over the same graphs and add noise after each hop, so the first
     hop of every propagation is computed once per step (:class:`FirstHops`); the symmetric
     InfoNCE of (9) uses one similarity matrix for both directions
-    (:func:`symmetric_info_nce`).
+    (:func:`symmetric_info_nce`). The views are computed at the batch's rows only after
+    their last hop (the noise still drawn at full size, so the random stream and every value
+    are those of full views; :meth:`ModulusPerturbation.rows`), the InfoNCE terms (7)-(9) by
+    fused cross-entropies (:func:`factored_cross_entropy`, one exponential per logit), the
+    alignment's fusion (3) and the ``mm`` term's projections at the batch's rows only. A
+    drawing of the noise at the batch's rows only (a third less uniform draws per step, same
+    distribution) would change the random stream, so it is not done.
 
     **Modality representations** (:attr:`Embeddings.modalities`): :math:`h^m` (2), before the
     fusion (3), in the scoring space.
