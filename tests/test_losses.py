@@ -241,3 +241,19 @@ def test_fused_info_nce_forms_without_gradients() -> None:
         torch.testing.assert_close(
             anchor_info_nce(a, [b, c], 0.5), (torch.logsumexp(logits, dim=-1) - positives).mean()
         )
+
+
+def test_factored_cross_entropy_forms_only_the_gradients_asked_for() -> None:
+    """A detached query (SIGER's anchor) or key: the other input's gradient is the full
+    formula's, and the detached one gets none."""
+    g = torch.Generator().manual_seed(1)
+    query = torch.randn(40, 4, dtype=torch.double, generator=g, requires_grad=True)
+    key = torch.randn(90, 4, dtype=torch.double, generator=g, requires_grad=True)
+    target = torch.randint(0, 90, (40,), generator=g)
+    reference = F.cross_entropy(query @ key.t(), target, reduction="sum")
+    want_query, want_key = torch.autograd.grad(reference, (query, key))
+    loss = factored_cross_entropy(query.detach(), key, target, 20.0)
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(torch.autograd.grad(2.0 * loss, key)[0], 2.0 * want_key)
+    loss = factored_cross_entropy(query, key.detach(), target)
+    torch.testing.assert_close(torch.autograd.grad(loss, query)[0], want_query)

@@ -158,9 +158,12 @@ class _FactoredCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_ELEMENTS // max(1, key.size(0)))
         key_t = key.t()
         lse = query.new_empty(query.size(0), 1)
-        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        if grads:
+        # only the gradients asked for (e.g. a detached query: no P K product per block)
+        need_query, need_key = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grads = need_query or need_key
+        if need_query:
             grad_query = torch.empty_like(query)
+        if need_key:
             grad_key_t = query.new_zeros(key_t.shape)  # accumulated as Q^T P, not P^T Q
         for start in range(0, query.size(0), rows):
             rows_q = query[start : start + rows]
@@ -171,20 +174,28 @@ class _FactoredCrossEntropy(torch.autograd.Function):
             block.exp_()
             norm = block.sum(dim=-1, keepdim=True)
             lse[start : start + rows] = norm.log() + row_max if shift else norm.log()
-            if grads:  # softmax = block / norm, the division folded into the [rows, r] factors
-                # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
+            # softmax = block / norm, the division folded into the [rows, r] factors
+            if need_query:  # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
                 grad_query[start : start + rows] = (key_t @ block.t()).t().div_(norm)
+            if need_key:
                 grad_key_t.addmm_((rows_q / norm).t(), block)
         if grads:  # the one-hot part of softmax - onehot(target): a gather and a scatter
-            grad_query.sub_(key[target])
-            ctx.save_for_backward(grad_query, grad_key_t.t().index_add(0, target, query, alpha=-1))
+            ctx.save_for_backward(
+                grad_query.sub_(key[target]) if need_query else None,
+                grad_key_t.t().index_add(0, target, query, alpha=-1) if need_key else None,
+            )
         return lse.sum() - (query * key[target]).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: ANN001
         grad_query, grad_key = ctx.saved_tensors
-        return grad_query * grad, grad_key * grad, None, None
+        return (
+            None if grad_query is None else grad_query * grad,
+            None if grad_key is None else grad_key * grad,
+            None,
+            None,
+        )
 
 
 def factored_cross_entropy(
