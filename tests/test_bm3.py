@@ -174,11 +174,13 @@ def test_targets_get_no_gradient(data: HeteroData, batch: BPRBatch) -> None:
     torch.testing.assert_close(got_u, torch.autograd.grad(ref, online.user, retain_graph=True)[0])
     ref = 1 - F.cosine_similarity(out.item[items], online.user[users].detach()).mean()
     torch.testing.assert_close(got_i, torch.autograd.grad(ref, online.item, retain_graph=True)[0])
-    # mask: the projected feature h_m is reached only through the predicted feature.
-    h_m = online.features["image"]
-    got = torch.autograd.grad(parts["mask"], h_m, retain_graph=True)[0]
+    # mask: the projected feature h_m is reached only through the predicted feature (the
+    # loss projects the batch's items only: the rows of the full h_m).
+    image = model.projections["image"].weight
+    got = torch.autograd.grad(parts["mask"], image, retain_graph=True)[0]
+    h_m = online.features["image"].table()
     ref = 2.0 * (1 - F.cosine_similarity(out.modalities["image"][items], h_m[items].detach()))
-    torch.testing.assert_close(got, torch.autograd.grad(ref.mean(), h_m, retain_graph=True)[0])
+    torch.testing.assert_close(got, torch.autograd.grad(ref.mean(), image, retain_graph=True)[0])
     # align: the ID embeddings are a target only, so they get no gradient from it.
     parts["align"].backward()
     assert model.user_embedding.weight.grad is None
@@ -244,3 +246,50 @@ def test_build_model_from_config(data: HeteroData) -> None:
     assert isinstance(model, BM3)
     assert model.ui_propagation.num_layers == 2 and model.dropout == 0.3
     assert (model.reg_weight, model.cl_weight, model.finetune_features) == (0.01, 1.0, False)
+
+
+@pytest.mark.parametrize("finetune", [True, False])
+def test_batch_row_loss_equals_the_full_table_formula(
+    data: HeteroData, batch: BPRBatch, finetune: bool
+) -> None:
+    """Issue 17: the loss predicts and projects only the batch's rows; the previous
+    computation (full predicted and projected tables, then the batch's rows) gives the same
+    parts, the same gradients and the same dropout masks (random stream)."""
+    model = _model(data, dropout=0.4, finetune_features=finetune)
+    out = model()
+    torch.manual_seed(3)
+    got = model.loss(batch, out)
+    after_got = torch.rand(3)
+    torch.manual_seed(3)
+    online, p = out.online, model.dropout
+    users, items = batch.user, batch.pos_item
+    features = {m: h.table() for m, h in online.features.items()}
+    user_target = dropout_view(online.user[users], p)
+    item_target = dropout_view(online.item[items], p)
+    predicted_user, predicted_item = model.predictor(online.user), model.predictor(online.item)
+    want = {
+        "rec": cosine_alignment_loss(predicted_user[users], item_target)
+        + cosine_alignment_loss(predicted_item[items], user_target),
+        "align": 0.0,
+        "mask": 0.0,
+    }
+    for m in model.modalities:
+        predicted = model.predictor(features[m])[items]
+        want["align"] = want["align"] + cosine_alignment_loss(predicted, item_target)
+        want["mask"] = want["mask"] + cosine_alignment_loss(
+            predicted, dropout_view(features[m][items], p)
+        )
+    want = {k: model.cl_weight * v if k != "rec" else v for k, v in want.items()}
+    torch.testing.assert_close(torch.rand(3), after_got)
+    params = [q for q in model.parameters() if q.requires_grad]
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value)
+        got_grads = torch.autograd.grad(got[key], params, retain_graph=True, allow_unused=True)
+        want_grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        for g, w in zip(got_grads, want_grads):
+            assert (g is None) == (w is None)
+            if g is not None:
+                torch.testing.assert_close(g, w)
+    # the full tables, read from the embeddings, are the predictor's outputs
+    torch.testing.assert_close(out.user, predicted_user)
+    torch.testing.assert_close(out.item, predicted_item)

@@ -164,3 +164,96 @@ def test_anchor_info_nce_equals_the_logsumexp_form() -> None:
     torch.testing.assert_close(got, want)
     for x, y in zip(_grads(got, [anchor, *views]), _grads(want, [anchor, *views])):
         torch.testing.assert_close(x, y)
+
+
+# --- issue 17: the fused InfoNCE forms against the previous autograd formulas ---
+
+
+def _cosine_logits(first: torch.Tensor, second: torch.Tensor, tau: float) -> torch.Tensor:
+    """The previous computation's logits: the cosine matrix divided by the temperature."""
+    return F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).t() / tau
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_info_nce_forms_equal_the_previous_formulas(dtype: torch.dtype) -> None:
+    """info_nce, symmetric_info_nce and anchor_info_nce (fused: factored_cross_entropy and one
+    exponentiated matrix) give the previous formulas' values and gradients, on a batch large
+    enough to span several of factored_cross_entropy's row blocks."""
+    g = torch.Generator().manual_seed(17)
+    n, d, tau = 300, 16, 0.2
+    a, b, c = (torch.randn(n, d, dtype=dtype, generator=g, requires_grad=True) for _ in range(3))
+    target = torch.arange(n)
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    cases = [
+        (info_nce(a, b, tau, fused=True), F.cross_entropy(_cosine_logits(a, b, tau), target)),
+        (
+            symmetric_info_nce(a, b, tau),
+            0.5
+            * (
+                F.cross_entropy(_cosine_logits(a, b, tau), target)
+                + F.cross_entropy(_cosine_logits(b, a, tau), target)
+            ),
+        ),
+    ]
+    candidates = F.normalize(torch.cat([b, c]), dim=-1)
+    logits = F.normalize(a, dim=-1) @ candidates.t() / tau
+    positives = torch.stack([logits[target, target], logits[target, target + n]])
+    cases.append(
+        (anchor_info_nce(a, [b, c], tau), (torch.logsumexp(logits, dim=-1) - positives).mean())
+    )
+    for (got, want), inputs in zip(cases, ([a, b], [a, b], [a, b, c])):
+        torch.testing.assert_close(got, want, **tol)
+        for x, y in zip(_grads(got, inputs), _grads(want, inputs)):
+            torch.testing.assert_close(x, y, **tol)
+
+
+def test_symmetric_info_nce_falls_back_to_shifted_logits_at_tiny_temperatures() -> None:
+    """At tau = 1e-3 the logits (up to 1000) would overflow unshifted exponentials: the
+    shifted formula is used, finite and equal to both directions' cross-entropies."""
+    torch.manual_seed(5)
+    a, b = (torch.randn(6, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    got = symmetric_info_nce(a.float(), b.float(), 1e-3)
+    assert torch.isfinite(got)
+    target = torch.arange(6)
+    want = 0.5 * (
+        F.cross_entropy(_cosine_logits(a, b, 1e-3), target)
+        + F.cross_entropy(_cosine_logits(b, a, 1e-3), target)
+    )
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-3)
+
+
+def test_fused_info_nce_forms_without_gradients() -> None:
+    """Inputs that need no gradient (evaluation) give the same values."""
+    torch.manual_seed(6)
+    a, b, c = (torch.randn(9, 5) for _ in range(3))
+    target = torch.arange(9)
+    torch.testing.assert_close(
+        info_nce(a, b, 0.5, fused=True), F.cross_entropy(_cosine_logits(a, b, 0.5), target)
+    )
+    want = 0.5 * (
+        F.cross_entropy(_cosine_logits(a, b, 0.5), target)
+        + F.cross_entropy(_cosine_logits(b, a, 0.5), target)
+    )
+    torch.testing.assert_close(symmetric_info_nce(a, b, 0.5), want)
+    logits = _cosine_logits(a, torch.cat([b, c]), 0.5)
+    positives = torch.stack([logits[target, target], logits[target, target + 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            anchor_info_nce(a, [b, c], 0.5), (torch.logsumexp(logits, dim=-1) - positives).mean()
+        )
+
+
+def test_factored_cross_entropy_forms_only_the_gradients_asked_for() -> None:
+    """A detached query (SIGER's anchor) or key: the other input's gradient is the full
+    formula's, and the detached one gets none."""
+    g = torch.Generator().manual_seed(1)
+    query = torch.randn(40, 4, dtype=torch.double, generator=g, requires_grad=True)
+    key = torch.randn(90, 4, dtype=torch.double, generator=g, requires_grad=True)
+    target = torch.randint(0, 90, (40,), generator=g)
+    reference = F.cross_entropy(query @ key.t(), target, reduction="sum")
+    want_query, want_key = torch.autograd.grad(reference, (query, key))
+    loss = factored_cross_entropy(query.detach(), key, target, 20.0)
+    torch.testing.assert_close(loss, reference)
+    torch.testing.assert_close(torch.autograd.grad(2.0 * loss, key)[0], 2.0 * want_key)
+    loss = factored_cross_entropy(query, key.detach(), target)
+    torch.testing.assert_close(torch.autograd.grad(loss, query)[0], want_query)

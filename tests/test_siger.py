@@ -16,6 +16,7 @@ from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.graph import knn_adjacency, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models import FREEDOM, SIGER, build_model
+from pyg_dhmrec.models.base import Embeddings
 from pyg_dhmrec.models.siger import LOSS_PARTS
 from pyg_dhmrec.nn import (
     LightPropagation,
@@ -92,7 +93,7 @@ def test_reduces_to_freedom_with_the_switches_off(data: HeteroData, batch: BPRBa
     # FREEDOM's modality representations (W_m x_m, the mm term) are SIGER's ``projected``.
     assert out.projected.keys() == out_f.modalities.keys()
     for m, rep in out.projected.items():
-        torch.testing.assert_close(rep, out_f.modalities[m])
+        torch.testing.assert_close(rep.table(), out_f.modalities[m])
     # One hop: sum_m w_m (S_m E) == (sum_m w_m S_m) E, FREEDOM's mixed graph.
     fused = sum(siger.modality_weights[m] * h for m, h in out.modalities.items())
     torch.testing.assert_close(
@@ -467,3 +468,80 @@ def test_views_share_the_first_hops_of_the_clean_pass(data: HeteroData, batch: B
         torch.testing.assert_close(
             hops.semantic[m], model.semantic_graphs[m].matrix @ model.item_embedding.weight
         )
+
+
+# --- issue 17: the exact rewrites against the previous computations ---
+
+
+def test_modulus_perturbation_rows_are_the_full_calls_rows() -> None:
+    """``rows`` draws the full-size noise: the rows of a full call, and the same stream."""
+    x = torch.randn(12, 5)
+    rows = torch.tensor([7, 0, 3, 3])
+    perturbation = ModulusPerturbation(0.3)
+    torch.manual_seed(1)
+    full = perturbation(x)
+    after_full = torch.rand(3)
+    torch.manual_seed(1)
+    got = perturbation.rows(x[rows], rows, 12)
+    torch.testing.assert_close(got, full[rows])
+    torch.testing.assert_close(torch.rand(3), after_full)
+
+
+@pytest.mark.parametrize("layers", [(2, 2), (1, 1), (3, 0)])
+def test_view_rows_equal_the_full_views_noise_for_noise(
+    data: HeteroData, batch: BPRBatch, layers: tuple[int, int]
+) -> None:
+    """The views computed at the batch's rows only equal the rows of two full perturbed passes
+    (the previous computation, with the previous InfoNCE formula), in value, gradient and
+    random stream."""
+    num_ui, num_ii = layers
+    model = _model(data, num_ui_layers=num_ui, num_ii_layers=num_ii, perturbation_eps=0.3)
+    model.train()
+    model.on_train_epoch_start()
+    out = model()
+    users, items = batch.user.unique(), batch.pos_item.unique()
+    torch.manual_seed(7)
+    got = model._contrast_views(users, items, out.first_hops)
+    after_got = torch.rand(3)
+    torch.manual_seed(7)
+    views = []
+    for _ in range(2):
+        user, item, semantic = model._encode(perturb=True, first_hops=out.first_hops)
+        views.append((user, item + model._fuse(semantic)))
+    after_want = torch.rand(3)
+    (u1, i1), (u2, i2) = views
+    tau = model.cl_temperature
+
+    def previous_info_nce(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        logits = F.normalize(a, dim=-1) @ F.normalize(p, dim=-1).t() / tau
+        return F.cross_entropy(logits, torch.arange(a.size(0)))
+
+    want = previous_info_nce(u1[users], u2[users]) + previous_info_nce(i1[items], i2[items])
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(after_got, after_want)
+    params = [p for p in model.parameters() if p.requires_grad]
+    got_grads = torch.autograd.grad(got, params, allow_unused=True)
+    for g, w in zip(got_grads, torch.autograd.grad(want, params, allow_unused=True)):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w)
+
+
+def test_mm_term_on_the_batch_items_equals_the_full_projections(
+    data: HeteroData, batch: BPRBatch
+) -> None:
+    """The mm term projects only the batch's distinct items: FREEDOM's term on the full
+    projections (the previous computation), in value and gradient."""
+    model = _model(data)
+    model.train()
+    model.on_train_epoch_start()
+    out = model()
+    got = model.loss(batch, out)["mm"]
+    full = {m: rows.table() for m, rows in out.projected.items()}
+    want = model.reg_weight * model.modality_bpr(Embeddings(out.user, out.item, full), batch)
+    torch.testing.assert_close(got, want)
+    params = [*model.projections.parameters(), model.user_embedding.weight]
+    for g, w in zip(
+        torch.autograd.grad(got, params, retain_graph=True), torch.autograd.grad(want, params)
+    ):
+        torch.testing.assert_close(g, w)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -11,7 +12,7 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Embeddings, Recommender
+from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
@@ -26,15 +27,54 @@ class BM3Online(NamedTuple):
 
     user: Tensor  # h_u [U, d]
     item: Tensor  # h_i [I, d]
-    features: dict[str, Tensor]  # h_m = e_m W_m + b_m, [I, d] per modality
+    features: dict[str, OnDemandRows]  # h_m = e_m W_m + b_m, [I, d] per modality, on demand
 
 
 @dataclass
 class BM3Embeddings(Embeddings):
     """:class:`Embeddings` in the scoring (predictor) space, carrying the pre-predictor
-    :class:`BM3Online` tensors of the same forward pass as ``online`` (the loss's targets)."""
+    :class:`BM3Online` tensors of the same forward pass as ``online`` (the loss's targets).
+
+    The predictor :math:`f_p` is a map of each row, and a training step reads only its batch's
+    rows (issue 17: the loss predicts those rows itself); ``user``, ``item`` and
+    ``modalities`` predict every row on first access, in the same autograd graph."""
 
     online: BM3Online | None = None
+    predictor: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def user(self) -> Tensor:  # type: ignore[override]
+        r""":math:`\tilde{h}_u = f_p(h_u)` of every user, computed on first access."""
+        if self._user is None:
+            self._user = self.predictor(self.online.user)
+        return self._user
+
+    @user.setter
+    def user(self, value: Tensor | None) -> None:
+        self._user = value
+
+    @property
+    def item(self) -> Tensor:  # type: ignore[override]
+        r""":math:`\tilde{h}_i = f_p(h_i)` of every item, computed on first access."""
+        if self._item is None:
+            self._item = self.predictor(self.online.item)
+        return self._item
+
+    @item.setter
+    def item(self, value: Tensor | None) -> None:
+        self._item = value
+
+    @property
+    def modalities(self) -> dict[str, Tensor]:  # type: ignore[override]
+        r""":math:`\tilde{h}_m = f_p(h_m)` of every item per modality, on first access."""
+        if self._modalities is None:
+            features = self.online.features
+            self._modalities = {m: self.predictor(h.table()) for m, h in features.items()}
+        return self._modalities
+
+    @modalities.setter
+    def modalities(self, value: dict[str, Tensor] | None) -> None:
+        self._modalities = value
 
 
 class BM3(Recommender):
@@ -76,6 +116,11 @@ class BM3(Recommender):
       / |I|`. *Choice*: the code's form, not squared; the published ``reg_weight`` values
       (0.1, 0.01) are tuned for it. ``cl_weight`` (2.0 in the code) is the paper's single
       weight of the two modality terms.
+
+    **Computation** (issue 17, exact): the loss reads only the batch's rows, so it applies
+    the predictor and the convertor (Eq. 1) to those rows (both map each row on its own; the
+    dropout masks are drawn on the same rows in the same order as before); the full predicted
+    tables of :class:`BM3Embeddings` are computed on first access.
 
     **Prediction (Eq. 11).** :math:`s(u, i) = \tilde{h}_u^\top \tilde{h}_i`, the predictor
     outputs (the code scores with the predicted online embeddings too); the full graph is used.
@@ -157,39 +202,43 @@ class BM3(Recommender):
         return self.features[modality] if self.finetune_features else self.feature(modality)
 
     def online(self) -> BM3Online:
-        """The pre-predictor representations :math:`h_u, h_i, h_m` (Eqs. 1-3)."""
+        """The pre-predictor representations :math:`h_u, h_i, h_m` (Eqs. 1-3); :math:`h_m`
+        as :class:`OnDemandRows` (a map of each item's own features)."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         out = self.ui_propagation(ego, self.adjacency)
         user, item = out.split([self.num_users, self.num_items])
         item = item + self.item_embedding.weight  # code's residual ID term
-        features = {m: self.projections[m](self._feature(m)) for m in self.modalities}
+        features = {m: OnDemandRows(self._projector(m)) for m in self.modalities}
         return BM3Online(user, item, features)
 
+    def _projector(self, modality: str) -> Callable[[Tensor | None], Tensor]:
+        """Eq. (1) of the items ``index`` (``None``: every item)."""
+
+        def rows(index: Tensor | None) -> Tensor:
+            feature = self._feature(modality)
+            return self.projections[modality](feature if index is None else feature[index])
+
+        return rows
+
     def forward(self) -> BM3Embeddings:
-        online = self.online()
-        return BM3Embeddings(
-            self.predictor(online.user),
-            self.predictor(online.item),
-            {m: self.predictor(h) for m, h in online.features.items()},
-            online,
-        )
+        return BM3Embeddings(None, None, None, self.online(), self.predictor)
 
     def loss(self, batch: BPRBatch, out: BM3Embeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
         online = out.online
         users, items = batch.user, batch.pos_item  # no negatives: batch.neg_item is unused
-        user_target = dropout_view(online.user[users], self.dropout)
-        item_target = dropout_view(online.item[items], self.dropout)
-        rec = cosine_alignment_loss(out.user[users], item_target) + cosine_alignment_loss(
-            out.item[items], user_target
-        )
+        # the batch's rows only, predicted here (the predictor maps each row on its own)
+        user_rows, item_rows = online.user[users], online.item[items]
+        user_target = dropout_view(user_rows, self.dropout)
+        item_target = dropout_view(item_rows, self.dropout)
+        rec = cosine_alignment_loss(self.predictor(user_rows), item_target)
+        rec = rec + cosine_alignment_loss(self.predictor(item_rows), user_target)
         align = mask = rec.new_zeros(())
         for m in self.modalities:
-            predicted = out.modalities[m][items]
+            feature_rows = online.features[m].rows(items)
+            predicted = self.predictor(feature_rows)
             align = align + cosine_alignment_loss(predicted, item_target)
-            mask = mask + cosine_alignment_loss(
-                predicted, dropout_view(online.features[m][items], self.dropout)
-            )
+            mask = mask + cosine_alignment_loss(predicted, dropout_view(feature_rows, self.dropout))
         reg = embedding_norm_penalty(online.user, online.item)
         return {
             "rec": rec,

@@ -3,7 +3,7 @@ enhancement for multimodal recommendation, built from the abstract on FREEDOM's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -19,10 +19,11 @@ from pyg_dhmrec.data.transforms import (
     add_derived_graphs,
     co_interaction_edge_type,
 )
-from pyg_dhmrec.models.base import Embeddings, pair_scores
+from pyg_dhmrec.models.base import Embeddings, OnDemandRows, pair_scores
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.nn import (
     FrozenSparse,
+    LightPropagation,
     ModulusPerturbation,
     anchor_info_nce,
     bpr_loss,
@@ -46,10 +47,11 @@ class FirstHops(NamedTuple):
 
 @dataclass
 class SIGEREmbeddings(Embeddings):
-    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass and its
+    """:class:`Embeddings` plus FREEDOM's projections :math:`W_m x_m` of the same pass (as
+    :class:`OnDemandRows`: the ``mm`` term reads only the batch's items) and its
     :class:`FirstHops` (reused by the contrastive views of the same step)."""
 
-    projected: dict[str, Tensor] = field(default_factory=dict)
+    projected: dict[str, OnDemandRows] = field(default_factory=dict)
     first_hops: FirstHops | None = None
 
 
@@ -134,7 +136,13 @@ class SIGER(FREEDOM):
     same layer-0 embeddings over the same graphs and add noise after each hop, so the first
     hop of every propagation is computed once per step (:class:`FirstHops`); the symmetric
     InfoNCE of (9) uses one similarity matrix for both directions
-    (:func:`symmetric_info_nce`).
+    (:func:`symmetric_info_nce`). The views are computed at the batch's rows only after
+    their last hop (the noise still drawn at full size, so the random stream and every value
+    are those of full views; :meth:`ModulusPerturbation.rows`), the InfoNCE terms (7)-(9) by
+    fused cross-entropies (:func:`factored_cross_entropy`, one exponential per logit), the
+    alignment's fusion (3) and the ``mm`` term's projections at the batch's rows only. A
+    drawing of the noise at the batch's rows only (a third less uniform draws per step, same
+    distribution) would change the random stream, so it is not done.
 
     **Modality representations** (:attr:`Embeddings.modalities`): :math:`h^m` (2), before the
     fusion (3), in the scoring space.
@@ -307,17 +315,29 @@ class SIGER(FREEDOM):
         ``projected`` FREEDOM's :math:`W_m x_m` (the ``mm`` term)."""
         first_hops = self._first_hops()
         user, item, semantic = self._encode(perturb=False, first_hops=first_hops)
-        return SIGEREmbeddings(
-            user, item + self._fuse(semantic), semantic, self.projected_features(), first_hops
-        )
+        projected = {m: OnDemandRows(self._projector(m)) for m in self.modalities}
+        return SIGEREmbeddings(user, item + self._fuse(semantic), semantic, projected, first_hops)
+
+    def _projector(self, modality: str) -> Callable[[Tensor | None], Tensor]:
+        """:math:`W_m x_m` of the items ``index`` (``None``: every item)."""
+
+        def rows(index: Tensor | None) -> Tensor:
+            feature = self.feature(modality)
+            return self.projections[modality](feature if index is None else feature[index])
+
+        return rows
 
     def loss(self, batch: BPRBatch, out: SIGEREmbeddings | None = None) -> dict[str, Tensor]:
         out = self() if out is None else out
         pos, neg = pair_scores(out.user, out.item, batch)
-        projected = Embeddings(out.user, out.item, out.projected)
+        # FREEDOM's mm term on the projections of the batch's distinct items only
+        items, inverse = torch.cat([batch.pos_item, batch.neg_item]).unique(return_inverse=True)
+        projected = {m: rows.rows(items) for m, rows in out.projected.items()}
+        local = BPRBatch(batch.user, *inverse.split([len(batch), len(batch)]))
         parts = {
             "bpr": bpr_loss(pos, neg),
-            "mm": self.reg_weight * self.modality_bpr(projected, batch),
+            "mm": self.reg_weight
+            * self.modality_bpr(Embeddings(out.user, out.item, projected), local),
             "reg": self.l2_weight * self.id_penalty(batch),
             "cl": out.user.new_zeros(()),
             "align_anchor": out.user.new_zeros(()),
@@ -328,11 +348,16 @@ class SIGER(FREEDOM):
             views = self._contrast_views(batch_users, batch_items, out.first_hops)
             parts["cl"] = self.cl_weight * views
         if self.use_alignment:
-            fused = self._fuse(out.modalities)
+            fused = self._fuse({m: h[batch_items] for m, h in out.modalities.items()})
             # The behaviour items of Eq. (1) from the same pass: e_i - h_i = b_i (up to rounding).
-            behaviour_item = out.item - fused
+            behaviour_item = out.item[batch_items] - fused
             anchor, fused_part = self._alignment(
-                out.user, behaviour_item, out.modalities, fused, batch_users, batch_items
+                out.user[batch_users],
+                behaviour_item,
+                out.modalities,
+                fused,
+                batch_users,
+                batch_items,
             )
             parts["align_anchor"] = self.anchor_align_weight * anchor
             parts["align_fused"] = self.fused_align_weight * fused_part
@@ -342,14 +367,64 @@ class SIGER(FREEDOM):
         self, users: Tensor, items: Tensor, first_hops: FirstHops | None = None
     ) -> Tensor:
         """Eq. (7): InfoNCE between two perturbed views, users plus items (from the step's
-        ``first_hops``, if given)."""
-        views = []
-        for _ in range(2):
-            user, item, semantic = self._encode(perturb=True, first_hops=first_hops)
-            views.append((user, item + self._fuse(semantic)))
-        (u1, i1), (u2, i2) = views
+        ``first_hops``, if given). Only the rows of ``users`` and ``items`` are computed
+        (:meth:`_view_rows`)."""
+        hops = self._first_hops() if first_hops is None else first_hops
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        (u1, i1), (u2, i2) = (self._view_rows(users, items, ego, hops) for _ in range(2))
         tau = self.cl_temperature
-        return info_nce(u1[users], u2[users], tau) + info_nce(i1[items], i2[items], tau)
+        return info_nce(u1, u2, tau, fused=True) + info_nce(i1, i2, tau, fused=True)
+
+    def _view_rows(
+        self, users: Tensor, items: Tensor, ego: Tensor, hops: FirstHops
+    ) -> tuple[Tensor, Tensor]:
+        """One perturbed view (6) of Eq. (4), at the rows ``users`` and ``items`` only:
+        ``(e'_u[users], e'_i[items])``, the same values and noise draws (in the same order:
+        each modality, then the user-item hops) as the full view's rows."""
+        semantic = {
+            m: self._perturbed_rows(
+                self.item_embedding.weight,
+                self.semantic_graphs[m],
+                self.ii_propagation,
+                items,
+                hops.semantic[m],
+            )
+            for m in self.modalities
+        }
+        rows = torch.cat([users, items + self.num_users])
+        ui = self._perturbed_rows(ego, self.pruning(), self.ui_propagation, rows, hops.ui)
+        user, item = ui.split([users.numel(), items.numel()])
+        return user, item + self._fuse(semantic)
+
+    def _perturbed_rows(
+        self,
+        x: Tensor,
+        adj: Tensor | FrozenSparse,
+        propagation: LightPropagation,
+        rows: Tensor,
+        first_hop: Tensor | None,
+    ) -> Tensor:
+        """``propagation(x, adj, self.perturbation, first_hop)[rows]``, exactly (issue 17):
+        every hop runs on all nodes (the next reads their neighbours), but the noise after the
+        last hop and the layer mean only on ``rows`` (:meth:`ModulusPerturbation.rows` still
+        draws the full-size noise, so the random stream is unchanged)."""
+        num_layers = propagation.num_layers
+        out, total = x, x[rows]
+        for layer in range(num_layers):
+            last = layer == num_layers - 1
+            if layer == 0 and first_hop is not None:
+                out = first_hop[rows] if last else first_hop
+            else:
+                out = propagation.hop(out, adj)[rows] if last else propagation.hop(out, adj)
+            if last:
+                out = self.perturbation.rows(out, rows, x.size(0))
+                total = total + out
+            else:
+                out = self.perturbation(out)
+                total = total + out[rows]
+        if propagation.mode == "last":
+            return total if num_layers == 0 else out
+        return total / (num_layers + 1) if propagation.mode == "mean" else total
 
     def _alignment(
         self,
@@ -360,17 +435,19 @@ class SIGER(FREEDOM):
         users: Tensor,
         items: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Eqs. (8) and (9), each summed over users and items."""
+        """Eqs. (8) and (9), each summed over users and items; ``behaviour_user``,
+        ``behaviour_item`` and ``fused`` are the rows of ``users`` and ``items``, ``semantic``
+        the full :math:`h^m`."""
         tau = self.align_temperature
         # Users' semantic representations: their items', LightGCN-normalised.
         user_semantic = [self.user_item(semantic[m])[users] for m in self.modalities]
         item_semantic = [semantic[m][items] for m in self.modalities]
-        anchor = anchor_info_nce(
-            behaviour_user[users].detach(), user_semantic, tau
-        ) + anchor_info_nce(behaviour_item[items].detach(), item_semantic, tau)
+        anchor = anchor_info_nce(behaviour_user.detach(), user_semantic, tau) + anchor_info_nce(
+            behaviour_item.detach(), item_semantic, tau
+        )
         user_fused = sum(
             self.modality_weights[m] * s for m, s in zip(self.modalities, user_semantic)
         )
-        pairs = ((behaviour_user[users], user_fused), (behaviour_item[items], fused[items]))
+        pairs = ((behaviour_user, user_fused), (behaviour_item, fused))
         fused_part = sum(symmetric_info_nce(b, h, tau) for b, h in pairs)
         return anchor, fused_part

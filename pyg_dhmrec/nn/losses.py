@@ -171,9 +171,12 @@ class _FactoredCrossEntropy(torch.autograd.Function):
         rows = max(1, CHUNK_ELEMENTS // max(1, key.size(0)))
         key_t = key.t()
         lse = query.new_empty(query.size(0), 1)
-        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        if grads:
+        # only the gradients asked for (e.g. a detached query: no P K product per block)
+        need_query, need_key = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grads = need_query or need_key
+        if need_query:
             grad_query = torch.empty_like(query)
+        if need_key:
             grad_key_t = query.new_zeros(key_t.shape)  # accumulated as Q^T P, not P^T Q
         for start in range(0, query.size(0), rows):
             rows_q = query[start : start + rows]
@@ -184,20 +187,28 @@ class _FactoredCrossEntropy(torch.autograd.Function):
             block.exp_()
             norm = block.sum(dim=-1, keepdim=True)
             lse[start : start + rows] = norm.log() + row_max if shift else norm.log()
-            if grads:  # softmax = block / norm, the division folded into the [rows, r] factors
-                # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
+            # softmax = block / norm, the division folded into the [rows, r] factors
+            if need_query:  # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
                 grad_query[start : start + rows] = (key_t @ block.t()).t().div_(norm)
+            if need_key:
                 grad_key_t.addmm_((rows_q / norm).t(), block)
         if grads:  # the one-hot part of softmax - onehot(target): a gather and a scatter
-            grad_query.sub_(key[target])
-            ctx.save_for_backward(grad_query, grad_key_t.t().index_add(0, target, query, alpha=-1))
+            ctx.save_for_backward(
+                grad_query.sub_(key[target]) if need_query else None,
+                grad_key_t.t().index_add(0, target, query, alpha=-1) if need_key else None,
+            )
         return lse.sum() - (query * key[target]).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: ANN001
         grad_query, grad_key = ctx.saved_tensors
-        return grad_query * grad, grad_key * grad, None, None
+        return (
+            None if grad_query is None else grad_query * grad,
+            None if grad_key is None else grad_key * grad,
+            None,
+            None,
+        )
 
 
 def factored_cross_entropy(
@@ -248,7 +259,11 @@ def factored_cross_entropy(
 
 
 def info_nce(
-    anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor | None = None
+    anchor: Tensor,
+    positive: Tensor,
+    temperature: float,
+    ids: Tensor | None = None,
+    fused: bool = False,
 ) -> Tensor:
     r"""InfoNCE with in-batch negatives on cosine similarity.
 
@@ -268,6 +283,12 @@ def info_nce(
     :math:`\sum_v c_v \exp(\hat{a}_u^\top \hat{p}_v / \tau)` and it counts :math:`c_u` times.
     Elsewhere (e.g. CUDA, where the matrix is cheap and ``torch.unique`` would wait for the
     device) ``ids`` is ignored.
+
+    ``fused=True`` (without ``ids``) computes the cross-entropy with
+    :func:`factored_cross_entropy` (one exponential per logit, gradients formed in the same
+    pass, no ``[B, B]`` autograd tensors; issue 17): the same value and gradients up to float
+    rounding, faster. Off by default, so that the fixed-seed runs of the models that use the
+    plain form stay bit for bit as they were (rounding can reorder near-tied rankings).
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -280,8 +301,11 @@ def info_nce(
         raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
     if ids is not None and ids.device.type == "cpu":
         return _grouped_info_nce(anchor, positive, temperature, ids)
-    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
     target = torch.arange(anchor.size(0), device=anchor.device)
+    if fused:  # 1/tau on the [B, d] side: every logit is bounded by 1/tau
+        query, key = F.normalize(anchor, dim=-1) / temperature, F.normalize(positive, dim=-1)
+        return factored_cross_entropy(query, key, target, 1.0 / temperature) / anchor.size(0)
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).t() / temperature
     return F.cross_entropy(logits, target)
 
 
@@ -310,10 +334,53 @@ def symmetric_info_nce(first: Tensor, second: Tensor, temperature: float) -> Ten
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    logits = F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).t() / temperature
+    query, key = F.normalize(first, dim=-1) / temperature, F.normalize(second, dim=-1)
+    if 1.0 / temperature < _unshifted_logit_bound(query.dtype, 2 * first.size(0)):
+        return _SymmetricCrossEntropy.apply(query, key)
+    # logits too large for unshifted exponentials: each direction shifted by logsumexp
+    logits = query @ key.t()
     target = torch.arange(first.size(0), device=first.device)
     columns = torch.logsumexp(logits, dim=0) - logits.diagonal()
     return 0.5 * (F.cross_entropy(logits, target) + columns.mean())
+
+
+def _unshifted_logit_bound(dtype: torch.dtype, count: int) -> float:
+    """The largest logit bound for which ``count`` unshifted exponentials of logits in
+    ``[-bound, bound]`` and their sum stay finite and normal, with a margin of e^8 either side
+    (:func:`factored_cross_entropy`'s rule)."""
+    finfo = torch.finfo(dtype)
+    headroom = math.log(finfo.max) - math.log(max(1, count)) - 8.0
+    return min(headroom, -math.log(finfo.tiny) - 8.0)
+
+
+class _SymmetricCrossEntropy(torch.autograd.Function):
+    r""":func:`symmetric_info_nce` from one exponentiated ``[B, B]`` logit matrix
+    :math:`E = \exp(Q K^\top)` (logits bounded, so unshifted): row sums :math:`r`, column sums
+    :math:`c`, loss :math:`\frac{1}{2B}\sum_b (\log r_b + \log c_b) - \frac1B \sum_b
+    q_b^\top k_b`. Its gradient with respect to the logits is :math:`G = E \odot (1/r_i +
+    1/c_j) / (2B) - I / B`, formed in place of :math:`E` in the forward pass; the gradients
+    :math:`G K` and :math:`G^\top Q` are kept and backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, query: Tensor, key: Tensor) -> Tensor:  # noqa: ANN001
+        n = query.size(0)
+        exp = query @ key.t()
+        diagonal = exp.diagonal().sum()
+        exp.exp_()
+        row_sum, col_sum = exp.sum(dim=1), exp.sum(dim=0)
+        loss = 0.5 * (row_sum.log().sum() + col_sum.log().sum()) / n - diagonal / n
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            half = 0.5 / n
+            exp.mul_((half / row_sum).unsqueeze(1) + (half / col_sum).unsqueeze(0))
+            exp.diagonal().sub_(1.0 / n)
+            ctx.save_for_backward(exp @ key, exp.t() @ query)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # noqa: ANN001
+        grad_query, grad_key = ctx.saved_tensors
+        return grad_query * grad, grad_key * grad
 
 
 def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> Tensor:
@@ -342,11 +409,15 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    num = anchor.size(0)
     candidates = F.normalize(torch.cat(list(views)), dim=-1)  # [M B, d], view-major
-    logits = F.normalize(anchor, dim=-1) @ candidates.t() / temperature  # [B, M B]
-    rows = torch.arange(anchor.size(0), device=anchor.device)
-    positives = rows + anchor.size(0) * torch.arange(len(views), device=anchor.device).unsqueeze(1)
-    return -torch.log_softmax(logits, dim=-1)[rows.expand_as(positives), positives].mean()
+    query = F.normalize(anchor, dim=-1) / temperature
+    rows = torch.arange(num, device=anchor.device)
+    # The mean over the M positives of (lse_b - q_b.v^m_b) is lse_b - q_b.mean_m(v^m_b): the
+    # fused cross-entropy against the first view, corrected by q_b.(v^1_b - mean_m v^m_b).
+    positive_mean = candidates.view(len(views), num, -1).mean(dim=0)
+    correction = (query * (candidates[:num] - positive_mean)).sum()
+    return (factored_cross_entropy(query, candidates, rows, 1.0 / temperature) + correction) / num
 
 
 def symmetric_bernoulli_kl(logit_p: Tensor, logit_q: Tensor) -> Tensor:

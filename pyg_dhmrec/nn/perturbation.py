@@ -38,6 +38,11 @@ def modulus_perturbation(x: Tensor, eps: float, generator: torch.Generator | Non
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return _modulus_noise(x, u, eps)
+
+
+def _modulus_noise(x: Tensor, u: Tensor, eps: float) -> Tensor:
+    """:func:`modulus_perturbation`'s noise for the uniform draw ``u`` (same shape as ``x``)."""
     return torch.sign(x.detach()).mul_(u).mul_(_row_scale(x, u, eps))
 
 
@@ -64,6 +69,15 @@ class ModulusPerturbation(torch.nn.Module):
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return x + modulus_perturbation(x, self.eps, generator)
+
+    def rows(
+        self, x: Tensor, rows: Tensor, num_rows: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The rows ``rows`` of :meth:`forward` on an ``[num_rows, d]`` table, given only those
+        rows ``x`` (``[len(rows), d]``): the full ``[num_rows, d]`` uniform draw is made, so
+        the random stream and the rows' noise are those of the full call."""
+        u = torch.rand(num_rows, x.size(1), generator=generator, device=x.device, dtype=x.dtype)
+        return x + _modulus_noise(x, u[rows], self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
