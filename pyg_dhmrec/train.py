@@ -367,6 +367,8 @@ class Trainer:
         self.early_stopping = EarlyStopping(metric, config["patience"])
         self.epoch = 0  # last finished epoch
         self.train_times: list[float] = []
+        # CPU seconds of this process per epoch: steadier than wall time on a shared machine
+        self.train_cpu_times: list[float] = []
         self.eval_times: list[float] = []
         self.elapsed_s = 0.0  # training time before this process (resumed runs)
 
@@ -507,6 +509,7 @@ class Trainer:
             "progress": {
                 "epoch": self.epoch,
                 "train_times": self.train_times,
+                "train_cpu_times": self.train_cpu_times,
                 "eval_times": self.eval_times,
                 "elapsed_s": self.elapsed_s,
             },
@@ -571,6 +574,7 @@ class Trainer:
         progress = payload["progress"]
         self.epoch = int(progress["epoch"])
         self.train_times = list(progress["train_times"])
+        self.train_cpu_times = list(progress.get("train_cpu_times", []))  # older checkpoints
         self.eval_times = list(progress["eval_times"])
         self.elapsed_s = float(progress["elapsed_s"])
         self.early_stopping.load_state_dict(payload["early_stopping"])
@@ -580,7 +584,7 @@ class Trainer:
     # ----- the loop -----
     def _train_step(self, epoch: int) -> tuple[dict[str, Any], str]:
         """Train one epoch; its history record and log line."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         try:
             losses = self.train_epoch(epoch)
         except FloatingPointError as e:
@@ -591,7 +595,13 @@ class Trainer:
             )
             raise FloatingPointError(f"{e}{kept}") from None
         self.train_times.append(time.perf_counter() - t0)
-        record: dict[str, Any] = {"epoch": epoch, "loss": losses, "train_s": self.train_times[-1]}
+        self.train_cpu_times.append(time.process_time() - cpu0)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": losses,
+            "train_s": self.train_times[-1],
+            "train_cpu_s": self.train_cpu_times[-1],
+        }
         if self.scheduler is not None:
             self.scheduler.step()  # once per epoch, after its training, as MMRec's trainer
             record["learning_rate"] = self.optimizer.param_groups[0]["lr"]
@@ -676,6 +686,10 @@ class Trainer:
             "test": test,
             "timing": {
                 "train_s_per_epoch": float(np.mean(train_times)) if train_times else 0.0,
+                # CPU seconds of the process (all its threads) per epoch, resumed runs included
+                "train_cpu_s_per_epoch": (
+                    float(np.mean(self.train_cpu_times)) if self.train_cpu_times else 0.0
+                ),
                 "eval_s": float(np.mean(eval_times)) if eval_times else test_eval_s,
                 "test_eval_s": test_eval_s,
                 "total_s": time.perf_counter() - start,

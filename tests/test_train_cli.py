@@ -73,6 +73,10 @@ def test_results_json_contents(three_epochs: dict, data_root: Path) -> None:
     assert r["test"]["recall@20"] >= r["test"]["recall@10"]
     assert {"train_s_per_epoch", "eval_s", "total_s"} <= set(r["timing"])
     assert all(r["timing"][k] >= 0 for k in ("train_s_per_epoch", "eval_s", "total_s"))
+    # CPU seconds per epoch: the mean of the epochs' own records, positive (the process trained)
+    cpu = [h["train_cpu_s"] for h in r["history"]]
+    assert all(c > 0 for c in cpu)
+    assert r["timing"]["train_cpu_s_per_epoch"] == pytest.approx(sum(cpu) / len(cpu))
     assert r["peak_rss_mb"] > 10
     assert [h["epoch"] for h in r["history"]] == [1, 2, 3]
     assert all(set(h["loss"]) == {"bpr", "reg"} for h in r["history"])
