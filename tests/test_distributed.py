@@ -112,7 +112,10 @@ def read(folder: Path) -> dict:
 
 
 def without_timings(history: list) -> list:
-    return [{k: v for k, v in h.items() if k not in ("train_s", "train_cpu_s", "eval_s")} for h in history]
+    return [
+        {k: v for k, v in h.items() if k not in ("train_s", "train_cpu_s", "eval_s")}
+        for h in history
+    ]
 
 
 # ---------------------------------------------------------------- sharded sampling
