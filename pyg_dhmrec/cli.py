@@ -344,7 +344,7 @@ def add_baseline(config: Mapping[str, Any], results: dict[str, Any]) -> dict[str
     run_or_resume(base, run)
     results = dict(results, baseline=baseline_comparison(output, Path(base["output"])))
     save_results(results, output)
-    log.info("%s (in %s)", results["baseline"]["line"], output / RESULTS)
+    log.info("comparison with baseline %s written to %s", base["model"], output / RESULTS)
     return results
 
 
