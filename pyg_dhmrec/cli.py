@@ -315,7 +315,7 @@ def check_baseline(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """The configuration of the run's baseline (None when none applies), checked before any
     training: an unknown model or a run under torchrun stops the job at once."""
     if not baseline_applies(config):
-        if config.get("baseline") is not None:
+        if config.get("baseline") is not None and distributed.is_main_process():
             log.info("baseline %s is the run's model: no comparison", config["baseline"])
         return None
     if distributed.under_torchrun():
