@@ -46,12 +46,14 @@ def fit(
     (``myshop``: ``myshop.inter`` and ``*_feat.npy``, no YAML needed) or a path to such a folder.
     The run folder (``output``; default ``runs/<model>-<dataset>-<time>``) gets ``results.json``,
     ``best.pt``, ``train.log`` and the checkpoint, exactly as from the command line; with
-    ``resume``, the run in ``output`` continues from its checkpoint.
+    ``resume``, the run in ``output`` continues from its checkpoint. With ``baseline`` set (the
+    synthetic dataset's default), that model then trains into ``<output>/baseline-<model>/`` and
+    the comparison is returned and stored under ``"baseline"``.
     """
-    from pyg_dhmrec.cli import run
+    from pyg_dhmrec.cli import run_with_baseline
 
     config = make_config(model, dataset, **keys)
-    return run(config, resume=resume)
+    return run_with_baseline(config, resume=resume)
 
 
 def build_model(name: str, data: HeteroData, **keys: Any) -> Recommender:

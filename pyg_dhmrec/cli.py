@@ -22,6 +22,8 @@ from pyg_dhmrec.config import (
     ConfigError,
     available,
     available_datasets,
+    baseline_applies,
+    baseline_config,
     key_help,
     load_config,
     load_yaml,
@@ -31,6 +33,7 @@ from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.experiment import (
     ExperimentError,
+    baseline_comparison,
     claim_run_folder,
     compare_runs,
     export_embeddings,
@@ -39,6 +42,7 @@ from pyg_dhmrec.experiment import (
     recommend,
     run_config,
     run_grid,
+    run_or_resume,
     run_seeds,
 )
 from pyg_dhmrec.loader import load_data_and_model
@@ -47,6 +51,7 @@ from pyg_dhmrec.plots import MissingExtraError
 from pyg_dhmrec.plugins import check_plugin, plugin_keys
 from pyg_dhmrec.train import (
     CHECKPOINT,
+    RESULTS,
     Trainer,
     resolve_device,
     save_results,
@@ -99,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         "or none (default: the config's plugin, null)",
     )
     parser.add_argument(
+        "--baseline",
+        help="model trained after the run on the same data, seed and protocol and compared "
+        "with it (ratios of test R@20, N@20, paired t-test), or none (default: the config's "
+        "baseline; synthetic: lightgcn)",
+    )
+    parser.add_argument(
         "--data-root",
         dest="data_root",
         help=f"{defaults['data_root']}; relative to the current folder",
@@ -146,6 +157,9 @@ def resolve_config(
     plugin = getattr(args, "plugin", None)
     if plugin is not None:
         overrides["plugin"] = None if plugin.lower() in ("none", "null") else plugin
+    baseline = getattr(args, "baseline", None)
+    if baseline is not None:
+        overrides["baseline"] = None if baseline.lower() in ("none", "null") else baseline
     if getattr(args, "quiet", False):
         overrides["progress"] = False
     config = load_config(model, dataset, overrides)
@@ -179,7 +193,8 @@ def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, A
             f"written by run.py (config.json and {CHECKPOINT})"
         )
     fixed = [
-        f"--{k}" for k in ("model", "dataset", "plugin", "data_root", "output", "grid", "seeds")
+        f"--{k}"
+        for k in ("model", "dataset", "plugin", "baseline", "data_root", "output", "grid", "seeds")
     ]
     given = [o for o in fixed if getattr(args, o[2:]) is not None] + list(extra)
     if given:
@@ -293,20 +308,85 @@ def _run_in_folder(
     return results
 
 
+BASELINE_FOLDER = "baseline-{model}"
+
+
+def check_baseline(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The configuration of the run's baseline (None when none applies), checked before any
+    training: an unknown model or a run under torchrun stops the job at once."""
+    if not baseline_applies(config):
+        if config.get("baseline") is not None and distributed.is_main_process():
+            log.info("baseline %s is the run's model: no comparison", config["baseline"])
+        return None
+    if distributed.under_torchrun():
+        raise ConfigError(
+            f"baseline: {config['baseline']} trains in one process after the run, not under "
+            "torchrun; give --baseline null (train the baseline as a torchrun job of its own, "
+            "then run.py compare RUN BASELINE_RUN)"
+        )
+    return baseline_config(config)
+
+
+def add_baseline(config: Mapping[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """Compare the finished run in ``config['output']`` with its baseline, when one applies.
+
+    The baseline (:func:`~pyg_dhmrec.config.baseline_config`) trains into
+    ``<output>/baseline-<model>/``, or is resumed or reused from there; the comparison
+    (:func:`~pyg_dhmrec.experiment.baseline_comparison`) is logged and stored under
+    ``"baseline"`` in the run's ``results.json``; ``results`` is returned with it.
+    """
+    base = check_baseline(config)
+    if base is None:
+        return results
+    output = Path(config["output"])
+    base["output"] = str(output / BASELINE_FOLDER.format(model=base["model"]))
+    log.info("baseline %s in %s", base["model"], base["output"])
+    run_or_resume(base, run)
+    results = dict(results, baseline=baseline_comparison(output, Path(base["output"])))
+    save_results(results, output)
+    log.info("comparison with baseline %s written to %s", base["model"], output / RESULTS)
+    return results
+
+
+def run_with_baseline(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """:func:`run`, then :func:`add_baseline` (a baseline runs in one process: under
+    torchrun it is refused before training starts)."""
+    if check_baseline(config) is None:
+        return run(config, resume)
+    config = dict(config, output=str(default_output(config)))
+    return add_baseline(config, run(config, resume))
+
+
 def _summary(results: Mapping[str, Any]) -> dict[str, Any]:
-    return {
+    summary = {
         "model": results["model"],
         "dataset": results["dataset"],
         "best_epoch": results["best_epoch"],
         "test": {k: round(v, 4) for k, v in results["test"].items()},
     }
+    if "baseline" in results:
+        c = results["baseline"]
+        summary["baseline"] = {
+            "model": c["model"],
+            "ratio": {k: None if v is None else round(v, 4) for k, v in c["ratio"].items()},
+            "t": round(c["paired_t_test"]["t"], 4),
+            "p": c["paired_t_test"]["p"],
+        }
+    return summary
+
+
+def _print_run(results: Mapping[str, Any]) -> None:
+    """The comparison line (when a baseline ran), then the JSON summary line."""
+    if "baseline" in results:
+        _print(results["baseline"]["line"])
+    _print(json.dumps(_summary(results)))
 
 
 def train_main(argv: Sequence[str]) -> int:
     """``run.py [--model M] [--dataset D] [--resume RUN | --grid YAML | --seeds N] ...``."""
     args, extra = build_parser().parse_known_args(argv)
     if args.resume:
-        _print(json.dumps(_summary(run(resume_config(args, extra), resume=True))))
+        _print_run(run_with_baseline(resume_config(args, extra), resume=True))
         return 0
     config = resolve_config(args, extra)
     if args.grid and args.seeds:
@@ -318,6 +398,13 @@ def train_main(argv: Sequence[str]) -> int:
         # a bare name finds the packaged grid also where configs/ is not in the current folder
         grid = shipped if not Path(args.grid).exists() and shipped.is_file() else Path(args.grid)
         axes = load_grid(grid)
+        if config["baseline"] is not None:  # a per-point test comparison invites test selection
+            log.info(
+                "--grid: no baseline (%s) for the points; compare the selected point with "
+                "run.py compare",
+                config["baseline"],
+            )
+            config["baseline"] = None
         output = default_output(config, "grid")
         summary = run_grid(config, axes, output, run, source=args.grid)
         print(summary["table"])
@@ -328,13 +415,16 @@ def train_main(argv: Sequence[str]) -> int:
         return 0
     if args.seeds is not None:
         output = default_output(config, "seeds")
-        summary = run_seeds(config, args.seeds, output, run)
+        check_baseline(config)  # a bad baseline stops the job before the first seed trains
+        summary = run_seeds(config, args.seeds, output, run, then=add_baseline)
         print(f"{config['model']} on {config['dataset']}, seeds {summary['seeds']}:")
         for key, stat in summary["test"].items():
             print(f"  test {key}: {stat['mean']:.4f} ± {stat['std']:.4f}")
+        for comparison in summary.get("baseline", []):
+            print(comparison["line"])
         print(f"written: {output / 'seeds.json'}")
         return 0
-    _print(json.dumps(_summary(run(config))))
+    _print_run(run_with_baseline(config))
     return 0
 
 

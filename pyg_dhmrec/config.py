@@ -310,6 +310,19 @@ def _plugin_layer(
     return config
 
 
+def _model_layers(
+    config: dict[str, Any], model: str, dataset: str, config_dir: Path
+) -> dict[str, Any]:
+    """Add ``configs/models/<model>.yaml`` (and its ``per_dataset`` entry) to ``config``."""
+    model_path = config_dir / "models" / f"{model}.yaml"
+    model_layer, per_dataset = _file_with_per_dataset(model_path)
+    # Model files may define new (model-specific) keys; they become part of the schema.
+    config = merge(config, model_layer, str(model_path), allow_new=True)
+    if dataset in per_dataset:
+        config = merge(config, per_dataset[dataset], f"{model_path} (per_dataset.{dataset})")
+    return config
+
+
 def load_config(
     model: str,
     dataset: str | None,
@@ -347,13 +360,7 @@ def load_config(
     if dataset_source.startswith("folder") and "modalities" in overrides:
         log.info("dataset '%s': modalities as given, %s", dataset, overrides["modalities"])
 
-    model_path = config_dir / "models" / f"{model}.yaml"
-    model_layer, per_dataset = _file_with_per_dataset(model_path)
-    # Model files may define new (model-specific) keys; they become part of the schema.
-    config = merge(config, model_layer, str(model_path), allow_new=True)
-    if dataset in per_dataset:
-        config = merge(config, per_dataset[dataset], f"{model_path} (per_dataset.{dataset})")
-
+    config = _model_layers(config, model, dataset, config_dir)
     plugin = overrides.get("plugin", config.get("plugin"))
     if plugin is not None:
         config = _plugin_layer(config, plugin, dataset, config_dir)
@@ -372,6 +379,11 @@ MAX_EMBEDDING_DIM = 4096
 # key -> (smallest, largest) allowed integer; None: no bound.
 #: General keys a model's YAML may set to its published value (documented in overall.yaml).
 MODEL_FILE_TRAINER_KEYS = frozenset({"learning_rate", "learning_rate_scheduler", "weight_decay"})
+#: General keys a ``baseline`` run does not take from the run it is compared with: its own
+#: optimiser settings (published per model) and plug-in, its folder, and no baseline of its own.
+BASELINE_OWN_KEYS = MODEL_FILE_TRAINER_KEYS | {"plugin", "output", "baseline"}
+#: Test metrics whose ratio a baseline comparison reports (its t-test: per-user recall@20).
+BASELINE_METRICS = ("recall@20", "ndcg@20")
 
 _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "seed": (0, 2**32 - 1),  # numpy's seed range
@@ -439,6 +451,26 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         raise bad("compile", "true or false")
     if "matmul_precision" in config and config["matmul_precision"] not in MATMUL_PRECISIONS:
         raise bad("matmul_precision", f"one of {', '.join(MATMUL_PRECISIONS)}")
+    baseline = config.get("baseline")
+    if baseline is not None:
+        models = available("models")
+        if not isinstance(baseline, str) or baseline not in models:
+            raise bad("baseline", f"null or a registered model: one of {', '.join(models)}")
+        if "model" in config and baseline_applies(config):
+            missing = [
+                m
+                for m in BASELINE_METRICS
+                if m.split("@")[0] not in (config.get("metrics") or [])
+                or int(m.split("@")[1]) not in (config.get("topk") or [])
+            ]
+            if missing:
+                where = f"{source}: " if source else ""
+                raise ConfigError(
+                    f"{where}key 'baseline' ({baseline}) compares test "
+                    f"{' and '.join(BASELINE_METRICS)}, which the run does not measure "
+                    f"({', '.join(missing)} missing): topk needs 20 and metrics recall and "
+                    "ndcg, or set baseline null (--baseline null)"
+                )
     modalities = config.get("modalities")
     if isinstance(modalities, dict) and not all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in modalities.items()
@@ -456,6 +488,35 @@ def check_config_for_data(config: Mapping[str, Any], num_items: int) -> None:
                 f"key '{key}' must be in [1, {num_items - 1}] (neighbours among the dataset's "
                 f"{num_items} items), got {value}"
             )
+
+
+def baseline_applies(config: Mapping[str, Any]) -> bool:
+    """Whether ``config['baseline']`` names a model to compare with: set, and not the run's
+    own model (a run with a plug-in is compared with its model alone)."""
+    baseline = config.get("baseline")
+    if baseline is None:
+        return False
+    return baseline != config["model"] or config.get("plugin") is not None
+
+
+def baseline_config(config: Mapping[str, Any], config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """The configuration of the run's ``baseline`` model on the run's data, seed and protocol.
+
+    overall.yaml < the run's general keys (``BASELINE_OWN_KEYS`` aside) < the baseline's YAML
+    (and its ``per_dataset`` entry for the run's dataset) < the run's general keys again: the
+    protocol is the run's, the optimiser settings are the baseline's own, the run's model keys
+    never reach it. A function of the run's stored configuration alone, so ``--resume`` gets
+    the same baseline.
+    """
+    overall = load_yaml(config_dir / "overall.yaml")
+    shared = {k: config[k] for k in overall if k not in BASELINE_OWN_KEYS and k in config}
+    source = f"key 'baseline' ({config['baseline']})"
+    out = merge(overall, shared, source)
+    out = _model_layers(out, config["baseline"], config["dataset"], config_dir)
+    out = merge(out, shared, source)  # the run's protocol over the baseline's per_dataset entry
+    out["model"], out["dataset"] = config["baseline"], config["dataset"]
+    validate_config(out, source)
+    return out
 
 
 def overall_defaults(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:

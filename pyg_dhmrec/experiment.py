@@ -20,7 +20,14 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
-from pyg_dhmrec.config import ConfigError, load_config, load_yaml, merge, validate_config
+from pyg_dhmrec.config import (
+    BASELINE_METRICS,
+    ConfigError,
+    load_config,
+    load_yaml,
+    merge,
+    validate_config,
+)
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.loader import load_data_and_model
 from pyg_dhmrec.models import Recommender
@@ -194,11 +201,17 @@ def run_grid(
 
 
 def run_seeds(
-    config: Mapping[str, Any], num_seeds: int, output: Path, runner: Runner
+    config: Mapping[str, Any],
+    num_seeds: int,
+    output: Path,
+    runner: Runner,
+    then: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run seeds ``seed .. seed + num_seeds - 1`` into ``output/seed=<s>``; mean ± std of test.
 
-    The standard deviation is the sample one (ddof 1; 0 for a single seed).
+    The standard deviation is the sample one (ddof 1; 0 for a single seed). ``then(config,
+    results)``, when given, follows each seed's run, finished earlier or not, and returns its
+    results (the command line's baseline comparison; their list is ``"baseline"``).
     """
     if num_seeds < 1:
         raise ConfigError(f"--seeds expects a positive number of seeds, got {num_seeds}")
@@ -207,7 +220,8 @@ def run_seeds(
     results = []
     for seed in seeds:
         cfg = dict(config, seed=seed, output=str(output / f"seed={seed}"))
-        results.append(run_or_resume(cfg, runner))
+        result = run_or_resume(cfg, runner)
+        results.append(then(cfg, result) if then else result)
     test: dict[str, dict[str, Any]] = {}
     for key in results[0]["test"]:
         values = np.array([r["test"][key] for r in results], dtype=np.float64)
@@ -224,6 +238,8 @@ def run_seeds(
         "best_epochs": [r["best_epoch"] for r in results],
         "test": test,
     }
+    if all("baseline" in r for r in results):
+        summary["baseline"] = [r["baseline"] for r in results]
     write_json(output / "seeds.json", summary)
     return summary
 
@@ -475,6 +491,36 @@ def load_per_user(folder: Path) -> dict[str, Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
         raise ExperimentError(f"{path}: not readable ({e})") from None
+
+
+def baseline_comparison(folder: Path, baseline: Path) -> dict[str, Any]:
+    """The finished run in ``folder`` against its finished ``baseline`` run: ratios of their
+    test ``BASELINE_METRICS`` (None where the baseline's is 0) and :func:`compare_runs`'s
+    paired t-test of per-user test recall@20, with the one-line summary ``line``."""
+    run, base = read_results(folder), read_results(baseline)
+    ratio = {
+        m: run["test"][m] / base["test"][m] if base["test"][m] > 0 else None
+        for m in BASELINE_METRICS
+    }
+    paired = compare_runs(folder, baseline, SELECT_METRIC)
+    parts = [
+        f"{m[0].upper()}@{m.split('@')[1]} {run['test'][m]:.4f} vs {base['test'][m]:.4f} "
+        + (f"({ratio[m]:.2f}x)" if ratio[m] is not None else "(ratio undefined)")
+        for m in BASELINE_METRICS
+    ]
+    line = (
+        f"{run['model']} vs {base['model']} (seed {run['config']['seed']}): "
+        + ", ".join(parts)
+        + f", paired t-test of per-user R@20: t = {paired['t']:.2f}, p = {paired['p']:.2g}"
+    )
+    return {
+        "model": base["model"],
+        "folder": str(baseline),
+        "test": base["test"],
+        "ratio": ratio,
+        "paired_t_test": paired,
+        "line": line,
+    }
 
 
 def compare_runs(a: Path, b: Path, metric: str = "recall@20") -> dict[str, Any]:

@@ -158,7 +158,10 @@ def test_eval_step(data_root: Path, tmp_path: Path) -> None:
         (["--model", "nope"], ["unknown model 'nope'; available: ", "bpr", "lightgcn"]),
         (["--dataset", "nope"], ["unknown dataset 'nope'; available: ", "baby", "synthetic"]),
         (["--epoch", "3"], ["unknown key 'epoch'", "Did you mean: epochs?"]),
-        (["--frobnicate", "1"], ["unknown key 'frobnicate'", "Known keys: amazon, batch_size"]),
+        (
+            ["--frobnicate", "1"],
+            ["unknown key 'frobnicate'", "Known keys: amazon, baseline, batch_size"],
+        ),
         (["--epochs", "abc"], ["key 'epochs' expects int"]),
         (["--early_stop_metric", "recall@5"], ["choose one of recall@10, recall@20"]),
     ],
