@@ -11,6 +11,10 @@ from torch import Tensor
 #: :math:`e^{\pm 40}` and a sum of millions of them stay finite and normal in float32.
 _UNSHIFTED_MAX_LOGIT = 40.0
 
+#: Anchors per block of :func:`neighbour_contrastive_loss`'s symmetric computation: small
+#: blocks make the computed triangle close to half the matrix, large ones keep products fast.
+_SYMMETRIC_BLOCK_ROWS = 256
+
 
 class _ChunkedInfoNCE(torch.autograd.Function):
     """Sum over anchors of ``logsumexp(row) - positive logit`` over the keys
@@ -185,6 +189,76 @@ class _NeighbourContrast(torch.autograd.Function):
         return grad_unit, None, None, None, None, None
 
 
+class _SymmetricNeighbourContrast(torch.autograd.Function):
+    r""":class:`_NeighbourContrast` for cosine logits small enough to exponentiate unshifted
+    (:math:`1/\tau \le` ``_UNSHIFTED_MAX_LOGIT``), using the symmetry :math:`E = E^\top` of
+    :math:`E_{ab} = e^{s_{ab}/\tau}` (:math:`a \ne b`): only the blocks on and right of the
+    diagonal, ``[chunk, P - start]`` per chunk of anchors, are computed (half the logits and
+    exponents); their row and column sums give every denominator :math:`D`, the positives'
+    :math:`E_{ab}` are read from them, and the gradient of the dense part,
+    :math:`\sum_b E_{kb} u_b (1/D_k + 1/D_b)`, is one product of each block with
+    :math:`[U, U/D]` in each direction. The blocks are kept between the two passes when
+    ``store`` (about :math:`P^2/2` floats), else recomputed (memory one block). The gradient is
+    computed in forward when wanted; only the ``[P, d]`` gradient is kept for backward."""
+
+    @staticmethod
+    def forward(ctx, unit, rows, cols, weight, temperature, chunk_size, store, want_grad):  # noqa: ANN001, ANN205
+        num = unit.size(0)
+        starts = list(range(0, num, chunk_size))
+        sizes = [(min(s + chunk_size, num) - s) * (num - s) for s in starts]
+        flat = unit.new_empty(sum(sizes) if store else max(sizes))
+        offsets = [sum(sizes[:k]) if store else 0 for k in range(len(starts))]
+
+        def block(k: int) -> Tensor:  # exp(s_ab / tau) of anchors start:end, keys start:P
+            start = starts[k]
+            end = min(start + chunk_size, num)
+            out = flat[offsets[k] : offsets[k] + sizes[k]].view(end - start, num - start)
+            torch.mm(unit[start:end], unit[start:].t(), out=out).div_(temperature).exp_()
+            local = torch.arange(end - start, device=unit.device)
+            out[local, local] = 0.0  # the anchor's own term: the constant exp(0) below
+            return out
+
+        # positive pair (a, b), a != b, is read at (min, max) in the block of min's chunk
+        off_diagonal = rows != cols
+        low, high = torch.minimum(rows, cols), torch.maximum(rows, cols)
+        chunk_of = torch.div(low, chunk_size, rounding_mode="floor")
+        pair_exp = torch.ones_like(weight)  # exp(s_aa / tau) = 1
+        denominator = unit.new_ones(num)  # the anchor's own term
+        blocks = []
+        for k, start in enumerate(starts):
+            exp = block(k)
+            end = start + exp.size(0)
+            denominator[start:end] += exp.sum(1)
+            denominator[end:] += exp[:, end - start :].sum(0)
+            picked = (off_diagonal & (chunk_of == k)).nonzero().squeeze(1)
+            pair_exp[picked] = exp[low[picked] - start, high[picked] - start]
+            blocks.append(exp if store else None)
+        weighted = weight * pair_exp
+        numerator = unit.new_zeros(num).index_add_(0, rows, weighted)
+        total = (denominator.log() - numerator.log()).sum()
+        if want_grad:
+            keys = torch.cat([unit, unit / denominator.unsqueeze(1)], dim=1)  # [U, U / D]
+            acc = torch.zeros_like(keys)
+            for k, start in enumerate(starts):
+                exp = blocks[k] if store else block(k)
+                end = start + exp.size(0)
+                acc[start:end].addmm_(exp, keys[start:])
+                acc[end:].addmm_(exp[:, end - start :].t(), keys[start:end])
+            d = unit.size(1)
+            grad_unit = acc[:, :d] / denominator.unsqueeze(1) + acc[:, d:]
+            # the positives: -q_ab (u_b to a, u_a to b), q_ab = w_ab E_ab / N_a, a != b
+            share = torch.where(off_diagonal, weighted / numerator[rows], 0.0).unsqueeze(1)
+            grad_unit.index_add_(0, rows, share * unit[cols], alpha=-1.0)
+            grad_unit.index_add_(0, cols, share * unit[rows], alpha=-1.0)
+            ctx.save_for_backward(grad_unit.div_(num * temperature))
+        return total / num
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (grad_unit,) = ctx.saved_tensors
+        return grad * grad_unit, None, None, None, None, None, None, None
+
+
 def neighbour_contrastive_loss(
     x: Tensor, weight: Tensor, temperature: float, chunk_size: int = 2048
 ) -> Tensor:
@@ -236,6 +310,20 @@ def neighbour_contrastive_loss(
     if torch.unique(rows).numel() != x.size(0):
         raise ValueError("weight needs a positive entry in every row (a positive per anchor)")
     unit = F.normalize(x, dim=-1)
-    return _NeighbourContrast.apply(
-        unit, rows, cols, values.to(unit.dtype).log(), float(temperature), chunk_size
+    if 1.0 / temperature > _UNSHIFTED_MAX_LOGIT:  # exp needs a per-row shift: no symmetry
+        return _NeighbourContrast.apply(
+            unit, rows, cols, values.to(unit.dtype).log(), float(temperature), chunk_size
+        )
+    num, block_rows = x.size(0), min(chunk_size, _SYMMETRIC_BLOCK_ROWS)
+    triangle = sum((min(s + block_rows, num) - s) * (num - s) for s in range(0, num, block_rows))
+    want_grad = torch.is_grad_enabled() and unit.requires_grad
+    return _SymmetricNeighbourContrast.apply(
+        unit,
+        rows,
+        cols,
+        values.to(unit.dtype),
+        float(temperature),
+        block_rows,
+        triangle <= 2 * chunk_size * num,  # keep the blocks if no larger than two chunks
+        want_grad,
     )
