@@ -19,11 +19,11 @@ _SYMMETRIC_BLOCK_ROWS = 128
 class _ChunkedInfoNCE(torch.autograd.Function):
     """Sum over anchors of ``logsumexp(row) - positive logit`` over the keys
     ``[positive; anchor]`` (``positive`` alone without in-view negatives), in one pass of
-    chunks: each chunk's ``[chunk, K]`` exponentiated logits give its log-denominators and,
-    when a gradient is wanted, at once the analytic gradient ``softmax(row) - onehot(positive)``
+    chunks: each chunk's ``[K, chunk]`` exponentiated logits (keys-major) give its
+    log-denominators and, when a gradient is wanted, at once the analytic gradient ``softmax(row) - onehot(positive)``
     of every anchor and key (the softmax's division is applied to the ``[chunk, d]`` factors,
     not to the block). Only the two ``[N, d]`` gradients are kept for backward, which scales
-    them: the logits are computed once per call, and one ``[chunk, K]`` buffer serves every
+    them: the logits are computed once per call, and one ``[K, chunk]`` buffer serves every
     chunk."""
 
     @staticmethod
@@ -97,7 +97,7 @@ def chunked_info_nce(
     sum (then it is :func:`~pyg_dhmrec.nn.losses.info_nce` over all rows).
 
     Anchors are processed ``chunk_size`` rows at a time by one autograd function: one
-    ``[chunk, 2N]`` block of logits at a time (one product with the keys
+    ``[2N, chunk]`` block of logits at a time (one product with the keys
     :math:`[p; a]`), from which the anchor's log-denominator and, when a gradient is wanted,
     the analytic gradient (softmax of the row minus the positive's one-hot) are taken at once;
     only the ``[N, d]`` gradients are kept for the backward pass. Peak memory is
