@@ -20,11 +20,11 @@ class _ChunkedInfoNCE(torch.autograd.Function):
     """Sum over anchors of ``logsumexp(row) - positive logit`` over the keys
     ``[positive; anchor]`` (``positive`` alone without in-view negatives), in one pass of
     chunks: each chunk's ``[K, chunk]`` exponentiated logits (keys-major) give its
-    log-denominators and, when a gradient is wanted, at once the analytic gradient ``softmax(row) - onehot(positive)``
-    of every anchor and key (the softmax's division is applied to the ``[chunk, d]`` factors,
-    not to the block). Only the two ``[N, d]`` gradients are kept for backward, which scales
-    them: the logits are computed once per call, and one ``[K, chunk]`` buffer serves every
-    chunk."""
+    log-denominators and, when a gradient is wanted, at once the analytic gradient
+    ``softmax(row) - onehot(positive)`` of every anchor and key (the softmax's division is
+    applied to the ``[chunk, d]`` factors, not to the block). Only the two ``[N, d]``
+    gradients are kept for backward, which scales them: the logits are computed once per call,
+    and one ``[K, chunk]`` buffer serves every chunk."""
 
     @staticmethod
     def forward(ctx, anchor, positive, temperature, intra, chunk_size, want_grad):  # noqa: ANN001, ANN205
