@@ -249,6 +249,7 @@ class _SymmetricNeighbourContrast(torch.autograd.Function):
                 end = start + exp.size(0)
                 acc[start:end].addmm_(exp, keys[start:])
                 acc[end:].addmm_(exp[:, end - start :].t(), keys[start:end])
+            del blocks, flat, exp  # freed before the positives' [pairs, d] terms
             d = unit.size(1)
             grad_unit = acc[:, :d] / denominator.unsqueeze(1) + acc[:, d:]
             # the positives: -q_ab (u_b to a, u_a to b), q_ab = w_ab E_ab / N_a, a != b
