@@ -30,6 +30,7 @@ from pyg_dhmrec.data.transforms import (
 )
 from pyg_dhmrec.models import TMLP
 from pyg_dhmrec.nn import neighbour_contrastive_loss
+from pyg_dhmrec.nn.chunked_contrastive import _NeighbourContrast
 
 #: The hand-built toy: node -> its neighbourhood (itself included), N = 6.
 TOY = {
@@ -279,6 +280,46 @@ def test_chunked_neighbour_contrast_equals_the_dense_formula(chunk_size: int) ->
         got.backward()
         torch.testing.assert_close(got, expected)
         torch.testing.assert_close(chunked_x.grad, dense_x.grad)
+
+
+@pytest.mark.parametrize("chunk_size", [3, 64, 300])
+def test_symmetric_neighbour_contrast_equals_the_row_chunked_one(chunk_size: int) -> None:
+    # blocks of at most 128 rows, recomputed (3, 64) or kept (300); float64 to compare tightly
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(300, 7, generator=g, dtype=torch.float64)
+    x[17] = x[250]  # a repeated item
+    weight = torch.rand(300, 300, generator=g, dtype=torch.float64)
+    weight = weight * (torch.rand(300, 300, generator=g) < 0.03) + torch.eye(300) * 0.3
+    weight[4] = 0.0
+    weight[4, 4] = 1.0  # a row whose only positive is its own position
+    (rows, cols), values = weight.to_sparse().indices(), weight.to_sparse().values()
+    for tau in (1.0, 0.1):
+        reference_x = x.clone().requires_grad_()
+        unit = F.normalize(reference_x, dim=-1)
+        expected = _NeighbourContrast.apply(unit, rows, cols, values.log(), tau, chunk_size)
+        expected.backward()
+        got_x = x.clone().requires_grad_()
+        got = neighbour_contrastive_loss(got_x, weight.to_sparse(), tau, chunk_size)
+        got.backward()
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
+        torch.testing.assert_close(got_x.grad, reference_x.grad, rtol=1e-9, atol=1e-15)
+        with torch.no_grad():  # no gradient wanted: the same value
+            torch.testing.assert_close(neighbour_contrastive_loss(x, weight, tau, chunk_size), got)
+
+
+def test_neighbour_contrast_with_a_small_temperature_equals_the_dense_formula() -> None:
+    # 1 / tau = 50: past the unshifted exponent's range, the row-shifted computation serves
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    weight = (torch.rand(9, 9, generator=g, dtype=torch.float64) < 0.3) + torch.eye(9)
+    dense_x, got_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = _dense_neighbour_contrast(dense_x, weight.to(x.dtype), 0.02)
+    expected.backward()
+    got = neighbour_contrastive_loss(got_x, weight.to(x.dtype), 0.02, chunk_size=4)
+    got.backward()
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_x.grad, dense_x.grad)
 
 
 def test_neighbour_contrastive_loss_checks_its_inputs() -> None:

@@ -156,7 +156,8 @@ class TMLP(Recommender):
     :math:`e_u^\top` of a block is that modality's share of the score.
 
     **Cost per step**: the MLPs over all items (as the reference) and the contrastive loss over
-    the :math:`2B` positions, chunked with an analytic backward (no ``P x P`` autograd graph).
+    the :math:`2B` positions, with an analytic gradient taken in one pass over half the
+    symmetric ``P x P`` similarities (no ``P x P`` autograd graph).
 
     Args:
         data: graph with train edges and at least one item modality (any number).

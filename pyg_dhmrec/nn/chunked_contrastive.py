@@ -11,16 +11,20 @@ from torch import Tensor
 #: :math:`e^{\pm 40}` and a sum of millions of them stay finite and normal in float32.
 _UNSHIFTED_MAX_LOGIT = 40.0
 
+#: Anchors per block of :func:`neighbour_contrastive_loss`'s symmetric computation: small
+#: blocks make the computed triangle close to half the matrix, large ones keep products fast.
+_SYMMETRIC_BLOCK_ROWS = 128
+
 
 class _ChunkedInfoNCE(torch.autograd.Function):
     """Sum over anchors of ``logsumexp(row) - positive logit`` over the keys
     ``[positive; anchor]`` (``positive`` alone without in-view negatives), in one pass of
-    chunks: each chunk's ``[chunk, K]`` exponentiated logits give its log-denominators and,
-    when a gradient is wanted, at once the analytic gradient ``softmax(row) - onehot(positive)``
-    of every anchor and key (the softmax's division is applied to the ``[chunk, d]`` factors,
-    not to the block). Only the two ``[N, d]`` gradients are kept for backward, which scales
-    them: the logits are computed once per call, and one ``[chunk, K]`` buffer serves every
-    chunk."""
+    chunks: each chunk's ``[K, chunk]`` exponentiated logits (keys-major) give its
+    log-denominators and, when a gradient is wanted, at once the analytic gradient
+    ``softmax(row) - onehot(positive)`` of every anchor and key (the softmax's division is
+    applied to the ``[chunk, d]`` factors, not to the block). Only the two ``[N, d]``
+    gradients are kept for backward, which scales them: the logits are computed once per call,
+    and one ``[K, chunk]`` buffer serves every chunk."""
 
     @staticmethod
     def forward(ctx, anchor, positive, temperature, intra, chunk_size, want_grad):  # noqa: ANN001, ANN205
@@ -32,27 +36,32 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         # moderate 1/tau; otherwise each row is shifted by its max, as logsumexp does.
         shift = 1.0 / temperature > _UNSHIFTED_MAX_LOGIT
         total = anchor.new_zeros(())
-        buffer = anchor.new_empty(min(chunk_size, num), keys.size(0))
+        # the block is kept keys-major, [K, chunk]: BLAS writes it about twice as fast as
+        # [chunk, K] (measured with MKL at d = 64)
+        buffer = anchor.new_empty(min(chunk_size, num) * keys.size(0))
+        ones = keys.new_ones(keys.size(0))
         for start in range(0, num, chunk_size):
             end = min(start + chunk_size, num)
             rows = anchor[start:end] / temperature
-            logits = torch.mm(rows, keys.t(), out=buffer[: end - start])
+            block = buffer[: keys.size(0) * (end - start)].view(keys.size(0), end - start)
+            logits = torch.mm(keys, rows.t(), out=block)  # [K, chunk]
             local = torch.arange(end - start, device=anchor.device)
             if intra:  # an anchor is not its own negative: exp(-inf) = 0
-                logits[local, local + start + num] = float("-inf")
-            positive_logit = logits[local, local + start].clone()
+                logits[local + start + num, local] = float("-inf")
+            positive_logit = logits[local + start, local].clone()
             if shift:
-                top = logits.amax(dim=1, keepdim=True)
+                top = logits.amax(dim=0, keepdim=True)
                 logits.sub_(top)
-            exp = logits.exp_()  # in place: the buffer now holds the row's exponents
-            denominator = exp.sum(dim=1, keepdim=True)
-            lse = denominator.log().squeeze(1)
+            exp = logits.exp_()  # in place: the buffer now holds the exponents
+            denominator = (ones @ exp).unsqueeze(0)  # [1, chunk]; a column sum, as a GEMV
+            lse = denominator.log().squeeze(0)
             if shift:
-                lse = lse + top.squeeze(1)
+                lse = lse + top.squeeze(0)
             total = total + (lse - positive_logit).sum()
             if want_grad:  # (softmax - onehot) @ keys and its transpose @ rows
-                grad_rows[start:end] = (exp @ keys).div_(denominator) - keys[start:end]
-                grad_keys.addmm_(exp.t(), rows / denominator)
+                scale = denominator.t()
+                grad_rows[start:end] = (exp.t() @ keys).div_(scale) - keys[start:end]
+                grad_keys.addmm_(exp, rows / scale)
                 grad_keys[start:end] -= rows
         if want_grad:
             grad_anchor = grad_rows.div_(temperature)
@@ -88,7 +97,7 @@ def chunked_info_nce(
     sum (then it is :func:`~pyg_dhmrec.nn.losses.info_nce` over all rows).
 
     Anchors are processed ``chunk_size`` rows at a time by one autograd function: one
-    ``[chunk, 2N]`` block of logits at a time (one product with the keys
+    ``[2N, chunk]`` block of logits at a time (one product with the keys
     :math:`[p; a]`), from which the anchor's log-denominator and, when a gradient is wanted,
     the analytic gradient (softmax of the row minus the positive's one-hot) are taken at once;
     only the ``[N, d]`` gradients are kept for the backward pass. Peak memory is
@@ -185,6 +194,77 @@ class _NeighbourContrast(torch.autograd.Function):
         return grad_unit, None, None, None, None, None
 
 
+class _SymmetricNeighbourContrast(torch.autograd.Function):
+    r""":class:`_NeighbourContrast` for cosine logits small enough to exponentiate unshifted
+    (:math:`1/\tau \le` ``_UNSHIFTED_MAX_LOGIT``), using the symmetry :math:`E = E^\top` of
+    :math:`E_{ab} = e^{s_{ab}/\tau}` (:math:`a \ne b`): only the blocks on and right of the
+    diagonal, ``[chunk, P - start]`` per chunk of anchors, are computed (half the logits and
+    exponents); their row and column sums give every denominator :math:`D`, the positives'
+    :math:`E_{ab}` are read from them, and the gradient of the dense part,
+    :math:`\sum_b E_{kb} u_b (1/D_k + 1/D_b)`, is one product of each block with
+    :math:`[U, U/D]` in each direction. The blocks are kept between the two passes when
+    ``store`` (about :math:`P^2/2` floats), else recomputed (memory one block). The gradient is
+    computed in forward when wanted; only the ``[P, d]`` gradient is kept for backward."""
+
+    @staticmethod
+    def forward(ctx, unit, rows, cols, weight, temperature, chunk_size, store, want_grad):  # noqa: ANN001, ANN205
+        num = unit.size(0)
+        starts = list(range(0, num, chunk_size))
+        sizes = [(min(s + chunk_size, num) - s) * (num - s) for s in starts]
+        flat = unit.new_empty(sum(sizes) if store else max(sizes))
+        offsets = [sum(sizes[:k]) if store else 0 for k in range(len(starts))]
+
+        def block(k: int) -> Tensor:  # exp(s_ab / tau) of anchors start:end, keys start:P
+            start = starts[k]
+            end = min(start + chunk_size, num)
+            out = flat[offsets[k] : offsets[k] + sizes[k]].view(end - start, num - start)
+            torch.mm(unit[start:end], unit[start:].t(), out=out).div_(temperature).exp_()
+            local = torch.arange(end - start, device=unit.device)
+            out[local, local] = 0.0  # the anchor's own term: the constant exp(0) below
+            return out
+
+        # positive pair (a, b), a != b, is read at (min, max) in the block of min's chunk
+        off_diagonal = rows != cols
+        low, high = torch.minimum(rows, cols), torch.maximum(rows, cols)
+        chunk_of = torch.div(low, chunk_size, rounding_mode="floor")
+        pair_exp = torch.ones_like(weight)  # exp(s_aa / tau) = 1
+        denominator = unit.new_ones(num)  # the anchor's own term
+        blocks = []
+        for k, start in enumerate(starts):
+            exp = block(k)
+            end = start + exp.size(0)
+            denominator[start:end] += exp.sum(1)
+            denominator[end:] += exp[:, end - start :].sum(0)
+            picked = (off_diagonal & (chunk_of == k)).nonzero().squeeze(1)
+            pair_exp[picked] = exp[low[picked] - start, high[picked] - start]
+            blocks.append(exp if store else None)
+        weighted = weight * pair_exp
+        numerator = unit.new_zeros(num).index_add_(0, rows, weighted)
+        total = (denominator.log() - numerator.log()).sum()
+        if want_grad:
+            keys = torch.cat([unit, unit / denominator.unsqueeze(1)], dim=1)  # [U, U / D]
+            acc = torch.zeros_like(keys)
+            for k, start in enumerate(starts):
+                exp = blocks[k] if store else block(k)
+                end = start + exp.size(0)
+                acc[start:end].addmm_(exp, keys[start:])
+                acc[end:].addmm_(exp[:, end - start :].t(), keys[start:end])
+            del blocks, flat, exp  # freed before the positives' [pairs, d] terms
+            d = unit.size(1)
+            grad_unit = acc[:, :d] / denominator.unsqueeze(1) + acc[:, d:]
+            # the positives: -q_ab (u_b to a, u_a to b), q_ab = w_ab E_ab / N_a, a != b
+            share = torch.where(off_diagonal, weighted / numerator[rows], 0.0).unsqueeze(1)
+            grad_unit.index_add_(0, rows, share * unit[cols], alpha=-1.0)
+            grad_unit.index_add_(0, cols, share * unit[rows], alpha=-1.0)
+            ctx.save_for_backward(grad_unit.div_(num * temperature))
+        return total / num
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (grad_unit,) = ctx.saved_tensors
+        return grad * grad_unit, None, None, None, None, None, None, None
+
+
 def neighbour_contrastive_loss(
     x: Tensor, weight: Tensor, temperature: float, chunk_size: int = 2048
 ) -> Tensor:
@@ -203,17 +283,23 @@ def neighbour_contrastive_loss(
     similarity matrix rather than drop it.
 
     ``weight`` is a dense ``[P, P]`` tensor or a sparse COO one (only its non-zero entries
-    are read). Anchors are processed ``chunk_size`` rows at a time by one autograd function
-    (as :func:`chunked_info_nce`): peak memory :math:`O(\text{chunk\_size} \cdot P)` plus the
-    positive pairs, with the value and gradient of the dense formula. Computed with
-    ``logsumexp``, so no term overflows.
+    are read). One autograd function computes the value and the analytic gradient with the
+    value and gradient of the dense formula (sums reassociated only). For
+    :math:`1/\tau \le 40` the symmetry of :math:`s` is used: only the blocks of 128 anchors on
+    and right of the diagonal are computed (half the logits and exponents, each once), the
+    gradient is taken from them at once and they are kept if that needs no more memory than two
+    ``[chunk_size, P]`` blocks, else recomputed; about 2x faster than computing every row. For
+    a larger :math:`1/\tau` (where ``exp`` needs a per-row shift) anchors are processed
+    ``chunk_size`` rows at a time with ``logsumexp`` and the logits recomputed in backward.
+    Either way peak memory is :math:`O(\text{chunk\_size} \cdot P)` plus the positive pairs
+    and no term overflows.
 
     Args:
         x: ``[P, d]`` representations.
         weight: ``[P, P]`` non-negative positive weights :math:`w_{ab}`, every row with a
             positive entry.
         temperature: :math:`\tau > 0`.
-        chunk_size: anchors per chunk (memory only).
+        chunk_size: bounds the memory (see above).
     """
     if x.dim() != 2 or weight.shape != (x.size(0), x.size(0)):
         raise ValueError(
@@ -236,6 +322,20 @@ def neighbour_contrastive_loss(
     if torch.unique(rows).numel() != x.size(0):
         raise ValueError("weight needs a positive entry in every row (a positive per anchor)")
     unit = F.normalize(x, dim=-1)
-    return _NeighbourContrast.apply(
-        unit, rows, cols, values.to(unit.dtype).log(), float(temperature), chunk_size
+    if 1.0 / temperature > _UNSHIFTED_MAX_LOGIT:  # exp needs a per-row shift: no symmetry
+        return _NeighbourContrast.apply(
+            unit, rows, cols, values.to(unit.dtype).log(), float(temperature), chunk_size
+        )
+    num, block_rows = x.size(0), min(chunk_size, _SYMMETRIC_BLOCK_ROWS)
+    triangle = sum((min(s + block_rows, num) - s) * (num - s) for s in range(0, num, block_rows))
+    want_grad = torch.is_grad_enabled() and unit.requires_grad
+    return _SymmetricNeighbourContrast.apply(
+        unit,
+        rows,
+        cols,
+        values.to(unit.dtype),
+        float(temperature),
+        block_rows,
+        triangle <= 2 * chunk_size * num,  # keep the blocks if no larger than two chunks
+        want_grad,
     )
