@@ -369,7 +369,10 @@ def info_nce_all_negatives(
 
     with :math:`\hat{x} = x / \lVert x \rVert_2`, ``anchor`` and ``positive`` two ``[N, d]``
     views of the same ``N`` nodes and ``index`` the ``B`` anchor rows (repeats count again).
-    Memory :math:`O(B N)`: one ``[B, N]`` logit block.
+    Computed by :func:`factored_cross_entropy` with the temperature folded into the ``[B, d]``
+    queries and the bound :math:`1/\tau` of cosine logits: blocks of rows, each exponentiated
+    once, with the gradients formed in the same pass, so no ``[B, N]`` tensor is built (the
+    value and gradient of ``F.cross_entropy`` of the dense logits).
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -378,6 +381,6 @@ def info_nce_all_negatives(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = F.normalize(anchor[index], dim=-1)
-    logits = rows @ F.normalize(positive, dim=-1).t() / temperature
-    return F.cross_entropy(logits, index)
+    query = F.normalize(anchor[index], dim=-1) / temperature
+    key = F.normalize(positive, dim=-1)
+    return factored_cross_entropy(query, key, index, 1.0 / temperature) / index.numel()
