@@ -86,6 +86,25 @@ def test_info_nce_all_negatives_is_the_dense_formula_in_value_and_gradient(
         torch.testing.assert_close(a, b)
 
 
+def test_factored_cross_entropy_weight_counts_a_row_as_often_as_its_weight() -> None:
+    g = torch.Generator().manual_seed(5)
+    query = torch.randn(5, 3, dtype=torch.double, generator=g, requires_grad=True)
+    key = torch.randn(9, 3, dtype=torch.double, generator=g, requires_grad=True)
+    target = torch.tensor([0, 8, 3, 3, 1])
+    counts = torch.tensor([1, 3, 2, 1, 4])
+    got = factored_cross_entropy(query, key, target, 2.0, block_elements=20, weight=counts)
+    grads = torch.autograd.grad(got, (query, key))
+    repeated = query.repeat_interleave(counts, 0)  # each row as often as its count
+    want = factored_cross_entropy(repeated, key, target.repeat_interleave(counts))
+    torch.testing.assert_close(got, want)
+    for a, b in zip(grads, torch.autograd.grad(want, (query, key))):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        factored_cross_entropy(query, key, target, weight=counts[:2])
+    with pytest.raises(ValueError, match="block_elements"):
+        factored_cross_entropy(query, key, target, block_elements=0)
+
+
 def test_factored_cross_entropy_is_the_summed_cross_entropy_with_its_gradients() -> None:
     g = torch.Generator().manual_seed(0)
     query = torch.randn(7, 3, dtype=torch.double, generator=g, requires_grad=True)

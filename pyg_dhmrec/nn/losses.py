@@ -158,9 +158,17 @@ class _FactoredCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, query: Tensor, key: Tensor, target: Tensor, shift: bool, elements: int
-    ) -> Tensor:  # noqa: ANN001
+        ctx,  # noqa: ANN001
+        query: Tensor,
+        key: Tensor,
+        target: Tensor,
+        shift: bool,
+        elements: int,
+        weight: Tensor | None,
+    ) -> Tensor:
         rows = max(1, elements // max(1, key.size(0)))
+        # a row's weight scales its softmax and one-hot alike: folded into the row factors
+        row_weight = None if weight is None else weight.to(query.dtype).unsqueeze(1)
         key_t = key.t()
         lse = query.new_empty(query.size(0), 1)
         grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -177,19 +185,27 @@ class _FactoredCrossEntropy(torch.autograd.Function):
             norm = block.sum(dim=-1, keepdim=True)
             lse[start : start + rows] = norm.log() + row_max if shift else norm.log()
             if grads:  # softmax = block / norm, the division folded into the [rows, r] factors
+                share = norm.reciprocal()
+                if row_weight is not None:
+                    share.mul_(row_weight[start : start + rows])
                 # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
-                grad_query[start : start + rows] = (key_t @ block.t()).t().div_(norm)
-                grad_key_t.addmm_((rows_q / norm).t(), block)
+                grad_query[start : start + rows] = (key_t @ block.t()).t().mul_(share)
+                grad_key_t.addmm_((rows_q * share).t(), block)
+        positive = key[target]
         if grads:  # the one-hot part of softmax - onehot(target): a gather and a scatter
-            grad_query.sub_(key[target])
-            ctx.save_for_backward(grad_query, grad_key_t.t().index_add(0, target, query, alpha=-1))
-        return lse.sum() - (query * key[target]).sum()
+            weighted = query if row_weight is None else query * row_weight
+            grad_query.sub_(positive if row_weight is None else positive * row_weight)
+            ctx.save_for_backward(
+                grad_query, grad_key_t.t().index_add(0, target, weighted, alpha=-1)
+            )
+        terms = lse.squeeze(1) - (query * positive).sum(-1)
+        return terms.sum() if weight is None else terms @ row_weight.squeeze(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None, None, None, None]:  # noqa: ANN001
         grad_query, grad_key = ctx.saved_tensors
-        return grad_query * grad, grad_key * grad, None, None, None
+        return grad_query * grad, grad_key * grad, None, None, None, None
 
 
 def factored_cross_entropy(
@@ -198,6 +214,7 @@ def factored_cross_entropy(
     target: Tensor,
     max_logit: float | None = None,
     block_elements: int = CHUNK_ELEMENTS,
+    weight: Tensor | None = None,
 ) -> Tensor:
     r"""Softmax cross-entropy of the logits :math:`Q K^\top` against target columns, summed
     over the rows:
@@ -224,6 +241,8 @@ def factored_cross_entropy(
         key: ``[N, r]`` candidates :math:`k_n`.
         target: ``[B]`` index of each row's positive candidate :math:`t_b`.
         max_logit: a bound of the logits' absolute values, or ``None``.
+        weight: ``[B]`` weight of each row's term (e.g. how often the row occurs), or
+            ``None`` (all 1).
         block_elements: logits per block (speed and memory only): the default suits
             low-rank factors; full-width rows (``r`` of tens) need blocks of a hundred rows
             or more for an efficient matrix product.
@@ -249,7 +268,9 @@ def factored_cross_entropy(
         or block_elements < 1
     ):
         raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
-    return _FactoredCrossEntropy.apply(query, key, target, shift, block_elements)
+    if weight is not None and weight.shape != target.shape:
+        raise ValueError(f"weight must have shape [{query.size(0)}], got {list(weight.shape)}")
+    return _FactoredCrossEntropy.apply(query, key, target, shift, block_elements, weight)
 
 
 def info_nce(
@@ -390,7 +411,9 @@ def info_nce_all_negatives(
     Computed by :func:`factored_cross_entropy` with the temperature folded into the ``[B, d]``
     queries and the bound :math:`1/\tau` of cosine logits: blocks of rows, each exponentiated
     once, with the gradients formed in the same pass, so no ``[B, N]`` tensor is built (the
-    value and gradient of ``F.cross_entropy`` of the dense logits).
+    value and gradient of ``F.cross_entropy`` of the dense logits). On the CPU each distinct
+    row of ``index`` is computed once and weighted by its count (a batch's users repeat); on
+    other devices, where ``torch.unique`` would wait for the device, every row is.
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -399,7 +422,13 @@ def info_nce_all_negatives(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    query = F.normalize(anchor[index], dim=-1) / temperature
+    counts = None
+    rows = index
+    if index.device.type == "cpu":  # each distinct row once, weighted by its count
+        rows, counts = torch.unique(index, return_counts=True)
+    query = F.normalize(anchor[rows], dim=-1) / temperature
     key = F.normalize(positive, dim=-1)
-    loss = factored_cross_entropy(query, key, index, 1.0 / temperature, FULL_WIDTH_ELEMENTS)
+    loss = factored_cross_entropy(
+        query, key, rows, 1.0 / temperature, FULL_WIDTH_ELEMENTS, weight=counts
+    )
     return loss / index.numel()
