@@ -170,23 +170,25 @@ class _GradedNeighbourDiscrimination(torch.autograd.Function):
                 top = logits.amax(-1, keepdim=True)
                 logits.sub_(top)
             e = logits.exp_()
-            total = e.sum(-1)
             mm_e, single_e = e.gather(-1, mm), e.gather(-1, single)
             mm_sum, single_sum = mm_e.sum(-1), single_e.sum(-1)
-            # the sum outside mm is at least the sum over the single positives
-            rest = (total - mm_sum).clamp_min(single_sum)
+            # the sum outside mm summed directly (all - mm would cancel when mm dominates);
+            # it holds the single positives' sum, a floor against rounding
+            rest = e.scatter_(-1, mm, 0.0).sum(-1).clamp_min_(single_sum)
+            total = rest + mm_sum
             # each ratio's two sums share the row's shift, which cancels
             losses += (total.log() - mm_sum.log() + rest.log() - single_sum.log()).sum(-1)
             if want_grad:
-                # dense part: softmax over all items plus over the items outside mm
+                # dense part, items outside mm (e is 0 on mm): the softmax over all items
+                # plus the one over the rest
                 row_scale = (total.reciprocal() + rest.reciprocal()).mul_(scale).unsqueeze(-1)
                 grad_rows = torch.bmm(e, units).mul_(row_scale)
                 grad.baddbmm_(e.transpose(1, 2), anchor_units * row_scale)
-                # sparse part: mm leaves the rest (-1/rest) and is a numerator (-1/sum_mm),
-                # the single positives are the other numerator (-1/sum_single)
+                # sparse part: mm in the softmax over all items (1/total) and a numerator
+                # (-1/sum_mm); the single positives are the other numerator (-1/sum_single)
                 coef = torch.cat(
                     [
-                        mm_e * (rest.reciprocal() + mm_sum.reciprocal()).unsqueeze(-1),
+                        mm_e * (mm_sum.reciprocal() - total.reciprocal()).unsqueeze(-1),
                         single_e * single_sum.reciprocal().unsqueeze(-1),
                     ],
                     -1,
@@ -238,10 +240,12 @@ def graded_neighbour_discrimination(
     formed analytically in that pass (the loss is a sum of per-view scalars, so backward only
     scales it): memory :math:`O(V \cdot \text{chunk} \cdot I)` plus the ``[V, I, d]``
     gradient, never ``[anchors, I]`` per view, and each chunk's cosines computed once. The
-    default chunk keeps a chunk's blocks in the processor's cache. Sums of exponentials are
-    shifted by the row maximum when :math:`1/\tau` is large (no overflow); the denominator
-    :math:`\sum_j - \sum_{\mathcal{M}}` is floored at :math:`\sum_{\mathcal{S}}`, which it
-    exceeds exactly, so float rounding cannot make it zero.
+    default chunk keeps a chunk's blocks small. Sums of exponentials are shifted by the row
+    maximum when :math:`1/\tau` is large (no overflow); the denominator
+    :math:`\sum_j - \sum_{\mathcal{M}}` is summed directly over the items outside
+    :math:`\mathcal{M}` (a difference would cancel where the multi-modal positives hold
+    nearly all the mass, at a small :math:`\tau`) and floored at :math:`\sum_{\mathcal{S}}`,
+    which it exceeds exactly, so float rounding cannot make it zero.
 
     Returns:
         ``(losses [V], positives)``: the per-view losses and each view's ``(mm, single)``.
