@@ -179,29 +179,41 @@ def test_graded_positives_equal_brute_force() -> None:
             assert not set(map(tuple, mm.tolist())) & set(map(tuple, single.tolist()))
 
 
+@pytest.mark.parametrize("temperature", [0.2, 0.05, 0.02])  # 0.02: max-shifted exponentials
 @pytest.mark.parametrize("chunk", [1, 3, 100])
-def test_neighbour_discrimination_equals_the_dense_formula(chunk: int) -> None:
+def test_neighbour_discrimination_equals_the_dense_formula(chunk: int, temperature: float) -> None:
     g = torch.Generator().manual_seed(4)
     views = [torch.randn(12, 5, generator=g, requires_grad=True) for _ in range(3)]
     anchors = torch.tensor([1, 2, 5, 11, 6])
-    losses, positives = graded_neighbour_discrimination(views, anchors, 2, 0.2, chunk)
+    losses, positives = graded_neighbour_discrimination(views, anchors, 2, temperature, chunk)
     grads = torch.autograd.grad(losses @ torch.tensor([1.0, 0.5, 2.0]), views)
     labels = graded_positives([h.detach() for h in views], anchors, 2)
+    brute = _dense_positives([h.detach() for h in views], anchors, 2)
+    with torch.no_grad():  # no gradient formed: the same values
+        no_grad, _ = graded_neighbour_discrimination(views, anchors, 2, temperature, chunk)
+    torch.testing.assert_close(no_grad, losses.detach())
     dense = [h.detach().clone().requires_grad_(True) for h in views]
     expected = []
-    for h, (mm, single), (e_mm, e_single) in zip(dense, positives, labels):
+    for h, (mm, single), (e_mm, e_single), (b_mm, b_single) in zip(dense, positives, labels, brute):
         torch.testing.assert_close(mm, e_mm)  # the same positives as graded_positives
         torch.testing.assert_close(single, e_single)
-        # Dense: -log(sum_mm / sum_all) - log(sum_single / (sum_all - sum_mm)) of exp(cos / tau).
-        unit = F.normalize(h, dim=1)
-        e = torch.exp(unit[anchors] @ unit.t() / 0.2)
-        s_all, s_mm, s_single = e.sum(1), e.gather(1, mm).sum(1), e.gather(1, single).sum(1)
-        expected.append((-torch.log(s_mm / s_all) - torch.log(s_single / (s_all - s_mm))).mean())
+        assert mm.sort(1).values.tolist() == b_mm  # and as the brute-force selection
+        assert single.sort(1).values.tolist() == b_single
+        # Dense: -log(sum_mm / sum_all) - log(sum_single / (sum_all - sum_mm)) of exp(cos / tau),
+        # in float64 so that exp(cos / 0.02) is exact enough
+        unit = F.normalize(h.double(), dim=1)
+        e = torch.exp(unit[anchors] @ unit.t() / temperature)
+        s_mm, s_single = e.gather(1, mm).sum(1), e.gather(1, single).sum(1)
+        s_rest = e.scatter(1, mm, 0.0).sum(1)  # sum_all - sum_mm, without the cancellation
+        s_all = s_rest + s_mm
+        expected.append((-torch.log(s_mm / s_all) - torch.log(s_single / s_rest)).mean())
     expected = torch.stack(expected)
-    expected_grads = torch.autograd.grad(expected @ torch.tensor([1.0, 0.5, 2.0]), dense)
-    torch.testing.assert_close(losses, expected)
+    expected_grads = torch.autograd.grad(
+        expected @ torch.tensor([1.0, 0.5, 2.0], dtype=torch.double), dense
+    )
+    torch.testing.assert_close(losses, expected.float())
     for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_forward_adds_the_mean_of_the_item_graph_views(model, data) -> None:

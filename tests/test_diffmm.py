@@ -14,6 +14,7 @@ from toy_graphs import first_batch, toy_graph
 from pyg_dhmrec.data.dataset import RATES
 from pyg_dhmrec.models import DiffMM
 from pyg_dhmrec.nn import DenoisingMLP, GaussianDiffusion, info_nce_all_negatives
+from pyg_dhmrec.nn.diffusion import timestep_embedding
 
 U, I = 12, 9
 SMALL = {
@@ -180,6 +181,30 @@ def test_folded_reverse_chain_equals_the_step_by_step_chain(start_step: int) -> 
     torch.manual_seed(1)
     stepwise = diffusion.sample(lambda x, t: mlp(x, t), x0, start_step)  # not an MLP: no fold
     torch.testing.assert_close(folded, stepwise, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hidden", [[8], [8, 6]])
+def test_denoiser_is_the_mlp_of_the_concatenated_row_and_step(hidden: list[int]) -> None:
+    torch.manual_seed(0)
+    mlp = DenoisingMLP(12, hidden, time_dim=3, dropout=0.5)
+    xt = torch.randn(5, 12)
+    t = torch.tensor([1, 3, 2, 5, 1])
+    torch.manual_seed(7)  # the same dropout mask in both
+    got = mlp(xt, t)
+    grads = torch.autograd.grad(got.square().sum(), list(mlp.parameters()))
+    # the former form: one first layer over [dropout(x) || W_e emb(t) + b_e]
+    torch.manual_seed(7)
+    emb = mlp.time_layer(timestep_embedding(t, 3))
+    h = torch.cat([mlp.dropout(xt), emb], dim=-1)
+    for layer in mlp.in_layers:
+        h = torch.tanh(layer(h))
+    for k, layer in enumerate(mlp.out_layers):
+        h = layer(h)
+        h = torch.tanh(h) if k < len(mlp.out_layers) - 1 else h
+    torch.testing.assert_close(got, h)
+    want = torch.autograd.grad(h.square().sum(), list(mlp.parameters()))
+    for a, b in zip(grads, want):
+        torch.testing.assert_close(a, b)
 
 
 def test_bad_schedules_refused() -> None:

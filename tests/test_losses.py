@@ -68,6 +68,43 @@ def test_info_nce_all_negatives_hand_value() -> None:
         info_nce_all_negatives(anchor, positive, index, 0.0)
 
 
+@pytest.mark.parametrize("temperature", [0.5, 0.01])  # unshifted and max-shifted exponentials
+def test_info_nce_all_negatives_is_the_dense_formula_in_value_and_gradient(
+    temperature: float,
+) -> None:
+    g = torch.Generator().manual_seed(3)
+    anchor = torch.randn(40, 5, dtype=torch.double, generator=g, requires_grad=True)
+    positive = torch.randn(40, 5, dtype=torch.double, generator=g, requires_grad=True)
+    index = torch.randint(0, 40, (23,), generator=g)  # with repeats
+    got = info_nce_all_negatives(anchor, positive, index, temperature)
+    grads = torch.autograd.grad(got, (anchor, positive))
+    # the former implementation: the dense [B, N] logits and cross_entropy
+    logits = F.normalize(anchor[index], dim=-1) @ F.normalize(positive, dim=-1).t()
+    dense = F.cross_entropy(logits / temperature, index)
+    torch.testing.assert_close(got, dense)
+    for a, b in zip(grads, torch.autograd.grad(dense, (anchor, positive))):
+        torch.testing.assert_close(a, b)
+
+
+def test_factored_cross_entropy_weight_counts_a_row_as_often_as_its_weight() -> None:
+    g = torch.Generator().manual_seed(5)
+    query = torch.randn(5, 3, dtype=torch.double, generator=g, requires_grad=True)
+    key = torch.randn(9, 3, dtype=torch.double, generator=g, requires_grad=True)
+    target = torch.tensor([0, 8, 3, 3, 1])
+    counts = torch.tensor([1, 3, 2, 1, 4])
+    got = factored_cross_entropy(query, key, target, 2.0, block_elements=20, weight=counts)
+    grads = torch.autograd.grad(got, (query, key))
+    repeated = query.repeat_interleave(counts, 0)  # each row as often as its count
+    want = factored_cross_entropy(repeated, key, target.repeat_interleave(counts))
+    torch.testing.assert_close(got, want)
+    for a, b in zip(grads, torch.autograd.grad(want, (query, key))):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        factored_cross_entropy(query, key, target, weight=counts[:2])
+    with pytest.raises(ValueError, match="block_elements"):
+        factored_cross_entropy(query, key, target, block_elements=0)
+
+
 def test_factored_cross_entropy_is_the_summed_cross_entropy_with_its_gradients() -> None:
     g = torch.Generator().manual_seed(0)
     query = torch.randn(7, 3, dtype=torch.double, generator=g, requires_grad=True)

@@ -25,9 +25,11 @@ from pyg_dhmrec.data.transforms import (
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, symmetric_bernoulli_kl
+from pyg_dhmrec.nn.chunked_contrastive import _UNSHIFTED_MAX_LOGIT
 
-#: Anchors per chunk of the all-item neighbour-discrimination loss (memory only).
-CONTRASTIVE_CHUNK = 1024
+#: Anchors per chunk of the all-item neighbour-discrimination loss: the chunk's ``[V, r, I]``
+#: blocks stay small (TikTok, 4 views: 14 MB each); 64 and 256 measured slower.
+CONTRASTIVE_CHUNK = 128
 
 
 def denoised_bpr_weights(
@@ -71,21 +73,43 @@ def denoised_bpr_loss(pos: Tensor, neg: Tensor, w_pos: Tensor, w_neg: Tensor) ->
     return -(w_pos * F.logsigmoid(pos - neg) + w_neg * F.logsigmoid(neg - pos)).mean()
 
 
-def _chunk_labels(probs: Sequence[Tensor], num_positives: int) -> list[tuple[Tensor, Tensor]]:
-    """Per target view, the chunk's multi-modal and single-modal positives from every view's
-    row-softmax ``probs`` (see :func:`graded_positives`)."""
-    total = torch.stack(list(probs)).sum(0)
-    out = []
-    for p in probs:
-        mm = (total + p).topk(num_positives, dim=1).indices
-        single = p.scatter(1, mm, float("-inf")).topk(num_positives, dim=1).indices
-        out.append((mm, single))
-    return out
+def _select_positives(
+    cosines: Tensor, num_positives: int, out: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per view, a chunk's multi-modal and single-modal positives ``([V, r, K], [V, r, K])``
+    from every view's cosines ``[V, r, I]`` of its anchors to all items (see
+    :func:`graded_positives`); ``cosines`` is left unchanged, ``out`` (as large) is used as
+    scratch space."""
+    # P^w: |cos| <= 1, so the softmax needs no max shift
+    probs = torch.exp(cosines, out=out)
+    probs.mul_(probs.sum(-1, keepdim=True).reciprocal_())
+    mm = probs.add_(probs.sum(0)).topk(num_positives, dim=-1).indices  # sum_w P^w + P^v
+    # P^v ranks a row as its cosines do: the top 2K hold the K best outside the K of mm
+    candidates = cosines.topk(2 * num_positives, dim=-1).indices
+    taken = (candidates.unsqueeze(-1) == mm.unsqueeze(-2)).any(-1)
+    order = torch.sort(taken.to(torch.uint8), dim=-1, stable=True).indices[..., :num_positives]
+    return mm, candidates.gather(-1, order)
+
+
+def _check_graded(views: Sequence[Tensor], anchors: Tensor, num_positives: int) -> Tensor:
+    """The views' unit rows stacked ``[V, I, d]``, after checking the arguments."""
+    if not len(views) or any(h.dim() != 2 or h.shape != views[0].shape for h in views):
+        raise ValueError(
+            f"views must be a non-empty sequence of [I, d] tensors of one shape, got "
+            f"{[list(h.shape) for h in views]}"
+        )
+    if anchors.dim() != 1:
+        raise ValueError(f"anchors must be a 1-D tensor of item ids, got {list(anchors.shape)}")
+    if not 1 <= num_positives <= views[0].size(0) // 2:
+        raise ValueError(
+            f"num_positives must be in [1, I/2 = {views[0].size(0) // 2}], got {num_positives}"
+        )
+    return F.normalize(torch.stack(list(views)), dim=-1)
 
 
 @torch.no_grad()
 def graded_positives(
-    views: Sequence[Tensor], anchors: Tensor, num_positives: int, chunk_size: int = 1024
+    views: Sequence[Tensor], anchors: Tensor, num_positives: int, chunk_size: int = 128
 ) -> list[tuple[Tensor, Tensor]]:
     r"""Per target view :math:`v`, each anchor's multi-modal and single-modal positives
     ``(mm [A, K], single [A, K])`` (item ids), as DA-MRS's pseudo-labels.
@@ -93,84 +117,103 @@ def graded_positives(
     :math:`P^w_{ij} = \mathrm{softmax}_j \cos(h^w_i, h^w_j)` over all items in every view
     :math:`w`; the multi-modal positives of :math:`i` in view :math:`v` are the :math:`K` items
     of largest :math:`\sum_w P^w_{ij} + P^v_{ij}` (all views, the target counted twice), the
-    single-modal ones the next :math:`K` items of largest :math:`P^v_{ij}` alone. Computed
-    ``chunk_size`` anchors at a time: memory :math:`O(V \cdot \text{chunk} \cdot I)`.
+    single-modal ones the next :math:`K` items of largest :math:`P^v_{ij}` alone (taken from
+    the row's :math:`2K` largest cosines in view :math:`v`, which rank as :math:`P^v` does and
+    hold at least :math:`K` items outside the multi-modal ones). Computed ``chunk_size``
+    anchors at a time: memory :math:`O(V \cdot \text{chunk} \cdot I)`.
     (:func:`graded_neighbour_discrimination` selects the same positives in its own pass.)
     """
-    units = [F.normalize(h, dim=-1) for h in views]
-    parts: list[list[tuple[Tensor, Tensor]]] = []
-    for start in range(0, anchors.numel(), chunk_size):
-        rows = anchors[start : start + chunk_size]
-        parts.append(
-            _chunk_labels([torch.softmax(u[rows] @ u.t(), 1) for u in units], num_positives)
-        )
-    return [
-        (torch.cat([p[v][0] for p in parts]), torch.cat([p[v][1] for p in parts]))
-        for v in range(len(units))
+    units = _check_graded(views, anchors, num_positives)
+    parts = [
+        _select_positives(units[:, rows] @ units.transpose(1, 2), num_positives)
+        for rows in anchors.split(chunk_size)
     ]
+    mm, single = torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+    return [(mm[v], single[v]) for v in range(units.size(0))]
 
 
-class _GradedDenominators(torch.autograd.Function):
-    """Per view and anchor, the log-sums of :math:`e^{c_{ij}}` over all items and over the
-    items outside the multi-modal positives, with the positives themselves (selected in the
-    same pass, no gradient). Forward and backward run in chunks of anchors; the backward pass
-    recomputes one chunk's ``[chunk, I]`` logits per view and applies the analytic gradient
-    (the softmax over all items, and over the items outside the positives), so no
-    ``[anchors, I]`` block is kept between the passes."""
+class _GradedNeighbourDiscrimination(torch.autograd.Function):
+    """Per view, the mean over anchors of the graded loss, with the positives selected in the
+    same pass (no gradient). Chunks of anchors, all views at once: each chunk's ``[V, r, I]``
+    cosines give the positives, then, exponentiated once, the log-sums and (when a gradient is
+    wanted) the analytic gradient of every unit row, whose dense part
+    ``exp(logit) * (1/sum_all + 1/sum_rest)`` is a row scale folded into the ``[r, d]``
+    factors of its two products and whose positives' part is sparse (``[r, 2K]``). Only the
+    ``[V, I, d]`` gradient is kept for backward, which scales it per view: the logits are
+    computed once, no ``[r, I]`` block outlives its chunk."""
 
     @staticmethod
-    def forward(ctx, anchors, num_positives, temperature, chunk_size, *units):  # noqa: ANN001, ANN205
-        num_views, num_anchors = len(units), anchors.numel()
-        log_all = units[0].new_empty(num_views, num_anchors)
-        log_rest = torch.empty_like(log_all)
-        shape = (num_views, num_anchors, num_positives)
-        mm = torch.empty(shape, dtype=torch.long, device=anchors.device)
-        single = torch.empty_like(mm)
-        for start in range(0, num_anchors, chunk_size):
-            end = min(start + chunk_size, num_anchors)
-            rows = anchors[start:end]
-            cosines = [u[rows] @ u.t() for u in units]
-            labels = _chunk_labels([torch.softmax(c, 1) for c in cosines], num_positives)
-            for v, (c, (pos_mm, pos_single)) in enumerate(zip(cosines, labels)):
-                mm[v, start:end], single[v, start:end] = pos_mm, pos_single
-                logits = c.div_(temperature)
-                top = logits.max(1, keepdim=True).values
-                e = logits.sub_(top).exp_()
-                total = e.sum(1)
-                # sum over items outside mm; it is at least the sum over the single positives
-                rest = (total - e.gather(1, pos_mm).sum(1)).clamp_min(
-                    e.gather(1, pos_single).sum(1)
+    def forward(ctx, units, anchors, num_positives, temperature, chunk_size, want_grad):  # noqa: ANN001, ANN205
+        num_views, num_items, dim = units.shape
+        num_anchors = anchors.numel()
+        # cosine logits lie in [-1/tau, 1/tau]: unshifted exp is exact for a moderate 1/tau
+        shift = 1.0 / temperature > _UNSHIFTED_MAX_LOGIT
+        scale = 1.0 / (temperature * num_anchors)  # d mean / d logit, per exp(logit) share
+        flat = units.reshape(num_views * num_items, dim)
+        offsets = torch.arange(num_views, device=units.device).mul_(num_items).view(-1, 1, 1)
+        losses = units.new_zeros(num_views)
+        grad = torch.zeros_like(units) if want_grad else None
+        mm_all, single_all = [], []
+        # two [V, chunk, I] blocks reused by every chunk (a fresh block is page-faulted anew)
+        size = num_views * min(chunk_size, num_anchors) * num_items
+        buffers = units.new_empty(2, size)
+        for rows in anchors.split(chunk_size):
+            anchor_units = units[:, rows]  # [V, r, d]
+            shape = (num_views, rows.numel(), num_items)
+            block, scratch = (b[: shape[0] * shape[1] * shape[2]].view(shape) for b in buffers)
+            logits = torch.bmm(anchor_units, units.transpose(1, 2), out=block)  # cosines
+            mm, single = _select_positives(logits, num_positives, scratch)
+            mm_all.append(mm)
+            single_all.append(single)
+            logits.mul_(1.0 / temperature)
+            if shift:
+                top = logits.amax(-1, keepdim=True)
+                logits.sub_(top)
+            e = logits.exp_()
+            mm_e, single_e = e.gather(-1, mm), e.gather(-1, single)
+            mm_sum, single_sum = mm_e.sum(-1), single_e.sum(-1)
+            # the sum outside mm summed directly (all - mm would cancel when mm dominates);
+            # it holds the single positives' sum, a floor against rounding
+            rest = e.scatter_(-1, mm, 0.0).sum(-1).clamp_min_(single_sum)
+            total = rest + mm_sum
+            # each ratio's two sums share the row's shift, which cancels
+            losses += (total.log() - mm_sum.log() + rest.log() - single_sum.log()).sum(-1)
+            if want_grad:
+                # dense part, items outside mm (e is 0 on mm): the softmax over all items
+                # plus the one over the rest
+                row_scale = (total.reciprocal() + rest.reciprocal()).mul_(scale).unsqueeze(-1)
+                grad_rows = torch.bmm(e, units).mul_(row_scale)
+                grad.baddbmm_(e.transpose(1, 2), anchor_units * row_scale)
+                # sparse part: mm in the softmax over all items (1/total) and a numerator
+                # (-1/sum_mm); the single positives are the other numerator (-1/sum_single)
+                coef = torch.cat(
+                    [
+                        mm_e * (mm_sum.reciprocal() - total.reciprocal()).unsqueeze(-1),
+                        single_e * single_sum.reciprocal().unsqueeze(-1),
+                    ],
+                    -1,
+                ).mul_(-scale)
+                positives = torch.cat([mm, single], -1) + offsets  # [V, r, 2K] rows of flat
+                grad_rows += (coef.unsqueeze(-1) * flat[positives]).sum(-2)
+                grad.view(-1, dim).index_add_(
+                    0,
+                    positives.reshape(-1),
+                    (coef.unsqueeze(-1) * anchor_units.unsqueeze(-2)).reshape(-1, dim),
                 )
-                log_all[v, start:end] = top.squeeze(1) + total.log()
-                log_rest[v, start:end] = top.squeeze(1) + rest.log()
-        ctx.save_for_backward(anchors, log_all, log_rest, mm, *units)
-        ctx.settings = (temperature, chunk_size)
+                grad.view(-1, dim).index_add_(
+                    0, (rows + offsets.view(-1, 1)).reshape(-1), grad_rows.reshape(-1, dim)
+                )
+        if want_grad:
+            ctx.save_for_backward(grad)
+        mm, single = torch.cat(mm_all, 1), torch.cat(single_all, 1)
         ctx.mark_non_differentiable(mm, single)
-        return log_all, log_rest, mm, single
+        return losses / num_anchors, mm, single
 
     @staticmethod
-    def backward(ctx, grad_all, grad_rest, _mm, _single):  # noqa: ANN001, ANN205
-        anchors, log_all, log_rest, mm, *units = ctx.saved_tensors
-        temperature, chunk_size = ctx.settings
-        grad_all = torch.zeros_like(log_all) if grad_all is None else grad_all
-        grad_rest = torch.zeros_like(log_rest) if grad_rest is None else grad_rest
-        grads = [torch.zeros_like(u) for u in units]
-        for start in range(0, anchors.numel(), chunk_size):
-            end = min(start + chunk_size, anchors.numel())
-            rows = anchors[start:end]
-            for v, unit in enumerate(units):
-                logits = unit[rows] @ unit.t() / temperature
-                # d log-sum / d logit = that sum's softmax; the rest's excludes the positives
-                soft_rest = (logits - log_rest[v, start:end, None]).exp_()
-                soft_rest.scatter_(1, mm[v, start:end], 0.0)
-                d = logits.sub_(log_all[v, start:end, None]).exp_()
-                d.mul_(grad_all[v, start:end, None]).add_(
-                    soft_rest.mul_(grad_rest[v, start:end, None])
-                )
-                d.div_(temperature)
-                grads[v].index_add_(0, rows, d @ unit)
-                grads[v] += d.t() @ unit[rows]
-        return None, None, None, None, *grads
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_losses, _mm, _single):  # noqa: ANN001, ANN205
+        (grad,) = ctx.saved_tensors
+        return grad * grad_losses.view(-1, 1, 1), None, None, None, None, None
 
 
 def graded_neighbour_discrimination(
@@ -178,7 +221,7 @@ def graded_neighbour_discrimination(
     anchors: Tensor,
     num_positives: int,
     temperature: float = 0.2,
-    chunk_size: int = 1024,
+    chunk_size: int = 128,
 ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
     r"""DA-MRS's graded neighbour-discrimination loss of every view, mean over the anchors.
 
@@ -192,31 +235,31 @@ def graded_neighbour_discrimination(
         {\sum_{j} e^{c_{ij}} - \sum_{j \in \mathcal{M}_i} e^{c_{ij}}}:
 
     multi-modal neighbours above all other items, single-modal neighbours above all but the
-    multi-modal ones. The sums over all items :math:`j` come from one autograd function that
-    selects the positives and computes them in the same pass, ``chunk_size`` anchors at a time,
-    and recomputes one ``[chunk, I]`` block per view in the backward pass: memory
-    :math:`O(V \cdot \text{chunk} \cdot I)`, never ``[anchors, I]`` per view for autograd. Sums
-    of exponentials are taken after subtracting the row maximum (no overflow); the denominator
-    :math:`\sum_j - \sum_{\mathcal{M}}` is floored at :math:`\sum_{\mathcal{S}}`, which it
-    exceeds exactly, so float rounding cannot make it zero.
+    multi-modal ones. One autograd function selects the positives and computes the losses in
+    the same pass, ``chunk_size`` anchors at a time and all views at once, with the gradient
+    formed analytically in that pass (the loss is a sum of per-view scalars, so backward only
+    scales it): memory :math:`O(V \cdot \text{chunk} \cdot I)` plus the ``[V, I, d]``
+    gradient, never ``[anchors, I]`` per view, and each chunk's cosines computed once. The
+    default chunk keeps a chunk's blocks small. Sums of exponentials are shifted by the row
+    maximum when :math:`1/\tau` is large (no overflow); the denominator
+    :math:`\sum_j - \sum_{\mathcal{M}}` is summed directly over the items outside
+    :math:`\mathcal{M}` (a difference would cancel where the multi-modal positives hold
+    nearly all the mass, at a small :math:`\tau`) and floored at :math:`\sum_{\mathcal{S}}`,
+    which it exceeds exactly, so float rounding cannot make it zero.
 
     Returns:
         ``(losses [V], positives)``: the per-view losses and each view's ``(mm, single)``.
     """
-    units = [F.normalize(h, dim=-1) for h in views]
-    log_all, log_rest, mm, single = _GradedDenominators.apply(
-        anchors, num_positives, float(temperature), chunk_size, *units
+    units = _check_graded(views, anchors, num_positives)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    want_grad = torch.is_grad_enabled() and units.requires_grad
+    losses, mm, single = _GradedNeighbourDiscrimination.apply(
+        units, anchors, num_positives, float(temperature), chunk_size, want_grad
     )
-    losses = []
-    for v, unit in enumerate(units):
-        rows = unit[anchors].unsqueeze(1)
-        numerators = [
-            torch.logsumexp((rows * unit[positives[v]]).sum(-1) / temperature, 1)
-            for positives in (mm, single)
-        ]
-        loss = log_all[v] - numerators[0] + log_rest[v] - numerators[1]
-        losses.append(loss.mean())
-    return torch.stack(losses), [(mm[v], single[v]) for v in range(len(units))]
+    return losses, [(mm[v], single[v]) for v in range(units.size(0))]
 
 
 @dataclass

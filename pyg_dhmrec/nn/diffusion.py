@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: A denoiser: ``(x_t [B, I], t [B] in 1..T) -> predicted x_0 [B, I]``.
@@ -309,8 +310,13 @@ class DenoisingMLP(torch.nn.Module):
 
     def forward(self, xt: Tensor, t: Tensor) -> Tensor:
         emb = self.time_layer(timestep_embedding(t, self.time_dim))
-        h = torch.cat([self.dropout(xt), emb], dim=-1)
-        for layer in self.in_layers:
+        # the first layer of [x || emb] as W_x x + W_t emb: no [B, I] gradient for x, which
+        # needs none, and no concatenated copy of the rows
+        first = self.in_layers[0]
+        num_items = self.out_layers[-1].out_features
+        h = F.linear(self.dropout(xt), first.weight[:, :num_items], first.bias)
+        h = torch.tanh(h.addmm_(emb, first.weight[:, num_items:].t()))
+        for layer in self.in_layers[1:]:
             h = torch.tanh(layer(h))
         for k, layer in enumerate(self.out_layers):
             h = layer(h)

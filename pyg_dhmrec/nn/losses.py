@@ -159,6 +159,9 @@ def score_distribution_kl(
 
 
 CHUNK_ELEMENTS = 1 << 18  # logits per block: 1 MiB in float32, stays in cache
+#: Logits per block for full-width (``d``-dimensional) factors: 4 MiB in float32, about a
+#: hundred rows of TikTok's users, which the matrix products need to run at speed.
+FULL_WIDTH_ELEMENTS = 1 << 20
 
 
 class _FactoredCrossEntropy(torch.autograd.Function):
@@ -167,8 +170,18 @@ class _FactoredCrossEntropy(torch.autograd.Function):
     is ever built."""
 
     @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, target: Tensor, shift: bool) -> Tensor:  # noqa: ANN001
-        rows = max(1, CHUNK_ELEMENTS // max(1, key.size(0)))
+    def forward(
+        ctx,  # noqa: ANN001
+        query: Tensor,
+        key: Tensor,
+        target: Tensor,
+        shift: bool,
+        elements: int,
+        weight: Tensor | None,
+    ) -> Tensor:
+        rows = max(1, elements // max(1, key.size(0)))
+        # a row's weight scales its softmax and one-hot alike: folded into the row factors
+        row_weight = None if weight is None else weight.to(query.dtype).unsqueeze(1)
         key_t = key.t()
         lse = query.new_empty(query.size(0), 1)
         # only the gradients asked for (e.g. a detached query: no P K product per block)
@@ -187,32 +200,50 @@ class _FactoredCrossEntropy(torch.autograd.Function):
             block.exp_()
             norm = block.sum(dim=-1, keepdim=True)
             lse[start : start + rows] = norm.log() + row_max if shift else norm.log()
-            # softmax = block / norm, the division folded into the [rows, r] factors
+            if grads:  # softmax = block / norm, the division folded into the [rows, r] factors
+                share = norm.reciprocal()
+                if row_weight is not None:
+                    share.mul_(row_weight[start : start + rows])
             if need_query:  # K^T P^T, not P K: MKL's [rows, N] x [N, r] with r tiny is ~4x slower
-                grad_query[start : start + rows] = (key_t @ block.t()).t().div_(norm)
+                grad_query[start : start + rows] = (key_t @ block.t()).t().mul_(share)
             if need_key:
-                grad_key_t.addmm_((rows_q / norm).t(), block)
+                grad_key_t.addmm_((rows_q * share).t(), block)
+        positive = key[target]
         if grads:  # the one-hot part of softmax - onehot(target): a gather and a scatter
+            weighted = query if row_weight is None else query * row_weight
+            if need_query:
+                grad_query.sub_(positive if row_weight is None else positive * row_weight)
             ctx.save_for_backward(
-                grad_query.sub_(key[target]) if need_query else None,
-                grad_key_t.t().index_add(0, target, query, alpha=-1) if need_key else None,
+                grad_query if need_query else None,
+                grad_key_t.t().index_add(0, target, weighted, alpha=-1) if need_key else None,
             )
-        return lse.sum() - (query * key[target]).sum()
+        terms = lse.squeeze(1) - (query * positive).sum(-1)
+        return terms.sum() if weight is None else terms @ row_weight.squeeze(1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # noqa: ANN001
+    def backward(  # noqa: ANN205
+        ctx,  # noqa: ANN001
+        grad: Tensor,
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
         grad_query, grad_key = ctx.saved_tensors
         return (
             None if grad_query is None else grad_query * grad,
             None if grad_key is None else grad_key * grad,
             None,
             None,
+            None,
+            None,
         )
 
 
 def factored_cross_entropy(
-    query: Tensor, key: Tensor, target: Tensor, max_logit: float | None = None
+    query: Tensor,
+    key: Tensor,
+    target: Tensor,
+    max_logit: float | None = None,
+    block_elements: int = CHUNK_ELEMENTS,
+    weight: Tensor | None = None,
 ) -> Tensor:
     r"""Softmax cross-entropy of the logits :math:`Q K^\top` against target columns, summed
     over the rows:
@@ -239,6 +270,11 @@ def factored_cross_entropy(
         key: ``[N, r]`` candidates :math:`k_n`.
         target: ``[B]`` index of each row's positive candidate :math:`t_b`.
         max_logit: a bound of the logits' absolute values, or ``None``.
+        weight: ``[B]`` weight of each row's term (e.g. how often the row occurs), or
+            ``None`` (all 1).
+        block_elements: logits per block (speed and memory only): the default suits
+            low-rank factors; full-width rows (``r`` of tens) need blocks of a hundred rows
+            or more for an efficient matrix product.
     """
     if query.dim() != 2 or key.dim() != 2 or query.size(1) != key.size(1):
         raise ValueError(
@@ -255,7 +291,15 @@ def factored_cross_entropy(
         finfo = torch.finfo(query.dtype)
         headroom = math.log(finfo.max) - math.log(max(1, key.size(0))) - 8.0
         shift = not abs(max_logit) < min(headroom, -math.log(finfo.tiny) - 8.0)
-    return _FactoredCrossEntropy.apply(query, key, target, shift)
+    if (
+        isinstance(block_elements, bool)
+        or not isinstance(block_elements, int)
+        or block_elements < 1
+    ):
+        raise ValueError(f"block_elements must be a positive int, got {block_elements!r}")
+    if weight is not None and weight.shape != target.shape:
+        raise ValueError(f"weight must have shape [{query.size(0)}], got {list(weight.shape)}")
+    return _FactoredCrossEntropy.apply(query, key, target, shift, block_elements, weight)
 
 
 def info_nce(
@@ -453,7 +497,12 @@ def info_nce_all_negatives(
 
     with :math:`\hat{x} = x / \lVert x \rVert_2`, ``anchor`` and ``positive`` two ``[N, d]``
     views of the same ``N`` nodes and ``index`` the ``B`` anchor rows (repeats count again).
-    Memory :math:`O(B N)`: one ``[B, N]`` logit block.
+    Computed by :func:`factored_cross_entropy` with the temperature folded into the ``[B, d]``
+    queries and the bound :math:`1/\tau` of cosine logits: blocks of rows, each exponentiated
+    once, with the gradients formed in the same pass, so no ``[B, N]`` tensor is built (the
+    value and gradient of ``F.cross_entropy`` of the dense logits). On the CPU each distinct
+    row of ``index`` is computed once and weighted by its count (a batch's users repeat); on
+    other devices, where ``torch.unique`` would wait for the device, every row is.
     """
     if anchor.dim() != 2 or anchor.shape != positive.shape:
         raise ValueError(
@@ -462,6 +511,13 @@ def info_nce_all_negatives(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = F.normalize(anchor[index], dim=-1)
-    logits = rows @ F.normalize(positive, dim=-1).t() / temperature
-    return F.cross_entropy(logits, index)
+    counts = None
+    rows = index
+    if index.device.type == "cpu":  # each distinct row once, weighted by its count
+        rows, counts = torch.unique(index, return_counts=True)
+    query = F.normalize(anchor[rows], dim=-1) / temperature
+    key = F.normalize(positive, dim=-1)
+    loss = factored_cross_entropy(
+        query, key, rows, 1.0 / temperature, FULL_WIDTH_ELEMENTS, weight=counts
+    )
+    return loss / index.numel()
