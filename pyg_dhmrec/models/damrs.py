@@ -25,7 +25,7 @@ from pyg_dhmrec.data.transforms import (
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, symmetric_bernoulli_kl
-from pyg_dhmrec.nn.chunked_contrastive import _UNSHIFTED_MAX_LOGIT
+from pyg_dhmrec.nn.chunked_contrastive import UNSHIFTED_MAX_LOGIT
 
 #: Anchors per chunk of the all-item neighbour-discrimination loss: the chunk's ``[V, r, I]``
 #: blocks stay small (TikTok, 4 views: 14 MB each); 64 and 256 measured slower.
@@ -147,7 +147,7 @@ class _GradedNeighbourDiscrimination(torch.autograd.Function):
         num_views, num_items, dim = units.shape
         num_anchors = anchors.numel()
         # cosine logits lie in [-1/tau, 1/tau]: unshifted exp is exact for a moderate 1/tau
-        shift = 1.0 / temperature > _UNSHIFTED_MAX_LOGIT
+        shift = 1.0 / temperature > UNSHIFTED_MAX_LOGIT
         scale = 1.0 / (temperature * num_anchors)  # d mean / d logit, per exp(logit) share
         flat = units.reshape(num_views * num_items, dim)
         offsets = torch.arange(num_views, device=units.device).mul_(num_items).view(-1, 1, 1)

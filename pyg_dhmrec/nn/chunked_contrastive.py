@@ -9,7 +9,7 @@ from torch import Tensor
 
 #: Largest :math:`1/\tau` for which ``exp`` of a cosine logit is taken without a max shift:
 #: :math:`e^{\pm 40}` and a sum of millions of them stay finite and normal in float32.
-_UNSHIFTED_MAX_LOGIT = 40.0
+UNSHIFTED_MAX_LOGIT = 40.0
 
 #: Anchors per block of :func:`neighbour_contrastive_loss`'s symmetric computation: small
 #: blocks make the computed triangle close to half the matrix, large ones keep products fast.
@@ -34,7 +34,7 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         grad_keys = torch.zeros_like(keys) if want_grad else None
         # Cosine logits lie in [-1/tau, 1/tau]: unshifted exp is exact and finite for a
         # moderate 1/tau; otherwise each row is shifted by its max, as logsumexp does.
-        shift = 1.0 / temperature > _UNSHIFTED_MAX_LOGIT
+        shift = 1.0 / temperature > UNSHIFTED_MAX_LOGIT
         total = anchor.new_zeros(())
         # the block is kept keys-major, [K, chunk]: BLAS writes it about twice as fast as
         # [chunk, K] (measured with MKL at d = 64)
@@ -196,7 +196,7 @@ class _NeighbourContrast(torch.autograd.Function):
 
 class _SymmetricNeighbourContrast(torch.autograd.Function):
     r""":class:`_NeighbourContrast` for cosine logits small enough to exponentiate unshifted
-    (:math:`1/\tau \le` ``_UNSHIFTED_MAX_LOGIT``), using the symmetry :math:`E = E^\top` of
+    (:math:`1/\tau \le` ``UNSHIFTED_MAX_LOGIT``), using the symmetry :math:`E = E^\top` of
     :math:`E_{ab} = e^{s_{ab}/\tau}` (:math:`a \ne b`): only the blocks on and right of the
     diagonal, ``[chunk, P - start]`` per chunk of anchors, are computed (half the logits and
     exponents); their row and column sums give every denominator :math:`D`, the positives'
@@ -322,7 +322,7 @@ def neighbour_contrastive_loss(
     if torch.unique(rows).numel() != x.size(0):
         raise ValueError("weight needs a positive entry in every row (a positive per anchor)")
     unit = F.normalize(x, dim=-1)
-    if 1.0 / temperature > _UNSHIFTED_MAX_LOGIT:  # exp needs a per-row shift: no symmetry
+    if 1.0 / temperature > UNSHIFTED_MAX_LOGIT:  # exp needs a per-row shift: no symmetry
         return _NeighbourContrast.apply(
             unit, rows, cols, values.to(unit.dtype).log(), float(temperature), chunk_size
         )
