@@ -12,7 +12,7 @@ from pyg_dhmrec.data.dataset import RATES, REV_RATES
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.models import BPR, LightGCN, Recommender, build_model, model_class
-from pyg_dhmrec.models.base import OnDemandRows, distinct_rows
+from pyg_dhmrec.models.base import OnDemandEmbeddings, OnDemandRows, distinct_rows
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightConv,
@@ -408,3 +408,24 @@ def test_on_demand_rows_compute_what_is_asked() -> None:
     torch.testing.assert_close(rows.rows(torch.tensor([5])), table[[5]])
     rows.table()
     assert len(calls) == 2 and calls[1] is None  # the table once, then rows read from it
+
+
+def test_on_demand_embeddings_compute_each_missing_table_once() -> None:
+    calls = []
+
+    class Doubled(OnDemandEmbeddings):
+        def compute_user(self) -> torch.Tensor:
+            calls.append("user")
+            return 2 * self.item[:2]
+
+    item = torch.arange(6.0).view(3, 2)
+    out = Doubled(None, item)
+    assert calls == []  # nothing computed before it is read
+    assert torch.equal(out.user, 2 * item[:2]) and torch.equal(out.user, 2 * item[:2])
+    assert calls == ["user"]  # computed once, then kept
+    assert torch.equal(out.user_rows(torch.tensor([1])), 2 * item[1:2])
+    out.user = torch.zeros(2, 2)  # a set table is served as it is
+    assert torch.equal(out.user, torch.zeros(2, 2)) and calls == ["user"]
+    assert out.modalities == {}  # given by the dataclass default, never computed
+    with pytest.raises(NotImplementedError, match="Doubled was built without item"):
+        _ = Doubled(None, None).item

@@ -63,6 +63,58 @@ class OnDemandRows:
         return self._table[index] if self._table is not None else self.compute(index)
 
 
+@dataclass
+class OnDemandEmbeddings(Embeddings):
+    """:class:`Embeddings` whose full ``user``, ``item`` or ``modalities`` tables may be left
+    ``None`` by the forward pass and are computed on first access, in the same autograd graph,
+    by :meth:`compute_user`, :meth:`compute_item` and :meth:`compute_modalities`: a training
+    step that reads only its batch's rows never pays for the rest, and the :class:`Embeddings`
+    contract (full tables on request) still holds. A subclass overrides the ``compute_*`` of
+    the tables it leaves ``None``."""
+
+    def compute_user(self) -> Tensor:
+        """Every user's final row, ``[U, d]``."""
+        raise NotImplementedError(f"{type(self).__name__} was built without user embeddings")
+
+    def compute_item(self) -> Tensor:
+        """Every item's final row, ``[I, d]``."""
+        raise NotImplementedError(f"{type(self).__name__} was built without item embeddings")
+
+    def compute_modalities(self) -> dict[str, Tensor]:
+        """Every item's row per modality."""
+        raise NotImplementedError(f"{type(self).__name__} was built without modality rows")
+
+    @property
+    def user(self) -> Tensor:  # type: ignore[override]
+        if self._user is None:
+            self._user = self.compute_user()
+        return self._user
+
+    @user.setter
+    def user(self, value: Tensor | None) -> None:
+        self._user = value
+
+    @property
+    def item(self) -> Tensor:  # type: ignore[override]
+        if self._item is None:
+            self._item = self.compute_item()
+        return self._item
+
+    @item.setter
+    def item(self, value: Tensor | None) -> None:
+        self._item = value
+
+    @property
+    def modalities(self) -> dict[str, Tensor]:  # type: ignore[override]
+        if self._modalities is None:
+            self._modalities = self.compute_modalities()
+        return self._modalities
+
+    @modalities.setter
+    def modalities(self, value: dict[str, Tensor] | None) -> None:
+        self._modalities = value
+
+
 class Recommender(torch.nn.Module):
     r"""Base class of the models.
 

@@ -12,7 +12,7 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
-from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
+from pyg_dhmrec.models.base import OnDemandEmbeddings, OnDemandRows, Recommender
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
@@ -31,7 +31,7 @@ class BM3Online(NamedTuple):
 
 
 @dataclass
-class BM3Embeddings(Embeddings):
+class BM3Embeddings(OnDemandEmbeddings):
     """:class:`Embeddings` in the scoring (predictor) space, carrying the pre-predictor
     :class:`BM3Online` tensors of the same forward pass as ``online`` (the loss's targets).
 
@@ -42,39 +42,17 @@ class BM3Embeddings(Embeddings):
     online: BM3Online | None = None
     predictor: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
 
-    @property
-    def user(self) -> Tensor:  # type: ignore[override]
-        r""":math:`\tilde{h}_u = f_p(h_u)` of every user, computed on first access."""
-        if self._user is None:
-            self._user = self.predictor(self.online.user)
-        return self._user
+    def compute_user(self) -> Tensor:
+        r""":math:`\tilde{h}_u = f_p(h_u)` of every user."""
+        return self.predictor(self.online.user)
 
-    @user.setter
-    def user(self, value: Tensor | None) -> None:
-        self._user = value
+    def compute_item(self) -> Tensor:
+        r""":math:`\tilde{h}_i = f_p(h_i)` of every item."""
+        return self.predictor(self.online.item)
 
-    @property
-    def item(self) -> Tensor:  # type: ignore[override]
-        r""":math:`\tilde{h}_i = f_p(h_i)` of every item, computed on first access."""
-        if self._item is None:
-            self._item = self.predictor(self.online.item)
-        return self._item
-
-    @item.setter
-    def item(self, value: Tensor | None) -> None:
-        self._item = value
-
-    @property
-    def modalities(self) -> dict[str, Tensor]:  # type: ignore[override]
-        r""":math:`\tilde{h}_m = f_p(h_m)` of every item per modality, on first access."""
-        if self._modalities is None:
-            features = self.online.features
-            self._modalities = {m: self.predictor(h.table()) for m, h in features.items()}
-        return self._modalities
-
-    @modalities.setter
-    def modalities(self, value: dict[str, Tensor] | None) -> None:
-        self._modalities = value
+    def compute_modalities(self) -> dict[str, Tensor]:
+        r""":math:`\tilde{h}_m = f_p(h_m)` of every item per modality."""
+        return {m: self.predictor(h.table()) for m, h in self.online.features.items()}
 
 
 class BM3(Recommender):

@@ -19,7 +19,12 @@ from pyg_dhmrec.data.graph import (
 )
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
-from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender, distinct_rows
+from pyg_dhmrec.models.base import (
+    OnDemandEmbeddings,
+    OnDemandRows,
+    Recommender,
+    distinct_rows,
+)
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
@@ -39,7 +44,7 @@ ABLATIONS = ("no_dis", "no_af", "no_pnf", "no_kl", "no_ii")
 
 
 @dataclass
-class DHMRecEmbeddings(Embeddings):
+class DHMRecEmbeddings(OnDemandEmbeddings):
     """:class:`Embeddings` plus the parts of the same pass that the loss reads: the propagated
     ID view ``id`` (``[U + I, d]``), the fused multimodal view :math:`\tilde{E}_{mm}` as its
     item rows ``mm_item`` and its user rows ``mm_users``, and the common codes ``commons``
@@ -61,17 +66,10 @@ class DHMRecEmbeddings(Embeddings):
     #: ``(batch.user, its final rows)`` of the last :meth:`DHMRec.loss` on this pass
     batch_users: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
-    @property
-    def user(self) -> Tensor:  # type: ignore[override]
-        """Final user embeddings ``[U, d]`` (Eq. 22), computed on first access."""
-        if self._user is None:
-            num_users = self.id.size(0) - self.mm_item.size(0)
-            self._user = self.id[:num_users] + self.alpha_mm * self.mm_users.table()
-        return self._user
-
-    @user.setter
-    def user(self, value: Tensor | None) -> None:
-        self._user = value
+    def compute_user(self) -> Tensor:
+        """Final user embeddings ``[U, d]`` (Eq. 22)."""
+        num_users = self.id.size(0) - self.mm_item.size(0)
+        return self.id[:num_users] + self.alpha_mm * self.mm_users.table()
 
     def user_rows(self, index: Tensor) -> Tensor:
         """The final rows of ``index``: those :meth:`DHMRec.loss` computed for the same batch

@@ -14,7 +14,7 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
-from pyg_dhmrec.models.base import Embeddings, OnDemandRows, Recommender
+from pyg_dhmrec.models.base import OnDemandEmbeddings, OnDemandRows, Recommender
 from pyg_dhmrec.models.validation import (
     check_at_most,
     check_bool,
@@ -34,7 +34,7 @@ from pyg_dhmrec.nn import (
 
 
 @dataclass
-class MGCNEmbeddings(Embeddings):
+class MGCNEmbeddings(OnDemandEmbeddings):
     """:class:`Embeddings` plus the pass's ID view ``id_view`` (``[U + I, d]``) and its fused
     modality view :math:`E_{mul}` as :class:`OnDemandRows` of users (``mm_users``) and items
     (``mm_items``): the fuser (Eq. 6) is a map of each node's own rows, and a training step
@@ -46,27 +46,13 @@ class MGCNEmbeddings(Embeddings):
     mm_items: OnDemandRows | None = field(default=None, repr=False)
     num_users: int = 0
 
-    @property
-    def user(self) -> Tensor:  # type: ignore[override]
-        """Final user embeddings (Eq. 7), computed on first access."""
-        if self._user is None:
-            self._user = self.id_view[: self.num_users] + self.mm_users.table()
-        return self._user
+    def compute_user(self) -> Tensor:
+        """Final user embeddings (Eq. 7)."""
+        return self.id_view[: self.num_users] + self.mm_users.table()
 
-    @user.setter
-    def user(self, value: Tensor | None) -> None:
-        self._user = value
-
-    @property
-    def item(self) -> Tensor:  # type: ignore[override]
-        """Final item embeddings (Eq. 7), computed on first access."""
-        if self._item is None:
-            self._item = self.id_view[self.num_users :] + self.mm_items.table()
-        return self._item
-
-    @item.setter
-    def item(self, value: Tensor | None) -> None:
-        self._item = value
+    def compute_item(self) -> Tensor:
+        """Final item embeddings (Eq. 7)."""
+        return self.id_view[self.num_users :] + self.mm_items.table()
 
     @property
     def mm_view(self) -> Tensor:
