@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -302,6 +303,18 @@ def factored_cross_entropy(
     return _FactoredCrossEntropy.apply(query, key, target, shift, block_elements, weight)
 
 
+def _check_views(
+    name: str, what: str, anchor: Tensor, others: Sequence[Tensor], temperature: float
+) -> None:
+    """The inputs of a contrastive loss: 2-d tensors of one shape (``what``, as the error says
+    it), a temperature > 0."""
+    if anchor.dim() != 2 or any(t.shape != anchor.shape for t in others):
+        shapes = " and ".join(str(list(t.shape)) for t in (anchor, *others))
+        raise ValueError(f"{name} needs {what} of one shape, got {shapes}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
 def info_nce(
     anchor: Tensor,
     positive: Tensor,
@@ -334,13 +347,7 @@ def info_nce(
     rounding, faster. Off by default, so that the fixed-seed runs of the models that use the
     plain form stay bit for bit as they were (rounding can reorder near-tied rankings).
     """
-    if anchor.dim() != 2 or anchor.shape != positive.shape:
-        raise ValueError(
-            f"info_nce needs two [B, d] tensors of one shape, got {list(anchor.shape)} "
-            f"and {list(positive.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_views("info_nce", "two [B, d] tensors", anchor, [positive], temperature)
     if ids is not None and ids.shape != anchor.shape[:1]:
         raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
     if ids is not None and ids.device.type == "cpu":
@@ -371,13 +378,7 @@ def symmetric_info_nce(first: Tensor, second: Tensor, temperature: float) -> Ten
     ``(second, first)``] from one similarity matrix: the second direction's logits are the
     transpose of the first's, so its softmax runs down the columns (one ``B x B`` product and
     its backward instead of two)."""
-    if first.dim() != 2 or first.shape != second.shape:
-        raise ValueError(
-            f"symmetric_info_nce needs two [B, d] tensors of one shape, got "
-            f"{list(first.shape)} and {list(second.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_views("symmetric_info_nce", "two [B, d] tensors", first, [second], temperature)
     query, key = F.normalize(first, dim=-1) / temperature, F.normalize(second, dim=-1)
     if 1.0 / temperature < _unshifted_logit_bound(query.dtype, 2 * first.size(0)):
         return _SymmetricCrossEntropy.apply(query, key)
@@ -446,13 +447,7 @@ def anchor_info_nce(anchor: Tensor, views: list[Tensor], temperature: float) -> 
     """
     if isinstance(views, Tensor) or len(views) == 0:
         raise ValueError("views must be a non-empty sequence of [B, d] tensors")
-    if anchor.dim() != 2 or any(v.shape != anchor.shape for v in views):
-        raise ValueError(
-            f"anchor_info_nce needs [B, d] anchor and views of one shape, got "
-            f"{list(anchor.shape)} and {[list(v.shape) for v in views]}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_views("anchor_info_nce", "[B, d] anchor and views", anchor, views, temperature)
     num = anchor.size(0)
     candidates = F.normalize(torch.cat(list(views)), dim=-1)  # [M B, d], view-major
     query = F.normalize(anchor, dim=-1) / temperature
@@ -504,13 +499,7 @@ def info_nce_all_negatives(
     row of ``index`` is computed once and weighted by its count (a batch's users repeat); on
     other devices, where ``torch.unique`` would wait for the device, every row is.
     """
-    if anchor.dim() != 2 or anchor.shape != positive.shape:
-        raise ValueError(
-            f"info_nce_all_negatives needs two [N, d] views of one shape, got "
-            f"{list(anchor.shape)} and {list(positive.shape)}"
-        )
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_views("info_nce_all_negatives", "two [N, d] views", anchor, [positive], temperature)
     counts = None
     rows = index
     if index.device.type == "cpu":  # each distinct row once, weighted by its count
