@@ -99,6 +99,44 @@ def test_logit_pooling_gradient_at_large_logits() -> None:
     assert b.grad.tolist() == pytest.approx([0.5, 0.0, 0.5], abs=1e-6)
 
 
+def test_logit_pooling_gradcheck_and_one_modality_identity() -> None:
+    torch.manual_seed(3)
+    for m in (2, 3):
+        logits = [(torch.randn(4, 3, dtype=torch.double) * 4).requires_grad_() for _ in range(m)]
+        assert torch.autograd.gradcheck(lambda *c: logit_pooling(list(c)), logits)
+    # One modality: logit(sigmoid(c)) = c, any magnitude.
+    c = torch.tensor([-300.0, -1.5, 0.0, 2.0, 300.0])
+    assert torch.equal(logit_pooling([c]), c)
+
+
+def test_logit_pooling_clamps_codes_beyond_the_normal_range() -> None:
+    # float32: sigmoid(-|c|) leaves the normal range near |c| = 87; codes clamp at
+    # -log(tiny) - 4 = 83.3, where both modalities agreeing gives C = the clamp bound.
+    bound = -math.log(torch.finfo(torch.float32).tiny) - 4.0
+    a = torch.tensor([200.0, 80.0, -200.0], requires_grad=True)
+    b = torch.tensor([200.0, 80.0, 0.0], requires_grad=True)
+    out = logit_pooling([a, b])
+    assert torch.isfinite(out).all()
+    assert out[0].item() == pytest.approx(bound, abs=1e-3)
+    assert out[1].item() == pytest.approx(80.0, abs=1e-3)  # inside the bound: exact
+    # logit((sigmoid(-200) + sigmoid(0)) / 2) = logit(1/4) = -log 3 (the tail is negligible)
+    assert out[2].item() == pytest.approx(-math.log(3.0), abs=1e-6)
+    out.sum().backward()
+    # the clamped codes get no gradient; 80 agreeing codes share dC = 1/2 each; at b = 0
+    # beside a clamped -200: sigmoid(0)^2 (1 / S+ + 1 / S-) = 1/4 (1 / (1/2) + 1 / (3/2)) = 2/3
+    assert a.grad.tolist() == pytest.approx([0.0, 0.5, 0.0], abs=1e-6)
+    assert b.grad.tolist() == pytest.approx([0.0, 0.5, 2 / 3], abs=1e-6)
+
+
+def test_logit_pooling_half_precision_is_computed_in_float32() -> None:
+    a = torch.tensor([-20.0, 0.5, 9.0])
+    b = torch.tensor([-20.0, -1.0, 9.0])
+    want = logit_pooling([a, b])
+    got = logit_pooling([a.to(torch.bfloat16), b.to(torch.bfloat16)])
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2)
+
+
 def test_logit_pooling_needs_a_modality() -> None:
     with pytest.raises(ValueError, match="at least one modality"):
         logit_pooling([])
@@ -542,15 +580,21 @@ def _kl_autograd(user_p, item_p, user_q, item_q) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("block_entries", [1, 20, 1 << 20])
-def test_block_kl_equals_the_autograd_kl_with_its_gradient(monkeypatch, block_entries) -> None:
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_block_kl_equals_the_autograd_kl_with_its_gradient(
+    monkeypatch, block_entries, scale
+) -> None:
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)  # 1, 2 or all rows a block
     torch.manual_seed(31)
     inputs = [
-        3 * torch.randn(n, w, dtype=torch.float64, requires_grad=True)
+        (scale * torch.randn(n, w, dtype=torch.float64)).requires_grad_()
         for n, w in ((5, 3), (9, 3), (5, 4), (9, 4))
     ]
+    # scale 0.5: every score within UNSHIFTED_MAX_LOGIT (exps unshifted); 3: shifted rows
+    bounded = max(losses._max_score(*inputs[:2]), losses._max_score(*inputs[2:]))
+    assert (bounded <= losses.UNSHIFTED_MAX_LOGIT) == (scale < 1)
     kl, expected = score_distribution_kl(*inputs), _kl_autograd(*inputs)
     torch.testing.assert_close(kl, expected)
     for got, want in zip(
@@ -586,15 +630,19 @@ def test_weighted_kl_is_the_kl_of_the_weighted_rows() -> None:
 
 
 @pytest.mark.parametrize("block_entries", [1, 20, 1 << 20])
-def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(monkeypatch, block_entries) -> None:
-    """Real-valued row weights, rows in blocks (the last one short), large scores: value and
-    gradient of every input equal the weighted mean of the autograd KL rows."""
+@pytest.mark.parametrize("scale", [0.5, 4.0])
+def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(
+    monkeypatch, block_entries, scale
+) -> None:
+    """Real-valued row weights, rows in blocks (the last one short), small (unshifted) and
+    large scores: value and gradient of every input equal the weighted mean of the autograd KL
+    rows."""
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)
     torch.manual_seed(33)
     inputs = [
-        4 * torch.randn(n, w, dtype=torch.float64, requires_grad=True)
+        (scale * torch.randn(n, w, dtype=torch.float64)).requires_grad_()
         for n, w in ((7, 3), (9, 3), (7, 5), (9, 5))
     ]
     weight = torch.rand(7, dtype=torch.float64) + 0.1

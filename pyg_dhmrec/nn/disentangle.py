@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from pyg_dhmrec.nn.losses import weighted_mean
 
@@ -89,6 +91,43 @@ def jensen_shannon_divergence(logits: Sequence[Tensor], weight: Tensor | None = 
     return weighted_mean(kl.mean(0), weight)
 
 
+def _pooling_bound(dtype: torch.dtype) -> float:
+    r"""Largest code magnitude whose sigmoid tail :math:`\sigma(-|c|)` stays a normal number of
+    ``dtype`` (float32: 83, float64: 704), with a reciprocal that stays finite."""
+    return -math.log(torch.finfo(dtype).tiny) - 4.0
+
+
+class _LogitPooling(torch.autograd.Function):
+    r"""Eq. 5 from sigmoids, :math:`C = \log S_+ - \log S_-` with
+    :math:`S_\pm = \sum_m \sigma(\pm C_m)`, and its closed-form gradient
+    :math:`\partial C / \partial C_m = \sigma(C_m)\sigma(-C_m)(1/S_+ + 1/S_-)`."""
+
+    @staticmethod
+    def forward(ctx: Any, bound: float, *logits: Tensor) -> Tensor:
+        positive, negative = [], []
+        for c in logits:
+            x = c.clamp(-bound, bound)
+            positive.append(torch.sigmoid(x))
+            negative.append(torch.sigmoid(x.neg_()))
+        sum_pos, sum_neg = sum(positive), sum(negative)
+        ctx.bound = bound
+        ctx.save_for_backward(sum_pos.reciprocal() + sum_neg.reciprocal(), *logits)
+        ctx.sigmoids = (positive, negative)
+        return sum_pos.log_().sub_(sum_neg.log_())
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        reciprocals, *logits = ctx.saved_tensors
+        positive, negative = ctx.sigmoids
+        scale = grad * reciprocals
+        grads = [
+            (p * n).mul_(scale).masked_fill_(c.abs() > ctx.bound, 0.0)
+            for c, p, n in zip(logits, positive, negative)
+        ]
+        return (None, *grads)
+
+
 def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
     r"""Fuses modality-common codes in probability space (DHMRec Eq. 5, after DrFuse).
 
@@ -96,16 +135,23 @@ def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
         C = \sigma^{-1}\Big(\frac{1}{M}\sum_m \sigma(C_m)\Big)
           = \log \sum_m \sigma(C_m) - \log \sum_m \sigma(-C_m)
 
-    The right-hand form (the :math:`1/M` cancels) is evaluated with ``logsumexp`` over
-    ``logsigmoid``, finite and exact for large :math:`|C_m|` (e.g. :math:`\pm 50`, where the
-    closed form of Eq. 5 overflows). For M = 2 it equals Eq. 5. One ``logsigmoid`` serves both
-    sums, as :math:`\log \sigma(-x) = \log \sigma(x) - x`.
+    The right-hand form (the :math:`1/M` cancels) sums both tails separately, so it is finite
+    and exact where the closed form of Eq. 5 overflows (e.g. :math:`C_m = \pm 50`) and where
+    :math:`1 - \frac{1}{M}\sum_m \sigma(C_m)` would round to 0. One custom autograd step
+    with the closed-form gradient :math:`\sigma(C_m)\sigma(-C_m)(1/S_+ + 1/S_-)` (issue 17:
+    5-6x faster than ``logsumexp`` over ``logsigmoid`` on TikTok's ``[6710, 64]`` codes).
+    *Choice*: codes are clamped to :math:`\pm 83` in float32 (:math:`\pm 704` in float64),
+    where :math:`\sigma(-|C_m|)` would leave the normal range; half precision is computed in
+    float32. With ``M = 1`` the pooling is the identity and returns its input.
     """
     if len(logits) < 1:
         raise ValueError("logit_pooling needs at least one modality")
-    stacked = torch.stack(list(logits))
-    log_p = F.logsigmoid(stacked)
-    return torch.logsumexp(log_p, 0) - torch.logsumexp(log_p - stacked, 0)
+    if len(logits) == 1:
+        return logits[0]
+    dtype = logits[0].dtype
+    compute = torch.float32 if torch.finfo(dtype).bits < 32 else dtype
+    logits = [c.to(compute) for c in logits]
+    return _LogitPooling.apply(_pooling_bound(compute), *logits).to(dtype)
 
 
 def orthogonality_loss(
