@@ -13,7 +13,9 @@ import torch
 from scipy.stats import ttest_rel
 
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.experiment import expand_grid, load_run, point_name
+from pyg_dhmrec.config import CONFIG_DIR, available, load_config, merge
+from pyg_dhmrec.experiment import expand_grid, load_grid, load_run, point_name
+from pyg_dhmrec.models import MODELS, build_model, model_settings
 
 TINY = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
 
@@ -231,3 +233,19 @@ def test_commands_on_missing_run(tmp_path: Path, capsys) -> None:
     assert "no best.pt (the run has not finished)" in capsys.readouterr().err
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "no results.json (not a finished run folder)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", available("grids"))
+def test_every_packaged_grid_point_builds_its_model(name: str, data) -> None:
+    """Each shipped grid names a model, and every point is a valid configuration of it: known
+    keys, values of the right type, accepted by the model's own checks on a toy graph."""
+    axes = load_grid(CONFIG_DIR / "grids" / f"{name}.yaml")
+    assert name in MODELS, f"grids/{name}.yaml names no registered model"
+    config = load_config(name, "synthetic")
+    if "knn_k" in config:
+        config["knn_k"] = 3  # the toy graph has 30 items
+    for point in expand_grid(axes):
+        cfg = merge(dict(config), point, f"grids/{name}.yaml")
+        model = build_model(name, data, cfg)
+        for key in set(point) & set(model_settings(name, cfg)):
+            assert getattr(model, key, point[key]) == point[key]
