@@ -1,0 +1,158 @@
+"""Seconds per epoch of MMRec's own models on one of our datasets, at our settings.
+
+Copies an MMRec checkout (``--mmrec``, e.g. ``git clone https://github.com/enoche/MMRec``) to
+``--work``, points it at ``--data-root/<dataset>`` (MMRec reads the first two modalities of the
+dataset as its ``v_feat`` and ``t_feat``), narrows each model's YAML grid to the point of our
+``configs/models/<model>.yaml`` (table ``POINTS``), sets ``epochs: 2`` and ``use_gpu`` from
+``--device``, and runs ``python main.py -m <Model> -d <dataset>`` once per model and round with
+``OMP_NUM_THREADS=1``. Three edits keep MMRec running on today's libraries and change no
+computation: scipy's removed ``dok_matrix._update`` becomes ``_dict.update``, numpy's removed
+``np.float`` becomes ``float``, and ``torchvision`` is stubbed when missing (MMRec imports it
+for raw images only). Prints MMRec's logged training seconds per epoch (mean of the epochs, the
+lowest over ``--rounds``) and the process's peak RSS; compare with ``benchmarks/speed.py`` on
+the same dataset::
+
+    python benchmarks/mmrec_side_by_side.py --mmrec ../MMRec --data-root ../shared/data
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --dataset tiktok --data-root ../shared/data \\
+        --device cpu --epochs 2 --rounds 2 --models lightgcn vbpr freedom lgmrec bm3
+
+MMRec's Python needs ``pandas``, ``lmdb`` and ``pyyaml`` (``--python`` picks the interpreter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+#: MMRec model name -> YAML keys set to our configs/models/<name>.yaml point (TikTok)
+POINTS: dict[str, dict[str, object]] = {
+    "LightGCN": {"n_layers": [2], "reg_weight": [1e-4]},
+    "VBPR": {"reg_weight": [5.0]},
+    "FREEDOM": {"reg_weight": [1e-4], "dropout": [0.8], "mm_image_weight": 0.5},
+    "LGMRec": {},  # MMRec's file holds one point, ours
+    "BM3": {"n_layers": [1], "dropout": [0.5], "reg_weight": [0.1]},
+}
+TRAIN = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s")
+
+
+def _set_keys(path: Path, keys: dict[str, object]) -> None:
+    lines = path.read_text().splitlines()
+    for key, value in keys.items():
+        text = f"{key}: {json.dumps(value)}"
+        hits = [i for i, line in enumerate(lines) if line.split(":")[0].strip() == key]
+        if hits:
+            lines[hits[0]] = text
+        else:
+            lines.append(text)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def prepare(args: argparse.Namespace) -> Path:
+    """A patched copy of MMRec whose dataset folder links to ours; returns its ``src``."""
+    work = Path(args.work)
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(args.mmrec, work, ignore=shutil.ignore_patterns(".git"))
+    src = work / "src"
+    folder = Path(args.data_root).resolve() / args.dataset
+    feats = sorted(p.name for p in folder.glob("*_feat.npy"))
+    if len(feats) < 2:
+        raise SystemExit(f"{folder}: MMRec needs two *_feat.npy files, found {feats}")
+    vision = "image_feat.npy" if "image_feat.npy" in feats else feats[0]
+    text = next(f for f in (["text_feat.npy"] + feats) if f in feats and f != vision)
+    data = work / "data" / args.dataset
+    data.mkdir(parents=True, exist_ok=True)
+    for name in [f"{args.dataset}.inter", vision, text]:
+        (data / name).symlink_to(folder / name)
+    (src / "configs" / "dataset" / f"{args.dataset}.yaml").write_text(
+        "USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\nTIME_FIELD: timestamp\n"
+        "filter_out_cod_start_users: True\n"
+        f"inter_file_name: '{args.dataset}.inter'\nvision_feature_file: '{vision}'\n"
+        f"text_feature_file: '{text}'\nuser_graph_dict_file: 'user_graph_dict.npy'\n"
+        'field_separator: "\\t"\n'
+    )
+    _set_keys(src / "configs" / "overall.yaml", {"epochs": 2, "use_gpu": args.device != "cpu"})
+    for model, keys in POINTS.items():
+        _set_keys(src / "configs" / "model" / f"{model}.yaml", keys)
+    for path in src.rglob("*.py"):
+        code = path.read_text()
+        fixed = code.replace("A._update(data_dict)", "A._dict.update(data_dict)")
+        fixed = re.sub(r"np\.float\b", "float", fixed)
+        if fixed != code:
+            path.write_text(fixed)
+    stubs = work / "stubs" / "torchvision" / "transforms"
+    stubs.mkdir(parents=True)
+    (stubs.parent / "__init__.py").write_text("")
+    (stubs / "__init__.py").write_text("def Compose(*a, **k):\n    raise NotImplementedError\n")
+    (stubs / "functional.py").write_text("def pad(*a, **k):\n    raise NotImplementedError\n")
+    with (stubs / "functional.py").open("a") as f:
+        f.write("def resize(*a, **k):\n    raise NotImplementedError\n")
+    return src
+
+
+def run_model(src: Path, model: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(mean training seconds per epoch, peak RSS MB) of one MMRec run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    missing = subprocess.run([args.python, "-c", "import torchvision"], capture_output=True)
+    if missing.returncode != 0:  # the stub only where torchvision is not installed
+        env["PYTHONPATH"] = os.pathsep.join([str(src.parent / "stubs"), env.get("PYTHONPATH", "")])
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [args.python, "main.py", "-m", model, "-d", args.dataset],
+            cwd=src,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read()
+    times = [float(m.group(2)) for m in TRAIN.finditer(output)]
+    if proc.returncode != 0 or not times:
+        tail = output.strip().splitlines()[-3:]
+        raise RuntimeError(f"MMRec {model} failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return float(np.mean(times)), usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mmrec", required=True, help="an MMRec checkout (with src/main.py)")
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--dataset", default="tiktok")
+    parser.add_argument("--models", nargs="+", default=list(POINTS), choices=list(POINTS))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for MMRec")
+    parser.add_argument("--work", default="/tmp/mmrec-side-by-side")
+    args = parser.parse_args()
+    if not (Path(args.mmrec) / "src" / "main.py").is_file():
+        parser.error(f"--mmrec {args.mmrec}: no src/main.py (an MMRec checkout expected)")
+    src = prepare(args)
+    print("| model | MMRec s/epoch (lowest of rounds) | per round | peak MB |")
+    print("|---|---|---|---|")
+    for model in args.models:
+        rounds = []
+        for _ in range(args.rounds):
+            try:
+                rounds.append(run_model(src, model, args))
+            except RuntimeError as e:
+                print(f"| {model} | failed: {e} | | |", flush=True)
+                break
+        if rounds:
+            best = min(r[0] for r in rounds)
+            per = " / ".join(f"{r[0]:.2f}" for r in rounds)
+            print(f"| {model} | {best:.2f} | {per} | {max(r[1] for r in rounds):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
