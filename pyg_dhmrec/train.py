@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -38,6 +39,7 @@ from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
 from pyg_dhmrec.metrics import FullRankEvaluator
 from pyg_dhmrec.models.base import Recommender
+from pyg_dhmrec.optim import adam
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +174,11 @@ def peak_rss_mb() -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The checkout's short commit; ``PYG_DHMREC_COMMIT`` names it where there is no ``.git``."""
+    """The checkout's short commit when this process imported the library (a long grid records
+    the code it runs, not a later checkout); ``PYG_DHMREC_COMMIT`` names it where there is no
+    ``.git``."""
     if os.environ.get("PYG_DHMREC_COMMIT"):
         return os.environ["PYG_DHMREC_COMMIT"]
     try:
@@ -187,6 +192,9 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+git_commit()  # read at import: the code in memory
 
 
 class EarlyStopping:
@@ -352,13 +360,10 @@ class Trainer:
                 f"early_stop_metric {metric!r} is not computed; choose one of {', '.join(known)}"
             )
         phase_ids = {id(p) for p in self.phase_params}
-        # foreach: one multi-tensor kernel per update term instead of one per parameter; the
-        # same values as the per-parameter loop (CPU's default), bit for bit
-        self.optimizer = torch.optim.Adam(
+        self.optimizer = adam(
             [p for p in self.model.parameters() if id(p) not in phase_ids],
             lr=config["learning_rate"],
             weight_decay=config["weight_decay"],
-            foreach=True,
         )
         self.scheduler = learning_rate_scheduler(
             self.optimizer, config.get("learning_rate_scheduler")
