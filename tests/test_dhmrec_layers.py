@@ -587,6 +587,7 @@ def test_block_kl_equals_the_autograd_kl_with_its_gradient(
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)  # 1, 2 or all rows a block
+    monkeypatch.setattr(losses, "KL_MIN_BLOCK_ROWS", 1)
     torch.manual_seed(31)
     inputs = [
         (scale * torch.randn(n, w, dtype=torch.float64)).requires_grad_()
@@ -608,6 +609,33 @@ def test_block_kl_equals_the_autograd_kl_with_its_gradient(
     assert not score_distribution_kl(*detached).requires_grad
     with pytest.raises(ValueError, match="the P and Q sides need the same users and items"):
         score_distribution_kl(inputs[0], inputs[1], inputs[2][:4], inputs[3])
+
+
+def test_kl_blocks_keep_a_minimum_of_rows(monkeypatch) -> None:
+    """Many items leave the entry budget a handful of rows: the block keeps KL_MIN_BLOCK_ROWS
+    (here 3 of 7 users: blocks of 3, 3 and 1) and the value and gradient stay the KL's."""
+    import pyg_dhmrec.nn.losses as losses
+
+    monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", 1)
+    monkeypatch.setattr(losses, "KL_MIN_BLOCK_ROWS", 3)
+    seen = []
+    forward = losses._ScoreDistributionKL.forward
+
+    def spy(ctx, *args):  # noqa: ANN001, ANN202
+        seen.append(args[6])  # block_rows
+        return forward(ctx, *args)
+
+    monkeypatch.setattr(losses._ScoreDistributionKL, "forward", staticmethod(spy))
+    torch.manual_seed(34)
+    inputs = [
+        torch.randn(n, w, dtype=torch.float64, requires_grad=True)
+        for n, w in ((7, 3), (11, 3), (7, 4), (11, 4))
+    ]
+    got, want = score_distribution_kl(*inputs), _kl_autograd(*inputs)
+    assert seen == [3]
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
+        torch.testing.assert_close(g, w)
 
 
 def test_weighted_kl_is_the_kl_of_the_weighted_rows() -> None:
@@ -640,6 +668,7 @@ def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)
+    monkeypatch.setattr(losses, "KL_MIN_BLOCK_ROWS", 1)
     torch.manual_seed(33)
     inputs = [
         (scale * torch.randn(n, w, dtype=torch.float64)).requires_grad_()
