@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from toy_graphs import NUM_ITEMS, first_batch, toy_graph
 
 from pyg_dhmrec.models import DHMRec, LightGCN
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "embedding_balance.py"
-
 
 @pytest.fixture(scope="module")
 def balance():
-    spec = importlib.util.spec_from_file_location("embedding_balance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("embedding_balance")
 
 
 def test_dhmrec_snapshot_reports_both_parts_and_groups(balance) -> None:

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from torch.profiler import ProfilerActivity, profile
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_models.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("profile_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("profile_models")
 
 
 def test_op_table_lists_operators_by_self_time_per_step(script) -> None:

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 from conftest import TINY_SYNTHETIC
 
 from pyg_dhmrec.config import load_config, parse_cli_overrides
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_study.py"
-
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("seed_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("seed_study")
 
 
 def test_selected_point_becomes_command_line_options(study) -> None:
