@@ -587,7 +587,7 @@ def test_block_kl_equals_the_autograd_kl_with_its_gradient(
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)  # 1, 2 or all rows a block
-    monkeypatch.setattr(losses, "KL_MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 1)
     torch.manual_seed(31)
     inputs = [
         (scale * torch.randn(n, w, dtype=torch.float64)).requires_grad_()
@@ -612,12 +612,12 @@ def test_block_kl_equals_the_autograd_kl_with_its_gradient(
 
 
 def test_kl_blocks_keep_a_minimum_of_rows(monkeypatch) -> None:
-    """Many items leave the entry budget a handful of rows: the block keeps KL_MIN_BLOCK_ROWS
+    """Many items leave the entry budget a handful of rows: the block keeps MIN_BLOCK_ROWS
     (here 3 of 7 users: blocks of 3, 3 and 1) and the value and gradient stay the KL's."""
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", 1)
-    monkeypatch.setattr(losses, "KL_MIN_BLOCK_ROWS", 3)
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 3)
     seen = []
     forward = losses._ScoreDistributionKL.forward
 
@@ -668,7 +668,7 @@ def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(
     import pyg_dhmrec.nn.losses as losses
 
     monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)
-    monkeypatch.setattr(losses, "KL_MIN_BLOCK_ROWS", 1)
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 1)
     torch.manual_seed(33)
     inputs = [
         (scale * torch.randn(n, w, dtype=torch.float64)).requires_grad_()

@@ -86,7 +86,10 @@ def test_info_nce_all_negatives_is_the_dense_formula_in_value_and_gradient(
         torch.testing.assert_close(a, b)
 
 
-def test_factored_cross_entropy_weight_counts_a_row_as_often_as_its_weight() -> None:
+def test_factored_cross_entropy_weight_counts_a_row_as_often_as_its_weight(monkeypatch) -> None:
+    import pyg_dhmrec.nn.losses as losses
+
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 1)  # 20 logits over 9 keys: 2-row blocks
     g = torch.Generator().manual_seed(5)
     query = torch.randn(5, 3, dtype=torch.double, generator=g, requires_grad=True)
     key = torch.randn(9, 3, dtype=torch.double, generator=g, requires_grad=True)

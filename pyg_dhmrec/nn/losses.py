@@ -57,11 +57,12 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
 #: (TikTok-sized KL, 78 rows a block: 12-13 % faster than 156 in an interleaved micro-benchmark,
 #: one CPU thread, a loaded machine).
 KL_BLOCK_ENTRIES = 1 << 19
-#: ... but never fewer rows than this: with many items the entry budget leaves a handful of rows
-#: (7 over Sports-4x's 73,428 items), and matrix products that thin run far below the BLAS peak
-#: (DHMRec at 4x Sports: the KL took 6.0 of a 12.7 s step in 7-row blocks). 64 rows of 146,856
-#: items are four 38 MB buffers.
-KL_MIN_BLOCK_ROWS = 64
+#: Fewest rows of a row block of this module's chunked ``[rows, N]`` products (the KL and
+#: :func:`factored_cross_entropy`): with large ``N`` an entry budget leaves a handful of rows (7
+#: over Sports-4x's 73,428 items), and matrix products that thin run far below the BLAS peak
+#: (DHMRec's step at 8x Sports: 39.5 CPU-s in 3-row KL blocks, 21.8 with 64). 64 rows of 146,856
+#: items are four 38 MB buffers of the KL.
+MIN_BLOCK_ROWS = 64
 
 
 class _ScoreDistributionKL(torch.autograd.Function):
@@ -169,7 +170,7 @@ def score_distribution_kl(
         )
     inputs = (user_p, item_p, user_q, item_q)
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    block_rows = max(KL_MIN_BLOCK_ROWS, KL_BLOCK_ENTRIES // max(1, item_p.size(0)), 1)
+    block_rows = max(MIN_BLOCK_ROWS, KL_BLOCK_ENTRIES // max(1, item_p.size(0)), 1)
     if weight is not None and weight.shape != user_p.shape[:1]:
         raise ValueError(f"weight must have shape [{user_p.size(0)}], got {list(weight.shape)}")
     shift = user_p.device.type != "cpu" or not (
@@ -208,7 +209,7 @@ class _FactoredCrossEntropy(torch.autograd.Function):
         elements: int,
         weight: Tensor | None,
     ) -> Tensor:
-        rows = max(1, elements // max(1, key.size(0)))
+        rows = max(MIN_BLOCK_ROWS, elements // max(1, key.size(0)), 1)
         # a row's weight scales its softmax and one-hot alike: folded into the row factors
         row_weight = None if weight is None else weight.to(query.dtype).unsqueeze(1)
         key_t = key.t()
