@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/seed-study")
     args = parser.parse_args(argv)
-    if "dhmrec" not in args.models:
+    if args.stage == "summary" and "dhmrec" not in args.models:
         parser.error("--models must include dhmrec (every comparison is against it)")
     bad = [g for g in args.grid if "=" not in g]
     if bad:
