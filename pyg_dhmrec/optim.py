@@ -1,4 +1,4 @@
-"""The optimiser every training phase uses."""
+"""The training optimiser of every model (DiffMM's diffusion phase keeps its own, see there)."""
 
 from __future__ import annotations
 
