@@ -93,17 +93,15 @@ def prepare(args: argparse.Namespace) -> Path:
     stubs.mkdir(parents=True)
     (stubs.parent / "__init__.py").write_text("")
     (stubs / "__init__.py").write_text("def Compose(*a, **k):\n    raise NotImplementedError\n")
-    (stubs / "functional.py").write_text("def pad(*a, **k):\n    raise NotImplementedError\n")
-    with (stubs / "functional.py").open("a") as f:
-        f.write("def resize(*a, **k):\n    raise NotImplementedError\n")
+    stub = "def {}(*a, **k):\n    raise NotImplementedError\n"
+    (stubs / "functional.py").write_text(stub.format("pad") + stub.format("resize"))
     return src
 
 
 def run_model(src: Path, model: str, args: argparse.Namespace) -> tuple[float, float]:
     """(mean training seconds per epoch, peak RSS MB) of one MMRec run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    missing = subprocess.run([args.python, "-c", "import torchvision"], capture_output=True)
-    if missing.returncode != 0:  # the stub only where torchvision is not installed
+    if args.stub_torchvision:
         env["PYTHONPATH"] = os.pathsep.join([str(src.parent / "stubs"), env.get("PYTHONPATH", "")])
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
@@ -138,6 +136,9 @@ def main() -> None:
     if not (Path(args.mmrec) / "src" / "main.py").is_file():
         parser.error(f"--mmrec {args.mmrec}: no src/main.py (an MMRec checkout expected)")
     src = prepare(args)
+    # the stub only where MMRec's interpreter has no torchvision
+    found = subprocess.run([args.python, "-c", "import torchvision"], capture_output=True)
+    args.stub_torchvision = found.returncode != 0
     print("| model | MMRec s/epoch (lowest of rounds) | per round | peak MB |")
     print("|---|---|---|---|")
     for model in args.models:

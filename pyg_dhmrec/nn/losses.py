@@ -170,7 +170,7 @@ def score_distribution_kl(
         )
     inputs = (user_p, item_p, user_q, item_q)
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    block_rows = max(MIN_BLOCK_ROWS, KL_BLOCK_ENTRIES // max(1, item_p.size(0)), 1)
+    block_rows = max(MIN_BLOCK_ROWS, KL_BLOCK_ENTRIES // max(1, item_p.size(0)))
     if weight is not None and weight.shape != user_p.shape[:1]:
         raise ValueError(f"weight must have shape [{user_p.size(0)}], got {list(weight.shape)}")
     shift = user_p.device.type != "cpu" or not (
@@ -209,7 +209,7 @@ class _FactoredCrossEntropy(torch.autograd.Function):
         elements: int,
         weight: Tensor | None,
     ) -> Tensor:
-        rows = max(MIN_BLOCK_ROWS, elements // max(1, key.size(0)), 1)
+        rows = max(MIN_BLOCK_ROWS, elements // max(1, key.size(0)))
         # a row's weight scales its softmax and one-hot alike: folded into the row factors
         row_weight = None if weight is None else weight.to(query.dtype).unsqueeze(1)
         key_t = key.t()
