@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
-from pyg_dhmrec.nn import FrozenSparse, LightPropagation, item_seeded_propagation
+from pyg_dhmrec.nn import (
+    FrozenSparse,
+    LightPropagation,
+    item_seeded_propagation,
+    sparse_rows_matmul,
+)
 
 NUM_USERS, NUM_ITEMS = 13, 9
 
@@ -93,3 +98,40 @@ def test_light_propagation_from_a_given_first_hop(edges, mode: str) -> None:
     if mode != "last":
         shifted = prop(x, adj, first_hop=marker) - prop(x, adj)
         assert shifted.abs().sum() > 0
+
+
+# --- sparse_rows_matmul ---
+
+
+def _random_csr(n: int, m: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    dense = torch.rand(n, m, generator=g) * (torch.rand(n, m, generator=g) < density)
+    dense[2] = 0  # a row without entries
+    return dense.to_sparse_csr()
+
+
+def test_sparse_rows_matmul_equals_the_rows_of_the_full_product() -> None:
+    adj = _random_csr(9, 7, 0.4, seed=0)
+    x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([4, 2, 0, 8])
+    got = sparse_rows_matmul(adj.to(torch.float64), rows, x)
+    want = (adj.to_dense().double() @ x)[rows]
+    torch.testing.assert_close(got, want)
+    assert got[1].abs().sum() == 0  # the empty row
+    weight = torch.randn_like(got)
+    (grad,) = torch.autograd.grad((got * weight).sum(), x)
+    (want_grad,) = torch.autograd.grad((want * weight).sum(), x)
+    torch.testing.assert_close(grad, want_grad)
+
+
+def test_sparse_rows_matmul_of_no_rows_and_hand_values() -> None:
+    adj = torch.tensor([[0.0, 2.0], [1.0, 3.0]]).to_sparse_csr()
+    x = torch.tensor([[1.0, 10.0], [5.0, 50.0]])
+    got = sparse_rows_matmul(adj, torch.tensor([1, 0, 1]), x)
+    assert got.tolist() == [[16.0, 160.0], [10.0, 100.0], [16.0, 160.0]]
+    assert sparse_rows_matmul(adj, torch.tensor([], dtype=torch.long), x).shape == (0, 2)
+
+
+def test_sparse_rows_matmul_rejects_a_non_csr_matrix() -> None:
+    with pytest.raises(ValueError, match="sparse CSR"):
+        sparse_rows_matmul(torch.eye(2), torch.tensor([0]), torch.ones(2, 1))

@@ -55,6 +55,7 @@ from pyg_dhmrec.nn.propagation import (
     LightPropagation,
     constant_spmm,
     item_seeded_propagation,
+    sparse_rows_matmul,
     symmetric_spmm,
 )
 from pyg_dhmrec.nn.routing import PrototypeRouting, neighborhood_affinity
@@ -102,6 +103,7 @@ __all__ = [
     "LightConv",
     "LightPropagation",
     "item_seeded_propagation",
+    "sparse_rows_matmul",
     "symmetric_spmm",
     "bpr_loss",
     "constant_spmm",

@@ -70,14 +70,5 @@ class ModulusPerturbation(torch.nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return x + modulus_perturbation(x, self.eps, generator)
 
-    def rows(
-        self, x: Tensor, rows: Tensor, num_rows: int, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """The rows ``rows`` of :meth:`forward` on an ``[num_rows, d]`` table, given only those
-        rows ``x`` (``[len(rows), d]``): the full ``[num_rows, d]`` uniform draw is made, so
-        the random stream and the rows' noise are those of the full call."""
-        u = torch.rand(num_rows, x.size(1), generator=generator, device=x.device, dtype=x.dtype)
-        return x + _modulus_noise(x, u[rows], self.eps)
-
     def extra_repr(self) -> str:
         return f"eps={self.eps}"
