@@ -293,15 +293,29 @@ def checked_stored_config(config: Any, source: str) -> dict[str, Any]:
     return checked
 
 
+#: Keys holding a folder: two spellings of one folder (relative to the current folder or
+#: absolute) are the same configuration.
+FOLDER_PATH_KEYS = ("data_root", "cache_dir")
+
+
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    if a == b:
+        return True
+    if key in FOLDER_PATH_KEYS and isinstance(a, str) and isinstance(b, str):
+        return os.path.realpath(a) == os.path.realpath(b)
+    return False
+
+
 def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> list[str]:
-    """``key: stored -> requested`` for each key (``FOLDER_FREE_KEYS`` aside) that differs."""
+    """``key: stored -> requested`` for each key (``FOLDER_FREE_KEYS`` aside) that differs;
+    ``FOLDER_PATH_KEYS`` differ only when they name different folders."""
     a, b = (json.loads(json.dumps(c, default=str)) for c in (stored, requested))
     keys = sorted((set(a) | set(b)) - set(FOLDER_FREE_KEYS))
     absent = "<absent>"
     return [
         f"{k}: {json.dumps(a.get(k, absent))} -> {json.dumps(b.get(k, absent))}"
         for k in keys
-        if a.get(k, absent) != b.get(k, absent)
+        if not _same_value(k, a.get(k, absent), b.get(k, absent))
     ]
 
 

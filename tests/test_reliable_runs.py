@@ -15,6 +15,7 @@ import torch
 from kill_points import wait_for_marker
 
 from pyg_dhmrec.cli import main
+from pyg_dhmrec.experiment import config_differences
 from pyg_dhmrec.models import LightGCN
 from pyg_dhmrec.train import CheckpointError, read_checkpoint
 
@@ -164,6 +165,21 @@ def test_plain_run_into_folder_of_other_config_refused(
     )
     assert read(out) == before  # untouched
     assert json.loads((out / "config.json").read_text())["epochs"] == 1
+
+
+def test_config_differences_compare_folders_not_spellings(tmp_path: Path, monkeypatch) -> None:
+    """A data folder given relative to the current folder or absolute is one configuration;
+    another folder, or another key, still differs."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    stored = {"data_root": str(tmp_path / "data"), "epochs": 1, "cache_dir": None}
+    assert config_differences(stored, dict(stored, data_root="../data")) == []
+    assert config_differences(stored, dict(stored, data_root=".")) == [
+        f'data_root: "{tmp_path / "data"}" -> "."'
+    ]
+    assert config_differences(stored, dict(stored, epochs="1")) == ['epochs: 1 -> "1"']
+    assert config_differences({"seed": "."}, {"seed": str(tmp_path / "other")}) != []
 
 
 def test_grid_rerun_with_changed_base_option_refused(
