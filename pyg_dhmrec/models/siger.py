@@ -133,17 +133,18 @@ class SIGER(FREEDOM):
     switched off), so ablations log the same parts. Parameters (and their initialisation
     order) are FREEDOM's: none of the three mechanisms adds one.
 
-    **Computation** (issue 17, exact): the clean pass and both perturbed views start from the
-    same layer-0 embeddings over the same graphs and add noise after each hop, so the first
-    hop of every propagation is computed once per step (:class:`FirstHops`); the symmetric
-    InfoNCE of (9) uses one similarity matrix for both directions
-    (:func:`symmetric_info_nce`). The views are computed at the batch's rows only at their last
-    hop (:func:`sparse_rows_matmul` reads only those rows of the graph), the InfoNCE terms
-    (7)-(9) by fused cross-entropies (:func:`factored_cross_entropy`, one exponential per
-    logit), the alignment's fusion (3) and the ``mm`` term's projections at the batch's rows
-    only. *Choice* (a different random stream, the same distribution): the noise after the
-    last hop is drawn for the batch's rows only, since (6) draws every row independently; on
-    TikTok this skips about 65% of the uniform draws of a step, which cost 13% of it.
+    **Computation** (issue 17; exact but for the *choice* at the end): the clean pass and
+    both views start from the same layer-0 embeddings over the same graphs and add noise
+    after each hop, so the first hop of every propagation is computed once per step
+    (:class:`FirstHops`); the symmetric InfoNCE of (9) uses one similarity matrix for both
+    directions (:func:`symmetric_info_nce`). The views are computed at the batch's rows only
+    at their last hop (:func:`sparse_rows_matmul` reads only those rows of the graph), the
+    InfoNCE terms (7)-(9) by fused cross-entropies (:func:`factored_cross_entropy`, one
+    exponential per logit), the alignment's fusion (3) and the ``mm`` term's projections at
+    the batch's rows only. *Choice* (a different random stream, the same distribution): the
+    noise after the last hop is drawn for the batch's rows only, since (6) draws every row
+    independently; on TikTok this skips about 65% of the uniform draws of a step, which cost
+    13% of it.
 
     **Modality representations** (:attr:`Embeddings.modalities`): :math:`h^m` (2), before the
     fusion (3), in the scoring space.
