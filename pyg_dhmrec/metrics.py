@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torch_geometric.index import index2ptr
 
+from pyg_dhmrec.data.graph import csr_row_positions
+
 METRICS = ("recall", "ndcg", "precision", "map")
 
 
@@ -152,11 +154,8 @@ def _to_csr(edge_index: Tensor, num_users: int, num_items: int, name: str) -> tu
 def _gather_rows(rowptr: Tensor, col: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     """Returns the COO entries ``(local_row, col)`` of the CSR rows ``rows``, where
     ``local_row`` indexes into ``rows``."""
-    start, count = rowptr[rows], rowptr[rows + 1] - rowptr[rows]
-    local_row = torch.repeat_interleave(torch.arange(rows.numel()), count)
-    first = torch.cumsum(count, dim=0) - count  # offset of each row's first entry in the output
-    offset = torch.arange(local_row.numel()) - first[local_row]
-    return local_row, col[start[local_row] + offset]
+    local_row, position = csr_row_positions(rowptr, rows)
+    return local_row, col[position]
 
 
 class FullRankEvaluator:

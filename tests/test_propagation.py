@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyg_dhmrec.data.graph import normalized_adjacency, user_item_matrix
+from pyg_dhmrec.data.graph import csr_row_positions, normalized_adjacency, user_item_matrix
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
@@ -135,3 +135,11 @@ def test_sparse_rows_matmul_of_no_rows_and_hand_values() -> None:
 def test_sparse_rows_matmul_rejects_a_non_csr_matrix() -> None:
     with pytest.raises(ValueError, match="sparse CSR"):
         sparse_rows_matmul(torch.eye(2), torch.tensor([0]), torch.ones(2, 1))
+
+
+def test_csr_row_positions_by_hand() -> None:
+    """Rows 2, 0, 2 of a CSR with row pointer [0, 2, 2, 5]: row 0 holds entries 0-1, row 1 none,
+    row 2 entries 2-4; repeats and empty rows allowed."""
+    local, position = csr_row_positions(torch.tensor([0, 2, 2, 5]), torch.tensor([2, 0, 1, 2]))
+    assert local.tolist() == [0, 0, 0, 1, 1, 3, 3, 3]
+    assert position.tolist() == [2, 3, 4, 0, 1, 2, 3, 4]

@@ -253,6 +253,18 @@ def resolve_modality_weights(
     return {m: float(weights[m]) for m in modalities}
 
 
+def csr_row_positions(row_pointer: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The stored entries of the CSR rows ``rows`` (``row_pointer``: the crow indices), row after
+    row: each entry's local row (an index into ``rows``) and its position in the column and
+    value arrays."""
+    start = row_pointer[rows]
+    count = row_pointer[rows + 1] - start
+    local = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
+    first = torch.cumsum(count, 0) - count  # each row's first entry in the output
+    offset = torch.arange(local.numel(), device=rows.device) - first[local]
+    return local, start[local] + offset
+
+
 def submatrix_entries(matrix: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r"""The stored entries of :math:`A_{[index, index]}`, the ``[P, P]`` submatrix of a sparse
     ``[N, N]`` CSR matrix :math:`A` on the rows and columns ``index`` (``[P]``, repeats allowed).
@@ -266,14 +278,9 @@ def submatrix_entries(matrix: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Te
         raise ValueError("submatrix_entries needs a square torch.sparse_csr matrix")
     index = index.long()
     _check_range(index, matrix.size(0), "index")
-    crow, col, value = matrix.crow_indices(), matrix.col_indices(), matrix.values()
-    positions = torch.arange(index.numel(), device=index.device)
     # Row entries of each position: (a, column, value).
-    start, count = crow[index], crow[index + 1] - crow[index]
-    a = torch.repeat_interleave(positions, count)
-    offset = torch.arange(a.numel(), device=index.device) - (torch.cumsum(count, 0) - count)[a]
-    entry = start[a] + offset
-    column, kept = col[entry], value[entry]
+    a, entry = csr_row_positions(matrix.crow_indices(), index)
+    column, kept = matrix.col_indices()[entry], matrix.values()[entry]
     # The positions b holding each column id: a range of the positions sorted by id.
     order = torch.argsort(index, stable=True)
     sorted_ids = index[order]

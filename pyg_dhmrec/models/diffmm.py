@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.graph import normalized_adjacency, symmetric_normalize, to_csr
+from pyg_dhmrec.data.graph import (
+    csr_row_positions,
+    normalized_adjacency,
+    symmetric_normalize,
+    to_csr,
+)
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import (
@@ -317,12 +322,8 @@ class DiffMM(Recommender):
     # ----- diffusion -----
     def interaction_rows(self, users: Tensor) -> Tensor:
         """The dense ``[len(users), I]`` 0/1 train rows :math:`\\alpha_0` of ``users``."""
-        start, end = self.row_pointer[users], self.row_pointer[users + 1]
-        counts = end - start
-        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-        offsets = torch.arange(int(counts.sum()), device=users.device)
-        offsets = offsets - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        cols = self.row_items[torch.repeat_interleave(start, counts) + offsets]
+        rows, position = csr_row_positions(self.row_pointer, users)
+        cols = self.row_items[position]
         x = torch.zeros(len(users), self.num_items, device=users.device)
         x[rows, cols] = 1.0
         return x

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import LGConv
 
-from pyg_dhmrec.data.graph import csr_transpose
+from pyg_dhmrec.data.graph import csr_row_positions, csr_transpose
 
 
 def _spmm(adj: Tensor, x: Tensor) -> Tensor:
@@ -59,15 +59,9 @@ def sparse_rows_matmul(adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
         raise ValueError(f"sparse_rows_matmul needs a sparse CSR matrix, got {adj.layout}")
     if rows.dim() != 1:
         raise ValueError(f"rows must be 1-D, got shape {list(rows.shape)}")
-    crow, col, value = adj.crow_indices(), adj.col_indices(), adj.values()
-    start = crow[rows]
-    count = crow[rows + 1] - start
-    total = int(count.sum())
-    # For every entry of the selected rows: its output row and its position in ``col``.
-    out_row = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
-    first = torch.cumsum(count, 0) - count
-    position = start[out_row] + torch.arange(total, device=rows.device) - first[out_row]
-    messages = x[col[position]] * value[position].unsqueeze(-1).to(x.dtype)
+    out_row, position = csr_row_positions(adj.crow_indices(), rows)
+    value = adj.values()[position].unsqueeze(-1).to(x.dtype)
+    messages = x[adj.col_indices()[position]] * value
     return x.new_zeros(rows.numel(), x.size(1)).index_add(0, out_row, messages)
 
 
