@@ -281,23 +281,36 @@ def test_no_ii_views_are_the_user_item_outputs(data: HeteroData) -> None:
 # ---------------------------------------------------------------- scale of the two parts (issue 16)
 
 
-def test_outer_layer_norm_gain_starts_at_the_id_scale(data: HeteroData) -> None:
-    """Eq. 18's outer LN gain = per-entry RMS of the propagated ID embeddings / sqrt(V)."""
+def test_output_scale_is_the_id_scale(data: HeteroData) -> None:
+    """Eq. 18's outer LN times s = per-entry RMS of the propagated ID embeddings / sqrt(V)."""
     model = _model(data)
     adj = normalized_adjacency(data[RATES].edge_index, NUM_USERS, NUM_ITEMS).to_dense()
     ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
     expected_id = (ego + adj @ ego + adj @ (adj @ ego)) / 3  # Eqs. 7-8, full graph
-    gain = expected_id.pow(2).mean().sqrt().item() / math.sqrt(3)  # V = 3 views
+    scale = expected_id.pow(2).mean().sqrt().item() / math.sqrt(3)  # V = 3 views
     for attention in model.fusion.attentions:
-        assert torch.allclose(attention.outer_norm.weight, torch.full((DIM,), gain), rtol=1e-5)
+        assert attention.output_scale.item() == pytest.approx(scale, rel=1e-5)
+        # the layer norm itself starts at PyTorch's affine (gain 1, bias 0)
+        assert torch.equal(attention.outer_norm.weight, torch.ones(DIM))
         assert torch.equal(attention.outer_norm.bias, torch.zeros(DIM))
-    # Re-initialising new ID tables moves the gain with them.
+    # Re-initialising new ID tables moves the scale with them.
     with torch.no_grad():
         model.user_embedding.weight.mul_(0)
     model.reset_parameters()
-    assert model.fusion.attentions[0].outer_norm.weight[0].item() == pytest.approx(
+    assert model.fusion.attentions[0].output_scale.item() == pytest.approx(
         model._id_scale() / math.sqrt(3), rel=1e-5
     )
+
+
+def test_output_scale_is_restored_from_the_state_dict(data: HeteroData) -> None:
+    """s is computed from the initial ID tables: a model built under another seed and loaded
+    from a state dict must rank with the saved s, not its own."""
+    saved, loaded = _model(data, seed=0), _model(data, seed=1)
+    assert loaded.fusion.attentions[0].output_scale != saved.fusion.attentions[0].output_scale
+    loaded.load_state_dict(saved.state_dict())
+    saved.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded().item, saved().item)
 
 
 @pytest.mark.parametrize("feature_scale", [1.0, 100.0])

@@ -500,29 +500,52 @@ def test_weighted_sum_of_sparse_matrices() -> None:
         weighted_sum([a.to_sparse_csr(), torch.eye(2).to_sparse_csr()], [1.0, 1.0])
 
 
-def test_output_gain_sets_the_scale_of_the_fused_views() -> None:
-    # Eq. 18 ends in a layer norm: with bias 0 each output row has mean 0 and per-entry RMS
-    # equal to the gain, whatever the scale of the input view (here 1 and 1000).
+def test_output_scale_sets_the_scale_of_the_fused_views() -> None:
+    # Eq. 18 ends in a layer norm: at PyTorch's initial affine (gain 1, bias 0) each output row
+    # has mean 0 and per-entry RMS 1, so times s it has RMS s, whatever the scale of the input
+    # view (here 1 and 1000).
     torch.manual_seed(3)
-    fusion = AttentionFusion(8, num_views=2, output_gain=0.05)
+    fusion = AttentionFusion(8, num_views=2, output_scale=0.05)
     views = [torch.randn(20, 8), 1000 * torch.randn(20, 8)]
     for att, view in zip(fusion.attentions, views):
         out = att(fusion.fuse(torch.cat(views, dim=-1)), view)
         assert torch.allclose(out.pow(2).mean(-1).sqrt(), torch.full((20,), 0.05), rtol=1e-3)
         assert torch.allclose(out.mean(-1), torch.zeros(20), atol=1e-6)
-    assert DimensionAttention(8).outer_norm.weight.eq(1.0).all()  # default: PyTorch's LN
-    fusion.reset_parameters(output_gain=2.0)
-    for att in fusion.attentions:
-        assert att.output_gain == 2.0 and att.outer_norm.weight.eq(2.0).all()
-        assert att.inner_norm.weight.eq(1.0).all()
+        # the layer norms keep PyTorch's initial affine; s is a buffer, not a parameter
+        for norm in (att.inner_norm, att.outer_norm):
+            assert norm.weight.eq(1.0).all() and norm.bias.eq(0.0).all()
+        assert "output_scale" in att.state_dict()
+        assert all(p is not att.output_scale for p in att.parameters())
+    assert DimensionAttention(8).output_scale.item() == 1.0  # default: the paper's layer norm
+    fusion.set_output_scale(2.0)
+    assert all(att.output_scale.item() == 2.0 for att in fusion.attentions)
+    fusion.reset_parameters()  # re-initialising the weights keeps s
+    assert all(att.output_scale.item() == 2.0 for att in fusion.attentions)
 
 
-@pytest.mark.parametrize("gain", [0.0, -1.0])
-def test_non_positive_output_gain_raises(gain: float) -> None:
-    with pytest.raises(ValueError, match="output_gain must be > 0"):
-        DimensionAttention(4, output_gain=gain)
-    with pytest.raises(ValueError, match="output_gain must be > 0"):
-        AttentionFusion(4, 2).reset_parameters(output_gain=gain)
+def test_output_scale_is_the_affine_layer_norm_scaled() -> None:
+    # s * LN with affine (g, b) equals LN with affine (s g, s b): the same family as Eq. 18.
+    torch.manual_seed(4)
+    att = DimensionAttention(6, output_scale=0.2).double()
+    with torch.no_grad():
+        att.outer_norm.weight.uniform_(0.5, 1.5)
+        att.outer_norm.bias.uniform_(-0.5, 0.5)
+    fused, view = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64)
+    s = att.attention_map(fused, view)
+    o = att.value(view) @ (att.alpha_pos * s + att.alpha_neg * (1 - s)).t()  # Eqs. 15-17
+    hidden = att.inner_norm(att.out(o))
+    expected = torch.nn.functional.layer_norm(
+        hidden + view, (6,), 0.2 * att.outer_norm.weight, 0.2 * att.outer_norm.bias
+    )
+    torch.testing.assert_close(att(fused, view), expected)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_output_scale_raises(scale: float) -> None:
+    with pytest.raises(ValueError, match="output_scale must be a finite number > 0"):
+        DimensionAttention(4, output_scale=scale)
+    with pytest.raises(ValueError, match="output_scale must be a finite number > 0"):
+        AttentionFusion(4, 2).set_output_scale(scale)
 
 
 # ---------------------------------------------------------------- the fast paths, against the
@@ -536,14 +559,14 @@ def _attention_per_node(att: DimensionAttention, fused: torch.Tensor, view: torc
     out = v @ attn.t()
     if att.negative:
         out = att.alpha_pos * out + att.alpha_neg * (v.sum(-1, keepdim=True) - out)
-    return att.outer_norm(att.inner_norm(att.out(out)) + view)
+    return att.outer_norm(att.inner_norm(att.out(out)) + view) * att.output_scale
 
 
 @pytest.mark.parametrize("negative", [True, False])
 def test_folded_attention_fusion_equals_the_per_node_projections(negative: bool) -> None:
     torch.manual_seed(30)
     n, d, num_views = 23, 5, 3
-    fusion = AttentionFusion(d, num_views, negative=negative, output_gain=0.3).double()
+    fusion = AttentionFusion(d, num_views, negative=negative, output_scale=0.3).double()
     with torch.no_grad():
         for att in fusion.attentions:
             att.inner_norm.weight.uniform_(0.5, 1.5)

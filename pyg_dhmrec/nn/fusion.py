@@ -32,24 +32,32 @@ class DimensionAttention(torch.nn.Module):
     gradient at the first step. Projections have no bias, as
     the equations write them; the two layer norms are separate modules.
 
-    The outer layer norm's gain starts at ``output_gain`` (bias at 0): a layer norm with unit
-    gain outputs rows of norm :math:`\sqrt{d}` whatever its input, which is what sets the scale
-    of :math:`\tilde{E}` (Eq. 18). The paper gives no initial value for the affine parameters;
-    a model that adds :math:`\tilde{E}` to another embedding (DHMRec's Eq. 22) passes that
-    embedding's scale here so that both start comparable.
+    ``output_scale`` :math:`s` multiplies the outer layer norm's output, :math:`s\,LN(\cdot)`
+    with PyTorch's initial gain 1 and bias 0: a layer norm outputs rows of norm about
+    :math:`\sqrt{d}` whatever its input, which is what sets the scale of :math:`\tilde{E}`
+    (Eq. 18), and a model that adds :math:`\tilde{E}` to another embedding (DHMRec's Eq. 22)
+    passes that embedding's scale here so that both start comparable. :math:`s\,LN` with
+    affine :math:`(\gamma, \beta)` is the layer norm with affine :math:`(s\gamma, s\beta)`,
+    the family Eq. 18 writes; what the constant changes is training under Adam, whose steps
+    have the same size for every parameter: started at gain :math:`s` and bias 0 directly, the
+    bias (one vector shared by every node) outgrows the gain within an epoch and
+    :math:`\tilde{E}` loses its content (see :class:`~pyg_dhmrec.models.DHMRec`), while
+    :math:`(\gamma, \beta)` at (1, 0) move relative to a unit gain as in the paper's layer
+    norm. :math:`s` is a buffer: saved with the model, never trained.
 
     Args:
         channels: embedding size :math:`d`.
         negative: keep the negative branch (Eq. 16-17).
-        output_gain: initial gain of the outer layer norm (1.0: PyTorch's default).
+        output_scale: constant :math:`s` times the outer layer norm (1.0: none).
     """
 
-    def __init__(self, channels: int, negative: bool = True, output_gain: float = 1.0) -> None:
+    output_scale: Tensor
+
+    def __init__(self, channels: int, negative: bool = True, output_scale: float = 1.0) -> None:
         super().__init__()
-        if output_gain <= 0:
-            raise ValueError(f"output_gain must be > 0, got {output_gain}")
         self.negative = negative
-        self.output_gain = float(output_gain)
+        self.register_buffer("output_scale", torch.tensor(1.0))
+        self.set_output_scale(output_scale)
         self.query = torch.nn.Linear(channels, channels, bias=False)
         self.key = torch.nn.Linear(channels, channels, bias=False)
         self.value = torch.nn.Linear(channels, channels, bias=False)
@@ -66,10 +74,15 @@ class DimensionAttention(torch.nn.Module):
             torch.nn.init.xavier_uniform_(layer.weight)
         self.inner_norm.reset_parameters()
         self.outer_norm.reset_parameters()
-        torch.nn.init.constant_(self.outer_norm.weight, self.output_gain)
         if self.negative:
             torch.nn.init.constant_(self.alpha_pos, 1.0)
             torch.nn.init.constant_(self.alpha_neg, 0.0)
+
+    def set_output_scale(self, scale: float) -> None:
+        """Sets :math:`s` (a positive, finite float)."""
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"output_scale must be a finite number > 0, got {scale}")
+        self.output_scale.fill_(float(scale))
 
     def attention_map(self, fused: Tensor, view: Tensor) -> Tensor:
         """The ``[d, d]`` map :math:`S` (rows: query dimensions)."""
@@ -94,7 +107,8 @@ class DimensionAttention(torch.nn.Module):
     def attend(self, view: Tensor, attn: Tensor) -> Tensor:
         """Eq. 18 for the rows of ``view`` (``[n, d]``, any subset of the nodes) under the map
         ``attn`` (:meth:`attention_map` over all nodes)."""
-        return self.outer_norm(self.inner_norm(view @ self.output_map(attn).t()) + view)
+        out = self.outer_norm(self.inner_norm(view @ self.output_map(attn).t()) + view)
+        return out * self.output_scale
 
     def forward(self, fused: Tensor, view: Tensor) -> Tensor:
         """``fused`` and ``view`` are ``[N, d]`` (one row per node); returns ``[N, d]``."""
@@ -115,12 +129,12 @@ class AttentionFusion(torch.nn.Module):
         channels: embedding size :math:`d`.
         num_views: number of views V (3 in the paper: common, text, image).
         negative: positive-negative attention (True) or standard attention (False).
-        output_gain: initial gain of every view's outer layer norm (see
-            :class:`DimensionAttention`); :meth:`reset_parameters` may set a new one.
+        output_scale: constant :math:`s` times every view's outer layer norm (see
+            :class:`DimensionAttention`); :meth:`set_output_scale` sets a new one.
     """
 
     def __init__(
-        self, channels: int, num_views: int, negative: bool = True, output_gain: float = 1.0
+        self, channels: int, num_views: int, negative: bool = True, output_scale: float = 1.0
     ) -> None:
         super().__init__()
         if num_views < 1:
@@ -128,19 +142,19 @@ class AttentionFusion(torch.nn.Module):
         self.num_views = num_views
         self.fuse = torch.nn.Linear(num_views * channels, channels, bias=False)
         self.attentions = torch.nn.ModuleList(
-            DimensionAttention(channels, negative, output_gain) for _ in range(num_views)
+            DimensionAttention(channels, negative, output_scale) for _ in range(num_views)
         )
         self.reset_parameters()
 
-    def reset_parameters(self, output_gain: float | None = None) -> None:
-        """Re-initialise; ``output_gain`` (if given) replaces the outer layer norms' gain."""
-        if output_gain is not None and output_gain <= 0:
-            raise ValueError(f"output_gain must be > 0, got {output_gain}")
+    def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.fuse.weight)
         for attention in self.attentions:
-            if output_gain is not None:
-                attention.output_gain = float(output_gain)
             attention.reset_parameters()
+
+    def set_output_scale(self, scale: float) -> None:
+        """Sets every view's constant :math:`s` (:class:`DimensionAttention`)."""
+        for attention in self.attentions:
+            attention.set_output_scale(scale)
 
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         if len(views) != self.num_views:
