@@ -5,7 +5,9 @@ with a ``ranking_parts(out)`` method names them, e.g. DHMRec's ``id`` and ``mm``
 other models have one part, ``all``). On one fixed training batch it reports
 
 * every loss part's value (the first BPR loss of a balanced model is about ln 2 = 0.693);
-* per ranking part: mean L2 norm of the user and item rows, and the entropy of the users'
+* per ranking part: mean L2 norm of the user and item rows, the share of the item rows that
+  is one vector common to all (norm of the mean row over the mean row norm: 1 when every item
+  has the same row, near 0 for rows spread around the origin), and the entropy of the users'
   score distribution over all items from that part alone (``log |I|`` = uniform);
 * per loss part, the gradient norm reaching each top-level parameter group (``user_embedding``,
   ``item_embedding``, ``encoders``, ``gates``, ``fusion``, ...);
@@ -67,6 +69,7 @@ def snapshot(model: Recommender, batch: BPRBatch) -> dict[str, Any]:
             parts[name] = {
                 "user_norm": user.norm(dim=-1).mean().item(),
                 "item_norm": item.norm(dim=-1).mean().item(),
+                "item_shared": (item.mean(0).norm() / item.norm(dim=-1).mean()).item(),
                 "score_entropy": -(log_p.exp() * log_p).sum(-1).mean().item(),
             }
     groups = parameter_groups(model)
@@ -90,10 +93,11 @@ def snapshot(model: Recommender, batch: BPRBatch) -> dict[str, Any]:
 def print_snapshot(label: str, snap: dict[str, Any]) -> None:
     print(f"\n== {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in snap["loss"].items()))
     print(f"   (ln 2 = {math.log(2):.4f}; uniform score entropy = {snap['log_num_items']:.3f})")
-    print("| part | user norm | item norm | score entropy |\n|---|---|---|---|")
+    print("| part | user norm | item norm | item shared | score entropy |\n|---|---|---|---|---|")
     for name, p in snap["parts"].items():
         print(
-            f"| {name} | {p['user_norm']:.4g} | {p['item_norm']:.4g} | {p['score_entropy']:.3f} |"
+            f"| {name} | {p['user_norm']:.4g} | {p['item_norm']:.4g} | {p['item_shared']:.3f} "
+            f"| {p['score_entropy']:.3f} |"
         )
     groups = sorted({g for row in snap["grad_norm"].values() for g in row})
     print("| grad of | " + " | ".join(groups) + " |\n|---|" + "---|" * len(groups))

@@ -218,15 +218,19 @@ def _dense_views(model: DHMRec, data: HeteroData) -> list[torch.Tensor]:
     return views
 
 
-def test_disentangled_inputs_by_hand(data: HeteroData) -> None:
-    model = _model(data)
+@pytest.mark.parametrize("center", [True, False])
+def test_disentangled_inputs_by_hand(data: HeteroData, center: bool) -> None:
+    model = _model(data, center_features=center)
     with torch.no_grad():
         inputs, commons, specifics = model._disentangle()
         assert list(inputs) == ["common", "image", "text"]
         expected_commons = []
         for m in ("image", "text"):
             enc, gate = model.encoders[m], model.gates[m]
-            z = data["item"][m] @ enc.projection.weight.t()  # Eq. 1
+            x = data["item"][m]
+            if center:  # each dimension's mean over the items subtracted
+                x = x - x.sum(0) / x.size(0)
+            z = x @ enc.projection.weight.t()  # Eq. 1
             c = z @ enc.common.weight.t() + enc.common.bias  # Eq. 2
             p = z @ enc.private.weight.t() + enc.private.bias
             ids = model.item_embedding.weight
@@ -460,8 +464,11 @@ def test_full_model_buffers(data: HeteroData) -> None:
     buffers = {name for name, _ in model.named_buffers()}
     graphs = {f"item_item.{view}.matrix" for view in ("image", "text", "common")}
     assert graphs | {"feat_image", "feat_text", "user_item.matrix"} <= buffers
-    torch.testing.assert_close(model.feature("image"), data["item"].image)
-    # Graph data and raw features are not model state.
+    image = data["item"].image
+    torch.testing.assert_close(model.feature("image"), image - image.mean(0))  # centred
+    raw = _model(data, center_features=False)
+    torch.testing.assert_close(raw.feature("image"), image)
+    # Graph data and features are not model state (the centred ones follow from the data).
     assert not any(k.startswith(("item_item", "user_item", "feat_")) for k in model.state_dict())
 
 

@@ -9,7 +9,7 @@ import torch
 from benchmark_scripts import load_benchmark
 from toy_graphs import NUM_ITEMS, first_batch, toy_graph
 
-from pyg_dhmrec.models import DHMRec, LightGCN
+from pyg_dhmrec.models import BPR, DHMRec, LightGCN
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,23 @@ def test_model_without_parts_has_one(balance) -> None:
     expected = out.item.norm(dim=-1).mean().item()
     assert snap["parts"]["all"]["item_norm"] == pytest.approx(expected, rel=1e-5)
     assert set(snap["grad_norm"]["bpr"]) == {"user_embedding", "item_embedding"}
+
+
+def test_item_shared_is_one_for_identical_rows_and_zero_for_centred_rows(balance) -> None:
+    data = toy_graph()
+    torch.manual_seed(0)
+    model = BPR(data, embedding_dim=8)  # no propagation: the ranking rows are the tables
+    batch = first_batch(data)
+    with torch.no_grad():
+        # every item the same row: the shared vector is the whole row
+        model.item_embedding.weight.copy_(torch.tensor([3.0, -1.0, 0, 0, 2.0, 0, 0, 1.0]))
+        model.user_embedding.weight.zero_()
+    snap = balance.snapshot(model, batch)
+    assert snap["parts"]["all"]["item_shared"] == pytest.approx(1.0, rel=1e-5)
+    with torch.no_grad():
+        # rows in +/- pairs (an even number of items): the mean row is 0
+        half = torch.randn(NUM_ITEMS // 2, 8)
+        model.item_embedding.weight.copy_(torch.cat([half, -half]))
+    assert NUM_ITEMS % 2 == 0
+    snap = balance.snapshot(model, batch)
+    assert snap["parts"]["all"]["item_shared"] == pytest.approx(0.0, abs=1e-6)

@@ -190,12 +190,18 @@ class Recommender(torch.nn.Module):
         return to_csr(store.edge_index, store.edge_weight, self.num_items, self.num_items)
 
     def register_item_features(
-        self, data: HeteroData, min_modalities: int = 1, prefix: str = "feat_"
+        self,
+        data: HeteroData,
+        min_modalities: int = 1,
+        prefix: str = "feat_",
+        center: bool = False,
     ) -> dict[str, Tensor]:
-        """The item feature matrices of ``data`` (float, in dataset-config order), checked to
+        r"""The item feature matrices of ``data`` (float, in dataset-config order), checked to
         number at least ``min_modalities`` with one row per item. Sets ``self.modalities`` and
         registers each as the non-persistent buffer ``<prefix><modality>``; :meth:`feature`
-        reads them back."""
+        reads them back. ``center=True`` subtracts each feature dimension's mean over the items
+        (:math:`X - \mathbf{1}\mu^\top`), for models whose inputs should not share one
+        direction; the returned matrices are then the centred ones too."""
         features = {m: x.detach().float() for m, x in item_features(data).items()}
         name = type(self).__name__
         if not features:
@@ -211,6 +217,8 @@ class Recommender(torch.nn.Module):
                     f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
                     f"({self.num_items})"
                 )
+            if center:
+                x = features[m] = x - x.mean(0, keepdim=True)
             self.register_buffer(f"{prefix}{m}", x, persistent=False)
         self.modalities = list(features)
         self._feature_prefix = prefix
