@@ -465,9 +465,12 @@ def test_full_model_buffers(data: HeteroData) -> None:
     graphs = {f"item_item.{view}.matrix" for view in ("image", "text", "common")}
     assert graphs | {"feat_image", "feat_text", "user_item.matrix"} <= buffers
     image = data["item"].image
-    torch.testing.assert_close(model.feature("image"), image - image.mean(0))  # centred
+    # Centring keeps the raw features (no centred copy) and registers their mean row.
+    assert model.feature("image").data_ptr() == image.data_ptr()
+    torch.testing.assert_close(model.feature_mean("image"), image.mean(0))
     raw = _model(data, center_features=False)
     torch.testing.assert_close(raw.feature("image"), image)
+    assert raw.feature_mean("image") is None
     # Graph data and features are not model state (the centred ones follow from the data).
     assert not any(k.startswith(("item_item", "user_item", "feat_")) for k in model.state_dict())
 

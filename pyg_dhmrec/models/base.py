@@ -199,9 +199,11 @@ class Recommender(torch.nn.Module):
         r"""The item feature matrices of ``data`` (float, in dataset-config order), checked to
         number at least ``min_modalities`` with one row per item. Sets ``self.modalities`` and
         registers each as the non-persistent buffer ``<prefix><modality>``; :meth:`feature`
-        reads them back. ``center=True`` subtracts each feature dimension's mean over the items
-        (:math:`X - \mathbf{1}\mu^\top`), for models whose inputs should not share one
-        direction; the returned matrices are then the centred ones too."""
+        reads them back. ``center=True`` also registers each modality's mean row over the items,
+        :math:`\mu` (``[f]``, :meth:`feature_mean`), for models whose inputs should not share one
+        direction: a bias-free linear map gives :math:`W(X - \mathbf{1}\mu^\top) = WX -
+        \mathbf{1}(W\mu)^\top` without a centred copy of :math:`X` (on 4096-d image features
+        that copy would be as large as the features)."""
         features = {m: x.detach().float() for m, x in item_features(data).items()}
         name = type(self).__name__
         if not features:
@@ -217,9 +219,9 @@ class Recommender(torch.nn.Module):
                     f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
                     f"({self.num_items})"
                 )
-            if center:
-                x = features[m] = x - x.mean(0, keepdim=True)
             self.register_buffer(f"{prefix}{m}", x, persistent=False)
+            if center:
+                self.register_buffer(f"{prefix}{m}_mean", x.mean(0), persistent=False)
         self.modalities = list(features)
         self._feature_prefix = prefix
         return features
@@ -227,6 +229,12 @@ class Recommender(torch.nn.Module):
     def feature(self, modality: str) -> Tensor:
         """The raw ``[I, f]`` features of ``modality`` (see :meth:`register_item_features`)."""
         return self.get_buffer(f"{self._feature_prefix}{modality}")
+
+    def feature_mean(self, modality: str) -> Tensor | None:
+        """The ``[f]`` mean row of ``modality``'s features over the items, when
+        :meth:`register_item_features` was asked to ``center`` (``None`` otherwise)."""
+        name = f"{self._feature_prefix}{modality}_mean"
+        return self.get_buffer(name) if hasattr(self, name) else None
 
     def reset_parameters(self) -> None:
         raise NotImplementedError

@@ -157,7 +157,8 @@ class DHMRec(Recommender):
     reaches the ID tables and the multimodal branch with comparable norms.
 
     **Feature centring (before Eq. 1).** *Choice* (``center_features``, default on): each
-    modality's features have their mean over the items subtracted before :math:`W_1^m`; the
+    modality's features have their mean over the items subtracted before :math:`W_1^m` (as
+    :math:`W_1^m X_m - \mathbf{1}(W_1^m \mu_m)^\top`, no centred copy of the features); the
     paper feeds "raw features" and says nothing of their statistics, and the kNN graphs of
     Eqs. 9-10 still use the raw ones. Measured on TikTok at initialisation (the share of the
     item rows that is one vector common to all items, ``item shared`` of
@@ -355,10 +356,15 @@ class DHMRec(Recommender):
         """Item inputs of every view, plus the common codes C_m and specifics S_m."""
         commons, specifics = {}, {}
         if not self.disentangle:
-            inputs = {m: self.projections[m](self.feature(m)) for m in self.modalities}
+            inputs = {}
+            for m in self.modalities:
+                projection, mean = self.projections[m], self.feature_mean(m)
+                inputs[m] = projection(self.feature(m))
+                if mean is not None:  # W (X - 1 mu^T), bias-free W
+                    inputs[m] = inputs[m] - projection(mean)
             return inputs, commons, specifics
         for m in self.modalities:
-            commons[m], private = self.encoders[m](self.feature(m))
+            commons[m], private = self.encoders[m](self.feature(m), self.feature_mean(m))
             specifics[m] = self.gates[m](private, self.item_embedding.weight)
         inputs = {"common": logit_pooling([commons[m] for m in self.modalities]), **specifics}
         return inputs, commons, specifics

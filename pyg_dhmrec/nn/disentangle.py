@@ -42,9 +42,13 @@ class DisentangledEncoder(torch.nn.Module):
             if layer.bias is not None:
                 torch.nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns ``(common, private)``, each ``[num_items, out_channels]``."""
+    def forward(self, x: Tensor, mean: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""Returns ``(common, private)``, each ``[num_items, out_channels]``. With ``mean``
+        (``[in_channels]``), :math:`Z_m = W_1^m (X_m - \mathbf{1}\mu^\top)`, computed as
+        :math:`W_1^m X_m - \mathbf{1}(W_1^m \mu)^\top` (no centred copy of :math:`X_m`)."""
         z = self.projection(x)
+        if mean is not None:
+            z = z - self.projection(mean)
         return self.common(z), self.private(z)
 
 
