@@ -15,6 +15,7 @@ from pyg_dhmrec.nn import (
     CollaborativeGate,
     DimensionAttention,
     DisentangledEncoder,
+    centred_projection,
     jensen_shannon_divergence,
     logit_pooling,
     orthogonality_loss,
@@ -706,3 +707,17 @@ def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(
     torch.testing.assert_close(got, want)
     for g, w in zip(torch.autograd.grad(got, inputs), torch.autograd.grad(want, inputs)):
         torch.testing.assert_close(g, w)
+
+
+def test_centred_projection_by_hand() -> None:
+    w = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        w.weight.copy_(torch.tensor([[2.0, -1.0]]))
+    x = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    mean = x.mean(0)  # (2, 2): centred rows (-1, -2) and (1, 2)
+    assert torch.equal(centred_projection(w, x, mean), torch.tensor([[0.0], [0.0]]))
+    x2 = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # centred rows (-1, 0), (1, 0): W gives -2, 2
+    assert torch.equal(centred_projection(w, x2, x2.mean(0)), torch.tensor([[-2.0], [2.0]]))
+    assert torch.equal(centred_projection(w, x2, None), torch.tensor([[2.0], [6.0]]))
+    with pytest.raises(ValueError, match="without bias"):
+        centred_projection(torch.nn.Linear(2, 1), x, mean)

@@ -32,6 +32,7 @@ from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
     bpr_loss,
+    centred_projection,
     item_seeded_propagation,
     jensen_shannon_divergence,
     logit_pooling,
@@ -273,7 +274,6 @@ class DHMRec(Recommender):
         self.alpha_mm, self.gamma_dis = alpha_mm, gamma_dis
         self.gamma_kl, self.gamma_reg = gamma_kl, gamma_reg
 
-        self.center_features = center_features
         features = self.register_item_features(data, min_modalities=2, center=center_features)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
@@ -356,12 +356,10 @@ class DHMRec(Recommender):
         """Item inputs of every view, plus the common codes C_m and specifics S_m."""
         commons, specifics = {}, {}
         if not self.disentangle:
-            inputs = {}
-            for m in self.modalities:
-                projection, mean = self.projections[m], self.feature_mean(m)
-                inputs[m] = projection(self.feature(m))
-                if mean is not None:  # W (X - 1 mu^T), bias-free W
-                    inputs[m] = inputs[m] - projection(mean)
+            inputs = {
+                m: centred_projection(self.projections[m], self.feature(m), self.feature_mean(m))
+                for m in self.modalities
+            }
             return inputs, commons, specifics
         for m in self.modalities:
             commons[m], private = self.encoders[m](self.feature(m), self.feature_mean(m))

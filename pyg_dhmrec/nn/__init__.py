@@ -5,6 +5,7 @@ from pyg_dhmrec.nn.diffusion import DenoisingMLP, GaussianDiffusion, timestep_em
 from pyg_dhmrec.nn.disentangle import (
     CollaborativeGate,
     DisentangledEncoder,
+    centred_projection,
     jensen_shannon_divergence,
     logit_pooling,
     orthogonality_loss,
@@ -95,6 +96,7 @@ __all__ = [
     "CollaborativeGate",
     "DimensionAttention",
     "DisentangledEncoder",
+    "centred_projection",
     "jensen_shannon_divergence",
     "logit_pooling",
     "orthogonality_loss",

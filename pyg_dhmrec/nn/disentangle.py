@@ -14,6 +14,15 @@ from torch.autograd.function import once_differentiable
 from pyg_dhmrec.nn.losses import weighted_mean
 
 
+def centred_projection(projection: torch.nn.Linear, x: Tensor, mean: Tensor | None) -> Tensor:
+    r""":math:`W (X - \mathbf{1}\mu^\top)` for a bias-free ``projection`` :math:`W`, computed as
+    :math:`W X - \mathbf{1}(W \mu)^\top`: no centred copy of ``x``. ``mean=None``: :math:`W X`."""
+    if projection.bias is not None:
+        raise ValueError("centred_projection needs a linear map without bias")
+    z = projection(x)
+    return z if mean is None else z - projection(mean)
+
+
 class DisentangledEncoder(torch.nn.Module):
     r"""Projects one modality and splits it into a common and a private part (DHMRec Eqs. 1-2).
 
@@ -46,9 +55,7 @@ class DisentangledEncoder(torch.nn.Module):
         r"""Returns ``(common, private)``, each ``[num_items, out_channels]``. With ``mean``
         (``[in_channels]``), :math:`Z_m = W_1^m (X_m - \mathbf{1}\mu^\top)`, computed as
         :math:`W_1^m X_m - \mathbf{1}(W_1^m \mu)^\top` (no centred copy of :math:`X_m`)."""
-        z = self.projection(x)
-        if mean is not None:
-            z = z - self.projection(mean)
+        z = centred_projection(self.projection, x, mean)
         return self.common(z), self.private(z)
 
 
