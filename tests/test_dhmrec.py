@@ -119,6 +119,24 @@ def test_loss_parts_equal_their_definitions(data: HeteroData, batch: BPRBatch) -
     assert parts["kl"].item() > 0 and parts["jsd"].item() > 0 and parts["orth"].item() > 0
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_kl_detach_id_keeps_the_value_and_stops_the_id_gradient(
+    data: HeteroData, batch: BPRBatch, detach: bool
+) -> None:
+    """``kl_detach_id``: the same KL value (same seed), no KL gradient into the user ID table
+    (the item table still gets one through the collaborative gates of the multimodal side,
+    Eq. 3); without it the user table gets one. The multimodal side gets one either way."""
+    model = _model(data, kl_detach_id=detach)
+    kl = _train_loss(model, batch)["kl"]
+    reference = _train_loss(_model(data), batch)["kl"]
+    assert kl.item() == pytest.approx(reference.item(), rel=1e-6)
+    mm_side = [p for a in model.fusion.attentions for p in a.outer_norm.parameters()]
+    grads = torch.autograd.grad(kl, [model.user_embedding.weight, *mm_side], allow_unused=True)
+    assert (grads[0] is None) == detach
+    assert detach or grads[0].norm() > 0
+    assert all(g is not None and g.norm() > 0 for g in grads[1:])
+
+
 def test_a_training_step_attends_only_its_batch_users(data: HeteroData, batch: BPRBatch) -> None:
     """Eqs. 18-19 run for the batch's distinct users (and every item); the full tables of the
     Embeddings contract are computed on request, with the same rows."""

@@ -709,6 +709,42 @@ def test_real_weighted_block_kl_equals_the_weighted_autograd_kl(
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("block_entries", [1, 1 << 20])
+def test_kl_with_a_fixed_target_skips_its_gradient(monkeypatch, block_entries) -> None:
+    """Q's inputs need no gradient (DHMRec's ``kl_detach_id``): the P side's gradient is
+    still the autograd KL's, with weighted rows in blocks, and the Q side's products are
+    skipped (no buffers are saved for it)."""
+    import pyg_dhmrec.nn.losses as losses
+
+    monkeypatch.setattr(losses, "KL_BLOCK_ENTRIES", block_entries)
+    monkeypatch.setattr(losses, "MIN_BLOCK_ROWS", 1)
+    saved = []
+    backward = losses._ScoreDistributionKL.backward
+
+    def spy(ctx, grad):  # noqa: ANN001, ANN202
+        saved.append(len(ctx.saved_tensors))
+        return backward(ctx, grad)
+
+    monkeypatch.setattr(losses._ScoreDistributionKL, "backward", staticmethod(spy))
+    torch.manual_seed(35)
+    user_p, item_p = (torch.randn(n, 3, dtype=torch.float64, requires_grad=True) for n in (6, 9))
+    user_q, item_q = (2.0 * torch.randn(n, 4, dtype=torch.float64) for n in (6, 9))
+    weight = torch.rand(6, dtype=torch.float64) + 0.1
+    got = score_distribution_kl(user_p, item_p, user_q, item_q, weight)
+    log_p = torch.log_softmax(user_p @ item_p.t(), dim=-1)
+    log_q = torch.log_softmax(user_q @ item_q.t(), dim=-1)
+    want = ((log_p.exp() * (log_p - log_q)).sum(-1) * weight).sum() / weight.sum()
+    torch.testing.assert_close(got, want)
+    for g, w in zip(
+        torch.autograd.grad(got, (user_p, item_p)), torch.autograd.grad(want, (user_p, item_p))
+    ):
+        torch.testing.assert_close(g, w)
+    assert saved == [3]  # the P side's two gradients and the weight total; none for Q
+    both = score_distribution_kl(user_p, item_p, user_q.requires_grad_(), item_q, weight)
+    torch.autograd.grad(both, (user_p, user_q))
+    assert saved == [3, 5]
+
+
 def test_centred_projection_by_hand() -> None:
     w = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

@@ -83,9 +83,12 @@ class _ScoreDistributionKL(torch.autograd.Function):
         shift: bool,
     ) -> Tensor:
         row_kl = user_p.new_empty(user_p.size(0))
+        # The Q side's gradient (two of the six products) only when Q is learned there.
+        with_grad_q = with_grad and (user_q.requires_grad or item_q.requires_grad)
         if with_grad:
             grads = [torch.empty_like(user_p), torch.zeros_like(item_p)]
-            grads += [torch.empty_like(user_q), torch.zeros_like(item_q)]
+            if with_grad_q:
+                grads += [torch.empty_like(user_q), torch.zeros_like(item_q)]
         # Four [rows, I] buffers, reused by every block: no fresh (page-faulting) allocation.
         size = (min(block_rows, user_p.size(0)), item_p.size(0))
         buffers = [user_p.new_empty(size) for _ in range(4)]
@@ -116,19 +119,20 @@ class _ScoreDistributionKL(torch.autograd.Function):
                 # = Q - P = (q - p z_q / z_p) / z_q (s: the scores). 1 / z_p and 1 / z_q
                 # multiply the [rows, d] factors instead of the [rows, I] blocks.
                 inv_p = norm_p.reciprocal_()
-                grad_p = diff.sub_(cross).mul_(p)
-                grad_q = q.addcmul_(p, norm_q * inv_p, value=-1)
-                inv_q = norm_q.reciprocal_()
                 w = None if weight is None else weight[rows].unsqueeze(-1)
+                if with_grad_q:  # before diff changes: p is read here, diff's buffer is not
+                    grad_q = q.addcmul_(p, norm_q * inv_p, value=-1)
+                    inv_q = norm_q.reciprocal_()
+                    torch.mm(grad_q, item_q, out=grads[2][rows]).mul_(inv_q)
+                    grads[3].addmm_(grad_q.t(), user_q[rows] * (inv_q if w is None else w * inv_q))
+                grad_p = diff.sub_(cross).mul_(p)
                 torch.mm(grad_p, item_p, out=grads[0][rows]).mul_(inv_p)
                 grads[1].addmm_(grad_p.t(), user_p[rows] * (inv_p if w is None else w * inv_p))
-                torch.mm(grad_q, item_q, out=grads[2][rows]).mul_(inv_q)
-                grads[3].addmm_(grad_q.t(), user_q[rows] * (inv_q if w is None else w * inv_q))
         total = user_p.new_tensor(float(user_p.size(0))) if weight is None else weight.sum()
         if with_grad:
             if weight is not None:  # the user rows' weights (the items' are in the products)
-                grads[0].mul_(weight.unsqueeze(-1))
-                grads[2].mul_(weight.unsqueeze(-1))
+                for g in grads[::2]:
+                    g.mul_(weight.unsqueeze(-1))
             ctx.save_for_backward(*grads, total)
         return row_kl.mean() if weight is None else (row_kl * weight).sum() / total
 
@@ -137,7 +141,8 @@ class _ScoreDistributionKL(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         *grads, total = ctx.saved_tensors
         scale = grad / total
-        return (*(g * scale for g in grads), None, None, None, None)
+        grads = [g * scale for g in grads] + [None, None]  # Q's, when it carried no gradient
+        return (*grads[:4], None, None, None, None)
 
 
 def score_distribution_kl(
