@@ -120,14 +120,14 @@ class _ScoreDistributionKL(torch.autograd.Function):
                 # multiply the [rows, d] factors instead of the [rows, I] blocks.
                 inv_p = norm_p.reciprocal_()
                 w = None if weight is None else weight[rows].unsqueeze(-1)
-                if with_grad_q:  # before diff changes: p is read here, diff's buffer is not
+                grad_p = diff.sub_(cross).mul_(p)
+                torch.mm(grad_p, item_p, out=grads[0][rows]).mul_(inv_p)
+                grads[1].addmm_(grad_p.t(), user_p[rows] * (inv_p if w is None else w * inv_p))
+                if with_grad_q:
                     grad_q = q.addcmul_(p, norm_q * inv_p, value=-1)
                     inv_q = norm_q.reciprocal_()
                     torch.mm(grad_q, item_q, out=grads[2][rows]).mul_(inv_q)
                     grads[3].addmm_(grad_q.t(), user_q[rows] * (inv_q if w is None else w * inv_q))
-                grad_p = diff.sub_(cross).mul_(p)
-                torch.mm(grad_p, item_p, out=grads[0][rows]).mul_(inv_p)
-                grads[1].addmm_(grad_p.t(), user_p[rows] * (inv_p if w is None else w * inv_p))
         total = user_p.new_tensor(float(user_p.size(0))) if weight is None else weight.sum()
         if with_grad:
             if weight is not None:  # the user rows' weights (the items' are in the products)
@@ -141,8 +141,9 @@ class _ScoreDistributionKL(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         *grads, total = ctx.saved_tensors
         scale = grad / total
-        grads = [g * scale for g in grads] + [None, None]  # Q's, when it carried no gradient
-        return (*grads[:4], None, None, None, None)
+        out = [g * scale for g in grads]
+        out += [None] * (4 - len(out))  # Q's two, when Q carried no gradient
+        return (*out, None, None, None, None)
 
 
 def score_distribution_kl(
