@@ -122,9 +122,11 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from pyg_dhmrec.data.transforms import add_derived_graphs
     from pyg_dhmrec.loader import derived_graph_dir
     from pyg_dhmrec.models import model_class, model_settings
+    from pyg_dhmrec.train import resolve_device
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     config = _config("freedom", args.scale, args)
+    device = resolve_device(config["device"])
     folder = Path(args.data_root) / config["dataset"]
     generated = not (folder / "meta.json").exists()
     dataset = load_dataset(config)
@@ -135,7 +137,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         transforms = model_class(model).graph_transforms(
             model_settings(model, _config(model, args.scale, args))
         )
-        add_derived_graphs(data, transforms, derived_graph_dir(dataset))
+        add_derived_graphs(data, transforms, derived_graph_dir(dataset), device=device)
     return {
         "scale": args.scale,
         "dataset": config["dataset"],
@@ -145,6 +147,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         "dataset_cpu_s": dataset_cpu_s,
         "graphs_s": time.perf_counter() - t0,
         "graphs_cpu_s": time.process_time() - cpu0,
+        "graphs_device": str(device),
         "peak_rss_mb": peak_mb(),
         "disk_mb": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / MB,
     }
@@ -166,6 +169,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     after_load = rss_mb()
     peak_reset = reset_peak()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     trainer = Trainer(model, data, config, device)
     steps_per_epoch = len(trainer.sampler)
@@ -228,6 +233,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_load_mb": after_load,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_rss_train_eval_mb": peak_mb() if peak_reset else None,
+        "gpu_peak_mb": (
+            torch.cuda.max_memory_allocated(device) / MB if device.type == "cuda" else None
+        ),
         "compile": config["compile"],
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -284,24 +292,39 @@ METRICS = {
     "eval_cpu_s": "eval CPU s (valid users)",
     "peak_rss_train_eval_mb": "peak MB (train + eval)",
 }
+# on a GPU the host's CPU seconds only count launches: fit wall time and the GPU's peak memory
+GPU_METRICS = {
+    "s_per_step": "s/step",
+    "s_per_epoch": "s/epoch (extrapolated)",
+    "eval_s": "eval s (valid users)",
+    "gpu_peak_mb": "GPU peak MB (train + eval)",
+}
+
+
+def metrics_of(rows: list[dict]) -> dict[str, str]:
+    """The quantities to fit and plot: :data:`GPU_METRICS` when the rows ran on CUDA."""
+    on_gpu = any(str(r.get("device", "")).startswith("cuda") for r in rows)
+    return GPU_METRICS if on_gpu else METRICS
 
 
 def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> dict:
+    metrics = metrics_of(rows)
+    on_gpu = metrics is GPU_METRICS
     fits = {
         model: {
             key: _fit(
                 [r["interactions"] for r in rows if r.get("model") == model and key in r],
                 [r[key] for r in rows if r.get("model") == model and key in r],
             )
-            for key in METRICS
+            for key in metrics
         }
         for model in args.models
     }
     lines = [
         "| model | scale | users | items | interactions | steps/epoch | s/step (CPU) | "
         "epoch work CPU s | s/epoch extrap. (CPU) | eval s (CPU) | valid users | "
-        "peak MB train+eval | peak MB process | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "peak MB train+eval | peak MB process | load avg |" + (" GPU peak MB |" if on_gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if on_gpu else ""),
     ]
     for r in rows:
         if "error" in r:
@@ -317,16 +340,17 @@ def report(rows: list[dict], prepared: list[dict], args: argparse.Namespace) -> 
             f"({r['eval_chunks_timed']}/{r['eval_chunks']} chunks) | "
             f"{r['peak_rss_train_eval_mb'] or 0:.0f} | {r['peak_rss_mb']:.0f} | "
             f"{r['loadavg_start']} -> {r['loadavg_end']} |"
+            + (f" {r.get('gpu_peak_mb') or 0:.0f} |" if on_gpu else "")
         )
     lines += [
         "",
         "Slope of log cost on log interactions (1 = linear, 2 = quadratic):",
         "",
-        "| model | " + " | ".join(METRICS.values()) + " |",
-        "|---|" + "---|" * len(METRICS),
+        "| model | " + " | ".join(metrics.values()) + " |",
+        "|---|" + "---|" * len(metrics),
     ]
     for model, fit in fits.items():
-        cells = " | ".join("-" if fit[k] is None else f"{fit[k]:.2f}" for k in METRICS)
+        cells = " | ".join("-" if fit[k] is None else f"{fit[k]:.2f}" for k in metrics)
         lines.append(f"| {model} | {cells} |")
     lines += [
         "",
@@ -371,8 +395,9 @@ def _plot(rows: list[dict], fits: dict, args: argparse.Namespace, path: Path) ->
     except MissingExtraError as e:
         print(f"no plot: {e}")
         return
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8))
-    for ax, (key, title) in zip(axes, METRICS.items()):
+    metrics = metrics_of(rows)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8))
+    for ax, (key, title) in zip(axes, metrics.items()):
         for model in args.models:
             points = sorted(
                 (r["interactions"], r[key]) for r in rows if r.get("model") == model and r.get(key)
@@ -419,6 +444,12 @@ def main() -> None:
         help="each measurement may use the memory available at its start less this",
     )
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per process")
+    parser.add_argument(
+        "--prepare-jobs",
+        type=int,
+        default=1,
+        help="prepare this many scales at once before measuring (1: each just before its rows)",
+    )
     # internal: one child process
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -439,7 +470,9 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        limit = limit_memory(args.memory_margin_mb)
+        # CUDA reserves address space that RLIMIT_DATA would count: no cap on a GPU run
+        on_gpu = args.device.startswith("cuda")
+        limit = float("inf") if on_gpu else limit_memory(args.memory_margin_mb)
         try:
             record = prepare(args) if args.prepare else measure(args)
         except (MemoryError, RuntimeError) as e:
@@ -459,11 +492,24 @@ def main() -> None:
     common += ["--min-seconds", str(args.min_seconds)]
     common += ["--compile"] if args.compile else []
     rows, prepared = [], []
-    for scale in args.scales:
+
+    def prepare_one(scale: int) -> dict[str, Any]:
         log = logs / f"prepare-{scale}x.log"
         print(f"preparing {dataset_name(scale)} (log {log}) ...", flush=True)
-        p = _run_child(["--prepare", "--scale", str(scale), *common], args, log)
-        prepared.append({"scale": scale, **p})
+        return {
+            "scale": scale,
+            **_run_child(["--prepare", "--scale", str(scale), *common], args, log),
+        }
+
+    ready = {}
+    if args.prepare_jobs > 1:  # CPU-bound generation in parallel, measurements one at a time
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.prepare_jobs) as pool:
+            ready = dict(zip(args.scales, pool.map(prepare_one, args.scales)))
+    for scale in args.scales:
+        p = ready[scale] if scale in ready else prepare_one(scale)
+        prepared.append(p)
         if "error" in p:
             continue
         for model in args.models:

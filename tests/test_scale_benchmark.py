@@ -81,6 +81,21 @@ def test_report_writes_the_tables_the_fits_and_the_plot(scale, tmp_path: Path) -
     assert (tmp_path / "scale.png").stat().st_size > 0
 
 
+def test_a_gpu_run_fits_wall_seconds_and_gpu_memory(scale, tmp_path: Path) -> None:
+    rows = [
+        {**_row("dhmrec", s, 0.25), "device": "cuda:0", "gpu_peak_mb": 300.0 * s**2}
+        for s in (1, 2, 4)
+    ]
+    args = argparse.Namespace(models=["dhmrec"], out=str(tmp_path))
+    slopes = scale.report(rows, [], args)["slopes"]["dhmrec"]
+    assert set(slopes) == {"s_per_step", "s_per_epoch", "eval_s", "gpu_peak_mb"}
+    assert slopes["gpu_peak_mb"] == pytest.approx(2.0)
+    assert slopes["s_per_step"] == pytest.approx(1.0)
+    table = (tmp_path / "scale.md").read_text()
+    assert "| GPU peak MB |" in table.splitlines()[0]
+    assert table.splitlines()[4].endswith(" 4800 |")  # 4x: 300 * 16 MB
+
+
 def test_peak_memory_can_be_reset_after_loading(scale) -> None:
     if not scale.reset_peak():
         pytest.skip("/proc/self/clear_refs is not writable here")

@@ -450,6 +450,7 @@ def add_derived_graphs(
     data: HeteroData,
     transforms: Iterable[DerivedGraph],
     cache_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
 ) -> HeteroData:
     """Add each transform's edge types to ``data`` (in place; returned for chaining).
 
@@ -457,8 +458,12 @@ def add_derived_graphs(
     ``cache_dir`` (the loader passes a folder beside the processed dataset, keyed by the raw
     files' fingerprint), a transform's output is loaded from ``<cache_dir>/<key>.pt`` when
     present and written there (atomically) after it is built; every build or load is logged
-    with its time.
+    with its time. With ``device`` (say ``cuda``), the graphs are built on a copy of ``data``
+    on that device and brought back to ``data``'s own device (the item kNN graphs of a large
+    catalogue take seconds on a GPU instead of an hour on one CPU core); top-k ties may then
+    fall otherwise than on the CPU.
     """
+    source = None  # the copy on ``device``, made when a graph is first built
     for transform in transforms:
         if transform.present(data):
             continue
@@ -467,6 +472,12 @@ def add_derived_graphs(
         stores = _load_cached(path, transform) if path is not None else None
         if stores is not None:
             _write(data, stores, transform.settings())
+            if source is not None:
+                _write(
+                    source,
+                    {et: {k: v.to(device) for k, v in a.items()} for et, a in stores.items()},
+                    transform.settings(),
+                )
             log.info(
                 "derived graph %r: loaded from the cache %s in %.2fs",
                 transform,
@@ -474,7 +485,14 @@ def add_derived_graphs(
                 time.perf_counter() - t0,
             )
             continue
-        stores = transform.compute(data)
+        if device is None:
+            stores = transform.compute(data)
+        else:
+            source = data.to(device) if source is None else source
+            built_there = transform.compute(source)
+            _write(source, built_there, transform.settings())  # later transforms may read it
+            home = data[RATES].edge_index.device
+            stores = {et: {k: v.to(home) for k, v in a.items()} for et, a in built_there.items()}
         _write(data, stores, transform.settings())
         built = time.perf_counter() - t0
         if path is None:
