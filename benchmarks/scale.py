@@ -9,9 +9,11 @@ under ``<data-root>/synthetic_sports_<s>x/``, git-ignored), then every model is 
 fresh process, one at a time:
 
 * **s/step**: the trainer's own epoch (``Trainer.train_epoch``) is run with
-  ``max_steps_per_epoch`` = 1 and then 1 + n, n = ``--steps`` or more, enough for about
-  ``--min-seconds`` of CPU time; the difference of the two times over n is the time of one
-  training step (forward pass, loss, backward, Adam). An epoch
+  ``max_steps_per_epoch`` = 1 and then 1 + n, n = ``--steps``, and again with more steps
+  where n steps took less than ``--min-seconds`` (CPU time; wall time on a GPU, whose steps
+  of a few milliseconds would otherwise vanish in the epoch's shuffle), up to a whole epoch;
+  the difference of the two times over n is the time of one training step (forward pass,
+  loss, backward, Adam). An epoch
   of two steps first (not timed) compiles (``--compile``) and warms the allocator.
 * **s/epoch** (extrapolated, not run): the 1-step epoch (per-epoch work: pruned-graph resampling,
   the epoch's shuffle and negatives, plus one step) + (steps per epoch - 1) x s/step. Every
@@ -191,10 +193,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     warmup_s, _ = epoch(min(2, steps_per_epoch))
     one = epoch(1)
-    # at least --steps steps, and enough for --min-seconds of CPU time (a cheap step is noisy)
-    wanted = max(args.steps, math.ceil(args.min_seconds / max(one[1], 1e-3)))
-    many_steps = min(1 + wanted, steps_per_epoch)
+    # --steps steps first; then, where a step is cheap against the epoch's own work (a GPU's
+    # few milliseconds against the shuffle), enough steps for --min-seconds of them
+    clock = 0 if device.type == "cuda" else 1  # wall time on a GPU, CPU time on the CPU
+    many_steps = min(1 + args.steps, steps_per_epoch)
     many = epoch(many_steps)
+    estimate = max((many[clock] - one[clock]) / max(1, many_steps - 1), 1e-4)
+    wanted = min(1 + math.ceil(args.min_seconds / estimate), steps_per_epoch)
+    if wanted > many_steps:
+        many_steps, many = wanted, epoch(wanted)
     step = [(b - a) / max(1, many_steps - 1) for a, b in zip(one, many)]
     evaluator = trainer.valid_evaluator
     chunks = evaluator.num_chunks

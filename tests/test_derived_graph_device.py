@@ -13,6 +13,7 @@ from pyg_dhmrec.data.transforms import (
     AddTopologicallyPrunedGraph,
     AddUserCooccurrenceGraph,
     add_derived_graphs,
+    on_device,
 )
 from tests.toy_graphs import MODALITIES, toy_graph
 
@@ -80,3 +81,13 @@ def test_a_later_transform_reads_an_earlier_graph_built_on_the_device(tmp_path) 
     again = toy_graph(modalities=MODALITIES)
     add_derived_graphs(again, [knn, AddConsistentItemKNNGraphs(k=3)], tmp_path, device="cpu")
     assert all(again[et].edge_index.numel() for et in knn.edge_types(again))
+
+
+def test_the_device_copy_leaves_the_dataset_where_it_is() -> None:
+    data = toy_graph(modalities=MODALITIES)
+    moved = on_device(data, "meta")  # a device with no memory: nothing is computed
+    for store, there in zip(data.stores, moved.stores):
+        for name, value in store.items():
+            if isinstance(value, torch.Tensor):
+                assert value.device.type == "cpu", name
+                assert there[name].device.type == "meta", name

@@ -10,6 +10,7 @@ settings loads them; other settings build and cache their own.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -446,6 +447,12 @@ def _write(
     return data
 
 
+def on_device(data: HeteroData, device: str | torch.device) -> HeteroData:
+    """A copy of ``data`` whose tensors are on ``device``; ``data`` itself stays where it is
+    (PyG's ``HeteroData.to`` moves its own stores in place)."""
+    return copy.copy(data).to(device)
+
+
 def add_derived_graphs(
     data: HeteroData,
     transforms: Iterable[DerivedGraph],
@@ -488,7 +495,7 @@ def add_derived_graphs(
         if device is None:
             stores = transform.compute(data)
         else:
-            source = data.to(device) if source is None else source
+            source = on_device(data, device) if source is None else source
             built_there = transform.compute(source)
             _write(source, built_there, transform.settings())  # later transforms may read it
             home = data[RATES].edge_index.device
