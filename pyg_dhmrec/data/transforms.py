@@ -447,6 +447,12 @@ def _write(
     return data
 
 
+def _stores_on(
+    stores: Mapping[EdgeType, Mapping[str, Tensor]], device: str | torch.device
+) -> dict[EdgeType, dict[str, Tensor]]:
+    return {et: {k: v.to(device) for k, v in attrs.items()} for et, attrs in stores.items()}
+
+
 def on_device(data: HeteroData, device: str | torch.device) -> HeteroData:
     """A copy of ``data`` whose tensors are on ``device``; ``data`` itself stays where it is
     (PyG's ``HeteroData.to`` moves its own stores in place)."""
@@ -480,11 +486,7 @@ def add_derived_graphs(
         if stores is not None:
             _write(data, stores, transform.settings())
             if source is not None:
-                _write(
-                    source,
-                    {et: {k: v.to(device) for k, v in a.items()} for et, a in stores.items()},
-                    transform.settings(),
-                )
+                _write(source, _stores_on(stores, device), transform.settings())
             log.info(
                 "derived graph %r: loaded from the cache %s in %.2fs",
                 transform,
@@ -498,8 +500,7 @@ def add_derived_graphs(
             source = on_device(data, device) if source is None else source
             built_there = transform.compute(source)
             _write(source, built_there, transform.settings())  # later transforms may read it
-            home = data[RATES].edge_index.device
-            stores = {et: {k: v.to(home) for k, v in a.items()} for et, a in built_there.items()}
+            stores = _stores_on(built_there, data[RATES].edge_index.device)
         _write(data, stores, transform.settings())
         built = time.perf_counter() - t0
         if path is None:
