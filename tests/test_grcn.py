@@ -88,6 +88,23 @@ def test_weights_in_unit_range_and_concatenated_representation(
         assert rep[:, rest].abs().sum() == 0
 
 
+def test_relu_confidence_weights_are_the_codes_formula() -> None:
+    """``confidence_activation="relu"``: w = relu(max_m c_{j,m} a^m_{jv}) per edge, with the
+    sender's confidence; a sender with negative confidences in every modality sends nothing."""
+    torch.manual_seed(1)
+    data = toy_graph(12, 10, 40, {"a": 4, "b": 3})
+    model = GRCN(data, embedding_dim=DIM, feature_dim=3, confidence_activation="relu").eval()
+    with torch.no_grad():
+        model.edge_weights.confidence.normal_(0.0, 2.0)
+        model.edge_weights.confidence[0] = -1.0  # user 0: pruned on all its edges
+    weights, _, affinity = model.refined_edge_weights()
+    source = model.edge_index[0]
+    conf = model.edge_weights.confidence[source]
+    expected = torch.relu(torch.maximum(conf[:, 0] * affinity["a"], conf[:, 1] * affinity["b"]))
+    torch.testing.assert_close(weights, expected)
+    assert (weights[source == 0] == 0).all() and (weights >= 0).all()
+
+
 def test_id_gcn_sums_the_weighted_layers() -> None:
     torch.manual_seed(0)
     data = toy_graph(12, 10, 40, {"image": 5})
@@ -121,8 +138,11 @@ def test_runs_on_cuda_unchanged() -> None:
     assert out.item.device.type == "cuda" and torch.isfinite(out.item).all()
 
 
-@pytest.mark.parametrize(("key", "value"), [("num_routing", -1), ("feature_dim", 0)])
-def test_bad_settings_name_the_key(key: str, value: int) -> None:
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("num_routing", -1), ("feature_dim", 0), ("confidence_activation", "softplus")],
+)
+def test_bad_settings_name_the_key(key: str, value: int | str) -> None:
     with pytest.raises(ValueError, match=key):
         GRCN(toy_graph(12, 10, 40, {"image": 5}), **{key: value})
 

@@ -81,6 +81,20 @@ def test_confidence_weights_hand_values_and_range() -> None:
     assert ((w >= 0) & (w <= 1)).all()
 
 
+def test_confidence_weights_relu_form_is_the_codes_formula() -> None:
+    """``activation="relu"``: relu(max_m c_m a_m); weights may exceed 1 and a sender whose
+    confidences are all negative is pruned to exactly 0."""
+    weights = ConfidenceEdgeWeights(num_nodes=3, num_modalities=2, activation="relu")
+    with torch.no_grad():
+        weights.confidence.copy_(torch.tensor([[0.5, 3.0], [2.0, -1.0], [-1.0, -2.0]]))
+    affinity = torch.tensor([[0.2, 0.8], [0.6, 1.0], [1.0, 0.5]])
+    w = weights(affinity, torch.tensor([0, 1, 2]))
+    # max(0.5 * 0.2, 3 * 0.8) = 2.4; max(2 * 0.6, -1 * 1) = 1.2; relu(max(-1, -1)) = 0
+    torch.testing.assert_close(w, torch.tensor([2.4, 1.2, 0.0]))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        ConfidenceEdgeWeights(3, 2, activation="tanh")
+
+
 def test_confidence_weights_reject_a_wrong_modality_count() -> None:
     with pytest.raises(ValueError, match=r"shape \[E, 2\]"):
         ConfidenceEdgeWeights(3, 2)(torch.ones(4, 3), torch.zeros(4, dtype=torch.long))

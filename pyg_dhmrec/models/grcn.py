@@ -10,7 +10,7 @@ from torch_geometric.utils import softmax
 
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
-from pyg_dhmrec.models.validation import check_int, check_nonnegative
+from pyg_dhmrec.models.validation import check_choice, check_int, check_nonnegative
 from pyg_dhmrec.nn import bpr_loss
 from pyg_dhmrec.nn.edge_refinement import ConfidenceEdgeWeights
 from pyg_dhmrec.nn.normalize import l2_normalize
@@ -50,8 +50,9 @@ class GRCN(Recommender):
       ``num_routing=0`` computes what that code computes (free prototypes, normalised). On
       TikTok it ranks far better than the paper's routing (test R@20 0.0779 against 0.0377 at
       one grid point, benchmarks/RESULTS.md), so the grid searches both.
-    * The confidence passes through a sigmoid, so weights are in [0, 1] (the code multiplies
-      by a raw confidence, then ``relu``).
+    * ``confidence_activation="sigmoid"`` (default): the confidence passes through a sigmoid,
+      so weights are in [0, 1]; ``"relu"`` is the code's form, the raw confidence times the
+      affinity, then ``relu`` (see :class:`~pyg_dhmrec.nn.edge_refinement.ConfidenceEdgeWeights`).
     * No nonlinearity in the GCN layers and L2-normalised inputs (the code's ``has_act=False``,
       ``has_norm=True``); ``num_routing`` is what MMRec's ``n_layers`` sets.
     * Loss: BPR plus ``reg_weight`` times the mean squared entry of the batch's ID embeddings
@@ -73,6 +74,8 @@ class GRCN(Recommender):
         num_ui_layers: ID GCN layers on the refined graph.
         num_routing: routing iterations of the prototypes.
         reg_weight: weight of the squared penalty (:math:`\ge 0`).
+        confidence_activation: ``"sigmoid"`` or ``"relu"``, how the learned confidence
+            scales the affinities (see *Choices*).
     """
 
     loss_parts = ("bpr", "reg")
@@ -87,6 +90,7 @@ class GRCN(Recommender):
         num_ui_layers: int = 2,
         num_routing: int = 3,
         reg_weight: float = 1e-3,
+        confidence_activation: str = "sigmoid",
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
@@ -94,6 +98,9 @@ class GRCN(Recommender):
         self.num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
         check_int("num_routing", num_routing, 0)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
+        check_choice(
+            "confidence_activation", confidence_activation, ConfidenceEdgeWeights.activations
+        )
         features = self.register_item_features(data)
 
         n = self.num_users + self.num_items
@@ -117,7 +124,7 @@ class GRCN(Recommender):
             {m: torch.nn.Linear(x.size(1), feature_dim) for m, x in features.items()}
         )
         self.routing = PrototypeRouting(num_routing)
-        self.edge_weights = ConfidenceEdgeWeights(n, len(features))
+        self.edge_weights = ConfidenceEdgeWeights(n, len(features), confidence_activation)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -21,19 +21,31 @@ class ConfidenceEdgeWeights(torch.nn.Module):
     content disagrees with the receiving node in every modality gets a small weight: it is
     pruned softly, never removed.
 
-    *Choice*: the confidence passes through a sigmoid so that every weight stays in
-    :math:`[0, 1]`. GRCN's code multiplies by the raw confidence and clips negatives
-    (``relu``), which lets weights exceed 1.
+    *Choice*: with ``activation="sigmoid"`` (the default) the confidence passes through a
+    sigmoid so that every weight stays in :math:`[0, 1]`. GRCN's code (the authors' and
+    MMRec's) multiplies by the raw confidence and clips negatives,
+    :math:`w_{ji} = \mathrm{relu}(\max_m c_{j,m}\, a^m_{ji})`, which lets weights exceed 1
+    and prunes an edge fully when every confidence of its sender is negative:
+    ``activation="relu"`` computes that.
 
     Args:
         num_nodes: number of nodes that send messages (one confidence row each).
         num_modalities: :math:`M \ge 1`.
+        activation: ``"sigmoid"`` or ``"relu"``, as above.
     """
 
-    def __init__(self, num_nodes: int, num_modalities: int) -> None:
+    activations = ("sigmoid", "relu")
+
+    def __init__(self, num_nodes: int, num_modalities: int, activation: str = "sigmoid") -> None:
         super().__init__()
         if num_modalities < 1:
             raise ValueError(f"ConfidenceEdgeWeights needs >= 1 modality, got {num_modalities}")
+        if activation not in self.activations:
+            raise ValueError(
+                f"ConfidenceEdgeWeights activation must be one of {self.activations}, "
+                f"got {activation!r}"
+            )
+        self.activation = activation
         self.confidence = torch.nn.Parameter(torch.empty(num_nodes, num_modalities))
         self.reset_parameters()
 
@@ -42,13 +54,18 @@ class ConfidenceEdgeWeights(torch.nn.Module):
 
     def forward(self, affinity: Tensor, source: Tensor) -> Tensor:
         """``affinity`` ``[E, M]`` per-modality edge affinities in [0, 1], ``source`` ``[E]``
-        the sending node of each edge -> ``[E]`` edge weights in [0, 1]."""
+        the sending node of each edge -> ``[E]`` edge weights (in [0, 1] for ``"sigmoid"``)."""
         if affinity.dim() != 2 or affinity.size(1) != self.confidence.size(1):
             raise ValueError(
                 f"affinity must have shape [E, {self.confidence.size(1)}], got "
                 f"{list(affinity.shape)}"
             )
+        if self.activation == "relu":
+            return torch.relu((self.confidence[source] * affinity).amax(dim=-1))
         return (torch.sigmoid(self.confidence[source]) * affinity).amax(dim=-1)
 
     def extra_repr(self) -> str:
-        return f"num_nodes={self.confidence.size(0)}, num_modalities={self.confidence.size(1)}"
+        return (
+            f"num_nodes={self.confidence.size(0)}, num_modalities={self.confidence.size(1)}, "
+            f"activation={self.activation!r}"
+        )
