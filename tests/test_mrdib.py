@@ -220,7 +220,10 @@ def test_one_forward_pass_per_step(name: str, data: HeteroData, batch: BPRBatch)
     alone = len(calls)
     calls.clear()
     _loss(model, batch)
-    assert len(calls) == alone > 0  # the plug-in reuses the base's pass
+    # the plug-in reuses the base's pass: no more module calls than the base's own loss (VBPR's
+    # loss alone projects the batch rows through its modules instead of one full pass)
+    assert 0 < len(calls) <= alone
+    assert len(calls) == alone or name == "vbpr"
 
 
 @pytest.mark.parametrize("switch", sorted(REMOVED))

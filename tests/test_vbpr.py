@@ -89,6 +89,27 @@ def test_loss_equals_the_former_formula_with_its_gradients(
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_batch_rows_loss_equals_the_full_forward_with_its_gradients(
+    data: HeteroData, batch: BPRBatch, sync_free: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loss(batch) projects the batch's items only (distinct ids on the CPU, every row with
+    ``sync_free`` as on a GPU); loss(batch, model()) gathers from every item's projection."""
+    import pyg_dhmrec.models.vbpr as vbpr_module
+    from pyg_dhmrec.models.base import distinct_rows
+
+    monkeypatch.setattr(vbpr_module, "distinct_rows", lambda i: distinct_rows(i, sync_free))
+    model = _model(data).train().double()
+    assert torch.cat([batch.pos_item, batch.neg_item]).unique().numel() < 2 * batch.user.numel()
+    params = list(model.parameters())
+    rows, full = model.loss(batch), model.loss(batch, model())
+    for key in PARTS:
+        torch.testing.assert_close(rows[key], full[key])
+    got = torch.autograd.grad(sum(rows.values()), params)
+    for a, b in zip(got, torch.autograd.grad(sum(full.values()), params)):
+        torch.testing.assert_close(a, b)
+
+
 def _hand_model() -> VBPR:
     """2 users, 3 items, d = 2; image 2-d and text 1-d features with hand-set parameters."""
     data = HeteroData()
