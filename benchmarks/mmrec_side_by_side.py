@@ -5,16 +5,18 @@ Copies an MMRec checkout (``--mmrec``, e.g. ``git clone https://github.com/enoch
 dataset as its ``v_feat`` and ``t_feat``), narrows each model's YAML grid to the point of our
 ``configs/models/<model>.yaml`` (table ``POINTS``), sets ``epochs: 2`` and ``use_gpu`` from
 ``--device``, and runs ``python main.py -m <Model> -d <dataset>`` once per model and round with
-``OMP_NUM_THREADS=1``. Three edits keep MMRec running on today's libraries and change no
-computation: scipy's removed ``dok_matrix._update`` becomes ``_dict.update``, numpy's removed
-``np.float`` becomes ``float``, and ``torchvision`` is stubbed when missing (MMRec imports it
-for raw images only). Prints MMRec's logged training seconds per epoch (mean of the epochs, the
-lowest over ``--rounds``) and the process's peak RSS; compare with ``benchmarks/speed.py`` on
-the same dataset::
+``OMP_NUM_THREADS=1``. These edits keep MMRec running on today's libraries and on a CPU and change
+no computation: scipy's removed ``dok_matrix._update`` becomes ``_dict.update``, numpy's removed
+``np.float`` becomes ``float``, ``torchvision`` is stubbed when missing (MMRec imports it for
+raw images only), ``.cuda()`` in a model file becomes ``.to(self.device)`` (GRCN and MGCN
+hard-code CUDA), and a one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph
+normalisation, through ``utils.utils``) is provided when ``torch_scatter`` is missing. Prints
+MMRec's logged training seconds per epoch (mean of the epochs, the lowest over ``--rounds``) and
+the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset::
 
     python benchmarks/mmrec_side_by_side.py --mmrec ../MMRec --data-root ../shared/data
     OMP_NUM_THREADS=1 python benchmarks/speed.py --dataset tiktok --data-root ../shared/data \\
-        --device cpu --epochs 2 --rounds 2 --models lightgcn vbpr freedom lgmrec bm3
+        --device cpu --epochs 2 --rounds 2 --models lightgcn vbpr freedom lgmrec bm3 mgcn mmgcn grcn
 
 MMRec's Python needs ``pandas``, ``lmdb`` and ``pyyaml`` (``--python`` picks the interpreter).
 """
@@ -40,7 +42,22 @@ POINTS: dict[str, dict[str, object]] = {
     "FREEDOM": {"reg_weight": [1e-4], "dropout": [0.8], "mm_image_weight": 0.5},
     "LGMRec": {},  # MMRec's file holds one point, ours
     "BM3": {"n_layers": [1], "dropout": [0.5], "reg_weight": [0.1]},
+    "MGCN": {"cl_loss": [0.01]},
+    "MMGCN": {"learning_rate": [1e-3], "reg_weight": [1e-3]},
+    # MMRec's GRCN routes 3 times (n_layers) but its routing moves no prototype: our
+    # num_routing 0 computes the same model (our TikTok point); compare with both of ours
+    "GRCN": {"learning_rate": [1e-3], "reg_weight": [1e-3]},
 }
+#: a one-dimensional ``torch_scatter.scatter_add``, all that MMRec's ``utils.utils`` uses
+SCATTER_SHIM = """import torch
+
+
+def scatter_add(src, index, dim=-1, out=None, dim_size=None):
+    if src.dim() != 1 or dim not in (0, -1) or out is not None:
+        raise NotImplementedError("shim: one-dimensional scatter_add only")
+    n = int(index.max()) + 1 if dim_size is None else dim_size
+    return torch.zeros(n, dtype=src.dtype, device=src.device).index_add_(0, index, src)
+"""
 TRAIN = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s")
 
 
@@ -87,6 +104,8 @@ def prepare(args: argparse.Namespace) -> Path:
         code = path.read_text()
         fixed = code.replace("A._update(data_dict)", "A._dict.update(data_dict)")
         fixed = re.sub(r"np\.float\b", "float", fixed)
+        if path.parent.name == "models" and path.stem in {m.lower() for m in POINTS}:
+            fixed = fixed.replace(".cuda()", ".to(self.device)")
         if fixed != code:
             path.write_text(fixed)
     stubs = work / "stubs" / "torchvision" / "transforms"
@@ -95,14 +114,17 @@ def prepare(args: argparse.Namespace) -> Path:
     (stubs / "__init__.py").write_text("def Compose(*a, **k):\n    raise NotImplementedError\n")
     stub = "def {}(*a, **k):\n    raise NotImplementedError\n"
     (stubs / "functional.py").write_text(stub.format("pad") + stub.format("resize"))
+    (work / "scatter_shim" / "torch_scatter").mkdir(parents=True)
+    (work / "scatter_shim" / "torch_scatter" / "__init__.py").write_text(SCATTER_SHIM)
     return src
 
 
 def run_model(src: Path, model: str, args: argparse.Namespace) -> tuple[float, float]:
     """(mean training seconds per epoch, peak RSS MB) of one MMRec run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if args.stub_torchvision:
-        env["PYTHONPATH"] = os.pathsep.join([str(src.parent / "stubs"), env.get("PYTHONPATH", "")])
+    paths = [str(src.parent / "stubs")] if args.stub_torchvision else []
+    paths += [str(src.parent / "scatter_shim")] if args.shim_scatter else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, env.get("PYTHONPATH", "")])
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
             [args.python, "main.py", "-m", model, "-d", args.dataset],
@@ -139,6 +161,8 @@ def main() -> None:
     # the stub only where MMRec's interpreter has no torchvision
     found = subprocess.run([args.python, "-c", "import torchvision"], capture_output=True)
     args.stub_torchvision = found.returncode != 0
+    found = subprocess.run([args.python, "-c", "import torch_scatter"], capture_output=True)
+    args.shim_scatter = found.returncode != 0
     print("| model | MMRec s/epoch (lowest of rounds) | per round | peak MB |")
     print("|---|---|---|---|")
     for model in args.models:
