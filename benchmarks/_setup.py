@@ -72,5 +72,6 @@ def probe_batch(config: Mapping[str, Any], data: HeteroData, model: Recommender)
         model.num_items,
         config["batch_size"],
         config["seed"],
+        negative_items=config["negative_items"],
     )
     return next(iter(sampler))

@@ -399,6 +399,9 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
 }
 #: Values of ``matmul_precision`` (torch.set_float32_matmul_precision).
 MATMUL_PRECISIONS = ("highest", "high", "medium")
+#: Values of ``negative_items``: negatives from every item, or from the items with a train
+#: interaction (MMRec's sampler); see :class:`~pyg_dhmrec.data.sampler.BPRSampler`.
+NEGATIVE_ITEMS = ("all", "train")
 
 
 def validate_config(config: Mapping[str, Any], source: str | None = None) -> None:
@@ -451,6 +454,8 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         raise bad("compile", "true or false")
     if "matmul_precision" in config and config["matmul_precision"] not in MATMUL_PRECISIONS:
         raise bad("matmul_precision", f"one of {', '.join(MATMUL_PRECISIONS)}")
+    if "negative_items" in config and config["negative_items"] not in NEGATIVE_ITEMS:
+        raise bad("negative_items", f"one of {', '.join(NEGATIVE_ITEMS)}")
     baseline = config.get("baseline")
     if baseline is not None:
         models = available("models")

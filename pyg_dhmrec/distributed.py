@@ -261,6 +261,7 @@ class ShardedBPRSampler(BPRSampler):
         seed: int,
         rank: int,
         world_size: int,
+        negative_items: str = "all",
     ) -> None:
         if batch_size % world_size:
             raise DistributedError(
@@ -268,7 +269,9 @@ class ShardedBPRSampler(BPRSampler):
                 f"global batch is split evenly (e.g. --batch_size "
                 f"{batch_size - batch_size % world_size})"
             )
-        super().__init__(edge_index, num_users, num_items, batch_size, seed=seed)
+        super().__init__(
+            edge_index, num_users, num_items, batch_size, seed=seed, negative_items=negative_items
+        )
         self.rank, self.world_size = rank, world_size
         self.neg_generator = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (rank + 1))
 

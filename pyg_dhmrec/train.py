@@ -325,11 +325,16 @@ class Trainer:
                 num_items,
             )
         args = (store.edge_index, num_users, num_items, config["batch_size"])
+        negatives = config["negative_items"]
         if dist is None:
-            self.sampler = BPRSampler(*args, seed=config["seed"])
+            self.sampler = BPRSampler(*args, seed=config["seed"], negative_items=negatives)
         else:
             self.sampler = ShardedBPRSampler(
-                *args, seed=config["seed"], rank=dist.rank, world_size=dist.world_size
+                *args,
+                seed=config["seed"],
+                rank=dist.rank,
+                world_size=dist.world_size,
+                negative_items=negatives,
             )
         # the model's own phase: its parameters, trained by its optimiser only
         self.phase_params = list(self.model.phase_parameters())

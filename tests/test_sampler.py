@@ -153,8 +153,38 @@ def test_state_dict_resumes_the_stream() -> None:
 
 def test_error_when_a_user_trained_on_every_item() -> None:
     adjacency = {0: [0], 1: [0, 1, 2, 3, 4, 5], 2: [2]}
-    with pytest.raises(ValueError, match="user 1 trained on every item: no negative can be drawn"):
+    with pytest.raises(ValueError, match="user 1 trained on every one of the 6 items"):
         BPRSampler(_edge_index(adjacency), 3, NUM_ITEMS, batch_size=2)
+
+
+def test_train_item_negatives_are_uniform_over_trained_items_only() -> None:
+    """``negative_items="train"`` (MMRec's sampler): items 6 and 7 have no train interaction
+    and are never drawn; user 1 (items 1, 3) draws uniformly from {0, 2, 4, 5}."""
+    sampler = BPRSampler(_edge_index(DENSE), NUM_USERS, 8, 3, seed=5, negative_items="train")
+    draws = sampler.sample_negatives(torch.full((4000,), 1, dtype=torch.long))
+    counts = torch.bincount(draws, minlength=8)
+    assert counts[[1, 3, 6, 7]].sum() == 0
+    chi2 = float(((counts[[0, 2, 4, 5]].double() - 1000) ** 2 / 1000).sum())
+    assert chi2 < 16.27  # 3 degrees of freedom, p = 0.001
+    every = BPRSampler(_edge_index(DENSE), NUM_USERS, 8, 3, seed=5)  # the default: all items
+    assert set(every.sample_negatives(torch.full((4000,), 1, dtype=torch.long)).tolist()) == {
+        0,
+        2,
+        4,
+        5,
+        6,
+        7,
+    }
+
+
+def test_train_item_pool_counts_for_the_every_item_check() -> None:
+    # user 1 trained on all 3 trained items of 5: no negative among the trained items
+    adjacency = {0: [0], 1: [0, 1, 2], 2: [2]}
+    BPRSampler(_edge_index(adjacency), 3, 5, batch_size=2)  # items 3, 4 remain
+    with pytest.raises(ValueError, match="every one of the 3 items .*negative_items 'train'"):
+        BPRSampler(_edge_index(adjacency), 3, 5, batch_size=2, negative_items="train")
+    with pytest.raises(ValueError, match="negative_items must be one of all, train"):
+        BPRSampler(_edge_index(adjacency), 3, 5, batch_size=2, negative_items="cold")
 
 
 @pytest.mark.parametrize("edge_index", [torch.zeros(3, 4, dtype=torch.long), torch.zeros(4)])

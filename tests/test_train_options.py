@@ -74,6 +74,7 @@ def test_defaults_are_off() -> None:
             {"matmul_precision": "tf32"},
             "key 'matmul_precision' must be one of highest, high, medium, got 'tf32'",
         ),
+        ({"negative_items": "cold"}, "key 'negative_items' must be one of all, train, got 'cold'"),
     ],
 )
 def test_bad_values_are_refused_naming_the_key(overrides: dict, message: str) -> None:
@@ -88,6 +89,19 @@ def test_validate_config_checks_a_config_built_by_hand() -> None:
     with pytest.raises(ConfigError, match="key 'matmul_precision' must be one of"):
         validate_config({"matmul_precision": None})
     validate_config({"compile": False, "matmul_precision": "high", "max_steps_per_epoch": None})
+
+
+def test_negative_items_reaches_the_trainers_sampler(graph) -> None:
+    assert load_config("lightgcn", "synthetic")["negative_items"] == "all"
+    assert _trainer(graph).sampler.negative_pool is None
+    store = graph[RATES]
+    keep = store.edge_index[1] >= 3  # items 0, 1, 2 lose their train interactions
+    store.edge_index = store.edge_index[:, keep]
+    sampler = _trainer(graph, negative_items="train").sampler
+    trained = torch.unique(store.edge_index[1])
+    assert not bool(torch.isin(torch.arange(3), trained).any())
+    assert torch.equal(sampler.negative_pool, trained)
+    assert bool(torch.isin(next(iter(sampler)).neg_item, trained).all())
 
 
 def test_max_steps_per_epoch_ends_the_epoch_and_averages_over_the_steps_run(graph) -> None:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import degree
 
+from pyg_dhmrec.config import NEGATIVE_ITEMS
+
 
 @dataclass
 class BPRBatch:
@@ -40,10 +42,13 @@ class BPRBatch:
 class BPRSampler:
     r"""Shuffles the train interactions each epoch and draws one uniform negative per positive.
 
-    A negative :math:`j` of user :math:`u` is uniform over the items :math:`u` has not trained on
-    (MMRec's protocol). Sampling is rejection-based and vectorised: all negatives are drawn at
-    once, and only those that hit a train item of their user are redrawn, until none does.
-    Membership is a binary search over the sorted keys ``user * num_items + item``.
+    A negative :math:`j` of user :math:`u` is uniform over the items :math:`u` has not trained on,
+    among ``negative_items="all"`` items or, with ``"train"`` (MMRec's sampler), among the items
+    that have at least one train interaction: MMRec never draws an item seen only in valid or
+    test as a negative, so such an item's ID embedding gets no gradient from BPR. Sampling is
+    rejection-based and vectorised: all negatives are drawn at once, and only those that hit a
+    train item of their user are redrawn, until none does. Membership is a binary search over the
+    sorted keys ``user * num_items + item``.
 
     The sampler owns a CPU :class:`torch.Generator`, so its stream is independent of model
     initialisation and its state can be saved and restored (:meth:`state_dict`).
@@ -56,7 +61,12 @@ class BPRSampler:
         num_items: int,
         batch_size: int,
         seed: int = 0,
+        negative_items: str = "all",
     ) -> None:
+        if negative_items not in NEGATIVE_ITEMS:
+            raise ValueError(
+                f"negative_items must be one of {', '.join(NEGATIVE_ITEMS)}, got {negative_items!r}"
+            )
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
         if batch_size < 1:
@@ -64,10 +74,16 @@ class BPRSampler:
         self.edge_index = edge_index.detach().cpu().long()
         self.num_users, self.num_items, self.batch_size = num_users, num_items, batch_size
         self.keys = torch.unique(self.edge_index[0] * num_items + self.edge_index[1])
+        # the items negatives are drawn from; None: every item
+        self.negative_pool = torch.unique(self.edge_index[1]) if negative_items == "train" else None
+        pool = num_items if self.negative_pool is None else self.negative_pool.numel()
         user_degree = degree(self.edge_index[0], num_users, dtype=torch.long)
-        if (user_degree >= num_items).any():
-            user = int(torch.nonzero(user_degree >= num_items)[0])
-            raise ValueError(f"user {user} trained on every item: no negative can be drawn")
+        if (user_degree >= pool).any():
+            user = int(torch.nonzero(user_degree >= pool)[0])
+            raise ValueError(
+                f"user {user} trained on every one of the {pool} items negatives are drawn from "
+                f"(negative_items {negative_items!r}): no negative can be drawn"
+            )
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
@@ -84,13 +100,20 @@ class BPRSampler:
         """One uniform non-train item per entry of ``user`` (from ``generator``, default the
         sampler's)."""
         generator = self.generator if generator is None else generator
-        neg = torch.randint(self.num_items, user.shape, generator=generator)
+        neg = self._draw(user.shape, generator)
         redo = self.is_train(user, neg)
         while redo.any():
             idx = redo.nonzero().view(-1)
-            neg[idx] = torch.randint(self.num_items, idx.shape, generator=generator)
+            neg[idx] = self._draw(idx.shape, generator)
             redo[idx] = self.is_train(user[idx], neg[idx])
         return neg
+
+    def _draw(self, shape: torch.Size, generator: torch.Generator) -> Tensor:
+        """Uniform items of the negative pool."""
+        if self.negative_pool is None:
+            return torch.randint(self.num_items, shape, generator=generator)
+        pick = torch.randint(self.negative_pool.numel(), shape, generator=generator)
+        return self.negative_pool[pick]
 
     def __iter__(self) -> Iterator[BPRBatch]:
         perm = torch.randperm(self.edge_index.size(1), generator=self.generator)
