@@ -228,16 +228,16 @@ def main_first(ctx: Dist | None) -> Iterator[None]:
 
 
 class LossStep(torch.nn.Module):
-    """One step's forward for DDP: the model's full-graph pass and its loss parts on ``batch``
-    (DDP's hooks see every parameter the loss used)."""
+    """One step's forward for DDP: the model's loss parts on ``batch``, with the forward pass
+    its ``loss`` runs (DDP's hooks see every parameter the loss used). ``loss`` is called
+    without embeddings, so a model may compute only the rows the batch reads (VBPR)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, batch: BPRBatch) -> dict[str, Tensor]:
-        out = self.model()
-        return self.model.loss(batch, out)
+        return self.model.loss(batch)
 
 
 class ShardedBPRSampler(BPRSampler):

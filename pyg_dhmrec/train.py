@@ -427,7 +427,7 @@ class Trainer:
         on the CPU (where reading the value costs nothing); on an accelerator
         :meth:`train_epoch` checks the epoch's sums instead.
         """
-        # one embedding pass per step, shared by every loss part
+        # one embedding pass per step (or the rows the batch reads), shared by every loss part
         parts = self.step(batch)
         total = sum(parts.values())
         if total.device.type == "cpu" and not torch.isfinite(total):

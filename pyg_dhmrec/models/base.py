@@ -243,7 +243,8 @@ class Recommender(torch.nn.Module):
         raise NotImplementedError
 
     def loss(self, batch: BPRBatch, out: Embeddings | None = None) -> dict[str, Tensor]:
-        """Named loss parts of ``batch`` from the pass ``out`` (``None``: run :meth:`forward`)."""
+        """Named loss parts of ``batch`` from the pass ``out`` (``None``: run :meth:`forward`,
+        or only the part of it the batch reads; the trainer passes ``None``)."""
         raise NotImplementedError
 
     def on_train_epoch_start(self) -> None:
