@@ -147,6 +147,44 @@ def run_or_resume(config: dict[str, Any], runner: Runner) -> dict[str, Any]:
     return runner(config, resume)
 
 
+def _in_use(folder: Path) -> bool:
+    """Whether another process holds ``folder``'s run lock now."""
+    if not (Path(folder) / LOCK_FILE).exists():
+        return False
+    try:
+        with RunLock(folder):
+            return False
+    except RunInUse:
+        return True
+
+
+def run_points(configs: Sequence[dict[str, Any]], runner: Runner) -> list[dict[str, Any]]:
+    """:func:`run_or_resume` of every configuration, shared with other processes running the
+    same list into the same folders (``run.py --grid`` started several times, e.g. one per
+    GPU or core): a point whose folder another process holds is left to it and read when that
+    process lets the folder go (resumed here if it ended unfinished)."""
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    waiting = list(range(len(configs)))
+    first_pass = True
+    while waiting:
+        held = []
+        for i in waiting:
+            folder = Path(configs[i]["output"])
+            if not first_pass:
+                with RunLock(folder, wait=True):  # until the holding process lets it go
+                    pass
+            elif _in_use(folder):  # before the runner opens the folder's log
+                held.append(i)
+                continue
+            try:
+                results[i] = run_or_resume(configs[i], runner)
+            except RunInUse:
+                log.info("%s: in use by another process; read when it ends", folder)
+                held.append(i)
+        waiting, first_pass = held, False
+    return results  # type: ignore[return-value]
+
+
 def run_grid(
     config: Mapping[str, Any],
     axes: Mapping[str, Sequence[Any]],
@@ -155,6 +193,8 @@ def run_grid(
     source: str = "grid",
 ) -> dict[str, Any]:
     """Run every grid point into ``output/<point>``, select on valid R@20, write grid.md/json.
+    Several processes may run the same grid into the same ``output``: they share the points
+    (:func:`run_points`), and each writes the same selection once all have ended.
 
     Point values are checked against the configuration's types (errors name ``source``).
     """
@@ -171,7 +211,7 @@ def run_grid(
         cfg = merge(dict(config), point, source)
         cfg["output"] = str(output / point_name(point))
         configs.append(cfg)
-    results = [run_or_resume(cfg, runner) for cfg in configs]
+    results = run_points(configs, runner)
     names = [point_name(p) for p in points]
     best = select_best(results)
     table = grid_table(names, results)
@@ -344,12 +384,19 @@ def check_same_config(folder: Path, requested: Mapping[str, Any]) -> dict[str, A
     return stored
 
 
+class RunInUse(ExperimentError):
+    """A run folder is locked by a run of another process."""
+
+
 class RunLock:
     """An exclusive ``flock`` on ``<folder>/run.lock`` for a run's lifetime; the OS drops it
-    when the process ends, killed or not, so a stale file never blocks a later run."""
+    when the process ends, killed or not, so a stale file never blocks a later run.
 
-    def __init__(self, folder: Path) -> None:
+    A held lock raises :class:`RunInUse`; with ``wait``, entering blocks until it is free."""
+
+    def __init__(self, folder: Path, wait: bool = False) -> None:
         self.path = Path(folder) / LOCK_FILE
+        self.wait = wait
         self._file: Any = None
 
     def __enter__(self) -> RunLock:
@@ -361,12 +408,12 @@ class RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_file = open(self.path, "a+", encoding="utf-8")
         try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock_file, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError:
             lock_file.seek(0)
             holder = lock_file.read().strip() or "another process"
             lock_file.close()
-            raise ExperimentError(
+            raise RunInUse(
                 f"{self.path.parent}: in use by another run ({holder}; lock file {self.path}); "
                 "wait for it to end or choose another --output"
             ) from None

@@ -12,9 +12,18 @@ import pytest
 import torch
 from scipy.stats import ttest_rel
 
+from pyg_dhmrec.atomic_files import write_json
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.config import CONFIG_DIR, available, load_config, merge
-from pyg_dhmrec.experiment import expand_grid, load_grid, load_run, point_name
+from pyg_dhmrec.experiment import (
+    RunInUse,
+    RunLock,
+    expand_grid,
+    load_grid,
+    load_run,
+    point_name,
+    run_grid,
+)
 from pyg_dhmrec.models import MODELS, build_model, model_settings
 
 TINY = "{num_users: 60, num_items: 40, num_interactions: 900, modalities: {image: 8, text: 4}}"
@@ -249,3 +258,38 @@ def test_every_packaged_grid_point_builds_its_model(name: str, data) -> None:
         model = build_model(name, data, cfg)
         for key in set(point) & set(model_settings(name, cfg)):
             assert getattr(model, key, point[key]) == point[key]
+
+
+def _fake_results(valid: float) -> dict:
+    metrics = {"recall@20": valid, "ndcg@20": valid / 2}
+    timing = {"train_s_per_epoch": 0.1}
+    return {"valid": metrics, "test": metrics, "best_epoch": 1, "epochs_run": 1, "timing": timing}
+
+
+def test_grid_point_held_by_another_process_is_read_when_it_ends(tmp_path: Path) -> None:
+    """Two processes on one grid share its points: a point whose folder is locked is not
+    trained here; its results are read once the holder lets the folder go."""
+    config = load_config("lightgcn", "synthetic", {"device": "cpu"})
+    axes = {"reg_weight": [0.001, 0.0001]}
+    points = expand_grid(axes)
+    out = tmp_path / "grid"
+    held = out / point_name(points[0])
+    other = RunLock(held).__enter__()  # "another process" trains point 0
+    write_json(held / "config.json", dict(merge(dict(config), points[0], "grid"), output=str(held)))
+    calls = []
+
+    def runner(cfg: dict, resume: bool) -> dict:
+        calls.append((cfg["output"], resume))
+        with pytest.raises(RunInUse, match="in use by another run"):
+            RunLock(held).__enter__()  # still held while this process trains point 1
+        write_json(held / "results.json", _fake_results(0.5))  # the other process finishes
+        other.__exit__(None, None, None)
+        return _fake_results(0.1)
+
+    try:
+        summary = run_grid(config, axes, out, runner)
+    finally:
+        other.__exit__(None, None, None)
+    assert calls == [(str(out / point_name(points[1])), False)]
+    assert summary["selected"] == point_name(points[0])
+    assert [p["valid_recall@20"] for p in summary["points"]] == [0.5, 0.1]
