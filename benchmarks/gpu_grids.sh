@@ -7,8 +7,9 @@
 # feed them. After LIMIT seconds (default 420: with the first short runs the whole stays under
 # 10 minutes) the runs still going are stopped; every finished point (results.json, train.log,
 # config.json; no checkpoints) is packed into $OUT/grids.tar.gz, so a cut run still returns
-# what finished. DEVICE=cpu runs it on a CPU. Afterwards, on any machine, the same `run.py --grid <model> --output <unpacked>/<model> --device cuda` with the data at
-# the same settings reads the finished points and trains only the missing ones.
+# what finished. DEVICE=cpu runs it on a CPU. Afterwards, on any machine, the same
+# `run.py --grid <model> --output <unpacked>/<model> --device cuda` with the data at the same
+# settings reads the finished points and trains only the missing ones.
 set -u
 OUT=${OUT:-runs/gpu-grids}
 WORK=${WORK:-/tmp/gpu-grids}
