@@ -135,6 +135,20 @@ def test_shards_split_each_global_batch_disjointly() -> None:
     assert not torch.equal(shards[0][0].neg_item, shards[1][0].neg_item[: len(shards[0][0])])
 
 
+def test_shards_draw_negatives_from_trained_items_when_asked() -> None:
+    data = toy_data()
+    edges = data[RATES].edge_index
+    edges = edges[:, edges[1] >= 5]  # items 0-4 lose their train interactions
+    for rank in (0, 1):
+        shard = ShardedBPRSampler(
+            edges, 40, 30, 64, seed=5, rank=rank, world_size=2, negative_items="train"
+        )
+        batches = list(shard)  # one epoch
+        users = torch.cat([b.user for b in batches])
+        negatives = torch.cat([b.neg_item for b in batches])
+        assert negatives.min() >= 5 and not shard.is_train(users, negatives).any()
+
+
 def test_batch_size_not_divisible_by_ranks_is_refused() -> None:
     data = toy_data()
     with pytest.raises(DistributedError, match="batch_size 63 is not divisible by the 2 ranks"):
