@@ -122,3 +122,26 @@ def test_bad_inputs() -> None:
         chunked_info_nce(a, a, 0.0)
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_info_nce(a, a, 0.5, chunk_size=0)
+
+
+@pytest.mark.parametrize("block_rows, chunk_size", [(128, 100), (5, 300), (64, 64), (300, 7)])
+def test_symmetric_in_view_blocks_equal_the_row_by_row_computation(
+    block_rows: int, chunk_size: int
+) -> None:
+    # Triangle blocks and anchor chunks of unrelated sizes, neither dividing N.
+    from pyg_dhmrec.nn.chunked_contrastive import _ChunkedInfoNCE, _SymmetricInfoNCE
+
+    g = torch.Generator().manual_seed(3)
+    a = F.normalize(torch.randn(257, 8, generator=g, dtype=torch.float64), dim=-1)
+    p = F.normalize(torch.randn(257, 8, generator=g, dtype=torch.float64), dim=-1)
+    grads = []
+    for fn, args in [
+        (_ChunkedInfoNCE, (0.3, True, chunk_size, True)),
+        (_SymmetricInfoNCE, (0.3, block_rows, chunk_size, True)),
+    ]:
+        a1, p1 = a.clone().requires_grad_(), p.clone().requires_grad_()
+        value = fn.apply(a1, p1, *args)
+        value.backward()
+        grads.append((value.detach(), a1.grad, p1.grad))
+    for expected, got in zip(*grads):
+        torch.testing.assert_close(got, expected)

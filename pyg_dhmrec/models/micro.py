@@ -66,9 +66,10 @@ class MICRO(LATTICE):
     {\sum_j e^{\theta(h^m_i, h_j)/\tau} + \sum_{j \ne i} e^{\theta(h^m_i, h^m_j)/\tau}}`,
     :math:`\theta` the cosine similarity, one direction (modality -> fused) and summed over
     modalities as the authors' code. Computed by :func:`chunked_info_nce`: chunks of anchors,
-    each chunk's similarities computed once and turned at once into the loss and its analytic
-    gradient, so memory is :math:`O(\text{chunk} \cdot N)` where the authors' code keeps the
-    :math:`N \times N` exponent matrices for backward (same value and gradient).
+    each chunk's similarities turned at once into the loss and its analytic gradient, the
+    symmetric in-view similarities from half their blocks, so memory is
+    :math:`O(\text{chunk} \cdot N)` where the authors' code keeps the :math:`N \times N`
+    exponent matrices for backward (same value and gradient).
 
     **Backbone and prediction (Eq. 12).** LightGCN (mean over layers
     :math:`0..L_{ui}`, ``num_ui_layers``) gives :math:`x_u, x_i`;

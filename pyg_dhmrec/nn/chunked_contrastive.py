@@ -77,6 +77,75 @@ class _ChunkedInfoNCE(torch.autograd.Function):
         return grad * grad_anchor, grad * grad_positive, None, None, None, None
 
 
+class _SymmetricInfoNCE(torch.autograd.Function):
+    r""":class:`_ChunkedInfoNCE` with in-view negatives for cosine logits small enough to
+    exponentiate unshifted (:math:`1/\tau \le` ``UNSHIFTED_MAX_LOGIT``), using the symmetry of
+    the in-view exponents :math:`E^a_{ij} = e^{a_i^\top a_j/\tau}`: only the blocks of
+    ``block_rows`` anchors on and right of the diagonal are computed. Three passes: (1) the
+    triangle's row and column sums give each anchor's in-view sum; (2) chunks of ``chunk_size``
+    anchors against all positives give the rest of each denominator :math:`D_i`, the value
+    and the cross part of the gradient; (3) the triangle again (recomputed: as fast as keeping
+    it, measured at TikTok's size, and memory one block), scaled in place to
+    :math:`E^a_{ij}(1/D_i + 1/D_j)` and multiplied with the anchors in both directions. Per
+    call :math:`5 N^2 d` multiply-adds instead of :math:`6 N^2 d`, and no ``[chunk, 2N]``
+    block. Only the two ``[N, d]`` gradients are kept for backward."""
+
+    @staticmethod
+    def forward(ctx, anchor, positive, temperature, block_rows, chunk_size, want_grad):  # noqa: ANN001, ANN205
+        num = anchor.size(0)
+        scaled = anchor / temperature
+        buffer = anchor.new_empty(max(min(chunk_size, num), min(block_rows, num)) * num)
+
+        def triangle(start: int) -> Tensor:  # E^a of anchors start:end against start:N
+            end = min(start + block_rows, num)
+            out = buffer[: (end - start) * (num - start)].view(end - start, num - start)
+            torch.mm(scaled[start:end], anchor[start:].t(), out=out).exp_()
+            local = torch.arange(end - start, device=anchor.device)
+            out[local, local] = 0.0  # an anchor is not its own negative
+            return out
+
+        denominator = anchor.new_zeros(num)  # pass 1: the in-view sums
+        for start in range(0, num, block_rows):
+            exp = triangle(start)
+            end = start + exp.size(0)
+            denominator[start:end] += exp.sum(1)
+            denominator[end:] += exp[:, end - start :].sum(0)
+        # pass 2: anchors against every positive, keys-major blocks as in _ChunkedInfoNCE
+        grad_anchor = torch.zeros_like(anchor) if want_grad else None
+        grad_positive = torch.zeros_like(positive) if want_grad else None
+        ones = positive.new_ones(num)
+        total = anchor.new_zeros(())
+        for start in range(0, num, chunk_size):
+            end = min(start + chunk_size, num)
+            rows = scaled[start:end]
+            logits = torch.mm(positive, rows.t(), out=buffer[: num * (end - start)].view(num, -1))
+            local = torch.arange(end - start, device=anchor.device)
+            positive_logit = logits[local + start, local].clone()
+            exp = logits.exp_()
+            denominator[start:end] += ones @ exp
+            total = total + (denominator[start:end].log() - positive_logit).sum()
+            if want_grad:
+                scale = denominator[start:end].unsqueeze(1)
+                grad_anchor[start:end] = (exp.t() @ positive).div_(scale) - positive[start:end]
+                grad_positive.addmm_(exp, rows / scale)
+                grad_positive[start:end] -= rows
+        if want_grad:  # pass 3: the in-view part, sum_j E^a_ij (1/D_i + 1/D_j) a_j
+            inverse = denominator.reciprocal()
+            for start in range(0, num, block_rows):
+                exp = triangle(start)
+                end = start + exp.size(0)
+                exp.mul_(inverse[start:end].unsqueeze(1) + inverse[start:].unsqueeze(0))
+                grad_anchor[start:end].addmm_(exp, anchor[start:])
+                grad_anchor[end:].addmm_(exp[:, end - start :].t(), anchor[start:end])
+            ctx.save_for_backward(grad_anchor.div_(temperature), grad_positive)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        grad_anchor, grad_positive = ctx.saved_tensors
+        return grad * grad_anchor, grad * grad_positive, None, None, None, None
+
+
 def chunked_info_nce(
     anchor: Tensor,
     positive: Tensor,
@@ -106,7 +175,11 @@ def chunked_info_nce(
     and gradient are those of the dense formula (sums reassociated only). Computed with a
     per-row max shift (``logsumexp``), so no term overflows. The default chunk keeps the block
     small enough to be reused from the allocator's heap (a block of hundreds of MB is mapped
-    afresh, and page-faulted, on every call).
+    afresh, and page-faulted, on every call). With in-view negatives and
+    :math:`1/\tau \le 40` (no shift needed) the in-view exponents are computed from the blocks
+    on and right of the diagonal of their symmetric matrix (:class:`_SymmetricInfoNCE`):
+    5/6 of the products and 1.3x faster at MICRO's TikTok size (6710 x 64), same value and
+    gradient.
 
     Args:
         anchor: ``[N, d]`` anchors :math:`a` (e.g. one modality's item representations).
@@ -126,9 +199,15 @@ def chunked_info_nce(
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
     want_grad = torch.is_grad_enabled() and (anchor.requires_grad or positive.requires_grad)
-    total = _ChunkedInfoNCE.apply(
-        anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size, want_grad
-    )
+    if intra_view_negatives and 1.0 / temperature <= UNSHIFTED_MAX_LOGIT:
+        block_rows = min(chunk_size, _SYMMETRIC_BLOCK_ROWS)
+        total = _SymmetricInfoNCE.apply(
+            anchor, positive, float(temperature), block_rows, chunk_size, want_grad
+        )
+    else:
+        total = _ChunkedInfoNCE.apply(
+            anchor, positive, float(temperature), bool(intra_view_negatives), chunk_size, want_grad
+        )
     return total / anchor.size(0)
 
 
