@@ -396,16 +396,26 @@ def info_nce(
 
 
 def _grouped_info_nce(anchor: Tensor, positive: Tensor, temperature: float, ids: Tensor) -> Tensor:
-    """:func:`info_nce` over the distinct ``ids``, each weighted by its count."""
+    r""":func:`info_nce` over the distinct ``ids``, each weighted by its count :math:`c`:
+    :math:`\sum_u c_u (\log \sum_v c_v e^{s_{uv}} - s_{uu})`. The key counts enter as a
+    last factor column, :math:`[q_u, 1]^\top [k_v, \log c_v] = s_{uv} + \log c_v`, so
+    :func:`factored_cross_entropy` computes it (no ``[K, K]`` autograd tensors); its target
+    logit is then :math:`s_{uu} + \log c_u`, so the constant :math:`\sum_u c_u \log c_u` is
+    added back."""
     distinct, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
     positions = torch.arange(ids.numel(), device=ids.device)
     first = torch.full_like(distinct, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")
-    logits = (
-        F.normalize(anchor[first], dim=-1) @ F.normalize(positive[first], dim=-1).t() / temperature
-    )
-    weight = counts.to(logits.dtype)
-    denominator = torch.logsumexp(logits + weight.log(), dim=-1)
-    return (weight * (denominator - logits.diagonal())).sum() / ids.numel()
+    weight = counts.to(anchor.dtype)
+    log_count = weight.log().unsqueeze(1)
+    query = F.normalize(anchor[first], dim=-1) / temperature
+    key = F.normalize(positive[first], dim=-1)
+    query = torch.cat([query, torch.ones_like(log_count)], dim=1)
+    key = torch.cat([key, log_count], dim=1)
+    target = torch.arange(distinct.numel(), device=ids.device)
+    # cosine logits within 1/tau, the count column adds at most log B
+    bound = 1.0 / temperature + math.log(ids.numel())
+    loss = factored_cross_entropy(query, key, target, bound, FULL_WIDTH_ELEMENTS, weight=weight)
+    return (loss + (weight * log_count.squeeze(1)).sum()) / ids.numel()
 
 
 def symmetric_info_nce(first: Tensor, second: Tensor, temperature: float) -> Tensor:
