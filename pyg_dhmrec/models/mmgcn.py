@@ -42,13 +42,9 @@ class ModalityGraphLayer(torch.nn.Module):
                 torch.nn.init.zeros_(linear.bias)
 
     def forward(self, x: Tensor, mean_adjacency: FrozenSparse, id_embedding: Tensor) -> Tensor:
-        # W_3 h_v = mean of W_3 g(W_1 x_j): W_3 before the mean keeps the sparse product at the
-        # output width (64 instead of layer 0's 256; exact, a reassociation)
-        neighbours = mean_adjacency(
-            F.leaky_relu(self.aggregation(x)) @ self.neighbour_transform.weight.t()
-        )
+        h = mean_adjacency(F.leaky_relu(self.aggregation(x)))
         x_hat = F.leaky_relu(self.self_transform(x)) + id_embedding
-        return F.leaky_relu(neighbours + self.neighbour_transform.bias + x_hat)
+        return F.leaky_relu(self.neighbour_transform(h) + x_hat)
 
 
 class MMGCN(Recommender):
