@@ -47,6 +47,7 @@ POINTS: dict[str, dict[str, object]] = {
     # MMRec's GRCN routes 3 times (n_layers) but its routing moves no prototype: our
     # num_routing 0 computes the same model (our TikTok point); compare with both of ours
     "GRCN": {"learning_rate": [1e-3], "reg_weight": [1e-3]},
+    "LATTICE": {"learning_rate": [1e-3], "reg_weight": [1e-5]},
 }
 #: a one-dimensional ``torch_scatter.scatter_add``, all that MMRec's ``utils.utils`` uses
 SCATTER_SHIM = """import torch
