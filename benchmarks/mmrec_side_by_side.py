@@ -8,8 +8,8 @@ dataset as its ``v_feat`` and ``t_feat``), narrows each model's YAML grid to the
 ``OMP_NUM_THREADS=1``. These edits keep MMRec running on today's libraries and on a CPU and change
 no computation: scipy's removed ``dok_matrix._update`` becomes ``_dict.update``, numpy's removed
 ``np.float`` becomes ``float``, ``torchvision`` is stubbed when missing (MMRec imports it for
-raw images only), ``.cuda()`` in a model file becomes ``.to(self.device)`` (GRCN and MGCN
-hard-code CUDA), and a one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph
+raw images only), ``.cuda()`` in a model file becomes ``.to(self.device)`` (GRCN, MGCN and
+LATTICE hard-code CUDA), and a one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph
 normalisation, through ``utils.utils``) is provided when ``torch_scatter`` is missing. Prints
 MMRec's logged training seconds per epoch (mean of the epochs, the lowest over ``--rounds``) and
 the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset::
