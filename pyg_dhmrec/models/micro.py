@@ -16,7 +16,7 @@ from pyg_dhmrec.models.lattice import LATTICE, Graph
 from pyg_dhmrec.models.validation import check_nonnegative, check_positive
 from pyg_dhmrec.nn import ModalityAttention, chunked_info_nce
 
-#: Anchors per chunk of the all-item contrastive loss (memory and speed only: a [2N, 1024]
+#: Anchors per chunk of the all-item contrastive loss (memory and speed only: one [N, 1024]
 #: block is reused across chunks; on TikTok faster than the authors' 4096 rows at once).
 CONTRASTIVE_CHUNK = 1024
 
