@@ -9,8 +9,12 @@ dataset as its ``v_feat`` and ``t_feat``), narrows each model's YAML grid to the
 no computation: scipy's removed ``dok_matrix._update`` becomes ``_dict.update``, numpy's removed
 ``np.float`` becomes ``float``, ``torchvision`` is stubbed when missing (MMRec imports it for
 raw images only), ``.cuda()`` in a model file becomes ``.to(self.device)`` (GRCN, MGCN and
-LATTICE hard-code CUDA), and a one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph
-normalisation, through ``utils.utils``) is provided when ``torch_scatter`` is missing. Prints
+LATTICE hard-code CUDA), DualGNN's initial ``result_embed`` is detached (on a CPU it stays a
+Parameter that its forward pass cannot replace; the value is overwritten before use), and a
+one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph normalisation, through
+``utils.utils``) is provided when ``torch_scatter`` is missing. DualGNN's user graph file, which
+MMRec's repository does not ship, is written from the train interactions (``write_user_graph``).
+Prints
 MMRec's logged training seconds per epoch (mean of the epochs, the lowest over ``--rounds``) and
 the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset::
 
@@ -48,6 +52,8 @@ POINTS: dict[str, dict[str, object]] = {
     # num_routing 0 computes the same model (our TikTok point); compare with both of ours
     "GRCN": {"learning_rate": [1e-3], "reg_weight": [1e-3]},
     "LATTICE": {"learning_rate": [1e-3], "reg_weight": [1e-5]},
+    # reads the user graph that MMRec's preprocessing script writes (written here, see below)
+    "DualGNN": {"learning_rate": [1e-4], "reg_weight": [1e-3]},
 }
 #: a one-dimensional ``torch_scatter.scatter_add``, all that MMRec's ``utils.utils`` uses
 SCATTER_SHIM = """import torch
@@ -74,6 +80,39 @@ def _set_keys(path: Path, keys: dict[str, object]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def write_user_graph(inter: Path, out: Path, most: int = 200) -> None:
+    """MMRec's DualGNN input, what its ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes (with
+    a dense users x users matrix and a Python loop over user pairs): for every user id, the users
+    sharing train items with it, most shared items first (ties by id), at most ``most``, and
+    those counts; computed here as the sparse product R R^T."""
+    import scipy.sparse as sp
+
+    with inter.open(encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+    try:
+        columns = [header.index(name) for name in ("userID", "itemID", "x_label")]
+    except ValueError:
+        raise SystemExit(f"{inter}: header {header} lacks userID, itemID or x_label") from None
+    table = np.loadtxt(inter, delimiter="\t", skiprows=1, usecols=columns, dtype=np.int64, ndmin=2)
+    num_users = int(table[:, 0].max()) + 1
+    train = table[table[:, 2] == 0]
+    rated = sp.csr_matrix(
+        (np.ones(len(train)), (train[:, 0], train[:, 1])),
+        shape=(num_users, int(table[:, 1].max()) + 1),
+    )
+    rated.data[:] = 1.0  # an item rated twice counts once, as MMRec's sets of items
+    shared = (rated @ rated.T).tocsr()
+    shared.setdiag(0)
+    shared.eliminate_zeros()
+    graph = {}
+    for user in range(num_users):
+        row = slice(shared.indptr[user], shared.indptr[user + 1])
+        users, counts = shared.indices[row], shared.data[row]
+        order = np.lexsort((users, -counts))[:most]
+        graph[user] = [users[order].tolist(), counts[order].astype(float).tolist()]
+    np.save(out, graph, allow_pickle=True)
+
+
 def prepare(args: argparse.Namespace) -> Path:
     """A patched copy of MMRec whose dataset folder links to ours; returns its ``src``."""
     work = Path(args.work)
@@ -91,6 +130,8 @@ def prepare(args: argparse.Namespace) -> Path:
     data.mkdir(parents=True, exist_ok=True)
     for name in [f"{args.dataset}.inter", vision, text]:
         (data / name).symlink_to(folder / name)
+    if "DualGNN" in args.models:
+        write_user_graph(folder / f"{args.dataset}.inter", data / "user_graph_dict.npy")
     (src / "configs" / "dataset" / f"{args.dataset}.yaml").write_text(
         "USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\nTIME_FIELD: timestamp\n"
         "filter_out_cod_start_users: True\n"
@@ -107,6 +148,10 @@ def prepare(args: argparse.Namespace) -> Path:
         fixed = re.sub(r"np\.float\b", "float", fixed)
         if path.parent.name == "models" and path.stem in {m.lower() for m in POINTS}:
             fixed = fixed.replace(".cuda()", ".to(self.device)")
+        if path.parent.name == "models" and path.stem == "dualgnn":
+            # on a CPU `.to` returns the Parameter itself, which forward() cannot overwrite with
+            # a tensor (on CUDA it returns a copy); forward() overwrites it before any use
+            fixed = fixed.replace("dim_x)))).to(self.device)", "dim_x)))).detach().to(self.device)")
         if fixed != code:
             path.write_text(fixed)
     stubs = work / "stubs" / "torchvision" / "transforms"
