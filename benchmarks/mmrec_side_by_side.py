@@ -12,8 +12,9 @@ raw images only), ``.cuda()`` in a model file becomes ``.to(self.device)`` (GRCN
 LATTICE hard-code CUDA), DualGNN's initial ``result_embed`` is detached (on a CPU it stays a
 Parameter that its forward pass cannot replace; the value is overwritten before use), and a
 one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph normalisation, through
-``utils.utils``) is provided when ``torch_scatter`` is missing. DualGNN's user graph file, which
-MMRec's repository does not ship, is written from the train interactions (``write_user_graph``).
+``utils.utils``) is provided when ``torch_scatter`` is missing. DualGNN's user graph file
+and DA-MRS's item graph file, which MMRec's repository does not ship, are written from the
+train interactions (``write_user_graph``, ``write_item_graph``).
 Prints
 MMRec's logged training seconds per epoch (mean of the epochs, the lowest over ``--rounds``) and
 the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset::
@@ -54,6 +55,8 @@ POINTS: dict[str, dict[str, object]] = {
     "LATTICE": {"learning_rate": [1e-3], "reg_weight": [1e-5]},
     # reads the user graph that MMRec's preprocessing script writes (written here, see below)
     "DualGNN": {"learning_rate": [1e-4], "reg_weight": [1e-3]},
+    # the DA-MRS authors' TikTok run and our per_dataset point (behaviour graph written below)
+    "DAMRS": {"n_ui_layers": [3], "knn_k": 5, "kl_weight": [0.1], "neighbor_weight": [0.01]},
 }
 #: a one-dimensional ``torch_scatter.scatter_add``, all that MMRec's ``utils.utils`` uses
 SCATTER_SHIM = """import torch
@@ -80,11 +83,8 @@ def _set_keys(path: Path, keys: dict[str, object]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_user_graph(inter: Path, out: Path, most: int = 200) -> None:
-    """MMRec's DualGNN input, what its ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes (with
-    a dense users x users matrix and a Python loop over user pairs): for every user id, the users
-    sharing train items with it, most shared items first (ties by id), at most ``most``, and
-    those counts; computed here as the sparse product R R^T."""
+def _train_matrix(inter: Path):  # noqa: ANN202 (scipy is imported only when needed)
+    """The binary users x items train matrix of an MMRec ``.inter`` file (``x_label`` 0)."""
     import scipy.sparse as sp
 
     with inter.open(encoding="utf-8") as f:
@@ -94,23 +94,45 @@ def write_user_graph(inter: Path, out: Path, most: int = 200) -> None:
     except ValueError:
         raise SystemExit(f"{inter}: header {header} lacks userID, itemID or x_label") from None
     table = np.loadtxt(inter, delimiter="\t", skiprows=1, usecols=columns, dtype=np.int64, ndmin=2)
-    num_users = int(table[:, 0].max()) + 1
     train = table[table[:, 2] == 0]
     rated = sp.csr_matrix(
         (np.ones(len(train)), (train[:, 0], train[:, 1])),
-        shape=(num_users, int(table[:, 1].max()) + 1),
+        shape=(int(table[:, 0].max()) + 1, int(table[:, 1].max()) + 1),
     )
-    rated.data[:] = 1.0  # an item rated twice counts once, as MMRec's sets of items
+    rated.data[:] = 1.0  # a pair listed twice counts once, as MMRec's sets
+    return rated
+
+
+def _cooccurrence_lists(rated, most: int, min_count: int = 1) -> dict[int, list[list]]:  # noqa: ANN001
+    """Per row of ``rated``, the other rows sharing at least ``min_count`` columns with it, most
+    shared first (ties by index), at most ``most``, and those counts: ``{row: [rows, counts]}``
+    for every row with one (the sparse product ``rated rated^T``)."""
     shared = (rated @ rated.T).tocsr()
     shared.setdiag(0)
+    shared.data[shared.data < min_count] = 0
     shared.eliminate_zeros()
-    graph = {}
-    for user in range(num_users):
-        row = slice(shared.indptr[user], shared.indptr[user + 1])
-        users, counts = shared.indices[row], shared.data[row]
-        order = np.lexsort((users, -counts))[:most]
-        graph[user] = [users[order].tolist(), counts[order].astype(float).tolist()]
-    np.save(out, graph, allow_pickle=True)
+    lists = {}
+    for row in range(shared.shape[0]):
+        span = slice(shared.indptr[row], shared.indptr[row + 1])
+        others, counts = shared.indices[span], shared.data[span]
+        order = np.lexsort((others, -counts))[:most]
+        lists[row] = [others[order].tolist(), counts[order].astype(float).tolist()]
+    return lists
+
+
+def write_user_graph(inter: Path, out: Path, most: int = 200) -> None:
+    """MMRec's DualGNN input, what its ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes (with
+    a dense users x users matrix and a Python loop over user pairs): for every user id, the users
+    sharing train items with it, most shared items first, at most ``most``, and those counts."""
+    np.save(out, _cooccurrence_lists(_train_matrix(inter), most), allow_pickle=True)
+
+
+def write_item_graph(inter: Path, out: Path, most: int = 2, min_count: int = 2) -> None:
+    """MMRec's DA-MRS input (``item_graph_dict_file``; the DA-MRS authors' ``build_iib_graph.py
+    --topk=2``, not in MMRec's repository): for every item with one, the items with at least
+    ``min_count`` common train users, most first, at most ``most``, and those counts."""
+    lists = _cooccurrence_lists(_train_matrix(inter).T.tocsr(), most, min_count)
+    np.save(out, {item: pair for item, pair in lists.items() if pair[0]}, allow_pickle=True)
 
 
 def prepare(args: argparse.Namespace) -> Path:
@@ -132,6 +154,8 @@ def prepare(args: argparse.Namespace) -> Path:
         (data / name).symlink_to(folder / name)
     if "DualGNN" in args.models:
         write_user_graph(folder / f"{args.dataset}.inter", data / "user_graph_dict.npy")
+    if "DAMRS" in args.models:
+        write_item_graph(folder / f"{args.dataset}.inter", data / "item_graph_dict_2.npy")
     (src / "configs" / "dataset" / f"{args.dataset}.yaml").write_text(
         "USER_ID_FIELD: userID\nITEM_ID_FIELD: itemID\nTIME_FIELD: timestamp\n"
         "filter_out_cod_start_users: True\n"
