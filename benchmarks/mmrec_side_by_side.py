@@ -9,14 +9,14 @@ dataset as its ``v_feat`` and ``t_feat``), narrows each model's YAML grid to the
 no computation: scipy's removed ``dok_matrix._update`` becomes ``_dict.update``, numpy's removed
 ``np.float`` becomes ``float``, ``torchvision`` is stubbed when missing (MMRec imports it for
 raw images only), ``.cuda()`` in a model file becomes ``.to(self.device)`` (GRCN, MGCN and
-LATTICE hard-code CUDA), DualGNN's initial ``result_embed`` is detached (on a CPU it stays a
-Parameter that its forward pass cannot replace; the value is overwritten before use), and a
-one-dimensional ``torch_scatter.scatter_add`` (MGCN's graph normalisation, through
-``utils.utils``) is provided when ``torch_scatter`` is missing. DualGNN's user graph file
-and DA-MRS's item graph file, which MMRec's repository does not ship, are written from the
-train interactions (``write_user_graph``, ``write_item_graph``).
-Prints
-MMRec's logged training seconds per epoch (mean of the epochs, the lowest over ``--rounds``) and
+LATTICE hard-code CUDA), LayerGCN imports ``common`` where it lives (not ``models.common``),
+DualGNN's initial ``result_embed`` is detached (on a CPU it stays a Parameter that its forward
+pass cannot replace; the value is overwritten before use), and a one-dimensional
+``torch_scatter.scatter_add`` (MGCN's graph normalisation, through ``utils.utils``) is provided
+when ``torch_scatter`` is missing. DualGNN's user graph file and DA-MRS's item graph file,
+which MMRec's repository does not ship, are written from the train interactions
+(``write_user_graph``, ``write_item_graph``). Prints MMRec's logged training seconds per epoch
+(mean of the epochs, the lowest over ``--rounds``) and
 the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset::
 
     python benchmarks/mmrec_side_by_side.py --mmrec ../MMRec --data-root ../shared/data
@@ -55,6 +55,7 @@ POINTS: dict[str, dict[str, object]] = {
     "LATTICE": {"learning_rate": [1e-3], "reg_weight": [1e-5]},
     # reads the user graph that MMRec's preprocessing script writes (written here, see below)
     "DualGNN": {"learning_rate": [1e-4], "reg_weight": [1e-3]},
+    "LayerGCN": {"n_layers": [4], "reg_weight": [1e-3], "dropout": [0.1]},
     # the DA-MRS authors' TikTok run and our per_dataset point (behaviour graph written below)
     "DAMRS": {"n_ui_layers": [3], "knn_k": 5, "kl_weight": [0.1], "neighbor_weight": [0.01]},
 }
@@ -172,6 +173,8 @@ def prepare(args: argparse.Namespace) -> Path:
         fixed = re.sub(r"np\.float\b", "float", fixed)
         if path.parent.name == "models" and path.stem in {m.lower() for m in POINTS}:
             fixed = fixed.replace(".cuda()", ".to(self.device)")
+        if path.parent.name == "models" and path.stem == "layergcn":  # the modules' home
+            fixed = fixed.replace("from models.common.", "from common.")
         if path.parent.name == "models" and path.stem == "dualgnn":
             # on a CPU `.to` returns the Parameter itself, which forward() cannot overwrite with
             # a tensor (on CUDA it returns a copy); forward() overwrites it before any use
