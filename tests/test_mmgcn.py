@@ -95,3 +95,30 @@ def test_loss_parts_by_hand() -> None:
 def test_bad_settings_name_the_key(key: str, value: float) -> None:
     with pytest.raises(ValueError, match=key):
         _model({"image": 5}, **{key: value})
+
+
+def test_raw_modalities_skip_the_projection() -> None:
+    """A raw modality's layer-0 items are its features, its preferences as wide as they are."""
+    model = _model({"image": 5, "audio": 3}, num_ui_layers=1, raw_modalities=["audio"]).eval()
+    assert set(model.projections) == {"image"}
+    assert model.preferences["audio"].shape == (12, 3)
+    assert model.preferences["image"].shape == (12, FEATURE_DIM)
+    data = toy_graph(12, 10, 40, {"image": 5, "audio": 3})
+    users, items = data["user", "rates", "item"].edge_index
+    adj = torch.zeros(22, 22)
+    adj[users, items + 12] = 1.0
+    adj[items + 12, users] = 1.0
+    mean = adj / adj.sum(1, keepdim=True)
+    layer = model.layers["audio"][0]
+    x = F.normalize(torch.cat([model.preferences["audio"], data["item"].audio]), dim=-1)
+    ids = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    h = mean @ F.leaky_relu(x @ layer.aggregation.weight.t())
+    x_hat = F.leaky_relu(layer.self_transform(x)) + ids
+    expected = F.leaky_relu(layer.neighbour_transform(h) + x_hat)
+    torch.testing.assert_close(model().modalities["audio"], expected[12:])
+
+
+@pytest.mark.parametrize("value", [["text"], "audio", 3])
+def test_raw_modalities_must_name_modalities_of_the_dataset(value: object) -> None:
+    with pytest.raises(ValueError, match="raw_modalities"):
+        _model({"image": 5, "audio": 3}, raw_modalities=value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -69,7 +71,11 @@ class MMGCN(Recommender):
       score by :math:`1/M^2` (same ranking, a flatter BPR sigmoid).
     * Each modality's features are projected to ``feature_dim`` (MMRec's visual branch: 256)
       by a linear map :math:`P_m` with bias, and the layer-0 node vectors
-      :math:`[u_m; P_m f_i^m]` are L2-normalised (MMRec), for every modality alike.
+      :math:`[u_m; P_m f_i^m]` are L2-normalised (MMRec), for every modality alike. The
+      modalities named in ``raw_modalities`` skip the projection: :math:`[u_m; f_i^m]` at the
+      features' own width. The authors' code projects only its visual features (to 256) and
+      feeds acoustic and textual features raw; MMRec keeps that for its second modality (on
+      TikTok, ``raw_modalities: [audio]`` is MMRec's model).
     * Mean aggregator :math:`D^{-1} A` over the user-item graph without self-loops (the
       paper's :math:`f_{avg}`); LeakyReLU inside the mean, on each neighbour (the paper's
       aggregation; MMRec applies it after the mean); :math:`W_1` has no
@@ -85,6 +91,8 @@ class MMGCN(Recommender):
         feature_dim: width of the preference vectors and projected features (layer 0).
         num_ui_layers: :math:`L \ge 1` layers per modality.
         reg_weight: weight of the squared penalty (:math:`\ge 0`).
+        raw_modalities: modalities whose layer-0 nodes are the raw features (no projection;
+            their preference vectors as wide as the features).
     """
 
     loss_parts = ("bpr", "reg")
@@ -98,6 +106,7 @@ class MMGCN(Recommender):
         feature_dim: int = 256,
         num_ui_layers: int = 3,
         reg_weight: float = 1e-3,
+        raw_modalities: Sequence[str] = (),
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
@@ -105,18 +114,34 @@ class MMGCN(Recommender):
         check_int("num_ui_layers", num_ui_layers, 1)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         features = self.register_item_features(data)
+        names = isinstance(raw_modalities, (list, tuple))
+        if not names or not all(isinstance(m, str) for m in raw_modalities):
+            raise ValueError(
+                f"raw_modalities must be a list of modality names, got {raw_modalities!r}"
+            )
+        unknown = sorted(set(raw_modalities) - set(features))
+        if unknown:
+            raise ValueError(
+                f"raw_modalities {unknown}: not modalities of this dataset, which has "
+                f"{sorted(features)}"
+            )
+        width = {m: x.size(1) if m in raw_modalities else feature_dim for m, x in features.items()}
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
         self.preferences = torch.nn.ParameterDict(
-            {m: torch.nn.Parameter(torch.empty(self.num_users, feature_dim)) for m in features}
+            {m: torch.nn.Parameter(torch.empty(self.num_users, width[m])) for m in features}
         )
         self.projections = torch.nn.ModuleDict(
-            {m: torch.nn.Linear(x.size(1), feature_dim) for m, x in features.items()}
+            {
+                m: torch.nn.Linear(x.size(1), feature_dim)
+                for m, x in features.items()
+                if m not in raw_modalities
+            }
         )
         self.layers = torch.nn.ModuleDict(
             {
                 m: torch.nn.ModuleList(
-                    ModalityGraphLayer(feature_dim if layer == 0 else embedding_dim, embedding_dim)
+                    ModalityGraphLayer(width[m] if layer == 0 else embedding_dim, embedding_dim)
                     for layer in range(num_ui_layers)
                 )
                 for m in features
@@ -133,15 +158,18 @@ class MMGCN(Recommender):
         torch.nn.init.xavier_normal_(self.item_embedding.weight)
         for m in self.modalities:
             torch.nn.init.xavier_normal_(self.preferences[m])
-            torch.nn.init.xavier_normal_(self.projections[m].weight)
-            torch.nn.init.zeros_(self.projections[m].bias)
+            if m in self.projections:
+                torch.nn.init.xavier_normal_(self.projections[m].weight)
+                torch.nn.init.zeros_(self.projections[m].bias)
             for layer in self.layers[m]:
                 layer.reset_parameters()
 
     def modality_representation(self, modality: str, id_embedding: Tensor) -> Tensor:
         """The ``[U + I, d]`` output of modality ``modality``'s GCN."""
-        projected = self.projections[modality](self.feature(modality))
-        x = l2_normalize(torch.cat([self.preferences[modality], projected]))
+        items = self.feature(modality)
+        if modality in self.projections:
+            items = self.projections[modality](items)
+        x = l2_normalize(torch.cat([self.preferences[modality], items]))
         for layer in self.layers[modality]:
             x = layer(x, self.mean_adjacency, id_embedding)
         return x
