@@ -114,8 +114,9 @@ class MMGCN(Recommender):
         check_int("num_ui_layers", num_ui_layers, 1)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         features = self.register_item_features(data)
-        names = isinstance(raw_modalities, (list, tuple))
-        if not names or not all(isinstance(m, str) for m in raw_modalities):
+        if not isinstance(raw_modalities, (list, tuple)) or not all(
+            isinstance(m, str) for m in raw_modalities
+        ):
             raise ValueError(
                 f"raw_modalities must be a list of modality names, got {raw_modalities!r}"
             )
