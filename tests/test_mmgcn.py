@@ -40,10 +40,20 @@ def test_id_embeddings_and_preferences_are_trained_parameters() -> None:
         assert not torch.equal(before[name], names[name].detach()), name
 
 
-def test_forward_matches_the_layer_equations_by_hand() -> None:
-    """One modality, one layer, recomputed with dense tensors."""
-    model = _model({"image": 5}, num_ui_layers=1).eval()
-    data = toy_graph(12, 10, 40, {"image": 5})
+@pytest.mark.parametrize(
+    ("feature_width", "feature_dim"),
+    # widening projection, layer 0 narrower than the IDs; widening, W_3 before the mean;
+    # narrowing projection, W_3 before the mean
+    [(5, FEATURE_DIM), (5, 12), (20, 12)],
+)
+def test_forward_matches_the_layer_equations_by_hand(feature_width: int, feature_dim: int) -> None:
+    """One modality, one layer, recomputed with dense tensors in the paper's order."""
+    model = _model({"image": feature_width}, num_ui_layers=1, feature_dim=feature_dim).eval()
+    with torch.no_grad():  # biases start at zero: make every one of them count
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()
+    data = toy_graph(12, 10, 40, {"image": feature_width})
     users, items = data["user", "rates", "item"].edge_index
     n = 22
     adj = torch.zeros(n, n)

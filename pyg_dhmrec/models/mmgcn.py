@@ -14,7 +14,7 @@ from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, bpr_loss
-from pyg_dhmrec.nn.normalize import l2_normalize
+from pyg_dhmrec.nn.normalize import l2_normalize, normalized_projection_maps
 
 
 class ModalityGraphLayer(torch.nn.Module):
@@ -27,7 +27,9 @@ class ModalityGraphLayer(torch.nn.Module):
         \hat{x}_v = g(W_2 x_v + b_2) + e_v^{id}, \qquad
         x'_v = g(W_3 h_v + b_3 + \hat{x}_v) \quad\text{(combination, element-wise add)},
 
-    with :math:`g` = LeakyReLU. ``in_dim`` -> ``out_dim`` (the ID width).
+    with :math:`g` = LeakyReLU. ``in_dim`` -> ``out_dim`` (the ID width). Where ``in_dim`` >
+    ``out_dim``, :math:`W_3` runs before the mean (:math:`W_3 D^{-1} A Z = D^{-1} A (Z
+    W_3^\top)`, exact), so the sparse product is ``out_dim`` wide.
     """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
@@ -44,9 +46,26 @@ class ModalityGraphLayer(torch.nn.Module):
                 torch.nn.init.zeros_(linear.bias)
 
     def forward(self, x: Tensor, mean_adjacency: FrozenSparse, id_embedding: Tensor) -> Tensor:
-        h = mean_adjacency(F.leaky_relu(self.aggregation(x)))
-        x_hat = F.leaky_relu(self.self_transform(x)) + id_embedding
-        return F.leaky_relu(self.neighbour_transform(h) + x_hat)
+        return self.combine(
+            self.aggregation(x), self.self_transform(x), mean_adjacency, id_embedding
+        )
+
+    def combine(
+        self,
+        aggregated: Tensor,
+        own: Tensor,
+        mean_adjacency: FrozenSparse,
+        id_embedding: Tensor,
+    ) -> Tensor:
+        """The layer from its two input maps, ``aggregated`` :math:`= W_1 x` and ``own``
+        :math:`= W_2 x + b_2` (computed elsewhere when that is cheaper)."""
+        neighbours = F.leaky_relu(aggregated)
+        transform = self.neighbour_transform
+        if transform.in_features > transform.out_features:
+            h = mean_adjacency(F.linear(neighbours, transform.weight)) + transform.bias
+        else:
+            h = transform(mean_adjacency(neighbours))
+        return F.leaky_relu(h + F.leaky_relu(own) + id_embedding)
 
 
 class MMGCN(Recommender):
@@ -167,11 +186,27 @@ class MMGCN(Recommender):
 
     def modality_representation(self, modality: str, id_embedding: Tensor) -> Tensor:
         """The ``[U + I, d]`` output of modality ``modality``'s GCN."""
-        items = self.feature(modality)
+        layers = self.layers[modality]
         if modality in self.projections:
-            items = self.projections[modality](items)
-        x = l2_normalize(torch.cat([self.preferences[modality], items]))
-        for layer in self.layers[modality]:
+            # Layer 0's maps of the normalised projected items without the projected matrix
+            # where the projection widens the features (TikTok's 128 -> 256).
+            first = layers[0]
+            users = l2_normalize(self.preferences[modality])
+            items = normalized_projection_maps(
+                self.feature(modality),
+                self.projections[modality],
+                [first.aggregation, first.self_transform],
+            )
+            x = first.combine(
+                torch.cat([first.aggregation(users), items[0]]),
+                torch.cat([first.self_transform(users), items[1]]),
+                self.mean_adjacency,
+                id_embedding,
+            )
+            layers = layers[1:]
+        else:
+            x = l2_normalize(torch.cat([self.preferences[modality], self.feature(modality)]))
+        for layer in layers:
             x = layer(x, self.mean_adjacency, id_embedding)
         return x
 

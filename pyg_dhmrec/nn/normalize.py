@@ -1,13 +1,15 @@
-"""Row-wise L2 normalisation with a fused backward pass."""
+"""Row-wise L2 normalisation with a fused backward pass, and linear maps of normalised rows."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["l2_normalize"]
+__all__ = ["l2_normalize", "normalized_projection_maps"]
 
 
 class _L2Normalize(torch.autograd.Function):
@@ -39,3 +41,44 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     if x.dim() < 1:
         raise ValueError("l2_normalize needs a tensor with at least one dimension")
     return _L2Normalize.apply(x, float(eps))
+
+
+def normalized_projection_maps(
+    x: Tensor,
+    projection: torch.nn.Linear,
+    maps: Sequence[torch.nn.Linear],
+    eps: float = 1e-12,
+) -> list[Tensor]:
+    r"""Linear maps of L2-normalised projected rows, :math:`W_j\, ar{y} + c_j` with
+        :math:`y = P x + b` (``projection``) and :math:`ar{y} = y / \max(\lVert y
+    Vert_2,
+        \epsilon)` (:func:`l2_normalize`), one output per ``maps[j]`` (:math:`W_j`, :math:`c_j`).
+
+        When the projection widens its input (:math:`f` = ``in_features`` < :math:`k` =
+        ``out_features``) the products are re-associated: :math:`W_j ar{y} = (W_j P\, x + W_j
+        b) / \max(\lVert y
+    Vert, \epsilon)` with :math:`\lVert y
+    Vert^2 = x^	op P^	op P x +
+        2\, b^	op P x + b^	op b`, so no ``[n, k]`` matrix is formed and every row costs
+        :math:`f (f + \sum_j o_j)` multiply-adds instead of :math:`k (f + \sum_j o_j)`. The same
+        values (to float rounding) and gradients as the direct formula, which runs otherwise.
+    """
+    if not maps:
+        raise ValueError("normalized_projection_maps needs at least one map")
+    if projection.in_features >= projection.out_features:
+        y = l2_normalize(projection(x), eps)
+        return [linear(y) for linear in maps]
+    weight, bias = projection.weight, projection.bias
+    gram = weight.t() @ weight
+    squared = ((x @ gram) * x).sum(-1)
+    if bias is not None:
+        squared = squared + 2.0 * (x @ (weight.t() @ bias)) + bias.pow(2).sum()
+    inverse = squared.clamp_min(eps * eps).rsqrt().unsqueeze(-1)
+    out = []
+    for linear in maps:
+        folded = F.linear(x, linear.weight @ weight)
+        if bias is not None:
+            folded = folded + linear.weight @ bias
+        folded = folded * inverse
+        out.append(folded if linear.bias is None else folded + linear.bias)
+    return out
