@@ -352,6 +352,13 @@ class Trainer:
             metrics=config["metrics"],
             user_batch_size=config["eval_batch_size"],
         )
+        for code, split in ((1, "valid"), (2, "test")):
+            if store[f"{split}_edge_index"].size(1) == 0:
+                raise ValueError(
+                    f"dataset {config['dataset']!r} has no {split} interaction (x_label {code}) "
+                    "of a user with train interactions; early stopping selects the epoch on "
+                    "valid and the run reports test, so both splits are needed"
+                )
         self.valid_evaluator = FullRankEvaluator(
             store.edge_index, store.valid_edge_index, **evaluator_args
         )
@@ -631,7 +638,7 @@ class Trainer:
         improved = self.early_stopping.step(epoch, valid, self.model)
         return (
             f" | eval {self.eval_times[-1]:.2f}s | valid "
-            + " ".join(f"{k} {valid[k]:.4f}" for k in _headline(valid))
+            + " ".join(f"{k} {valid[k]:.4f}" for k in _headline(valid, self.early_stopping.metric))
             + (" *" if improved else "")
         )
 
@@ -681,7 +688,7 @@ class Trainer:
             cfg["model"] + (f" + {cfg['plugin']}" if cfg.get("plugin") else ""),
             cfg["dataset"],
             stopper.best_epoch,
-            " ".join(f"{k} {test[k]:.4f}" for k in _headline(test)),
+            " ".join(f"{k} {test[k]:.4f}" for k in _headline(test, stopper.metric)),
         )
         train_times, eval_times = self.train_times, self.eval_times
         return {
@@ -755,8 +762,16 @@ def save_per_user(users: Tensor, values: Mapping[str, Tensor], output: Path) -> 
     return write_torch(output / PER_USER, payload)
 
 
-def _headline(metrics: Mapping[str, float]) -> list[str]:
-    return [k for k in ("recall@10", "recall@20", "ndcg@10", "ndcg@20") if k in metrics]
+HEADLINE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+def _headline(metrics: Mapping[str, float], early_stop_metric: str | None = None) -> list[str]:
+    """The metrics a log line shows: R@10/20 and N@10/20 where computed, otherwise every one
+    (a custom ``topk``), and always the early-stopping metric."""
+    keys = [k for k in HEADLINE_METRICS if k in metrics] or list(metrics)
+    if early_stop_metric in metrics and early_stop_metric not in keys:
+        keys.insert(0, early_stop_metric)
+    return keys
 
 
 def environment(device: torch.device) -> dict[str, Any]:

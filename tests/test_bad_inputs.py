@@ -86,6 +86,19 @@ CASES = [
         r"image_feat\.npy: modality 'image' has 0 feature columns \(shape \(5, 0\)\); expected "
         r"at least one$",
     ),
+    (
+        "extra_field",
+        HEADER + "0\t0\t0\t9\n" + GOOD[len(HEADER) :],
+        None,
+        r"toy\.inter:2: 4 tab-separated fields, but the header names 3 \(userID, itemID, "
+        r"x_label\): '0\\t0\\t0\\t9'$",
+    ),
+    (
+        "column_named_twice",
+        "userID\titemID\tx_label\titemID\n0\t0\t0\t1\n",
+        None,
+        r"toy\.inter:1: header names column\(s\) itemID more than once",
+    ),
     ("empty_file", "", None, r"toy\.inter: empty file; expected a tab-separated header row"),
     ("header_only", HEADER, None, r"toy\.inter: header only, no interactions$"),
     (
@@ -362,3 +375,47 @@ def test_read_only_data_folder_and_home(
         r"a writable folder$",
         err.strip(),
     ), err
+
+
+def test_trailing_empty_fields_are_no_data(tmp_path: Path) -> None:
+    """A trailing tab (a spreadsheet export) adds an empty field, not a value: accepted."""
+    inter = GOOD.replace("\n", "\t\n")
+    assert main(_dataset(tmp_path, inter, _features())) == 0
+
+
+def test_log_lines_show_a_custom_topk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With ``topk: [2]`` the epoch and test lines show recall@2 (not an empty metric list)."""
+    with caplog.at_level(logging.INFO, logger="pyg_dhmrec.train"):
+        assert main(_dataset(tmp_path, GOOD, _features())) == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.search(r"\| valid recall@2 \d\.\d{4}", m) for m in lines), lines
+    assert any(re.search(r"best epoch 1 \| test recall@2 \d\.\d{4}$", m) for m in lines), lines
+
+
+@pytest.mark.parametrize(
+    "inter, split",
+    [
+        (
+            HEADER + "".join(f"{u}\t{i}\t{2 * int(i == 4)}\n" for u in range(4) for i in range(5)),
+            "valid",
+        ),
+        # the only test row belongs to a user without train rows, which the protocol drops
+        (
+            HEADER
+            + "".join(f"{u}\t{i}\t{int(i == 4)}\n" for u in range(4) for i in range(5))
+            + "4\t0\t2\n",
+            "test",
+        ),
+    ],
+    ids=["no_valid_rows", "test_rows_only_of_a_cold_user"],
+)
+def test_empty_split_exit_2(tmp_path: Path, capsys, inter: str, split: str) -> None:
+    assert main(_dataset(tmp_path, inter, _features())) == 2
+    err = capsys.readouterr().err.strip()
+    code = {"valid": 1, "test": 2}[split]
+    assert re.match(
+        rf"^error: dataset 'tiktok' has no {split} interaction \(x_label {code}\) of a user "
+        r"with train interactions; early stopping selects the epoch on valid",
+        err,
+    ), err
+    assert not (tmp_path / "run" / "results.json").exists()

@@ -77,7 +77,8 @@ def _check_contiguous(path: Path, field: str, ids: np.ndarray, line_of: np.ndarr
 def read_inter_file(path: Path) -> Interactions:
     """Read and validate an MMRec ``.inter`` file.
 
-    Errors (naming file, line and field): missing file or columns, rows with too few fields,
+    Errors (naming file, line and field): missing file or columns, a required column named
+    twice, rows with too few fields or with more non-empty fields than the header names,
     non-integer or negative ids, ``x_label`` outside {0, 1, 2}, no train interaction at all.
     Duplicate (user, item) pairs are counted, reported and kept once (the first occurrence).
     Valid/test interactions of users without any train interaction are dropped, as MMRec does
@@ -107,6 +108,12 @@ def read_inter_file(path: Path) -> Interactions:
             f"{path}:1: header lacks column(s) {', '.join(missing)}; found {header!r} "
             f"(columns must be separated by tabs)"
         )
+    repeated = [c for c in REQUIRED_COLUMNS if header.count(c) > 1]
+    if repeated:
+        raise DataFormatError(
+            f"{path}:1: header names column(s) {', '.join(repeated)} more than once; found "
+            f"{header!r}"
+        )
     columns = [header.index(c) for c in REQUIRED_COLUMNS]
     width = max(columns) + 1
 
@@ -119,6 +126,11 @@ def read_inter_file(path: Path) -> Interactions:
             raise DataFormatError(
                 f"{path}:{number}: expected at least {width} tab-separated fields "
                 f"({', '.join(header)}), got {len(fields)}: {line!r}"
+            )
+        if len(fields) > len(header) and any(f.strip() for f in fields[len(header) :]):
+            raise DataFormatError(
+                f"{path}:{number}: {len(fields)} tab-separated fields, but the header names "
+                f"{len(header)} ({', '.join(header)}): {line!r}"
             )
         rows.append([fields[c].strip() for c in columns])
         line_numbers.append(number)
