@@ -396,6 +396,10 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "knn_k": (1, None),  # the dataset's item count bounds it too (check_config_for_data)
     "infusion_k": (1, None),
     "max_steps_per_epoch": (1, None),  # null (every batch) is allowed
+    # propagation depths of every model (a model may ask for more, e.g. MMGCN's >= 1)
+    "num_ui_layers": (0, None),
+    "num_ii_layers": (0, None),
+    "num_mm_layers": (0, None),
 }
 #: Values of ``matmul_precision`` (torch.set_float32_matmul_precision).
 MATMUL_PRECISIONS = ("highest", "high", "medium")
@@ -443,8 +447,9 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         not isinstance(topk, list)
         or not topk
         or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in topk)
+        or len(set(topk)) < len(topk)
     ):
-        raise bad("topk", "a non-empty list of cut-offs, integers >= 1, e.g. [10, 20]")
+        raise bad("topk", "a non-empty list of distinct cut-offs, integers >= 1, e.g. [10, 20]")
     metrics = config.get("metrics")
     if "metrics" in config and (
         not isinstance(metrics, list) or not metrics or not set(metrics) <= set(METRIC_NAMES)

@@ -228,8 +228,18 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         ),
         (
             ["--topk", "[0,10]"],
-            "key 'topk' must be a non-empty list of cut-offs, integers >= 1, e.g. [10, 20], "
-            "got [0, 10]",
+            "key 'topk' must be a non-empty list of distinct cut-offs, integers >= 1, e.g. "
+            "[10, 20], got [0, 10]",
+        ),
+        (
+            ["--topk", "[10,10]"],
+            "key 'topk' must be a non-empty list of distinct cut-offs, integers >= 1, e.g. "
+            "[10, 20], got [10, 10]",
+        ),
+        (["--num_ui_layers", "-1"], "key 'num_ui_layers' must be an integer >= 0, got -1"),
+        (
+            ["--model", "freedom", "--num_ii_layers", "-2"],
+            "key 'num_ii_layers' must be an integer >= 0, got -2",
         ),
         (["--eval_batch_size", "0"], "key 'eval_batch_size' must be an integer >= 1, got 0"),
         (
@@ -251,6 +261,9 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         "embedding_dim_1e8",
         "embedding_dim_10^8",
         "topk_0",
+        "topk_repeated",
+        "num_ui_layers_negative",
+        "num_ii_layers_negative",
         "eval_batch_size_0",
         "learning_rate_negative",
         "knn_k_too_large",
