@@ -171,9 +171,11 @@ def run_points(configs: Sequence[dict[str, Any]], runner: Runner) -> list[dict[s
         for i in waiting:
             folder = Path(configs[i]["output"])
             if not first_pass:
+                log.info("%s: waiting for the process that holds it", folder)
                 with RunLock(folder, wait=True):  # until the holding process lets it go
                     pass
             elif _in_use(folder):  # before the runner opens the folder's log
+                log.info("%s: in use by another process; read when it ends", folder)
                 held.append(i)
                 continue
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from pathlib import Path
@@ -266,9 +267,11 @@ def _fake_results(valid: float) -> dict:
     return {"valid": metrics, "test": metrics, "best_epoch": 1, "epochs_run": 1, "timing": timing}
 
 
-def test_grid_point_held_by_another_process_is_read_when_it_ends(tmp_path: Path) -> None:
+def test_grid_point_held_by_another_process_is_read_when_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Two processes on one grid share its points: a point whose folder is locked is not
-    trained here; its results are read once the holder lets the folder go."""
+    trained here (the log says so); its results are read once the holder lets the folder go."""
     config = load_config("lightgcn", "synthetic", {"device": "cpu"})
     axes = {"reg_weight": [0.001, 0.0001]}
     points = expand_grid(axes)
@@ -287,9 +290,13 @@ def test_grid_point_held_by_another_process_is_read_when_it_ends(tmp_path: Path)
         return _fake_results(0.1)
 
     try:
-        summary = run_grid(config, axes, out, runner)
+        with caplog.at_level(logging.INFO, logger="pyg_dhmrec.experiment"):
+            summary = run_grid(config, axes, out, runner)
     finally:
         other.__exit__(None, None, None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"{held}: in use by another process; read when it ends" in messages
+    assert f"{held}: waiting for the process that holds it" in messages
     assert calls == [(str(out / point_name(points[1])), False)]
     assert summary["selected"] == point_name(points[0])
     assert [p["valid_recall@20"] for p in summary["points"]] == [0.5, 0.1]
