@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.extra = extra
 
     try:
-        points = expand_grid(parse_grid_options(args.grid))
+        points = expand_grid(parse_grid_options(args.grid), "--grid")
     except ConfigError as e:
         raise SystemExit(str(e)) from None
     base = Path(args.out) / f"{args.model}-{args.dataset}"

@@ -77,10 +77,20 @@ def parse_grid_options(items: Sequence[str]) -> dict[str, list[str]]:
     return axes
 
 
-def expand_grid(axes: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, the last key varying fastest."""
+def expand_grid(axes: Mapping[str, Sequence[Any]], source: str = "grid") -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the last key varying fastest. Raises
+    :class:`ConfigError` (naming ``source``) where two combinations share a run folder name (a
+    key lists one value twice)."""
     keys = list(axes)
-    return [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    points = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+    names = [point_name(p) for p in points]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(
+            f"{source}: the grid holds the point {repeated[0]} more than once (a key lists a "
+            "value twice); list each value once"
+        )
+    return points
 
 
 def _format_value(value: Any) -> str:
@@ -207,14 +217,14 @@ def run_grid(
             f"{source}: a grid cannot vary {', '.join(fixed)} (they select the YAML layers and "
             "the run folder); run one grid per model, dataset or plugin"
         )
-    points = expand_grid(axes)
+    points = expand_grid(axes, source)
+    names = [point_name(p) for p in points]
     configs = []
     for point in points:  # check every point before training any
         cfg = merge(dict(config), point, source)
         cfg["output"] = str(output / point_name(point))
         configs.append(cfg)
     results = run_points(configs, runner)
-    names = [point_name(p) for p in points]
     best = select_best(results)
     table = grid_table(names, results)
     output.mkdir(parents=True, exist_ok=True)

@@ -306,6 +306,20 @@ def test_grid_over_model_or_output_refused(tmp_path: Path, capsys, key: str, val
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("values", ["[0.1, 0.1]", "[0.1, 1.0e-1]"])
+def test_grid_with_a_repeated_value_refused(tmp_path: Path, capsys, values: str) -> None:
+    """Two equal values would name one run folder twice (and list it twice in grid.md)."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"reg_weight: {values}\nnum_ui_layers: [1, 2]\n")
+    assert main([*_tiny(tmp_path), "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {grid}: the grid holds the point reg_weight=0.1_num_ui_layers=1 more than once "
+        "(a key lists a value twice); list each value once\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def _stored_run(tmp_path: Path, config_text: str) -> Path:
     folder = tmp_path / "stored"
     folder.mkdir()

@@ -15,7 +15,7 @@ from scipy.stats import ttest_rel
 
 from pyg_dhmrec.atomic_files import write_json
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.config import CONFIG_DIR, available, load_config, merge
+from pyg_dhmrec.config import CONFIG_DIR, ConfigError, available, load_config, merge
 from pyg_dhmrec.experiment import (
     RunInUse,
     RunLock,
@@ -80,6 +80,9 @@ def test_expand_grid_and_point_names() -> None:
     ]
     assert point_name(points[0]) == "a=1_b=x_ablations=[no_kl,no_ii]"
     assert point_name({}) == "default"
+    # benchmark.py's --grid strings: a repeated value would name one folder twice
+    with pytest.raises(ConfigError, match=r"^--grid: the grid holds the point a=1_b=x more than"):
+        expand_grid({"a": ["1", "2", "1"], "b": ["x"]}, "--grid")
 
 
 def test_grid_runs_every_point_and_selects_on_valid(grid: Path, capsys) -> None:
