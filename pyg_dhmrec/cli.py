@@ -227,7 +227,15 @@ class _RunLog:
         self.path = path
 
     def __enter__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self.path.parent
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"output {folder}: exists and is not a folder; give a run folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"output {folder}: cannot create the run folder ({e.strerror or e})"
+            ) from None
         self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.handler.setLevel(logging.INFO)

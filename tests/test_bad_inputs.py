@@ -320,6 +320,25 @@ def test_grid_with_a_repeated_value_refused(tmp_path: Path, capsys, values: str)
     assert not (tmp_path / "run").exists()
 
 
+def test_output_that_is_a_file_exit_2(tmp_path: Path, capsys) -> None:
+    """An --output that names a file, or a folder under a file, is an error, not a traceback."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = _tiny(tmp_path)
+    out = args.index("--output") + 1
+    args[out] = str(afile)
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: output {afile}: exists and is not a folder; give a run folder\n"
+    )
+    args[out] = str(afile / "run")
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: output {afile / 'run'}: cannot create the run folder (Not a directory)\n"
+    )
+    assert afile.read_text() == "x"
+
+
 def _stored_run(tmp_path: Path, config_text: str) -> Path:
     folder = tmp_path / "stored"
     folder.mkdir()
