@@ -134,11 +134,15 @@ def grid_table(names: Sequence[str], results: Sequence[Mapping[str, Any]]) -> st
         "| point | valid R@20 | test R@20 | test N@20 | best / run epochs | s/epoch |",
         "|---|---|---|---|---|---|",
     ]
+
+    def metric(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"  # not computed (metrics, topk)
+
     for row in grid_rows(names, results):
         lines.append(
-            f"| {row['point']} | {row['valid_recall@20']:.4f} | {row['test_recall@20']:.4f} "
-            f"| {row['test_ndcg@20']:.4f} | {row['best_epoch']} / {row['epochs_run']} "
-            f"| {row['train_s_per_epoch']:.2f} |"
+            f"| {row['point']} | {metric(row['valid_recall@20'])} | "
+            f"{metric(row['test_recall@20'])} | {metric(row['test_ndcg@20'])} "
+            f"| {row['best_epoch']} / {row['epochs_run']} | {row['train_s_per_epoch']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -216,6 +220,15 @@ def run_grid(
         raise ConfigError(
             f"{source}: a grid cannot vary {', '.join(fixed)} (they select the YAML layers and "
             "the run folder); run one grid per model, dataset or plugin"
+        )
+    metric, cutoff = SELECT_METRIC.split("@")
+    if metric not in config.get("metrics", [metric]) or int(cutoff) not in config.get(
+        "topk", [int(cutoff)]
+    ):
+        raise ConfigError(
+            f"{source}: a grid selects its point on valid {SELECT_METRIC} (the protocol), which "
+            f"this configuration does not compute (metrics {config.get('metrics')}, topk "
+            f"{config.get('topk')}); include {metric} in metrics and {cutoff} in topk"
         )
     points = expand_grid(axes, source)
     names = [point_name(p) for p in points]

@@ -339,6 +339,32 @@ def test_output_that_is_a_file_exit_2(tmp_path: Path, capsys) -> None:
     assert afile.read_text() == "x"
 
 
+def test_grid_without_its_selection_metric_refused(tmp_path: Path, capsys) -> None:
+    """A grid selects on valid recall@20: a topk without 20 stops before any point trains."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("reg_weight: [0.1, 0.01]\n")
+    args = [*_tiny(tmp_path), "--grid", str(grid), "--topk", "[5]"]
+    args += ["--early_stop_metric", "recall@5"]
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: {grid}: a grid selects its point on valid recall@20 (the protocol), which this "
+        "configuration does not compute (metrics ['recall', 'ndcg', 'precision', 'map'], topk "
+        "[5]); include recall in metrics and 20 in topk\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_grid_table_marks_metrics_not_computed(tmp_path: Path) -> None:
+    """With metrics [recall] the grid still selects and its table shows N@20 as '-'."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("reg_weight: [0.1, 0.01]\n")
+    args = [*_tiny(tmp_path, "--epochs", "1"), "--grid", str(grid), "--metrics", "[recall]"]
+    assert main(args) == 0
+    rows = [r for r in (tmp_path / "run" / "grid.md").read_text().splitlines() if "reg_weight" in r]
+    assert len(rows) == 3  # two points and the selection line
+    assert all(re.search(r"\| 0\.\d{4} \| 0\.\d{4} \| - \| 1 / 1 \|", r) for r in rows[:2]), rows
+
+
 def _stored_run(tmp_path: Path, config_text: str) -> Path:
     folder = tmp_path / "stored"
     folder.mkdir()
