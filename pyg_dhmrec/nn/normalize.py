@@ -49,19 +49,16 @@ def normalized_projection_maps(
     maps: Sequence[torch.nn.Linear],
     eps: float = 1e-12,
 ) -> list[Tensor]:
-    r"""Linear maps of L2-normalised projected rows, :math:`W_j\, ar{y} + c_j` with
-        :math:`y = P x + b` (``projection``) and :math:`ar{y} = y / \max(\lVert y
-    Vert_2,
-        \epsilon)` (:func:`l2_normalize`), one output per ``maps[j]`` (:math:`W_j`, :math:`c_j`).
+    r"""Linear maps of L2-normalised projected rows, :math:`W_j\, \bar{y} + c_j` with
+    :math:`y = P x + b` (``projection``) and :math:`\bar{y} = y / \max(\lVert y \rVert_2,
+    \epsilon)` (:func:`l2_normalize`), one output per ``maps[j]`` (:math:`W_j`, :math:`c_j`).
 
-        When the projection widens its input (:math:`f` = ``in_features`` < :math:`k` =
-        ``out_features``) the products are re-associated: :math:`W_j ar{y} = (W_j P\, x + W_j
-        b) / \max(\lVert y
-    Vert, \epsilon)` with :math:`\lVert y
-    Vert^2 = x^	op P^	op P x +
-        2\, b^	op P x + b^	op b`, so no ``[n, k]`` matrix is formed and every row costs
-        :math:`f (f + \sum_j o_j)` multiply-adds instead of :math:`k (f + \sum_j o_j)`. The same
-        values (to float rounding) and gradients as the direct formula, which runs otherwise.
+    When the projection widens its input (:math:`f` = ``in_features`` < :math:`k` =
+    ``out_features``) the products are re-associated: :math:`W_j \bar{y} = (W_j P\, x + W_j
+    b) / \max(\lVert y \rVert, \epsilon)` with :math:`\lVert y \rVert^2 = x^\top P^\top P x +
+    2\, b^\top P x + b^\top b`, so no ``[n, k]`` matrix is formed and every row costs
+    :math:`f (f + \sum_j o_j)` multiply-adds instead of :math:`k (f + \sum_j o_j)`. The same
+    values (to float rounding) and gradients as the direct formula, which runs otherwise.
     """
     if not maps:
         raise ValueError("normalized_projection_maps needs at least one map")
