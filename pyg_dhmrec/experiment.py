@@ -50,19 +50,49 @@ class ExperimentError(ValueError):
 # ---------------------------------------------------------------- grids
 
 
-def load_grid(path: Path) -> dict[str, list[Any]]:
-    """Read a grid file: a YAML mapping of config key -> non-empty list of values."""
+#: Reserved key of a grid file: how its axes combine into points (not a configuration key).
+GRID_DESIGN_KEY = "design"
+#: ``product``: every combination; ``one_at_a_time``: the first value of every key is the
+#: centre point, then each other value of one key with the rest at the centre (a paper's
+#: sensitivity study), 1 + sum(len - 1) points.
+GRID_DESIGNS = ("product", "one_at_a_time")
+
+
+def grid_design(axes: Mapping[str, Any], source: str = "grid") -> str:
+    """The grid's :data:`GRID_DESIGN_KEY` (``product`` when absent), checked."""
+    design = axes.get(GRID_DESIGN_KEY, "product")
+    if design not in GRID_DESIGNS:
+        raise ConfigError(
+            f"{source}: '{GRID_DESIGN_KEY}' must be one of {', '.join(GRID_DESIGNS)}, got "
+            f"{design!r}"
+        )
+    return design
+
+
+def grid_axes(axes: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The configuration keys of a grid and their values (without :data:`GRID_DESIGN_KEY`)."""
+    return {k: list(v) for k, v in axes.items() if k != GRID_DESIGN_KEY}
+
+
+def load_grid(path: Path) -> dict[str, Any]:
+    """Read a grid file: a YAML mapping of config key -> non-empty list of values, and
+    optionally ``design: product | one_at_a_time`` (:data:`GRID_DESIGNS`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: grid file not found")
     axes = load_yaml(path)
     if not axes:
         raise ConfigError(f"{path}: empty grid; expected a mapping of key -> list of values")
+    grid_design(axes, str(path))
     for key, values in axes.items():
+        if key == GRID_DESIGN_KEY:
+            continue
         if not isinstance(values, list) or not values:
             raise ConfigError(
                 f"{path}: key '{key}' must map to a non-empty list of values, got {values!r}"
             )
+    if not grid_axes(axes):
+        raise ConfigError(f"{path}: the grid varies no key; expected key -> list of values")
     return axes
 
 
@@ -77,12 +107,20 @@ def parse_grid_options(items: Sequence[str]) -> dict[str, list[str]]:
     return axes
 
 
-def expand_grid(axes: Mapping[str, Sequence[Any]], source: str = "grid") -> list[dict[str, Any]]:
-    """Every combination of the axes' values, the last key varying fastest. Raises
-    :class:`ConfigError` (naming ``source``) where two combinations share a run folder name (a
-    key lists one value twice)."""
-    keys = list(axes)
-    points = [dict(zip(keys, values)) for values in itertools.product(*axes.values())]
+def expand_grid(axes: Mapping[str, Any], source: str = "grid") -> list[dict[str, Any]]:
+    """The grid's points: every combination of the axes' values, the last key varying fastest
+    (``design: product``, the default), or the centre point (every key's first value)
+    followed by each other value of one key at a time (``design: one_at_a_time``). Raises
+    :class:`ConfigError` (naming ``source``) where two points share a run folder name (a key
+    lists one value twice)."""
+    design = grid_design(axes, source)
+    values = grid_axes(axes)
+    keys = list(values)
+    if design == "product":
+        points = [dict(zip(keys, combo)) for combo in itertools.product(*values.values())]
+    else:
+        centre = {k: v[0] for k, v in values.items()}
+        points = [centre] + [{**centre, k: v} for k in keys for v in values[k][1:]]
     names = [point_name(p) for p in points]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
@@ -203,7 +241,7 @@ def run_points(configs: Sequence[dict[str, Any]], runner: Runner) -> list[dict[s
 
 def run_grid(
     config: Mapping[str, Any],
-    axes: Mapping[str, Sequence[Any]],
+    axes: Mapping[str, Any],
     output: Path,
     runner: Runner,
     source: str = "grid",
@@ -247,7 +285,8 @@ def run_grid(
     summary = {
         "model": config["model"],
         "dataset": config["dataset"],
-        "axes": {k: list(v) for k, v in axes.items()},
+        "axes": grid_axes(axes),
+        "design": grid_design(axes, source),
         "select_metric": f"valid {SELECT_METRIC}",
         "selected": names[best],
         "selected_point": points[best],

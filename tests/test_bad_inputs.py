@@ -365,6 +365,42 @@ def test_grid_table_marks_metrics_not_computed(tmp_path: Path) -> None:
     assert all(re.search(r"\| 0\.\d{4} \| 0\.\d{4} \| - \| 1 / 1 \|", r) for r in rows[:2]), rows
 
 
+def test_one_at_a_time_grid_runs_the_centre_then_one_key_each(tmp_path: Path) -> None:
+    """design: one_at_a_time trains the centre (first values) and each other value of one key
+    with the others at the centre: 1 + 1 + 1 points here, not the product's 4."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("design: one_at_a_time\nreg_weight: [0.1, 0.01]\nnum_ui_layers: [1, 2]\n")
+    assert main([*_tiny(tmp_path, "--epochs", "1"), "--grid", str(grid)]) == 0
+    summary = json.loads((tmp_path / "run" / "grid.json").read_text())
+    assert [p["point"] for p in summary["points"]] == [
+        "reg_weight=0.1_num_ui_layers=1",
+        "reg_weight=0.01_num_ui_layers=1",
+        "reg_weight=0.1_num_ui_layers=2",
+    ]
+    assert summary["design"] == "one_at_a_time"
+    assert summary["axes"] == {"reg_weight": [0.1, 0.01], "num_ui_layers": [1, 2]}
+    folders = sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir())
+    assert folders == sorted(p["point"] for p in summary["points"])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "design: latin\nreg_weight: [0.1]\n",
+            "'design' must be one of product, one_at_a_time, got 'latin'",
+        ),
+        ("design: product\n", "the grid varies no key; expected key -> list of values"),
+    ],
+)
+def test_grid_design_checked(tmp_path: Path, capsys, text: str, message: str) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    assert main([*_tiny(tmp_path), "--grid", str(grid)]) == 2
+    assert capsys.readouterr().err == f"error: {grid}: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
 def _stored_run(tmp_path: Path, config_text: str) -> Path:
     folder = tmp_path / "stored"
     folder.mkdir()

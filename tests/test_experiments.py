@@ -85,6 +85,22 @@ def test_expand_grid_and_point_names() -> None:
         expand_grid({"a": ["1", "2", "1"], "b": ["x"]}, "--grid")
 
 
+def test_one_at_a_time_expansion() -> None:
+    axes = {"design": "one_at_a_time", "a": [1, 2, 3], "b": ["x", "y"], "c": [0.5]}
+    assert expand_grid(axes) == [
+        {"a": 1, "b": "x", "c": 0.5},
+        {"a": 2, "b": "x", "c": 0.5},
+        {"a": 3, "b": "x", "c": 0.5},
+        {"a": 1, "b": "y", "c": 0.5},
+    ]
+    # the default design is the product, also when named
+    product = [{"a": a, "b": b} for a in (1, 2) for b in ("x", "y")]
+    assert expand_grid({"a": [1, 2], "b": ["x", "y"]}) == product
+    assert expand_grid({"design": "product", "a": [1, 2], "b": ["x", "y"]}) == product
+    with pytest.raises(ConfigError, match="more than once"):
+        expand_grid({"design": "one_at_a_time", "a": [1, 1]})
+
+
 def test_grid_runs_every_point_and_selects_on_valid(grid: Path, capsys) -> None:
     summary = read(grid / "grid.json")
     names = [p["point"] for p in summary["points"]]
