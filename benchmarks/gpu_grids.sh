@@ -13,7 +13,7 @@
 set -u
 OUT=${OUT:-runs/gpu-grids}
 WORK=${WORK:-/tmp/gpu-grids}
-MODELS=${MODELS:-micro tmlp damrs diffmm}
+MODELS=${MODELS:-damrs diffmm}
 WORKERS=${WORKERS:-3}
 LIMIT=${LIMIT:-420}
 SEED=${SEED:-2024}
