@@ -396,6 +396,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "knn_k": (1, None),  # the dataset's item count bounds it too (check_config_for_data)
     "infusion_k": (1, None),
     "max_steps_per_epoch": (1, None),  # null (every batch) is allowed
+    "kl_items": (1, None),  # DHMRec's sampled KL; null (every item) is allowed
     # propagation depths of every model (a model may ask for more, e.g. MMGCN's >= 1)
     "num_ui_layers": (0, None),
     "num_ii_layers": (0, None),

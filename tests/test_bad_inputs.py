@@ -250,6 +250,8 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
             ["--model", "dhmrec", "--knn_k", "40", "--epochs", "1"],
             "key 'knn_k' must be in [1, 39] (neighbours among the dataset's 40 items), got 40",
         ),
+        (["--model", "dhmrec", "--kl_items", "0"], "key 'kl_items' must be an integer >= 1, got 0"),
+        (["--model", "dhmrec", "--kl_items", "2.5"], "key 'kl_items' must be an integer, got 2.5"),
     ],
     ids=[
         "epochs_0",
@@ -267,6 +269,8 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         "eval_batch_size_0",
         "learning_rate_negative",
         "knn_k_too_large",
+        "kl_items_0",
+        "kl_items_fraction",
     ],
 )
 def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:

@@ -137,6 +137,56 @@ def test_kl_detach_id_keeps_the_value_and_stops_the_id_gradient(
     assert all(g is not None and g.norm() > 0 for g in grads[1:])
 
 
+def test_sampled_kl_is_the_kl_over_the_drawn_items(data: HeteroData, batch: BPRBatch) -> None:
+    """``kl_items = n``: Eq. 20's softmax over the ``n`` items of one uniform draw, the same
+    for both sides, recomputed from the RNG state the step started with; the other parts
+    are unchanged, and the next step draws again."""
+    n = 7
+    model = _model(data, gamma_kl=0.7, kl_items=n)
+    exact = _model(data, gamma_kl=0.7)
+    exact.load_state_dict(model.state_dict())
+    model.train()
+    model.on_train_epoch_start()
+    out = model()  # both losses read these embeddings
+    state = torch.get_rng_state()
+    parts = model.loss(batch, out)
+    torch.set_rng_state(state)
+    sample = torch.randperm(NUM_ITEMS)[:n]
+    assert torch.unique(sample).numel() == n
+    with torch.no_grad():
+        users = torch.unique(batch.user)
+        mm, idv = out.mm.detach(), out.id.detach()
+        kl = 0.7 * score_distribution_kl(
+            mm[:NUM_USERS][users],
+            mm[NUM_USERS:][sample],
+            idv[:NUM_USERS][users],
+            idv[NUM_USERS:][sample],
+        )
+        everything = exact.loss(batch, out)
+    assert parts["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert parts["kl"].item() != pytest.approx(everything["kl"].item(), rel=1e-3)
+    for key in ALL_PARTS - {"kl"}:
+        assert parts[key].item() == pytest.approx(everything[key].item(), rel=1e-6), key
+    assert model.loss(batch, out)["kl"].item() != pytest.approx(parts["kl"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("n", [NUM_ITEMS, NUM_ITEMS + 5])
+def test_sampled_kl_with_every_item_is_the_exact_kl(
+    data: HeteroData, batch: BPRBatch, n: int
+) -> None:
+    """``kl_items >= |I|`` draws nothing: the loss is the exact one, bit for bit."""
+    sampled = _train_loss(_model(data, kl_items=n), batch)
+    exact = _train_loss(_model(data), batch)
+    for key in ALL_PARTS:
+        assert torch.equal(sampled[key], exact[key]), key
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_kl_items_checked(data: HeteroData, bad) -> None:
+    with pytest.raises(ValueError, match="kl_items must be a positive integer or null"):
+        _model(data, kl_items=bad)
+
+
 def test_a_training_step_attends_only_its_batch_users(data: HeteroData, batch: BPRBatch) -> None:
     """Eqs. 18-19 run for the batch's distinct users (and every item); the full tables of the
     Embeddings contract are computed on request, with the same rows."""

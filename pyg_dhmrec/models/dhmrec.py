@@ -188,6 +188,15 @@ class DHMRec(Recommender):
     epoch 63 with the KL rising from 0.49 to 0.74 (the ID distribution sharpens on its own and
     the multimodal one cannot follow it), against 0.0952 with both sides learned.
 
+    **Sampled KL (option, off by default; not in the paper).** The appendix puts the KL's cost at
+    :math:`O(B|I|d_k)`, the largest of a step (six ``[B, |I|]`` products with the gradient).
+    ``kl_items = n`` draws ``n`` distinct items uniformly each step (the same for every batch
+    user and both distributions) and takes Eq. 20's softmax over them only, so Eq. 21 compares
+    the two distributions restricted to the sample and renormalised on it: cost
+    :math:`O(Bnd_k)`. This is an approximation (the restricted KL is not an unbiased estimate of
+    the full one); ``None`` or ``n >= |I|``: every item, Eqs. 20-21 exactly. Its accuracy and
+    speed are in ``benchmarks/RESULTS.md``.
+
     **Loss (Eq. 25).** :math:`\mathcal{L}_{BPR}` (mean over the batch, as MMRec does, rather than
     Eq. 24's sum) :math:`+ \gamma_{dis}(\mathcal{L}_{JSD} + \sum_m \mathcal{L}_{orth_m}) +
     \gamma_{kl}\mathcal{L}_{KL} + \gamma_{reg}\lVert\theta\rVert^2`, where
@@ -238,6 +247,7 @@ class DHMRec(Recommender):
         center_features: subtract each feature dimension's mean over the items before Eq. 1
             (see "Feature centring" above; ``False``: the raw features).
         kl_detach_id: no gradient from the KL (Eq. 21) into the ID side (see "KL alignment").
+        kl_items: items drawn per step for the KL (see "Sampled KL"); ``None``: every item.
     """
 
     loss_parts = ("bpr", "jsd", "orth", "kl", "reg")
@@ -267,8 +277,15 @@ class DHMRec(Recommender):
         ablations: Sequence[str] = (),
         center_features: bool = True,
         kl_detach_id: bool = False,
+        kl_items: int | None = None,
     ) -> None:
         super().__init__(data)
+        if kl_items is not None and (
+            isinstance(kl_items, bool) or not isinstance(kl_items, int) or kl_items < 1
+        ):
+            raise ValueError(
+                f"kl_items must be a positive integer or null (every item), got {kl_items!r}"
+            )
         unknown = sorted(set(ablations) - set(ABLATIONS))
         if unknown:
             raise ValueError(f"unknown DHMRec ablation(s) {unknown}; choose from {ABLATIONS}")
@@ -281,6 +298,7 @@ class DHMRec(Recommender):
         self.alpha_mm, self.gamma_dis = alpha_mm, gamma_dis
         self.gamma_kl, self.gamma_reg = gamma_kl, gamma_reg
         self.kl_detach_id = kl_detach_id
+        self.kl_items = kl_items
 
         features = self.register_item_features(data, min_modalities=2, center=center_features)
 
@@ -484,11 +502,15 @@ class DHMRec(Recommender):
                 for m, c in zip(self.modalities, commons)
             )
         if self.kl_alignment:
+            mm_item = out.mm_item
+            if self.kl_items is not None and self.kl_items < self.num_items:
+                sample = torch.randperm(self.num_items, device=id_item.device)[: self.kl_items]
+                mm_item, id_item = mm_item[sample], id_item[sample]
             id_side = (id_user[users], id_item)
             if self.kl_detach_id:
                 id_side = tuple(t.detach() for t in id_side)
             parts["kl"] = self.gamma_kl * score_distribution_kl(
-                mm_user, out.mm_item, *id_side, user_weight
+                mm_user, mm_item, *id_side, user_weight
             )
         parts["reg"] = self.gamma_reg * squared_l2_penalty(
             self.user_embedding(batch.user),
