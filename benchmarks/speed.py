@@ -9,8 +9,10 @@ whole run (valid every epoch + test once) against evaluating test every epoch to
 and saved as ``<out>/speed-<dataset>.md`` (and ``.json``). Then, in the same run,
 ``benchmarks/eval_overhead.py`` times the evaluation of all valid users against the bare score
 product plus top-k (``--no-eval-overhead`` skips it). Other options go to every ``run.py``
-(e.g. ``--plugin mrdib``; use another ``--out`` for that table). Accuracy after so few epochs
-means nothing and is not reported.
+(e.g. ``--plugin mrdib``; use another ``--out`` for that table); options of one model only
+follow its name, ``model:key=value,key=value`` (``dhmrec:kl_items=1024`` runs ``run.py --model
+dhmrec --kl_items 1024``, its row named by the whole spec). Accuracy after so few epochs means
+nothing and is not reported.
 
 On a shared machine, ``--rounds R`` runs the list of models ``R`` times, one model after the
 other in each round, and reports each figure's minimum over the rounds (the least disturbed
@@ -33,10 +35,29 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def model_spec(spec: str) -> tuple[str, list[str]]:
+    """``name`` or ``name:key=value,key=value``: the model and its own ``run.py`` options."""
+    model, _, options = spec.partition(":")
+    extra = []
+    for option in filter(None, options.split(",")):
+        key, sep, value = option.partition("=")
+        if not (sep and key and value) or not model:
+            raise SystemExit(
+                f"--models: '{spec}' is not name or name:key=value[,key=value] "
+                f"(bad part '{option}')"
+            )
+        extra += [f"--{key}", value]
+    if not model or (":" in spec and not extra):
+        raise SystemExit(f"--models: '{spec}' is not name or name:key=value[,key=value]")
+    return model, extra
+
+
 def run_model(
-    model: str, folder: Path, args: argparse.Namespace, extra: list[str]
+    spec: str, folder: Path, args: argparse.Namespace, extra: list[str]
 ) -> dict[str, Any]:
-    """One ``run.py`` process of ``model`` writing into ``folder``; its figures."""
+    """One ``run.py`` process of the model ``spec`` writing into ``folder``; its figures."""
+    model, own = model_spec(spec)
+    extra = [*extra, *own]
     cmd = [sys.executable, str(ROOT / "run.py"), "--model", model, "--dataset", args.dataset]
     cmd += ["--epochs", str(args.epochs), "--patience", str(args.epochs + 1), "--quiet"]
     cmd += ["--device", args.device, "--output", str(folder), *extra]
@@ -78,11 +99,14 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     out = Path(args.out)
 
+    for spec in args.models:
+        model_spec(spec)  # a malformed spec stops the run before any training
     runs: dict[str, list[dict[str, Any]]] = {model: [] for model in args.models}
     for k in range(args.rounds):
         for model in args.models:
             tail = f"-r{k + 1}" if args.rounds > 1 else ""
-            runs[model].append(run_model(model, out / f"{model}-{args.dataset}{tail}", args, extra))
+            folder = out / f"{model.replace(':', '-').replace(',', '-')}-{args.dataset}{tail}"
+            runs[model].append(run_model(model, folder, args, extra))
 
     rows, records, first = [], {}, None
     for model, figures in runs.items():
