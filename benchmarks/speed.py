@@ -37,19 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def model_spec(spec: str) -> tuple[str, list[str]]:
     """``name`` or ``name:key=value,key=value``: the model and its own ``run.py`` options."""
-    model, _, options = spec.partition(":")
-    extra = []
-    for option in filter(None, options.split(",")):
-        key, sep, value = option.partition("=")
-        if not (sep and key and value) or not model:
-            raise SystemExit(
-                f"--models: '{spec}' is not name or name:key=value[,key=value] "
-                f"(bad part '{option}')"
-            )
-        extra += [f"--{key}", value]
-    if not model or (":" in spec and not extra):
-        raise SystemExit(f"--models: '{spec}' is not name or name:key=value[,key=value]")
-    return model, extra
+    model, colon, options = spec.partition(":")
+    pairs = [option.partition("=") for option in options.split(",")] if colon else []
+    bad = [key + sep + value for key, sep, value in pairs if not (key and sep and value)]
+    if not model or bad:
+        detail = f" (bad part '{bad[0]}')" if bad else ""
+        raise SystemExit(f"--models: '{spec}' is not name or name:key=value[,key=value]{detail}")
+    return model, [arg for key, _, value in pairs for arg in (f"--{key}", value)]
 
 
 def run_model(
