@@ -252,6 +252,20 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         ),
         (["--model", "dhmrec", "--kl_items", "0"], "key 'kl_items' must be an integer >= 1, got 0"),
         (["--model", "dhmrec", "--kl_items", "2.5"], "key 'kl_items' must be an integer, got 2.5"),
+        # Non-finite model weights: refused when the model is built, not as a NaN loss later.
+        (["--model", "dhmrec", "--alpha_mm", "inf"], "alpha_mm must be >= 0 and finite, got inf"),
+        (["--model", "dhmrec", "--gamma_kl", "nan"], "gamma_kl must be >= 0 and finite, got nan"),
+        (["--model", "dhmrec", "--gamma_dis", "-0.1"], "gamma_dis must be >= 0, got -0.1"),
+        (["--model", "siger", "--cl_weight", "nan"], "cl_weight must be >= 0 and finite, got nan"),
+        (
+            ["--model", "siger", "--align_temperature", "inf"],
+            "align_temperature must be > 0 and finite, got inf",
+        ),
+        (
+            ["--model", "siger", "--perturbation_eps", "-1"],
+            "perturbation_eps must be >= 0, got -1.0",
+        ),
+        (["--model", "bm3", "--reg_weight", "inf"], "reg_weight must be >= 0 and finite, got inf"),
     ],
     ids=[
         "epochs_0",
@@ -271,6 +285,13 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         "knn_k_too_large",
         "kl_items_0",
         "kl_items_fraction",
+        "dhmrec_alpha_mm_inf",
+        "dhmrec_gamma_kl_nan",
+        "dhmrec_gamma_dis_negative",
+        "siger_cl_weight_nan",
+        "siger_align_temperature_inf",
+        "siger_perturbation_eps_negative",
+        "bm3_reg_weight_inf",
     ],
 )
 def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:

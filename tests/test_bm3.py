@@ -233,8 +233,8 @@ def test_bad_inputs(data: HeteroData) -> None:
         ({"dropout": -0.2}, r"dropout must be in \[0, 1\), got -0.2"),
         ({"reg_weight": -1.0}, "reg_weight must be >= 0"),
         ({"cl_weight": -1.0}, "cl_weight must be >= 0"),
-        ({"embedding_dim": 0}, "embedding_dim must be > 0"),
-        ({"num_ui_layers": -1}, "num_layers must be >= 0"),
+        ({"embedding_dim": 0}, "embedding_dim must be an int >= 1, got 0"),
+        ({"num_ui_layers": -1}, "num_ui_layers must be an int >= 0, got -1"),
     ):
         with pytest.raises(ValueError, match=message):
             BM3(data, **kwargs)

@@ -202,7 +202,7 @@ def test_no_dropout_trains_on_the_full_graph(data: HeteroData) -> None:
 
 
 def test_bad_hyper_parameters(data: HeteroData) -> None:
-    with pytest.raises(ValueError, match="num_layers must be an int >= 1"):
+    with pytest.raises(ValueError, match="num_ui_layers must be an int >= 1, got 0"):
         _model(data, num_ui_layers=0)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         _model(data, edge_dropout=1.0)

@@ -341,7 +341,7 @@ def test_bad_inputs(data: HeteroData) -> None:
         ({"temperature": 0.0}, "temperature must be > 0"),
         ({"alpha": -0.1}, "alpha must be >= 0"),
         ({"cl_weight": float("nan")}, "cl_weight must be >= 0"),
-        ({"num_mm_layers": -1}, "num_layers must be >= 0"),
+        ({"num_mm_layers": -1}, "num_mm_layers must be an int >= 0, got -1"),
     ):
         with pytest.raises(ValueError, match=message):
             _model(data, **kwargs)

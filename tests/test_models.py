@@ -188,8 +188,11 @@ def test_light_propagation_modes(mode: str, layers: int, expected: list) -> None
 def test_light_propagation_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="mode must be 'mean', 'last' or 'sum', got 'max'"):
         LightPropagation(2, mode="max")
-    with pytest.raises(ValueError, match="num_layers must be >= 0, got -1"):
+    with pytest.raises(ValueError, match="num_layers must be an int >= 0, got -1"):
         LightPropagation(-1)
+    for bad in (2.5, True):  # a float or a bool is not a layer count
+        with pytest.raises(ValueError, match=f"num_layers must be an int >= 0, got {bad!r}"):
+            LightPropagation(bad)
     assert list(LightPropagation(3).parameters()) == []
 
 

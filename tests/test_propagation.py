@@ -76,7 +76,7 @@ def test_item_seeded_propagation_counts_half_products(edges) -> None:
     calls.clear()
     item_seeded_propagation(x, r, 2, with_users=True)
     assert calls == ["R", "Rt", "R"]
-    with pytest.raises(ValueError, match="num_layers must be >= 0"):
+    with pytest.raises(ValueError, match="num_layers must be an int >= 0"):
         item_seeded_propagation(x, r, -1)
 
 

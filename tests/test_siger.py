@@ -416,7 +416,7 @@ def test_alignment_terms_match_hand_computation(data: HeteroData, batch: BPRBatc
         ({"use_alignment": 1}, "use_alignment must be true or false"),
         ({"infusion_weight": 1.5}, r"infusion_weight must be in \[0, 1\]"),
         ({"infusion_k": 0}, "infusion_k must be a positive int"),
-        ({"perturbation_eps": -0.1}, "eps must be a number >= 0"),
+        ({"perturbation_eps": -0.1}, "perturbation_eps must be >= 0, got -0.1"),
         ({"cl_temperature": 0.0}, "cl_temperature must be > 0"),
         ({"align_temperature": -1.0}, "align_temperature must be > 0"),
         ({"cl_weight": -0.1}, "cl_weight must be >= 0"),

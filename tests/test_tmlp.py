@@ -393,7 +393,7 @@ def test_bad_settings_raise(data: HeteroData) -> None:
         _model(data, temperature=0.0)
     with pytest.raises(ValueError, match="num_mlp_layers"):
         _model(data, num_mlp_layers=0)
-    with pytest.raises(ValueError, match="pruned k"):
+    with pytest.raises(ValueError, match="pruned_k must be an int >= 1, got 0"):
         _model(data, pruned_k=0)
     with pytest.raises(ValueError, match="at least one item modality"):
         _model(toy_graph())

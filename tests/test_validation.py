@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import numpy as np
@@ -135,9 +136,47 @@ def test_check_bool() -> None:
         ("mgcn", {"finetune_features": 1}, "finetune_features must be true or false, got 1"),
         ("damrs", {"embedding_dim": 0}, "embedding_dim must be an int >= 1, got 0"),
         ("diffmm", {"snr_weighting": "yes"}, "snr_weighting must be true or false, got 'yes'"),
+        ("dhmrec", {"alpha_mm": float("inf")}, "alpha_mm must be >= 0 and finite, got inf"),
+        ("dhmrec", {"edge_dropout": 1.0}, r"edge_dropout must be in \[0, 1\), got 1\.0"),
+        ("dhmrec", {"center_features": "no"}, "center_features must be true or false, got 'no'"),
+        ("siger", {"perturbation_eps": float("nan")}, "perturbation_eps must be >= 0 and finite"),
+        ("siger", {"use_infusion": 1}, "use_infusion must be true or false, got 1"),
+        ("bm3", {"finetune_features": "no"}, "finetune_features must be true or false, got 'no'"),
+        ("bm3", {"embedding_dim": 0}, "embedding_dim must be an int >= 1, got 0"),
+        ("freedom", {"edge_dropout": -0.1}, r"edge_dropout must be in \[0, 1\), got -0\.1"),
+        ("layergcn", {"num_ui_layers": 0}, "num_ui_layers must be an int >= 1, got 0"),
+        (
+            "diffmm",
+            {"time_embedding_dim": 2.5},
+            r"time_embedding_dim must be an int >= 1, got 2\.5",
+        ),
+        ("damrs", {"behaviour_k": 0}, "behaviour_k must be an int >= 1, got 0"),
+        ("lightgcn", {"num_ui_layers": 2.5}, r"num_ui_layers must be an int >= 0, got 2\.5"),
+        ("mgcn", {"num_ii_layers": True}, "num_ii_layers must be an int >= 0, got True"),
     ],
 )
 def test_models_refuse_bad_settings(model: str, kwargs: dict, message: str) -> None:
     data = toy_graph(modalities={"image": 6, "text": 4})
     with pytest.raises(ValueError, match=f"^{message}"):
         MODELS[model](data, **kwargs)
+
+
+def _numeric_settings() -> list[tuple[str, str, object]]:
+    """(model, argument, default) for every float or int constructor default of every model."""
+    out = []
+    for name, cls in sorted(MODELS.items()):
+        for arg, parameter in inspect.signature(cls.__init__).parameters.items():
+            default = parameter.default
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                out.append((name, arg, default))
+    return out
+
+
+@pytest.mark.parametrize(("model", "arg", "default"), _numeric_settings())
+def test_every_numeric_setting_refuses_nan_naming_itself(model: str, arg: str, default) -> None:
+    """NaN for any numeric setting (and 2.5 for an integer one) stops the constructor with an
+    error that names the argument, never a NaN loss or a TypeError later."""
+    data = toy_graph(modalities={"image": 6, "text": 4})
+    bad = float("nan") if isinstance(default, float) else 2.5
+    with pytest.raises(ValueError, match=rf"^{arg} must be .*got {bad!r}"):
+        MODELS[model](data, **{arg: bad})

@@ -13,6 +13,12 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import OnDemandEmbeddings, OnDemandRows, Recommender
+from pyg_dhmrec.models.validation import (
+    check_bool,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+)
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
@@ -138,16 +144,14 @@ class BM3(Recommender):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        if embedding_dim <= 0:
-            raise ValueError(f"embedding_dim must be > 0, got {embedding_dim}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        for name, value in (("reg_weight", reg_weight), ("cl_weight", cl_weight)):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
+        check_int("embedding_dim", embedding_dim, 1)
+        check_fraction("dropout", dropout, include_1=False)
+        check_nonnegative("reg_weight", reg_weight)
+        check_nonnegative("cl_weight", cl_weight)
+        check_bool("finetune_features", finetune_features)
         features = self.register_item_features(data, prefix="raw_")
         self.dropout, self.reg_weight, self.cl_weight = dropout, reg_weight, cl_weight
-        self.finetune_features = bool(finetune_features)
+        self.finetune_features = finetune_features
 
         # Raw features: trainable copies if fine-tuned (raw kept to reset them), else buffers.
         self.features = torch.nn.ParameterDict()
@@ -161,7 +165,9 @@ class BM3(Recommender):
             {m: torch.nn.Linear(x.size(1), embedding_dim) for m, x in features.items()}
         )
         self.predictor = torch.nn.Linear(embedding_dim, embedding_dim)
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean"
+        )
         adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
         self.adjacency = FrozenSparse(adj, symmetric=True)
         self.reset_parameters()

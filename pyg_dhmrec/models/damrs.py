@@ -427,6 +427,8 @@ class DAMRS(Recommender):
         self.beta = check_nonnegative("beta", beta)
         self.gamma = check_nonnegative("gamma", gamma)
         self.temperature = check_positive("temperature", temperature)
+        check_int("behaviour_k", behaviour_k, 1)
+        check_int("behaviour_min_count", behaviour_min_count, 1)
         self.modalities = list(item_features(data))
         if not self.modalities:
             raise ValueError("DAMRS needs at least one item modality, the dataset has none")
@@ -443,12 +445,16 @@ class DAMRS(Recommender):
             self.train_edge_index(data), self.num_users, self.num_items
         )
         self.adjacency = FrozenSparse(adjacency, symmetric=True)
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean", symmetric=True
+        )
         self.modality_graphs = torch.nn.ModuleDict(
             {m: self._item_graph(data, consistent_knn_edge_type(m)) for m in self.modalities}
         )
         self.behaviour_graph = self._item_graph(data, co_interaction_edge_type())
-        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
+        self.ii_propagation = LightPropagation(
+            check_int("num_ii_layers", num_ii_layers, 0), mode="last"
+        )
         self.reset_parameters()
 
     def _item_graph(self, data: HeteroData, edge_type: tuple[str, str, str]) -> FrozenSparse:

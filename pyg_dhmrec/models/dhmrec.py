@@ -25,6 +25,12 @@ from pyg_dhmrec.models.base import (
     Recommender,
     distinct_rows,
 )
+from pyg_dhmrec.models.validation import (
+    check_bool,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+)
 from pyg_dhmrec.nn import (
     AttentionFusion,
     CollaborativeGate,
@@ -280,6 +286,17 @@ class DHMRec(Recommender):
         kl_items: int | None = None,
     ) -> None:
         super().__init__(data)
+        check_int("embedding_dim", embedding_dim, 1)
+        for name, value in (
+            ("alpha_mm", alpha_mm),
+            ("gamma_dis", gamma_dis),
+            ("gamma_kl", gamma_kl),
+            ("gamma_reg", gamma_reg),
+        ):
+            check_nonnegative(name, value)
+        check_fraction("edge_dropout", edge_dropout, include_1=False)
+        check_bool("center_features", center_features)
+        check_bool("kl_detach_id", kl_detach_id)
         if kl_items is not None and (
             isinstance(kl_items, bool) or not isinstance(kl_items, int) or kl_items < 1
         ):
@@ -326,8 +343,12 @@ class DHMRec(Recommender):
             train, self.num_users, self.num_items, edge_dropout
         )
         self.user_item = FrozenSparse(user_item_matrix(train, self.num_users, self.num_items))
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
-        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean", symmetric=True
+        )
+        self.ii_propagation = LightPropagation(
+            check_int("num_ii_layers", num_ii_layers, 0), mode="last"
+        )
         if self.item_graphs:
             self.item_item = torch.nn.ModuleDict(
                 {

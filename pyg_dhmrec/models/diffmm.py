@@ -212,6 +212,14 @@ class DiffMM(Recommender):
         ):
             check_nonnegative(name, value)
         check_positive("temperature", temperature)
+        check_int("diffusion_steps", diffusion_steps, 1)
+        for name, value in (
+            ("noise_scale", noise_scale),
+            ("noise_min", noise_min),
+            ("noise_max", noise_max),
+        ):
+            check_positive(name, value)
+        check_fraction("denoiser_dropout", denoiser_dropout, include_1=False)
         if not 1 <= check_int("generated_k", generated_k, 1) <= self.num_items:
             raise ValueError(
                 f"generated_k must be in [1, {self.num_items}] (the items), got {generated_k}"
@@ -225,6 +233,7 @@ class DiffMM(Recommender):
         check_bool("sampling_noise", sampling_noise)
         check_bool("snr_weighting", snr_weighting)
         check_int("diffusion_batch_size", diffusion_batch_size, 1)
+        check_int("time_embedding_dim", time_embedding_dim, 1)
         check_positive("diffusion_learning_rate", diffusion_learning_rate)
         self.feature_transform = feature_transform
         self.generated_graph_weight, self.residual_weight = generated_graph_weight, residual_weight

@@ -147,7 +147,9 @@ class DualGNN(Recommender):
             if fusion == "concat"
             else None
         )
-        self.propagation = LightPropagation(num_ui_layers, mode="sum", symmetric=True)
+        self.propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="sum", symmetric=True
+        )
         adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
         self.adjacency = FrozenSparse(adj, symmetric=True)
 

@@ -19,7 +19,7 @@ from pyg_dhmrec.data.graph import (
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
-from pyg_dhmrec.models.validation import check_int, check_nonnegative
+from pyg_dhmrec.models.validation import check_fraction, check_int, check_nonnegative
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, bpr_loss, squared_l2_penalty
 
 __all__ = ["DEFAULT_MODALITY_WEIGHTS", "FREEDOM"]
@@ -102,6 +102,7 @@ class FREEDOM(Recommender):
         check_int("embedding_dim", embedding_dim, 1)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         self.l2_weight = check_nonnegative("l2_weight", l2_weight)
+        check_fraction("edge_dropout", edge_dropout, include_1=False)
         data = self.with_graphs(data, knn_k=knn_k)
         features = self.register_item_features(data)
 
@@ -118,12 +119,16 @@ class FREEDOM(Recommender):
             "modality_weights",
         )
         self.item_item = FrozenSparse(item_item)
-        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
+        self.ii_propagation = LightPropagation(
+            check_int("num_ii_layers", num_ii_layers, 0), mode="last"
+        )
 
         self.pruning = DegreeSensitiveEdgeDropout(
             self.train_edge_index(data), self.num_users, self.num_items, edge_dropout
         )
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean", symmetric=True
+        )
         self.reset_parameters()
 
     def knn_graph(self, data: HeteroData, modality: str) -> Tensor:

@@ -168,7 +168,9 @@ class LATTICE(Recommender):
 
         self.item_conv = LightConv()
         self.build_modality_fusion(embedding_dim)
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean", symmetric=True)
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean", symmetric=True
+        )
         adj = normalized_adjacency(self.train_edge_index(data), self.num_users, self.num_items)
         self.adjacency = FrozenSparse(adj, symmetric=True)
 

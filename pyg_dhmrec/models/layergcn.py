@@ -9,7 +9,12 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.graph import DegreeSensitiveEdgeDropout
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
-from pyg_dhmrec.models.validation import check_choice, check_int, check_nonnegative
+from pyg_dhmrec.models.validation import (
+    check_choice,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+)
 from pyg_dhmrec.nn import LightConv, bpr_loss, squared_l2_penalty
 
 #: Edge sampling schemes of the pruned training graph (see :class:`LayerGCN`).
@@ -148,9 +153,10 @@ class LayerGCN(Recommender):
         check_int("embedding_dim", embedding_dim, 1)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         check_choice("pruning", pruning, PRUNING_MODES)
+        check_fraction("edge_dropout", edge_dropout, include_1=False)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.propagation = LayerRefinedPropagation(num_ui_layers)
+        self.propagation = LayerRefinedPropagation(check_int("num_ui_layers", num_ui_layers, 1))
         self.pruning = _AlternatingEdgeDropout(
             self.train_edge_index(data), self.num_users, self.num_items, edge_dropout, mode=pruning
         )

@@ -183,8 +183,12 @@ class LGMRec(Recommender):
         user_degree = degree(edge_index[0], self.num_users)
         self.register_buffer("inv_user_degree", 1.0 / user_degree.clamp_min(1.0), persistent=False)
 
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
-        self.mm_propagation = LightPropagation(num_mm_layers, mode="last")
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean"
+        )
+        self.mm_propagation = LightPropagation(
+            check_int("num_mm_layers", num_mm_layers, 0), mode="last"
+        )
         self.hyper_propagation = HypergraphPropagation(num_hyper_layers)
         self.dependency_dropout = torch.nn.Dropout(p=1.0 - keep_rate)
         # Eqs. 3-5 are linear in the features: the last MGE layer is the fixed graph operator

@@ -44,7 +44,9 @@ class LightGCN(Recommender):
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean"
+        )
         adjacency = normalized_adjacency(
             self.train_edge_index(data), self.num_users, self.num_items
         )

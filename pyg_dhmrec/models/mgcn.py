@@ -113,8 +113,12 @@ class MGCNBackbone(Recommender):
         self.item_item = torch.nn.ModuleDict(
             {m: FrozenSparse(self.item_graph(data, knn_edge_type(m))) for m in self.modalities}
         )
-        self.ui_propagation = LightPropagation(num_ui_layers, mode="mean")
-        self.ii_propagation = LightPropagation(num_ii_layers, mode="last")
+        self.ui_propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="mean"
+        )
+        self.ii_propagation = LightPropagation(
+            check_int("num_ii_layers", num_ii_layers, 0), mode="last"
+        )
 
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)

@@ -21,6 +21,12 @@ from pyg_dhmrec.data.transforms import (
 )
 from pyg_dhmrec.models.base import Embeddings, OnDemandRows, pair_scores
 from pyg_dhmrec.models.freedom import FREEDOM
+from pyg_dhmrec.models.validation import (
+    check_bool,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import (
     FrozenSparse,
     LightPropagation,
@@ -206,25 +212,19 @@ class SIGER(FREEDOM):
             ("use_perturbation", use_perturbation),
             ("use_alignment", use_alignment),
         ):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be true or false, got {value!r}")
+            check_bool(name, value)
         for name, value in (
             ("reg_weight", reg_weight),
             ("l2_weight", l2_weight),
             ("cl_weight", cl_weight),
             ("anchor_align_weight", anchor_align_weight),
             ("fused_align_weight", fused_align_weight),
+            ("perturbation_eps", perturbation_eps),
         ):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        for name, value in (
-            ("cl_temperature", cl_temperature),
-            ("align_temperature", align_temperature),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if not 0.0 <= infusion_weight <= 1.0:
-            raise ValueError(f"infusion_weight must be in [0, 1], got {infusion_weight}")
+            check_nonnegative(name, value)
+        check_positive("cl_temperature", cl_temperature)
+        check_positive("align_temperature", align_temperature)
+        check_fraction("infusion_weight", infusion_weight)
         if isinstance(infusion_k, bool) or not isinstance(infusion_k, int) or infusion_k < 1:
             raise ValueError(f"infusion_k must be a positive int, got {infusion_k!r}")
         data = add_derived_graphs(

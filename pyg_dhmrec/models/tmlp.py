@@ -215,6 +215,7 @@ class TMLP(Recommender):
         check_fraction("mlp_dropout", mlp_dropout, include_1=False)
         self.na_weight = check_nonnegative("na_weight", na_weight)
         self.temperature = check_positive("temperature", temperature)
+        check_int("pruned_k", pruned_k, 1)
         features = self.register_item_features(data)
         data = self.with_graphs(
             data, knn_k=knn_k, pruned_k=pruned_k, modality_weights=modality_weights
@@ -243,7 +244,9 @@ class TMLP(Recommender):
             self.train_edge_index(data), self.num_users, self.num_items
         )
         self.adjacency = FrozenSparse(adjacency, symmetric=True)
-        self.propagation = LightPropagation(num_ui_layers, mode="sum", symmetric=True)
+        self.propagation = LightPropagation(
+            check_int("num_ui_layers", num_ui_layers, 0), mode="sum", symmetric=True
+        )
         pruned = self.item_graph(data, topology_pruned_edge_type())
         self.register_buffer("pruned_graph", pruned, persistent=False)
         self.reset_parameters()

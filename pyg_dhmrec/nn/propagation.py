@@ -142,6 +142,12 @@ class LightConv(LGConv):
         return f"{self.__class__.__name__}(symmetric={self.symmetric})"
 
 
+def _check_num_layers(num_layers: int) -> None:
+    # A float or a bool is not a layer count, although range() or a comparison would take some.
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 0:
+        raise ValueError(f"num_layers must be an int >= 0, got {num_layers!r}")
+
+
 class LightPropagation(torch.nn.Module):
     r"""``num_layers`` parameter-free LightGCN hops, :math:`E^{(l+1)} = \hat{A} E^{(l)}`.
 
@@ -157,8 +163,7 @@ class LightPropagation(torch.nn.Module):
 
     def __init__(self, num_layers: int, mode: str = "mean", symmetric: bool = False) -> None:
         super().__init__()
-        if num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        _check_num_layers(num_layers)
         if mode not in ("mean", "last", "sum"):
             raise ValueError(f"mode must be 'mean', 'last' or 'sum', got {mode!r}")
         self.num_layers, self.mode = num_layers, mode
@@ -232,8 +237,7 @@ def item_seeded_propagation(
     Returns:
         ``(users [U, d] or None, items [I, d])``, the means over layers :math:`0..L`.
     """
-    if num_layers < 0:
-        raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+    _check_num_layers(num_layers)
     # c_k (k >= 1) is u_{k-1} = u_k (k odd) or i_{k-1} = i_k (k even): needed up to k = L + 1.
     last = num_layers + 1 if with_users or num_layers % 2 else num_layers
     item_sum, user_sum, chain = items, None, items
