@@ -140,6 +140,21 @@ def test_malformed_dataset_exit_2(
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.parametrize("entry", ["toy.inter", "image_feat.npy"])
+def test_folder_in_place_of_a_configured_file_exit_2(tmp_path: Path, capsys, entry: str) -> None:
+    argv = _dataset(tmp_path, GOOD, _features())
+    path = tmp_path / "tiktok" / entry
+    path.unlink()
+    path.mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    what = "interaction file" if entry.endswith(".inter") else "feature matrix"
+    assert err == (
+        f"error: {path.resolve()} is not a regular file (a folder?); expected the {what} of "
+        "dataset 'tiktok' (MMRec format, see README)\n"
+    ), err
+
+
 def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     inter = GOOD + "0\t0\t0\n"  # line 22 repeats line 2
     with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.data.mmrec_format"):

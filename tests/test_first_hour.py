@@ -111,6 +111,18 @@ def test_folder_without_inter_says_what_it_must_contain(tmp_path: Path, capsys, 
     assert "a dataset folder must contain myshop.inter (tab-separated" in err
 
 
+@pytest.mark.parametrize("entry", ["myshop.inter", "image_feat.npy"])
+def test_folder_in_place_of_a_data_file_is_named(tmp_path: Path, capsys, entry: str) -> None:
+    folder = write_shop(tmp_path / "myshop", {"text_feat": 4})
+    path = folder / entry
+    if path.exists():
+        path.unlink()
+    path.mkdir()  # e.g. an archive unpacked into a folder of the file's name
+    assert main(["--model", "vbpr", "--dataset", "myshop", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path.resolve()} is not a regular file (a folder?)"), err
+
+
 def test_unknown_dataset_says_where_it_looked_and_what_to_put_there(tmp_path: Path, capsys):
     assert main(["--dataset", "myshop", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -138,6 +138,12 @@ class MMRecDataset(InMemoryDataset):
             st = path.stat()
         except FileNotFoundError:
             return "-"
+        if not path.is_file():  # a folder in place of a data file (an archive unpacked there)
+            raise DataFormatError(
+                f"{path.resolve()} is not a regular file (a folder?); expected the "
+                + ("interaction file" if path.name == self.inter_file else "feature matrix")
+                + f" of dataset '{self.name}' (MMRec format, see README)"
+            )
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         if key not in self._digests:
             digest = hashlib.sha256()
