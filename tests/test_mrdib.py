@@ -371,6 +371,14 @@ def test_bad_inputs(data: HeteroData) -> None:
         attach_plugin("mrdib", _base("lightgcn", data), {})
     with pytest.raises(ValueError, match="kl_weight .*>= 0"):
         _wrapped("freedom", data, kl_weight=-1.0)
+    for name in ("kl", "unique", "redundant", "synergy"):  # NaN or inf: refused, not a NaN loss
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(
+                ValueError,
+                match=rf"MRdIB: {name}_weight \(mrdib_{name}_weight\) must be a finite number "
+                rf">= 0, got {bad!r}",
+            ):
+                _wrapped("freedom", data, **{f"{name}_weight": bad})
     with pytest.raises(ValueError, match="unique .*true or false"):
         _wrapped("freedom", data, unique="yes")
     with pytest.raises(ValueError, match="club_hidden .*>= 1"):

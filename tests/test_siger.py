@@ -288,8 +288,9 @@ def test_noise_norm_scales_with_the_embedding_norm() -> None:
     leaf = x.clone().requires_grad_()
     ModulusPerturbation(0.5)(leaf).sum().backward()
     assert torch.equal(leaf.grad, torch.ones_like(x))
-    with pytest.raises(ValueError, match="eps must be a number >= 0"):
-        ModulusPerturbation(-0.1)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"eps must be a finite number >= 0, got {bad!r}"):
+            ModulusPerturbation(bad)
     with pytest.raises(ValueError, match="2-D"):
         modulus_perturbation(torch.ones(3), 0.1)
 

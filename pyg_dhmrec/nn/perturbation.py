@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -35,10 +37,19 @@ def modulus_perturbation(x: Tensor, eps: float, generator: torch.Generator | Non
     """
     if x.dim() != 2:
         raise ValueError(f"x must be a 2-D tensor [N, d], got shape {list(x.shape)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    _check_eps(eps)
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return _modulus_noise(x, u, eps)
+
+
+def _check_eps(eps: float) -> None:
+    if (
+        isinstance(eps, bool)
+        or not isinstance(eps, (int, float))
+        or not math.isfinite(eps)
+        or eps < 0
+    ):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
 
 
 def _modulus_noise(x: Tensor, u: Tensor, eps: float) -> Tensor:
@@ -63,8 +74,7 @@ class ModulusPerturbation(torch.nn.Module):
 
     def __init__(self, eps: float) -> None:
         super().__init__()
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        _check_eps(eps)
         self.eps = float(eps)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

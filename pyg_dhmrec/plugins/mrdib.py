@@ -3,6 +3,8 @@ information bottleneck, as a plug-in training objective for any multimodal recom
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -117,9 +119,14 @@ class MRdIB(Recommender):
                     f"MRdIB: {name} (mrdib_{name}) must be true or false, got {value!r}"
                 )
         for name, value in weights.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(
-                    f"MRdIB: {name}_weight (mrdib_{name}_weight) must be a number >= 0, "
+                    f"MRdIB: {name}_weight (mrdib_{name}_weight) must be a finite number >= 0, "
                     f"got {value!r}"
                 )
         if isinstance(club_hidden, bool) or not isinstance(club_hidden, int) or club_hidden < 1:
