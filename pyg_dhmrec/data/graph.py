@@ -349,8 +349,13 @@ def item_knn_graph(
     x = features.detach()
     if not x.is_floating_point():
         x = x.float()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("features contain NaN or inf values")
+    bad_rows = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
+    if bad_rows.numel():
+        # Reached in training when learned features (LATTICE's, MICRO's projections) diverge.
+        raise ValueError(
+            f"item_knn_graph: features contain NaN or inf in {bad_rows.numel()} of {n} row(s), "
+            f"first at row {int(bad_rows[0])}"
+        )
 
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     # Zero rows stay zero, so their cosine similarity is 0 instead of NaN.
