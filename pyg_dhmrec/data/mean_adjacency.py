@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch_geometric.utils import degree, to_torch_csr_tensor
+from torch_geometric.utils import degree
 
-from pyg_dhmrec.data.graph import _check_bipartite
+from pyg_dhmrec.data.graph import _check_bipartite, to_csr
 
 __all__ = ["row_normalized_adjacency"]
 
@@ -34,4 +34,4 @@ def row_normalized_adjacency(edge_index: Tensor, num_users: int, num_items: int)
     src, dst = torch.cat([users, items]), torch.cat([items, users])
     deg = degree(src, n, dtype=torch.float32)
     value = 1.0 / deg[src]
-    return to_torch_csr_tensor(torch.stack([src, dst]), value, size=(n, n))
+    return to_csr(torch.stack([src, dst]), value, n, n)
