@@ -7,6 +7,7 @@ from pyg_dhmrec.data.graph import (
     DegreeSensitiveEdgeDropout,
     item_knn_graph,
     knn_adjacency,
+    mix_modality_graphs,
     normalized_adjacency,
     symmetric_normalize,
     to_csr,
@@ -305,3 +306,21 @@ def test_add_item_knn_graphs_transform_matches_knn_adjacency() -> None:
         assert torch.allclose(dense, knn_adjacency(data["item"][name], k=2).to_dense())
     with pytest.raises(ValueError, match=r"modalities \['audio'\] not found"):
         AddItemKNNGraphs(k=2, modalities=["audio"])(data)
+
+
+def test_mix_modality_graphs_weights_checked() -> None:
+    a = to_csr(torch.tensor([[0, 1], [1, 0]]), None, 2, 2)
+    b = to_csr(torch.tensor([[0, 1], [0, 1]]), None, 2, 2)
+    mixed = mix_modality_graphs({"image": a, "text": b}, {"image": 0.25, "text": 0.5}, "beta")
+    torch.testing.assert_close(mixed.to_dense(), torch.tensor([[0.5, 0.25], [0.25, 0.5]]))
+    for bad in (
+        {"image": -1.0, "text": 2.0},
+        {"image": float("inf"), "text": 1.0},
+        {"image": 0, "text": 0},
+    ):
+        with pytest.raises(
+            ValueError, match=r"^beta must be finite numbers >= 0 with a positive sum"
+        ):
+            mix_modality_graphs({"image": a, "text": b}, bad, "beta")
+    with pytest.raises(ValueError, match=r"^beta must give one weight per modality"):
+        mix_modality_graphs({"image": a, "text": b}, {"image": 1.0}, "beta")

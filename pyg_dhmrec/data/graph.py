@@ -5,6 +5,7 @@ item-item kNN graph of FREEDOM/LATTICE and FREEDOM's degree-sensitive edge pruni
 All sparse outputs are ``torch.sparse_csr`` float32 tensors on the device of the inputs.
 """
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Callable, Optional
@@ -218,7 +219,23 @@ def mix_modality_graphs(
         raise ValueError(
             f"{key} must give one weight per modality {list(graphs)}, got {dict(weights)}"
         )
+    _check_mixing_weights(weights, key)
     return weighted_sum(list(graphs.values()), [float(weights[m]) for m in graphs])
+
+
+def _check_mixing_weights(weights: Mapping[str, float], key: str) -> None:
+    # A negative, NaN or all-zero mix is no graph of item neighbours: refused, not propagated.
+    numbers = [
+        v for v in weights.values() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    if (
+        len(numbers) != len(weights)
+        or not all(math.isfinite(v) and v >= 0 for v in numbers)
+        or not sum(numbers) > 0
+    ):
+        raise ValueError(
+            f"{key} must be finite numbers >= 0 with a positive sum, got {dict(weights)}"
+        )
 
 
 #: FREEDOM's published mixing weights of the image and text kNN graphs (also TMLP's
@@ -250,6 +267,7 @@ def resolve_modality_weights(
             f"modality_weights must give one weight per modality {list(modalities)}, "
             f"got {dict(weights)}"
         )
+    _check_mixing_weights(weights, "modality_weights")
     return {m: float(weights[m]) for m in modalities}
 
 
