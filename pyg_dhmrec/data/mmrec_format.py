@@ -166,12 +166,28 @@ def read_inter_file(path: Path) -> Interactions:
     _, first = np.unique(key, return_index=True)
     num_duplicates = len(key) - len(first)
     if num_duplicates:
-        dup_lines = np.setdiff1d(np.arange(len(key)), first)[:5]
+        dropped = np.setdiff1d(np.arange(len(key)), first)
+        # A pair listed in two splits (train and test, say) is worth its own line: which split
+        # it lands in decides what is trained on and what is evaluated.
+        kept_row = first[np.searchsorted(np.unique(key), key[dropped])]
+        clash = dropped[label[dropped] != label[kept_row]]
+        clash_note = ""
+        if clash.size:
+            kept_of = dict(zip(dropped.tolist(), kept_row.tolist()))
+            i = int(clash[0])
+            k = kept_of[i]
+            clash_note = (
+                f"; {clash.size} of them in another split than the row kept (e.g. line "
+                f"{line_of[i]}: {SPLIT_NAMES[label[i]]}, kept as {SPLIT_NAMES[label[k]]} from "
+                f"line {line_of[k]})"
+            )
         log.warning(
-            "%s: %d duplicate (userID, itemID) row(s) (e.g. line(s) %s); keeping the first of each",
+            "%s: %d duplicate (userID, itemID) row(s) (e.g. line(s) %s); keeping the first of "
+            "each%s",
             path,
             num_duplicates,
-            ", ".join(str(line_of[i]) for i in dup_lines),
+            ", ".join(str(line_of[i]) for i in dropped[:5]),
+            clash_note,
         )
     keep = np.sort(first)
     user, item, label = user[keep], item[keep], label[keep].astype(np.int8)
