@@ -85,6 +85,11 @@ MALFORMED_INTER = [
         r":2: field 'x_label' must be an integer, got 'train'",
     ),
     ("no_train_rows", HEADER + "0\t0\t1\n0\t1\t2\n", r": no train interaction \(x_label 0\)"),
+    (
+        "user_id_2_to_the_70_line_3",
+        HEADER + "0\t0\t0\n1180591620717411303424\t1\t0\n",
+        r":3: field 'userID' holds '1180591620717411303424', out of the int64 range$",
+    ),
 ]
 
 

@@ -51,14 +51,20 @@ def _parse_int_column(values: list[str], field: str, path: Path, line_of: np.nda
         return np.asarray(values, dtype=np.int64)
     except (ValueError, OverflowError):
         pass
+    limit = np.iinfo(np.int64)
     for index, value in enumerate(values):
         try:
-            int(value)
+            number = int(value)
         except ValueError:
             raise DataFormatError(
                 f"{path}:{line_of[index]}: field '{field}' must be an integer, got {value!r}"
             ) from None
-    raise DataFormatError(f"{path}: field '{field}' holds a value out of the int64 range")
+        if not limit.min <= number <= limit.max:
+            raise DataFormatError(
+                f"{path}:{line_of[index]}: field '{field}' holds {value!r}, out of the int64 range"
+            )
+    # Every value is an int64 that numpy's parser refused (e.g. ' 7' or '+7'): as Python reads it.
+    return np.asarray([int(value) for value in values], dtype=np.int64)
 
 
 def _check_contiguous(path: Path, field: str, ids: np.ndarray, line_of: np.ndarray) -> None:
