@@ -123,6 +123,24 @@ def test_folder_in_place_of_a_data_file_is_named(tmp_path: Path, capsys, entry: 
     assert err.startswith(f"error: {path.resolve()} is not a regular file (a folder?)"), err
 
 
+def test_mixing_weights_for_other_modalities_say_how_to_set_them(tmp_path: Path, capsys) -> None:
+    """DHMRec's YAML weights name image and text; a folder with a third modality gets an error
+    that spells out a setting, and that setting trains."""
+    folder = write_shop(tmp_path / "myshop", {"image_feat": 4, "text_feat": 3, "video_feat": 2})
+    argv = cli_args(str(folder), tmp_path / "run", "--model", "dhmrec", "--knn_k", "3")
+    argv += ["--epochs", "1", "--quiet", "--baseline", "null"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    suggested = "{image: 0.333, text: 0.333, video: 0.333}"
+    assert err == (
+        "error: modality_weights must give one weight per modality ['image', 'text', 'video'], "
+        f"got {{'image': 0.1, 'text': 0.9}}; set them for this dataset, e.g. --modality_weights "
+        f"'{suggested}' (or in the model's per_dataset entry)"
+    ), err
+    argv[argv.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
+    assert main([*argv, "--modality_weights", suggested]) == 0
+
+
 def test_unknown_dataset_says_where_it_looked_and_what_to_put_there(tmp_path: Path, capsys):
     assert main(["--dataset", "myshop", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err

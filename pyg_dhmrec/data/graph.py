@@ -216,11 +216,20 @@ def mix_modality_graphs(
     the error.
     """
     if set(weights) != set(graphs):
-        raise ValueError(
-            f"{key} must give one weight per modality {list(graphs)}, got {dict(weights)}"
-        )
+        raise ValueError(_weights_per_modality_message(key, list(graphs), weights))
     _check_mixing_weights(weights, key)
     return weighted_sum(list(graphs.values()), [float(weights[m]) for m in graphs])
+
+
+def _weights_per_modality_message(
+    key: str, modalities: Sequence[str], weights: Mapping[str, float]
+) -> str:
+    # The models' YAML defaults name image and text: a dataset with other modalities needs its own.
+    equal = ", ".join(f"{m}: {1 / len(modalities):.3g}" for m in modalities)
+    return (
+        f"{key} must give one weight per modality {list(modalities)}, got {dict(weights)}; set "
+        f"them for this dataset, e.g. --{key} '{{{equal}}}' (or in the model's per_dataset entry)"
+    )
 
 
 def _check_mixing_weights(weights: Mapping[str, float], key: str) -> None:
@@ -263,10 +272,7 @@ def resolve_modality_weights(
                 f"weight per modality {list(modalities)}"
             )
     if set(weights) != set(modalities):
-        raise ValueError(
-            f"modality_weights must give one weight per modality {list(modalities)}, "
-            f"got {dict(weights)}"
-        )
+        raise ValueError(_weights_per_modality_message("modality_weights", modalities, weights))
     _check_mixing_weights(weights, "modality_weights")
     return {m: float(weights[m]) for m in modalities}
 
