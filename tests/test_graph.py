@@ -9,6 +9,7 @@ from pyg_dhmrec.data.graph import (
     knn_adjacency,
     mix_modality_graphs,
     normalized_adjacency,
+    resolve_modality_weights,
     symmetric_normalize,
     to_csr,
 )
@@ -308,19 +309,24 @@ def test_add_item_knn_graphs_transform_matches_knn_adjacency() -> None:
         AddItemKNNGraphs(k=2, modalities=["audio"])(data)
 
 
-def test_mix_modality_graphs_weights_checked() -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [{"image": -1.0, "text": 2.0}, {"image": float("inf"), "text": 1.0}, {"image": 0, "text": 0}],
+)
+def test_mixing_weights_checked(bad: dict) -> None:
+    """Negative, non-finite or all-zero weights are refused by both the graph mix and the
+    weight resolution of FREEDOM-like models; zero for one modality is allowed."""
     a = to_csr(torch.tensor([[0, 1], [1, 0]]), None, 2, 2)
     b = to_csr(torch.tensor([[0, 1], [0, 1]]), None, 2, 2)
     mixed = mix_modality_graphs({"image": a, "text": b}, {"image": 0.25, "text": 0.5}, "beta")
     torch.testing.assert_close(mixed.to_dense(), torch.tensor([[0.5, 0.25], [0.25, 0.5]]))
-    for bad in (
-        {"image": -1.0, "text": 2.0},
-        {"image": float("inf"), "text": 1.0},
-        {"image": 0, "text": 0},
-    ):
-        with pytest.raises(
-            ValueError, match=r"^beta must be finite numbers >= 0 with a positive sum"
-        ):
-            mix_modality_graphs({"image": a, "text": b}, bad, "beta")
+    assert resolve_modality_weights(["image", "text"], {"image": 0, "text": 2}, "X") == {
+        "image": 0.0,
+        "text": 2.0,
+    }
+    with pytest.raises(ValueError, match=r"^beta must be finite numbers >= 0 with a positive sum"):
+        mix_modality_graphs({"image": a, "text": b}, bad, "beta")
+    with pytest.raises(ValueError, match=r"^modality_weights must be finite numbers >= 0 with a"):
+        resolve_modality_weights(["image", "text"], bad, "X")
     with pytest.raises(ValueError, match=r"^beta must give one weight per modality"):
         mix_modality_graphs({"image": a, "text": b}, {"image": 1.0}, "beta")
