@@ -387,9 +387,23 @@ def test_synthetic_reloaded_from_cache_and_regenerated_on_change(tmp_path: Path)
     assert len(_data_files(Path(ds.processed_dir))) == 1
 
 
-def test_synthetic_bad_settings(tmp_path: Path) -> None:
-    with pytest.raises(DataFormatError, match="dataset 'tiny': bad 'synthetic' settings"):
-        load_dataset(_synthetic_config(tmp_path, synthetic={"num_userz": 3}))
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"num_userz": 3}, "got an unexpected keyword argument 'num_userz'"),
+        ({"num_users": 2.5}, "num_users must be an integer, got 2.5"),
+        ({"seed": True}, "seed must be an integer, got True"),
+        ({"temperature": float("nan")}, "temperature must be finite, got nan"),
+        ({"modalities": ["image"]}, r"modalities must be a mapping name -> dim, got \['image'\]"),
+        ({"num_users": 0}, "need num_users >= 1 and num_items >= 2"),
+    ],
+)
+def test_synthetic_bad_settings(tmp_path: Path, settings: dict, message: str) -> None:
+    """Every bad generator setting stops before generation, the message naming the field."""
+    with pytest.raises(
+        DataFormatError, match=f"^dataset 'tiny': bad 'synthetic' settings: .*{message}"
+    ):
+        load_dataset(_synthetic_config(tmp_path, synthetic=settings))
 
 
 # ----- the processed cache survives kills and damage -----

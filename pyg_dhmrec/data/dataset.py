@@ -288,7 +288,7 @@ class SyntheticDataset(MMRecDataset):
 
         try:
             config = SyntheticConfig(**dict(synthetic))
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise DataFormatError(f"dataset '{name}': bad 'synthetic' settings: {e}") from None
         if not kwargs.get("modalities"):  # load_dataset passes {} when the config sets none
             kwargs["modalities"] = {m: f"{m}_feat.npy" for m in config.modalities}

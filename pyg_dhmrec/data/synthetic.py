@@ -107,6 +107,29 @@ class SyntheticConfig:
     candidate_pool: int | None = None
 
     def __post_init__(self) -> None:
+        # Types first: a YAML 2.5 or true would otherwise fail deep inside numpy's samplers.
+        for name in (
+            "num_users",
+            "num_items",
+            "num_interactions",
+            "common_dim",
+            "specific_dim",
+            "id_dim",
+            "noise_dim",
+            "min_user_interactions",
+            "seed",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("noise_std", "popularity_sigma", "activity_sigma", "temperature"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if not isinstance(self.modalities, dict):
+            raise ValueError(f"modalities must be a mapping name -> dim, got {self.modalities!r}")
         if self.num_users < 1 or self.num_items < 2:
             raise ValueError("need num_users >= 1 and num_items >= 2")
         if not 1 <= self.min_user_interactions < self.num_items:
