@@ -99,28 +99,18 @@ def discover_dataset(folder: Path) -> dict[str, Any]:
     their rows are checked against the item count when the dataset is processed.
     """
     name = folder.name
-    inter = folder / f"{name}.inter"
-    if inter.exists() and not inter.is_file():
-        raise ConfigError(
-            f"{inter.resolve()} is not a regular file (a folder?); expected the tab-separated "
-            "interaction file, header row with userID, itemID and x_label"
-        )
-    if not inter.is_file():
+    # A folder named like a data file is listed here and refused by name when the dataset
+    # reads its files (MMRecDataset), so both kinds of dataset share one check.
+    if not (folder / f"{name}.inter").exists():
         found = sorted(p.name for p in folder.iterdir())[:10] if folder.is_dir() else []
         raise ConfigError(
             f"dataset folder {folder.resolve()} has no {name}.inter (it holds: "
             f"{', '.join(found) or 'nothing'}); a dataset folder must contain "
             + FOLDER_CONTENTS.replace("<name>", name)
         )
-    features = sorted(folder.glob(f"*{FEATURE_SUFFIX}"))
-    for p in features:
-        if not p.is_file():  # a folder named like a feature file is not silently skipped
-            modality = p.name[: -len(FEATURE_SUFFIX)]
-            raise ConfigError(
-                f"{p.resolve()} is not a regular file (a folder?); expected a .npy float matrix "
-                f"with one row per item, the features of modality '{modality}'"
-            )
-    modalities = {p.name[: -len(FEATURE_SUFFIX)]: p.name for p in features}
+    modalities = {
+        p.name[: -len(FEATURE_SUFFIX)]: p.name for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))
+    }
     listed = ", ".join(f"{m} ({f})" for m, f in modalities.items()) or "none (ID-only models)"
     log.info(
         "dataset '%s' from folder %s (no configs/datasets/%s.yaml): %s.inter, modalities %s",

@@ -169,19 +169,17 @@ def read_inter_file(path: Path) -> Interactions:
         _check_contiguous(path, field, column, line_of)
     num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
     key = user * num_items + item
-    _, first = np.unique(key, return_index=True)
+    distinct, first = np.unique(key, return_index=True)
     num_duplicates = len(key) - len(first)
     if num_duplicates:
         dropped = np.setdiff1d(np.arange(len(key)), first)
         # A pair listed in two splits (train and test, say) is worth its own line: which split
         # it lands in decides what is trained on and what is evaluated.
-        kept_row = first[np.searchsorted(np.unique(key), key[dropped])]
-        clash = dropped[label[dropped] != label[kept_row]]
+        kept_row = first[np.searchsorted(distinct, key[dropped])]
+        clash = np.flatnonzero(label[dropped] != label[kept_row])
         clash_note = ""
         if clash.size:
-            kept_of = dict(zip(dropped.tolist(), kept_row.tolist()))
-            i = int(clash[0])
-            k = kept_of[i]
+            i, k = dropped[clash[0]], kept_row[clash[0]]
             clash_note = (
                 f"; {clash.size} of them in another split than the row kept (e.g. line "
                 f"{line_of[i]}: {SPLIT_NAMES[label[i]]}, kept as {SPLIT_NAMES[label[k]]} from "
