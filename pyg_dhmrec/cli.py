@@ -24,6 +24,7 @@ from pyg_dhmrec.config import (
     available_datasets,
     baseline_applies,
     baseline_config,
+    coerce,
     key_help,
     load_config,
     load_yaml,
@@ -161,6 +162,8 @@ def resolve_config(
     if baseline is not None:
         overrides["baseline"] = None if baseline.lower() in ("none", "null") else baseline
     if getattr(args, "quiet", False):
+        if "progress" in overrides:  # --quiet wins, but a malformed --progress is still refused
+            coerce("progress", overrides["progress"], True, "command line")
         overrides["progress"] = False
     config = load_config(model, dataset, overrides)
     model_class(model)  # unknown model -> clear error

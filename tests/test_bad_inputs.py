@@ -186,6 +186,10 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
             r"--resume {tmp}: no checkpoint\.pt in that folder; expected a run folder",
         ),
         (["--grid", "{tmp}/none.yaml"], r"{tmp}/none\.yaml: grid file not found$"),
+        (  # --quiet sets progress, but the value given is checked first
+            ["--progress", "2"],
+            r"command line: key 'progress' expects bool \(like its default True\), got int 2$",
+        ),
     ],
     ids=[
         "wrong_type",
@@ -194,6 +198,7 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
         "unknown_dataset",
         "resume_empty",
         "grid_missing",
+        "progress_not_bool_beside_quiet",
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, capsys, argv: list, pattern: str) -> None:

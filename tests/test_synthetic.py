@@ -198,6 +198,33 @@ def test_ensure_regenerates_only_on_change(tmp_path: Path) -> None:
     assert len(logs) == 3
 
 
+def test_ensure_never_overwrites_files_the_generator_did_not_write(tmp_path: Path) -> None:
+    cfg = replace(SMALL, num_users=80, num_items=150, num_interactions=900)
+    (tmp_path / "syn.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n")
+    np.save(tmp_path / "image_feat.npy", np.ones((1, 3), dtype=np.float32))
+    before = _folder_bytes(tmp_path)
+    with pytest.raises(FileExistsError, match=r"syn\.inter, image_feat\.npy.*did not write"):
+        ensure_synthetic(tmp_path, "syn", cfg, log=lambda _: None)
+    assert _folder_bytes(tmp_path) == before
+    # A meta.json of another writer does not make the files the generator's either.
+    (tmp_path / "meta.json").write_text('{"generator": "someone else"}')
+    with pytest.raises(FileExistsError):
+        ensure_synthetic(tmp_path, "syn", cfg, log=lambda _: None)
+
+
+def test_ensure_finishes_an_interrupted_generation(tmp_path: Path) -> None:
+    cfg = replace(SMALL, num_users=80, num_items=150, num_interactions=900)
+    assert ensure_synthetic(tmp_path, "syn", cfg, log=lambda _: None)
+    assert not (tmp_path / ".synthetic-generation").exists()
+    complete = _folder_bytes(tmp_path)
+    # Killed after its first files: the marker is there, meta.json is not.
+    (tmp_path / ".synthetic-generation").write_text("syn\n")
+    (tmp_path / "meta.json").unlink()
+    (tmp_path / "syn.inter").write_text("userID\titemID\tx_label\n")
+    assert ensure_synthetic(tmp_path, "syn", cfg, log=lambda _: None)
+    assert _folder_bytes(tmp_path) == complete
+
+
 # ---------------------------------------------------------------- large graphs (step 4')
 
 POOLED = SyntheticConfig(

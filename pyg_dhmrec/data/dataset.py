@@ -292,7 +292,10 @@ class SyntheticDataset(MMRecDataset):
             raise DataFormatError(f"dataset '{name}': bad 'synthetic' settings: {e}") from None
         if not kwargs.get("modalities"):  # load_dataset passes {} when the config sets none
             kwargs["modalities"] = {m: f"{m}_feat.npy" for m in config.modalities}
-        ensure_synthetic(Path(root) / name, name, config, log=log.info)
+        try:
+            ensure_synthetic(Path(root) / name, name, config, log=log.info)
+        except FileExistsError as e:
+            raise DataFormatError(f"dataset '{name}': {e}") from None
         super().__init__(root, name, **kwargs)
 
 

@@ -78,6 +78,10 @@ _CHUNK_ELEMENTS = 1 << 22
 # Step 4': candidates per user at least this many times the user's number of items.
 _POOL_OVERSAMPLE = 4
 _META_FILE = "meta.json"
+#: Written before a (re)generation's first file and removed after ``meta.json``: an interrupted
+#: generation leaves it, so the next one knows that the files it finds are its own.
+_BUILD_MARKER = ".synthetic-generation"
+_GENERATOR = "pyg_dhmrec.data.synthetic"
 
 # Stream ids for np.random.default_rng([seed, stream, ...]).
 _STREAM_LATENT, _STREAM_ACTIVITY, _STREAM_DRAW, _STREAM_FEATURE = 0, 1, 2, 3
@@ -488,6 +492,7 @@ def generate_synthetic(folder: Path, name: str, config: SyntheticConfig) -> None
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     # meta.json marks a finished folder: drop it first, write it last.
+    write_text(folder / _BUILD_MARKER, f"{name}\n")
     (folder / _META_FILE).unlink(missing_ok=True)
     data = sample_synthetic(config)
 
@@ -498,7 +503,7 @@ def generate_synthetic(folder: Path, name: str, config: SyntheticConfig) -> None
         write_npy(folder / f"{modality}_feat.npy", x)
 
     meta = {
-        "generator": "pyg_dhmrec.data.synthetic",
+        "generator": _GENERATOR,
         "generator_version": GENERATOR_VERSION,
         "name": name,
         "config": _config_json(config),
@@ -508,6 +513,19 @@ def generate_synthetic(folder: Path, name: str, config: SyntheticConfig) -> None
         "split": data.split_counts(),
     }
     write_json(folder / _META_FILE, meta)
+    (folder / _BUILD_MARKER).unlink(missing_ok=True)
+
+
+def _generated_here(folder: Path) -> bool:
+    """Whether the generator wrote this folder's files: its ``meta.json`` or the marker of an
+    interrupted generation is there."""
+    if (folder / _BUILD_MARKER).is_file():
+        return True
+    try:
+        meta = json.loads((folder / _META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("generator") == _GENERATOR
 
 
 def ensure_synthetic(
@@ -516,7 +534,11 @@ def ensure_synthetic(
     config: SyntheticConfig,
     log: Callable[[str], Any] = print,
 ) -> bool:
-    """Generate ``folder`` unless it already holds this exact config; True if (re)generated."""
+    """Generate ``folder`` unless it already holds this exact config; True if (re)generated.
+
+    Files of the folder are only replaced when the generator wrote them: a folder that holds
+    ``<name>.inter`` or a feature file of its own (real data under a name whose configuration
+    sets ``synthetic``) raises :class:`FileExistsError` and is left as it is."""
     folder = Path(folder)
     reason = None
     missing = [p.name for p in _expected_files(folder, name, config) if not p.is_file()]
@@ -536,6 +558,16 @@ def ensure_synthetic(
                 reason = "config differs from the one in meta.json"
     if reason is None:
         return False
+    foreign = [
+        p.name for p in _expected_files(folder, name, config) if p.name != _META_FILE and p.exists()
+    ]
+    if foreign and not _generated_here(folder):
+        raise FileExistsError(
+            f"{folder} holds {', '.join(foreign)}, which the synthetic generator did not write "
+            f"(no {_META_FILE} of its own there); the 'synthetic' setting would overwrite them. "
+            f"Drop 'synthetic' to read these files, or choose another dataset name or data_root "
+            f"for the generated dataset"
+        )
     log(f"generating synthetic dataset {name!r} in {folder}: {reason}")
     generate_synthetic(folder, name, config)
     return True
