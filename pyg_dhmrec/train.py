@@ -34,7 +34,7 @@ from pyg_dhmrec.atomic_files import (
     write_torch_checked,
 )
 from pyg_dhmrec.config import MATMUL_PRECISIONS, overall_defaults
-from pyg_dhmrec.data.dataset import RATES
+from pyg_dhmrec.data.dataset import RATES, check_interaction_graph
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
 from pyg_dhmrec.metrics import FullRankEvaluator
@@ -314,6 +314,7 @@ class Trainer:
         self.dist = dist
         self.is_main = dist is None or dist.is_main  # the rank that writes files and logs
         self.output = Path(output) if output and self.is_main else None
+        check_interaction_graph(data)
         store = data[RATES]
         num_users, num_items = model.num_users, model.num_items
         above = [k for k in config["topk"] if k > num_items]

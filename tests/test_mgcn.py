@@ -264,7 +264,7 @@ def test_bad_modalities() -> None:
     data["item"].image = torch.randn(NUM_ITEMS - 1, 4)
     data["item"].modalities = ["image"]
     with pytest.raises(
-        ValueError, match="modality 'image' has 29 feature rows, expected one per item"
+        ValueError, match=r"data\['item'\]\.image: features of shape \[29, 4\], expected \[30, f\]"
     ):
         _model(data)
 

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from toy_graphs import toy_graph
 
 from pyg_dhmrec.models import MODELS
@@ -180,3 +181,110 @@ def test_every_numeric_setting_refuses_nan_naming_itself(model: str, arg: str, d
     bad = float("nan") if isinstance(default, float) else 2.5
     with pytest.raises(ValueError, match=rf"^{arg} must be .*got {bad!r}"):
         MODELS[model](data, **{arg: bad})
+
+
+# ---------------------------------------------------------------- graphs built by hand
+
+
+def _held_out(data):
+    """``toy_graph`` with its last 40 edges as valid and test (20 each)."""
+    store = data["user", "rates", "item"]
+    edges = store.edge_index
+    store.edge_index, store.valid_edge_index, store.test_edge_index = (
+        edges[:, :-40],
+        edges[:, -40:-20],
+        edges[:, -20:],
+    )
+    return data
+
+
+def _set(path: str, value):
+    def mutate(data):
+        *store, attr = path.split(".")
+        target = data[tuple(store)] if len(store) > 1 else data[store[0]]
+        setattr(target, attr, value(getattr(target, attr, None)))
+
+    return mutate
+
+
+def _drop(data):
+    del data["user", "rates", "item"].valid_edge_index
+
+
+def _nan_row(data):
+    data["item"].image[7, 3] = float("nan")
+    data["item"].image[9, 0] = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            _set("user.rates.item.edge_index", lambda e: e.float()),
+            r"data\['user', 'rates', 'item'\]\.edge_index: edge_index must be an integer tensor",
+        ),
+        (
+            _set("user.rates.item.edge_index", lambda e: e.t().contiguous()),
+            r"data\['user', 'rates', 'item'\]\.edge_index: edge_index must have shape \[2, E\]",
+        ),
+        (
+            _set("user.rates.item.edge_index", lambda e: e.index_fill(1, torch.tensor([0]), 40)),
+            r"data\['user', 'rates', 'item'\]\.edge_index: user id 40 out of range \[0, 40\)",
+        ),
+        (
+            _set("user.rates.item.test_edge_index", lambda e: e - 50),
+            r"data\['user', 'rates', 'item'\]\.test_edge_index: user id -\d+ out of range",
+        ),
+        (
+            _set("user.rates.item.edge_index", lambda e: e[:, :0]),
+            r"data\['user', 'rates', 'item'\]\.edge_index holds no train interaction",
+        ),
+        (_drop, r"data\['user', 'rates', 'item'\]\.valid_edge_index is missing"),
+        (_set("item.num_nodes", lambda n: None), r"data\['item'\]\.num_nodes must be .*got None"),
+        (
+            _nan_row,
+            r"data\['item'\]\.image: features contain NaN or inf in 2 of 30 item rows, first at "
+            r"item 7$",
+        ),
+        (
+            _set("item.text", lambda x: x[:-1]),
+            r"data\['item'\]\.text: features of shape \[29, 8\], expected \[30, f\]",
+        ),
+        (
+            _set("item.text", lambda x: x[:, 0]),
+            r"data\['item'\]\.text: features of shape \[30\], expected \[30, f\]",
+        ),
+        (
+            _set("item.image", lambda x: x > 0),
+            r"data\['item'\]\.image: expected real numbers, got dtype torch\.bool",
+        ),
+    ],
+    ids=[
+        "float_ids",
+        "transposed",
+        "user_id_too_large",
+        "negative_test_ids",
+        "no_train_edge",
+        "no_valid_split",
+        "no_item_count",
+        "nan_and_inf_features",
+        "missing_feature_row",
+        "one_dimensional_features",
+        "boolean_features",
+    ],
+)
+def test_hand_built_graph_faults_name_the_attribute(mutate, message: str) -> None:
+    from pyg_dhmrec import build_model, train
+
+    data = _held_out(toy_graph(modalities={"image": 16, "text": 8}))
+    mutate(data)
+    with pytest.raises(ValueError, match=message):  # checked before any graph is built
+        train(build_model("freedom", data, knn_k=5), data, epochs=1, device="cpu")
+
+
+def test_id_only_graph_needs_no_declared_modalities() -> None:
+    from pyg_dhmrec import build_model
+
+    data = _held_out(toy_graph())
+    del data["item"].modalities
+    assert build_model("lightgcn", data).num_items == 30

@@ -11,7 +11,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from torch_geometric.data import HeteroData, InMemoryDataset
 
 from pyg_dhmrec.atomic_files import DamagedFile, read_torch_checked, write_torch_checked
 from pyg_dhmrec.data.download import download_file
+from pyg_dhmrec.data.graph import _check_bipartite
 from pyg_dhmrec.data.mmrec_format import (
     DataFormatError,
     read_feature_file,
@@ -427,6 +428,62 @@ def modality_names(data: HeteroData) -> list[str]:
 def item_features(data: HeteroData) -> dict[str, Tensor]:
     """The declared modality feature matrices on the item store (:func:`modality_names`)."""
     return {m: data["item"][m] for m in modality_names(data)}
+
+
+#: The attribute of ``data[RATES]`` that holds each split's ``[2, E]`` (user, item) ids.
+SPLIT_EDGES = {"train": "edge_index", "valid": "valid_edge_index", "test": "test_edge_index"}
+
+
+def check_interaction_graph(
+    data: HeteroData, splits: Sequence[str] = ("train", "valid", "test")
+) -> None:
+    """Checks a graph, e.g. one built by hand, before a model or trainer reads it: the user and
+    item counts set; each split's edges (:data:`SPLIT_EDGES`) present as ``[2, E]`` integer
+    ids within them, with at least one train interaction; every declared modality
+    (:func:`modality_names`, when declared) a finite ``[items, f]`` matrix. Errors name the
+    attribute, and the first bad item row."""
+    counts = {}
+    for kind in ("user", "item"):
+        n = data[kind].num_nodes if kind in data.node_types else None
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(
+                f"data['{kind}'].num_nodes must be the number of {kind}s, an int >= 1, got {n!r}"
+            )
+        counts[kind] = n
+    where = "data['user', 'rates', 'item']"
+    store = data[RATES] if RATES in data.edge_types else {}
+    for split in splits:
+        attr = SPLIT_EDGES[split]
+        if attr not in store:
+            raise ValueError(
+                f"{where}.{attr} is missing: the {split} interactions as a [2, E] tensor of "
+                "(user, item) ids (MMRecDataset writes all three splits)"
+            )
+        try:
+            _check_bipartite(store[attr], counts["user"], counts["item"])
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{where}.{attr}: {e}") from None
+    if "train" in splits and store["edge_index"].size(1) == 0:
+        raise ValueError(f"{where}.edge_index holds no train interaction")
+    if "modalities" not in data["item"]:  # an ID-only graph need not declare them
+        return
+    for m, x in item_features(data).items():
+        if x.dim() != 2 or x.size(0) != counts["item"] or x.size(1) == 0:
+            raise ValueError(
+                f"data['item'].{m}: features of shape {list(x.shape)}, expected "
+                f"[{counts['item']}, f]: one row per item, f >= 1"
+            )
+        if x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"data['item'].{m}: expected real numbers, got dtype {x.dtype}")
+        # row blocks of about 4M entries: no full-size mask beside large (4096-d) features
+        rows = max(1, (1 << 22) // max(1, x.size(1)))
+        finite = torch.cat([torch.isfinite(b).all(dim=1) for b in x.split(rows)])
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten()
+            raise ValueError(
+                f"data['item'].{m}: features contain NaN or inf in {bad.numel()} of "
+                f"{x.size(0)} item rows, first at item {int(bad[0])}"
+            )
 
 
 def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.data.dataset import RATES, item_features
+from pyg_dhmrec.data.dataset import RATES, check_interaction_graph, item_features
 from pyg_dhmrec.data.graph import to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import DerivedGraph, add_derived_graphs
@@ -164,6 +164,7 @@ class Recommender(torch.nn.Module):
 
     def __init__(self, data: HeteroData) -> None:
         super().__init__()
+        check_interaction_graph(data, ("train",))  # valid and test: the trainer's
         self.num_users = int(data["user"].num_nodes)
         self.num_items = int(data["item"].num_nodes)
         self._eval_embeddings: Embeddings | None = None
@@ -213,12 +214,7 @@ class Recommender(torch.nn.Module):
                 f"{name} needs at least {min_modalities} modalities, the dataset has "
                 f"{list(features)}"
             )
-        for m, x in features.items():
-            if x.size(0) != self.num_items:
-                raise ValueError(
-                    f"modality '{m}' has {x.size(0)} feature rows, expected one per item "
-                    f"({self.num_items})"
-                )
+        for m, x in features.items():  # shapes and values: checked in __init__
             self.register_buffer(f"{prefix}{m}", x, persistent=False)
             if center:
                 self.register_buffer(f"{prefix}{m}_mean", x.mean(0), persistent=False)
