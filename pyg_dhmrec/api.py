@@ -34,7 +34,9 @@ def make_config(model: str = "dhmrec", dataset: str = "synthetic", **keys: Any) 
     """
     from pyg_dhmrec.cli import resolve_config
 
-    return resolve_config(argparse.Namespace(model=model, dataset=dataset), [], keys)
+    return resolve_config(
+        argparse.Namespace(model=model, dataset=dataset), [], keys, source="keyword arguments"
+    )
 
 
 def fit(
@@ -59,7 +61,7 @@ def fit(
 def build_model(name: str, data: HeteroData, **keys: Any) -> Recommender:
     """Model ``name`` for ``data``, its settings from ``configs/models/<name>.yaml``
     (and ``embedding_dim`` etc. from ``configs/overall.yaml``), overridden by ``keys``."""
-    return build_recommender(load_config(name, None, keys), data)
+    return build_recommender(load_config(name, None, keys, source="build_model()"), data)
 
 
 def train(

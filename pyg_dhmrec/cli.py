@@ -143,11 +143,13 @@ def resolve_config(
     args: argparse.Namespace,
     extra: Sequence[str],
     keys: Mapping[str, Any] | None = None,
+    source: str = "command line",
 ) -> dict[str, Any]:
     """Merge the YAML layers and the command line into one checked configuration.
 
     ``args`` may hold any of the parser's options (missing ones are unset); ``keys`` are
-    configuration keys given as Python values (``pyg_dhmrec.fit``), merged like ``extra``.
+    configuration keys given as Python values (``pyg_dhmrec.fit``), merged like ``extra``;
+    ``source`` names where they came from in errors.
     """
     model = getattr(args, "model", None) or DEFAULT_MODEL
     dataset = getattr(args, "dataset", None) or DEFAULT_DATASET
@@ -163,9 +165,9 @@ def resolve_config(
         overrides["baseline"] = None if baseline.lower() in ("none", "null") else baseline
     if getattr(args, "quiet", False):
         if "progress" in overrides:  # --quiet wins, but a malformed --progress is still refused
-            coerce("progress", overrides["progress"], True, "command line")
+            coerce("progress", overrides["progress"], True, source)
         overrides["progress"] = False
-    config = load_config(model, dataset, overrides)
+    config = load_config(model, dataset, overrides, source=source)
     model_class(model)  # unknown model -> clear error
     declared = set(load_yaml(CONFIG_DIR / "models" / f"{model}.yaml")) - {"per_dataset"}
     unused = declared - model_keys(model) - MODEL_FILE_TRAINER_KEYS

@@ -328,9 +328,11 @@ def load_config(
     dataset: str | None,
     overrides: Mapping[str, Any] | None = None,
     config_dir: Path = CONFIG_DIR,
+    source: str = "command line",
 ) -> dict[str, Any]:
     """Merge overall < dataset < model (< its ``per_dataset`` entry) < plug-in (< its
-    ``per_dataset`` entry) < ``overrides``.
+    ``per_dataset`` entry) < ``overrides``; errors in ``overrides`` are said to come from
+    ``source``.
 
     ``dataset`` is a file's name, ``<template>:<Category>`` or a folder (see
     :func:`dataset_layer`), or None for no dataset layer (named ``data``);
@@ -366,8 +368,8 @@ def load_config(
         config = _plugin_layer(config, plugin, dataset, config_dir)
     for key in overrides:  # also suggest the options that are not keys (--datset -> dataset)
         if key not in config:
-            raise _unknown_key(key, list(config), "command line", also=CLI_OPTIONS)
-    config = merge(config, overrides, "command line")
+            raise _unknown_key(key, list(config), source, also=CLI_OPTIONS)
+    config = merge(config, overrides, source)
     config["model"], config["dataset"] = model, dataset
     validate_config(config)
     return config

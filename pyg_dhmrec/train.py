@@ -317,6 +317,22 @@ class Trainer:
         check_interaction_graph(data)
         store = data[RATES]
         num_users, num_items = model.num_users, model.num_items
+        if (data["user"].num_nodes, data["item"].num_nodes) != (num_users, num_items):
+            raise ValueError(
+                f"the model was built for {num_users} users and {num_items} items, the data "
+                f"has {data['user'].num_nodes} and {data['item'].num_nodes}; build the model "
+                "on the data it trains on"
+            )
+        if self.output is not None:  # refused now, not at the first checkpoint
+            if self.output.exists() and not self.output.is_dir():
+                raise ValueError(
+                    f"output {self.output} is a file; expected a folder for {BEST}, "
+                    f"{CHECKPOINT} and the per-user test metrics"
+                )
+            try:
+                self.output.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ValueError(f"output {self.output}: cannot create the folder ({e})") from None
         above = [k for k in config["topk"] if k > num_items]
         if above:  # checked here, before training, so a finished run never fails on it
             log.warning(

@@ -288,3 +288,25 @@ def test_id_only_graph_needs_no_declared_modalities() -> None:
     data = _held_out(toy_graph())
     del data["item"].modalities
     assert build_model("lightgcn", data).num_items == 30
+
+
+def test_api_misuse_is_named(tmp_path) -> None:
+    from pyg_dhmrec import build_model, fit, train
+    from pyg_dhmrec.config import ConfigError
+
+    data = _held_out(toy_graph(modalities={"image": 16, "text": 8}))
+    with pytest.raises(ConfigError, match=r"^build_model\(\): unknown key 'knn'\. Did you mean"):
+        build_model("freedom", data, knn=3)
+    with pytest.raises(ConfigError, match=r"^keyword arguments: unknown key 'epoch'\. Did"):
+        fit("lightgcn", "synthetic", epoch=1)
+    with pytest.raises(TypeError, match=r"HeteroData .*, got dict$"):
+        build_model("lightgcn", {"user": 3})
+    model = build_model("lightgcn", data)
+    larger = _held_out(toy_graph(num_users=50, num_items=35))
+    with pytest.raises(
+        ValueError, match=r"built for 40 users and 30 items, the data has 50 and 35"
+    ):
+        train(model, larger, epochs=1, device="cpu")
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match=r"output .*taken is a file; expected a folder"):
+        train(model, data, epochs=1, device="cpu", output=tmp_path / "taken")

@@ -442,6 +442,11 @@ def check_interaction_graph(
     ids within them, with at least one train interaction; every declared modality
     (:func:`modality_names`, when declared) a finite ``[items, f]`` matrix. Errors name the
     attribute, and the first bad item row."""
+    if not isinstance(data, HeteroData):
+        raise TypeError(
+            f"expected a torch_geometric.data.HeteroData (the layout of MMRecDataset), got "
+            f"{type(data).__name__}"
+        )
     counts = {}
     for kind in ("user", "item"):
         n = data[kind].num_nodes if kind in data.node_types else None
