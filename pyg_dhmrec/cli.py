@@ -310,7 +310,9 @@ def _run_in_folder(
     name = config["model"] + (f" + plugin {config['plugin']}" if config.get("plugin") else "")
     ranks = f" x {ctx.world_size} ranks ({ctx.backend})" if ctx else ""
     log.info("model %s (%d parameters) on %s%s", name, n_params, device, ranks)
-    trainer = Trainer(model, data, config, device, output=output, dist=ctx)
+    trainer = Trainer(
+        model, data, config, device, output=output, dist=ctx, data_fingerprint=dataset.fingerprint()
+    )
     if resume:
         trainer.load_checkpoint(output / CHECKPOINT)
     results = trainer.fit()

@@ -296,6 +296,10 @@ class Trainer:
     With ``dist`` (several ranks, :mod:`pyg_dhmrec.distributed`), each rank trains on its
     shard of every batch through DDP, evaluates its share of the users, and rank 0 alone
     writes files; the checkpoint holds every rank's sampler and RNG states.
+
+    ``data_fingerprint`` (e.g. :meth:`~pyg_dhmrec.data.MMRecDataset.fingerprint`) is saved in
+    the checkpoint, and :meth:`load_checkpoint` refuses a checkpoint saved with another one:
+    a run is never resumed on data files that changed under it.
     """
 
     def __init__(
@@ -306,7 +310,9 @@ class Trainer:
         device: torch.device,
         output: Path | None = None,
         dist: Dist | None = None,
+        data_fingerprint: str | None = None,
     ) -> None:
+        self.data_fingerprint = data_fingerprint
         self.config = complete_config(config, model)
         config = self.config
         self.device = device
@@ -549,6 +555,7 @@ class Trainer:
             },
             "early_stopping": self.early_stopping.state_dict(),
             "history": self.history,
+            "data_fingerprint": self.data_fingerprint,
         }
         if ranks is not None:
             payload.update(world_size=self.dist.world_size, ranks=ranks)
@@ -574,6 +581,15 @@ class Trainer:
         parameters that do not fit this model.
         """
         payload = read_checkpoint(path)
+        saved = payload.get("data_fingerprint")  # None: no fingerprint given, or an older file
+        if saved is not None and self.data_fingerprint is not None:
+            if saved != self.data_fingerprint:
+                raise CheckpointError(
+                    f"{path}: saved while training on other data: the files of dataset "
+                    f"{self.config['dataset']!r} changed since (fingerprint {saved}, now "
+                    f"{self.data_fingerprint}); restore them to resume, or start a new run in "
+                    "another folder"
+                )
         world_size = self.dist.world_size if self.dist else 1
         if payload.get("world_size", 1) != world_size:
             raise CheckpointError(

@@ -319,3 +319,28 @@ def test_run_stopped_before_training_does_not_claim_the_folder(
     assert "key 'knn_k' must be in [1, 39]" in capsys.readouterr().err
     assert main(train_args(data_root, out, "dhmrec", "--epochs", "1")) == 0  # the fixed run
     assert json.loads((out / "config.json").read_text())["knn_k"] == 3
+
+
+def test_resume_on_changed_data_files_refused(
+    finished_runs: Path, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    # the synthetic files as a plain dataset folder of one's own (no generator settings)
+    shop = tmp_path / "data" / "shop"
+    shop.mkdir(parents=True)
+    for name in ("image_feat.npy", "text_feat.npy"):
+        shutil.copy(data_root / "synthetic" / name, shop / name)
+    inter = (data_root / "synthetic" / "synthetic.inter").read_text()
+    (shop / "shop.inter").write_text(inter)
+    folder = tmp_path / "run"
+    args = ["--model", "lightgcn", "--dataset", str(shop), "--output", str(folder)]
+    assert main([*args, "--epochs", "1", "--quiet", "--baseline", "null"]) == 0
+    assert main(["--resume", str(folder), "--quiet"]) == 0  # the same files: resumed
+    lines = inter.splitlines(keepends=True)
+    lines[1] = lines[1][:-2] + ("1\n" if lines[1].endswith("0\n") else "0\n")  # one label moved
+    (shop / "shop.inter").write_text("".join(lines))
+    err = _resume_error(folder, capsys)
+    assert err.startswith(
+        f"error: {folder / 'checkpoint.pt'}: saved while training on other data: the files of "
+        "dataset 'shop' changed since (fingerprint "
+    ), err
+    assert err.endswith("restore them to resume, or start a new run in another folder\n")
