@@ -317,6 +317,7 @@ def _run_in_folder(
         trainer.load_checkpoint(output / CHECKPOINT)
     results = trainer.fit()
     results["dataset_stats"] = dataset.stats
+    results["data_fingerprint"] = trainer.data_fingerprint  # load_run compares it
     if trainer.is_main:
         path = save_results(results, output)
         log.info("results written to %s", path)

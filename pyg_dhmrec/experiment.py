@@ -556,7 +556,19 @@ def load_run(
     if not weights.is_file():
         raise ExperimentError(f"{folder}: no best.pt (the run has not finished)")
     config = run_config(folder)
-    _, data, model = load_data_and_model(config)  # with the run's plug-in, if any
+    dataset, data, model = load_data_and_model(config)  # with the run's plug-in, if any
+    trained_on = (
+        read_results(folder).get("data_fingerprint") if (folder / RESULTS).is_file() else None
+    )
+    if trained_on is not None and trained_on != dataset.fingerprint():
+        log.warning(
+            "%s: the files of dataset %r changed since this run trained (fingerprint %s, now %s): "
+            "its embeddings come from the old files, the train items excluded from the new ones",
+            folder,
+            config["dataset"],
+            trained_on,
+            dataset.fingerprint(),
+        )
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -322,7 +323,7 @@ def test_run_stopped_before_training_does_not_claim_the_folder(
 
 
 def test_resume_on_changed_data_files_refused(
-    finished_runs: Path, data_root: Path, tmp_path: Path, capsys
+    finished_runs: Path, data_root: Path, tmp_path: Path, capsys, caplog
 ) -> None:
     # the synthetic files as a plain dataset folder of one's own (no generator settings)
     shop = tmp_path / "data" / "shop"
@@ -335,6 +336,9 @@ def test_resume_on_changed_data_files_refused(
     args = ["--model", "lightgcn", "--dataset", str(shop), "--output", str(folder)]
     assert main([*args, "--epochs", "1", "--quiet", "--baseline", "null"]) == 0
     assert main(["--resume", str(folder), "--quiet"]) == 0  # the same files: resumed
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.experiment"):
+        assert main(["recommend", "--run", str(folder), "--users", "0", "--k", "3"]) == 0
+    assert "changed since" not in caplog.text
     lines = inter.splitlines(keepends=True)
     lines[1] = lines[1][:-2] + ("1\n" if lines[1].endswith("0\n") else "0\n")  # one label moved
     (shop / "shop.inter").write_text("".join(lines))
@@ -344,3 +348,7 @@ def test_resume_on_changed_data_files_refused(
         "dataset 'shop' changed since (fingerprint "
     ), err
     assert err.endswith("restore them to resume, or start a new run in another folder\n")
+    # a finished run read back on the changed files says so
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.experiment"):
+        assert main(["recommend", "--run", str(folder), "--users", "0", "--k", "3"]) == 0
+    assert "the files of dataset 'shop' changed since this run trained" in caplog.text
