@@ -669,6 +669,17 @@ def compare_runs(a: Path, b: Path, metric: str = "recall@20") -> dict[str, Any]:
         raise ExperimentError(
             f"runs of different datasets: {a} is on '{ra['dataset']}', {b} on '{rb['dataset']}'"
         )
+    fa, fb = ra.get("data_fingerprint"), rb.get("data_fingerprint")
+    if fa is not None and fb is not None and fa != fb:
+        log.warning(
+            "%s and %s trained on different files of dataset '%s' (fingerprints %s and %s): "
+            "their test interactions may differ",
+            a,
+            b,
+            ra["dataset"],
+            fa,
+            fb,
+        )
     pa, pb = load_per_user(a), load_per_user(b)
     for folder, values in ((a, pa), (b, pb)):
         if metric not in values:

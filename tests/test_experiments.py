@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -188,6 +189,21 @@ def test_compare_different_users_is_an_error(seeds: Path, tmp_path: Path, capsys
     assert main(args) == 0
     assert main(["compare", str(seeds / "seed=5"), str(tmp_path / "small")]) == 2
     assert "evaluated different test users" in capsys.readouterr().err
+
+
+def test_compare_runs_on_different_files_warns(seeds: Path, tmp_path: Path, caplog) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(seeds / "seed=5", a)
+    shutil.copytree(seeds / "seed=6", b)
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.experiment"):
+        assert main(["compare", str(a), str(b)]) == 0
+    assert "different files" not in caplog.text  # both trained on the same files
+    results = json.loads((b / "results.json").read_text())
+    results["data_fingerprint"] = "0" * 16  # as if b's dataset files had been edited
+    (b / "results.json").write_text(json.dumps(results))
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.experiment"):
+        assert main(["compare", str(a), str(b)]) == 0
+    assert "trained on different files of dataset 'synthetic'" in caplog.text
 
 
 def test_plot_curves_and_sweep(grid: Path, tmp_path: Path, capsys) -> None:
