@@ -320,7 +320,7 @@ class Trainer:
         self.dist = dist
         self.is_main = dist is None or dist.is_main  # the rank that writes files and logs
         self.output = Path(output) if output and self.is_main else None
-        check_interaction_graph(data)
+        check_interaction_graph(data, features=False)  # the model's constructor checked them
         store = data[RATES]
         num_users, num_items = model.num_users, model.num_items
         if (data["user"].num_nodes, data["item"].num_nodes) != (num_users, num_items):

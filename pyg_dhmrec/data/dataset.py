@@ -435,13 +435,13 @@ SPLIT_EDGES = {"train": "edge_index", "valid": "valid_edge_index", "test": "test
 
 
 def check_interaction_graph(
-    data: HeteroData, splits: Sequence[str] = ("train", "valid", "test")
+    data: HeteroData, splits: Sequence[str] = ("train", "valid", "test"), features: bool = True
 ) -> None:
     """Checks a graph, e.g. one built by hand, before a model or trainer reads it: the user and
     item counts set; each split's edges (:data:`SPLIT_EDGES`) present as ``[2, E]`` integer
-    ids within them, with at least one train interaction; every declared modality
-    (:func:`modality_names`, when declared) a finite ``[items, f]`` matrix. Errors name the
-    attribute, and the first bad item row."""
+    ids within them, with at least one train interaction; with ``features``, every declared
+    modality (:func:`modality_names`, when declared) a finite ``[items, f]`` matrix. Errors
+    name the attribute, and the first bad item row."""
     if not isinstance(data, HeteroData):
         raise TypeError(
             f"expected a torch_geometric.data.HeteroData (the layout of MMRecDataset), got "
@@ -470,7 +470,7 @@ def check_interaction_graph(
             raise type(e)(f"{where}.{attr}: {e}") from None
     if "train" in splits and store["edge_index"].size(1) == 0:
         raise ValueError(f"{where}.edge_index holds no train interaction")
-    if "modalities" not in data["item"]:  # an ID-only graph need not declare them
+    if not features or "modalities" not in data["item"]:  # ID-only graphs need not declare them
         return
     for m, x in item_features(data).items():
         if x.dim() != 2 or x.size(0) != counts["item"] or x.size(1) == 0:
