@@ -28,6 +28,7 @@ __all__ = [
     "torch_bytes",
     "sha256_bytes",
     "DamagedFile",
+    "ensure_folder",
     "write_torch_checked",
     "read_torch_checked",
 ]
@@ -35,11 +36,25 @@ __all__ = [
 FILE_MODE = 0o644
 
 
+def ensure_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Create the folder ``path`` (and its parents) when missing. A file in its place, or a
+    folder the system refuses to create, raises :class:`ValueError` naming ``what`` (e.g.
+    ``output``) and the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: exists and is not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot create the folder ({e.strerror or e})") from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it to
     ``path``; the folder is created when missing. Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pyg_dhmrec import distributed
+from pyg_dhmrec.atomic_files import ensure_folder
 from pyg_dhmrec.config import (
     CONFIG_DIR,
     MODEL_FILE_TRAINER_KEYS,
@@ -232,15 +233,10 @@ class _RunLog:
         self.path = path
 
     def __enter__(self) -> None:
-        folder = self.path.parent
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"output {folder}: exists and is not a folder; give a run folder")
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(
-                f"output {folder}: cannot create the run folder ({e.strerror or e})"
-            ) from None
+            ensure_folder(self.path.parent, "output")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.handler.setLevel(logging.INFO)

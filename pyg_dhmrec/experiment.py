@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
+from pyg_dhmrec.atomic_files import ensure_folder, write_json, write_npy, write_text
 from pyg_dhmrec.config import (
     BASELINE_METRICS,
     ConfigError,
@@ -609,10 +609,9 @@ def recommend(
 @torch.no_grad()
 def export_embeddings(model: Recommender, output: Path) -> tuple[Path, Path]:
     """Write the final ``user_embeddings.npy`` and ``item_embeddings.npy`` (eval mode)."""
+    output = ensure_folder(output, "export --out")  # before the embeddings are computed
     model.eval()
     out = model()
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     paths = output / "user_embeddings.npy", output / "item_embeddings.npy"
     for path, emb in zip(paths, (out.user, out.item)):
         write_npy(path, emb.detach().float().cpu().numpy())

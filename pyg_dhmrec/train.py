@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pyg_dhmrec.atomic_files import (
     DamagedFile,
+    ensure_folder,
     read_torch_checked,
     write_json,
     write_torch,
@@ -330,15 +331,7 @@ class Trainer:
                 "on the data it trains on"
             )
         if self.output is not None:  # refused now, not at the first checkpoint
-            if self.output.exists() and not self.output.is_dir():
-                raise ValueError(
-                    f"output {self.output} is a file; expected a folder for {BEST}, "
-                    f"{CHECKPOINT} and the per-user test metrics"
-                )
-            try:
-                self.output.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise ValueError(f"output {self.output}: cannot create the folder ({e})") from None
+            ensure_folder(self.output, "output")
         above = [k for k in config["topk"] if k > num_items]
         if above:  # checked here, before training, so a finished run never fails on it
             log.warning(

@@ -374,13 +374,24 @@ def test_output_that_is_a_file_exit_2(tmp_path: Path, capsys) -> None:
     args[out] = str(afile)
     assert main(args) == 2
     assert capsys.readouterr().err == (
-        f"error: output {afile}: exists and is not a folder; give a run folder\n"
+        f"error: output {afile}: exists and is not a folder; give a folder\n"
     )
     args[out] = str(afile / "run")
     assert main(args) == 2
     assert capsys.readouterr().err == (
-        f"error: output {afile / 'run'}: cannot create the run folder (Not a directory)\n"
+        f"error: output {afile / 'run'}: cannot create the folder (Not a directory)\n"
     )
+    assert afile.read_text() == "x"
+    # the same for the subcommands that write into a folder of one's choice
+    args[out] = str(tmp_path / "run")
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: export --out {afile}: exists and is not a folder; give a folder\n"
+    )
+    assert main(["plot", "curves", str(tmp_path / "run"), "--out", str(afile)]) == 2
+    assert capsys.readouterr().err.endswith(f"{afile}: exists and is not a folder; give a folder\n")
     assert afile.read_text() == "x"
 
 

@@ -308,5 +308,5 @@ def test_api_misuse_is_named(tmp_path) -> None:
     ):
         train(model, larger, epochs=1, device="cpu")
     (tmp_path / "taken").write_text("")
-    with pytest.raises(ValueError, match=r"output .*taken is a file; expected a folder"):
+    with pytest.raises(ValueError, match=r"output .*taken: exists and is not a folder"):
         train(model, data, epochs=1, device="cpu", output=tmp_path / "taken")
