@@ -233,10 +233,7 @@ class _RunLog:
         self.path = path
 
     def __enter__(self) -> None:
-        try:
-            ensure_folder(self.path.parent, "output")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        ensure_folder(self.path.parent, "output")
         self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.handler.setLevel(logging.INFO)

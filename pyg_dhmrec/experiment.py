@@ -560,14 +560,15 @@ def load_run(
     trained_on = (
         read_results(folder).get("data_fingerprint") if (folder / RESULTS).is_file() else None
     )
-    if trained_on is not None and trained_on != dataset.fingerprint():
+    now = dataset.fingerprint()
+    if trained_on is not None and trained_on != now:
         log.warning(
             "%s: the files of dataset %r changed since this run trained (fingerprint %s, now %s): "
             "its embeddings come from the old files, the train items excluded from the new ones",
             folder,
             config["dataset"],
             trained_on,
-            dataset.fingerprint(),
+            now,
         )
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)

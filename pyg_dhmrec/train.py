@@ -575,14 +575,13 @@ class Trainer:
         """
         payload = read_checkpoint(path)
         saved = payload.get("data_fingerprint")  # None: no fingerprint given, or an older file
-        if saved is not None and self.data_fingerprint is not None:
-            if saved != self.data_fingerprint:
-                raise CheckpointError(
-                    f"{path}: saved while training on other data: the files of dataset "
-                    f"{self.config['dataset']!r} changed since (fingerprint {saved}, now "
-                    f"{self.data_fingerprint}); restore them to resume, or start a new run in "
-                    "another folder"
-                )
+        if None not in (saved, self.data_fingerprint) and saved != self.data_fingerprint:
+            raise CheckpointError(
+                f"{path}: saved while training on other data: the files of dataset "
+                f"{self.config['dataset']!r} changed since (fingerprint {saved}, now "
+                f"{self.data_fingerprint}); restore them to resume, or start a new run in "
+                "another folder"
+            )
         world_size = self.dist.world_size if self.dist else 1
         if payload.get("world_size", 1) != world_size:
             raise CheckpointError(
