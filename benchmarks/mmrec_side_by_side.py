@@ -23,6 +23,17 @@ the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset
     OMP_NUM_THREADS=1 python benchmarks/speed.py --dataset tiktok --data-root ../shared/data \\
         --device cpu --epochs 2 --rounds 2 --models lightgcn vbpr freedom lgmrec bm3 mgcn mmgcn grcn
 
+``--accuracy`` compares accuracy instead: MMRec trains each model to its own early stopping
+(``epochs: 1000``, 20 evaluations without a gain on valid Recall@20: the protocol of our
+``run.py``) once per ``--seeds`` value (MMRec's ``seed`` grid), and the valid and test metrics
+at its best epoch are printed per seed with their mean and standard deviation, beside the
+model's log in ``--work/logs/``. Our side is ``run.py`` with the same ``--seed``::
+
+    python benchmarks/mmrec_side_by_side.py --mmrec ../MMRec --data-root ../shared/data \
+        --accuracy --seeds 2024 2025 2026 --models FREEDOM BM3
+    OMP_NUM_THREADS=1 python run.py --model freedom --dataset tiktok --data-root ../shared/data \
+        --device cpu --quiet --baseline null --seed 2024
+
 MMRec's Python needs ``pandas``, ``lmdb`` and ``pyyaml`` (``--python`` picks the interpreter).
 """
 
@@ -70,6 +81,15 @@ def scatter_add(src, index, dim=-1, out=None, dim_size=None):
     return torch.zeros(n, dtype=src.dtype, device=src.device).index_add_(0, index, src)
 """
 TRAIN = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s")
+#: one seed's summary in MMRec's closing "All Over" block: the point, best valid, best test
+SUMMARY = re.compile(
+    r"Parameters: \[([^\]]*)\]=\(([^)]*)\),\s*best valid: (.*?),\s*best test: (.*)"
+)
+FINISHED = re.compile(r"best eval result in epoch (\d+)")
+POINT_START = re.compile(r"=+\d+/\d+: Parameters:")
+METRIC = re.compile(r"([a-z]+@\d+): ([0-9.]+)")
+#: metrics of the accuracy table, MMRec's names
+SHOWN = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
 def _set_keys(path: Path, keys: dict[str, object]) -> None:
@@ -164,7 +184,10 @@ def prepare(args: argparse.Namespace) -> Path:
         f"text_feature_file: '{text}'\nuser_graph_dict_file: 'user_graph_dict.npy'\n"
         'field_separator: "\\t"\n'
     )
-    _set_keys(src / "configs" / "overall.yaml", {"epochs": 2, "use_gpu": args.device != "cpu"})
+    overall = {"epochs": 1000 if args.accuracy else 2, "use_gpu": args.device != "cpu"}
+    if args.accuracy:
+        overall["seed"] = args.seeds
+    _set_keys(src / "configs" / "overall.yaml", overall)
     for model, keys in POINTS.items():
         _set_keys(src / "configs" / "model" / f"{model}.yaml", keys)
     for path in src.rglob("*.py"):
@@ -192,8 +215,8 @@ def prepare(args: argparse.Namespace) -> Path:
     return src
 
 
-def run_model(src: Path, model: str, args: argparse.Namespace) -> tuple[float, float]:
-    """(mean training seconds per epoch, peak RSS MB) of one MMRec run."""
+def run_model(src: Path, model: str, args: argparse.Namespace) -> tuple[float, float, str]:
+    """(mean training seconds per epoch, peak RSS MB, its output) of one MMRec run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     paths = [str(src.parent / "stubs")] if args.stub_torchvision else []
     paths += [str(src.parent / "scatter_shim")] if args.shim_scatter else []
@@ -214,7 +237,55 @@ def run_model(src: Path, model: str, args: argparse.Namespace) -> tuple[float, f
     if proc.returncode != 0 or not times:
         tail = output.strip().splitlines()[-3:]
         raise RuntimeError(f"MMRec {model} failed (exit {proc.returncode}): {' | '.join(tail)}")
-    return float(np.mean(times)), usage.ru_maxrss / 1024
+    return float(np.mean(times)), usage.ru_maxrss / 1024, output
+
+
+def seed_results(output: str) -> list[dict[str, object]]:
+    """Per seed of one MMRec run (its ``seed`` grid, in order): the seed, MMRec's best epoch
+    (0-based; ``None`` if it ran out of epochs) and the valid and test metrics there."""
+    runs, _, closing = output.rpartition("All Over")
+    # each grid point's training starts with "=========<i>/<n>: Parameters:..."
+    epochs = []
+    for part in POINT_START.split(runs)[1:]:
+        found = FINISHED.search(part)
+        epochs.append(int(found.group(1)) if found else None)
+    rows = []
+    for i, match in enumerate(SUMMARY.finditer(closing)):
+        names = [n.strip().strip("'\"") for n in match.group(1).split(",")]
+        values = [v.strip() for v in match.group(2).split(",")]
+        point = dict(zip(names, values))
+        rows.append(
+            {
+                "seed": point.get("seed"),
+                "best_epoch": epochs[i] if i < len(epochs) else None,
+                "valid": {k: float(v) for k, v in METRIC.findall(match.group(3))},
+                "test": {k: float(v) for k, v in METRIC.findall(match.group(4))},
+            }
+        )
+    if not rows:
+        raise RuntimeError("no closing summary (best valid / best test) in MMRec's output")
+    return rows
+
+
+def accuracy_table(model: str, rows: list[dict[str, object]]) -> list[str]:
+    """Markdown rows: one per seed, then the mean and standard deviation over the seeds."""
+    lines = []
+    for row in rows:
+        test = [f"{row['test'][k]:.4f}" for k in SHOWN]
+        lines.append(
+            f"| {model} | {row['seed']} | {row['valid']['recall@20']:.4f} | "
+            + " | ".join(test)
+            + f" | {row['best_epoch']} |"
+        )
+    if len(rows) > 1:
+        cells = []
+        for k in SHOWN:
+            values = np.array([row["test"][k] for row in rows])
+            cells.append(f"{values.mean():.4f} ± {values.std(ddof=1):.4f}")
+        valid = np.mean([row["valid"]["recall@20"] for row in rows])
+        mean = f"| {model} | mean of {len(rows)} | {valid:.4f} | "
+        lines.append(mean + " | ".join(cells) + " | |")
+    return lines
 
 
 def main() -> None:
@@ -227,6 +298,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--python", default=sys.executable, help="interpreter for MMRec")
     parser.add_argument("--work", default="/tmp/mmrec-side-by-side")
+    parser.add_argument(
+        "--accuracy", action="store_true", help="train to early stopping; report test metrics"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[2024], help="with --accuracy: MMRec's seeds"
+    )
     args = parser.parse_args()
     if not (Path(args.mmrec) / "src" / "main.py").is_file():
         parser.error(f"--mmrec {args.mmrec}: no src/main.py (an MMRec checkout expected)")
@@ -236,13 +313,16 @@ def main() -> None:
     args.stub_torchvision = found.returncode != 0
     found = subprocess.run([args.python, "-c", "import torch_scatter"], capture_output=True)
     args.shim_scatter = found.returncode != 0
+    if args.accuracy:
+        compare_accuracy(src, args)
+        return
     print("| model | MMRec s/epoch (lowest of rounds) | per round | peak MB |")
     print("|---|---|---|---|")
     for model in args.models:
         rounds = []
         for _ in range(args.rounds):
             try:
-                rounds.append(run_model(src, model, args))
+                rounds.append(run_model(src, model, args)[:2])
             except RuntimeError as e:
                 print(f"| {model} | failed: {e} | | |", flush=True)
                 break
@@ -250,6 +330,25 @@ def main() -> None:
             best = min(r[0] for r in rounds)
             per = " / ".join(f"{r[0]:.2f}" for r in rounds)
             print(f"| {model} | {best:.2f} | {per} | {max(r[1] for r in rounds):.0f} |", flush=True)
+
+
+def compare_accuracy(src: Path, args: argparse.Namespace) -> None:
+    """One MMRec run per model over all ``--seeds``; its per-seed metrics as a table."""
+    logs = Path(args.work) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print("| model | seed | valid R@20 | test R@10 | R@20 | N@10 | N@20 | best epoch (0-based) |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    for model in args.models:
+        try:
+            seconds, _, output = run_model(src, model, args)
+            (logs / f"{model}.log").write_text(output)
+            rows = seed_results(output)
+        except RuntimeError as e:
+            print(f"| {model} | failed: {e} | | | | | | |", flush=True)
+            continue
+        for line in accuracy_table(model, rows):
+            print(line, flush=True)
+        print(f"<!-- {model}: {seconds:.2f} s/epoch, log {logs / (model + '.log')} -->", flush=True)
 
 
 if __name__ == "__main__":
