@@ -24,14 +24,15 @@ the process's peak RSS; compare with ``benchmarks/speed.py`` on the same dataset
         --device cpu --epochs 2 --rounds 2 --models lightgcn vbpr freedom lgmrec bm3 mgcn mmgcn grcn
 
 ``--accuracy`` compares accuracy instead: MMRec trains each model to its own early stopping
-(``epochs: 1000``, 20 evaluations without a gain on valid Recall@20: the protocol of our
-``run.py``) once per ``--seeds`` value (MMRec's ``seed`` grid), and the valid and test metrics
-at its best epoch are printed per seed with their mean and standard deviation, beside the
-model's log in ``--work/logs/``. Our side is ``run.py`` with the same ``--seed``::
+(``epochs: 1000``, ``stopping_step: 20`` on valid Recall@20, as our ``run.py``'s patience
+20; MMRec stops after the 21st evaluation without a gain, ours after the 20th) once per
+``--seeds`` value (MMRec's ``seed`` grid), and the valid and test metrics at its best epoch
+are printed per seed with their mean and standard deviation, beside the model's log in
+``--work/logs/``. Our side is ``run.py`` with the same ``--seed``::
 
-    python benchmarks/mmrec_side_by_side.py --mmrec ../MMRec --data-root ../shared/data \
+    python benchmarks/mmrec_side_by_side.py --mmrec ../MMRec --data-root ../shared/data \\
         --accuracy --seeds 2024 2025 2026 --models FREEDOM BM3
-    OMP_NUM_THREADS=1 python run.py --model freedom --dataset tiktok --data-root ../shared/data \
+    OMP_NUM_THREADS=1 python run.py --model freedom --dataset tiktok --data-root ../shared/data \\
         --device cpu --quiet --baseline null --seed 2024
 
 MMRec's Python needs ``pandas``, ``lmdb`` and ``pyyaml`` (``--python`` picks the interpreter).
