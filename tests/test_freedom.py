@@ -51,6 +51,35 @@ def test_parameters(data: HeteroData) -> None:
     }
 
 
+def test_finetuned_features_move_only_through_the_mm_term(
+    data: HeteroData, batch: BPRBatch
+) -> None:
+    frozen = _model(data)
+    model = _model(data, finetune_features=True)
+    assert {"features.image", "features.text"} <= set(model.state_dict())
+    # Same weights, same values: fine-tuning changes what trains, not the loss.
+    model.load_state_dict(frozen.state_dict(), strict=False)
+    torch.manual_seed(1)  # the same pruned graph
+    expected = _train_loss(frozen, batch)
+    torch.manual_seed(1)
+    torch.testing.assert_close(_train_loss(model, batch), expected)
+    out = model()
+    mm = model.loss(batch, out)["mm"]
+    # The gradient reaches the rows of the batch's positive and negative items only: the
+    # projection's gradient times W_m (a bias-free linear map).
+    projected, feature = out.modalities["image"], model.features["image"]
+    grad_projected, grad = torch.autograd.grad(mm, [projected, feature])
+    torch.testing.assert_close(grad, grad_projected @ model.projections["image"].weight)
+    touched = set((grad.abs().sum(-1) > 0).nonzero().flatten().tolist())
+    assert touched == set(batch.pos_item.tolist()) | set(batch.neg_item.tolist())
+    with torch.no_grad():
+        model.features["image"].add_(1.0)
+    model.reset_parameters()
+    torch.testing.assert_close(model.features["image"], data["item"].image)
+    with pytest.raises(ValueError, match="finetune_features must be true or false, got 1"):
+        _model(data, finetune_features=1)
+
+
 def test_item_item_graph_mixes_the_modality_knn_graphs(data: HeteroData) -> None:
     model = _model(data)
     expected = 0.1 * knn_adjacency(data["item"].image, KNN_K).to_dense()

@@ -14,6 +14,7 @@ from pyg_dhmrec.data.dataset import RATES, check_interaction_graph, item_feature
 from pyg_dhmrec.data.graph import to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import DerivedGraph, add_derived_graphs
+from pyg_dhmrec.models.validation import check_bool
 
 
 @dataclass
@@ -196,6 +197,7 @@ class Recommender(torch.nn.Module):
         min_modalities: int = 1,
         prefix: str = "feat_",
         center: bool = False,
+        finetune: bool = False,
     ) -> dict[str, Tensor]:
         r"""The item feature matrices of ``data`` (float, in dataset-config order), checked to
         number at least ``min_modalities`` with one row per item. Sets ``self.modalities`` and
@@ -204,7 +206,12 @@ class Recommender(torch.nn.Module):
         :math:`\mu` (``[f]``, :meth:`feature_mean`), for models whose inputs should not share one
         direction: a bias-free linear map gives :math:`W(X - \mathbf{1}\mu^\top) = WX -
         \mathbf{1}(W\mu)^\top` without a centred copy of :math:`X` (on 4096-d image features
-        that copy would be as large as the features)."""
+        that copy would be as large as the features).
+
+        ``finetune=True`` (the ``finetune_features`` setting of models whose reference code loads
+        the features as a trainable table, ``nn.Embedding.from_pretrained(freeze=False)``) also
+        registers a trainable copy of each as ``self.features[m]``: :meth:`input_feature` reads
+        it, :meth:`reset_item_features` restores it from the buffer."""
         features = {m: x.detach().float() for m, x in item_features(data).items()}
         name = type(self).__name__
         if not features:
@@ -220,7 +227,24 @@ class Recommender(torch.nn.Module):
                 self.register_buffer(f"{prefix}{m}_mean", x.mean(0), persistent=False)
         self.modalities = list(features)
         self._feature_prefix = prefix
+        self.finetune_features = check_bool("finetune_features", finetune)
+        if finetune:
+            self.features = torch.nn.ParameterDict(
+                {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}
+            )
         return features
+
+    def input_feature(self, modality: str) -> Tensor:
+        """The ``[I, f]`` features the model reads: the trained copy when fine-tuned, else the
+        raw buffer (see :meth:`register_item_features`)."""
+        return self.features[modality] if self.finetune_features else self.feature(modality)
+
+    @torch.no_grad()
+    def reset_item_features(self) -> None:
+        """Restore fine-tuned features to the raw ones (nothing to do when frozen)."""
+        if self.finetune_features:
+            for m, p in self.features.items():
+                p.copy_(self.feature(m))
 
     def feature(self, modality: str) -> Tensor:
         """The raw ``[I, f]`` features of ``modality`` (see :meth:`register_item_features`)."""

@@ -14,7 +14,6 @@ from pyg_dhmrec.data.graph import normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import OnDemandEmbeddings, OnDemandRows, Recommender
 from pyg_dhmrec.models.validation import (
-    check_bool,
     check_fraction,
     check_int,
     check_nonnegative,
@@ -148,16 +147,8 @@ class BM3(Recommender):
         check_fraction("dropout", dropout, include_1=False)
         check_nonnegative("reg_weight", reg_weight)
         check_nonnegative("cl_weight", cl_weight)
-        check_bool("finetune_features", finetune_features)
-        features = self.register_item_features(data, prefix="raw_")
+        features = self.register_item_features(data, prefix="raw_", finetune=finetune_features)
         self.dropout, self.reg_weight, self.cl_weight = dropout, reg_weight, cl_weight
-        self.finetune_features = finetune_features
-
-        # Raw features: trainable copies if fine-tuned (raw kept to reset them), else buffers.
-        self.features = torch.nn.ParameterDict()
-        if self.finetune_features:
-            for m, x in features.items():
-                self.features[m] = torch.nn.Parameter(x.clone())
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
@@ -178,12 +169,7 @@ class BM3(Recommender):
         for layer in (self.predictor, *self.projections.values()):
             layer.reset_parameters()  # default bias initialisation
             torch.nn.init.xavier_normal_(layer.weight)
-        with torch.no_grad():
-            for m, feature in self.features.items():
-                feature.copy_(self.feature(m))
-
-    def _feature(self, modality: str) -> Tensor:
-        return self.features[modality] if self.finetune_features else self.feature(modality)
+        self.reset_item_features()
 
     def online(self) -> BM3Online:
         """The pre-predictor representations :math:`h_u, h_i, h_m` (Eqs. 1-3); :math:`h_m`
@@ -199,7 +185,7 @@ class BM3(Recommender):
         """Eq. (1) of the items ``index`` (``None``: every item)."""
 
         def rows(index: Tensor | None) -> Tensor:
-            feature = self._feature(modality)
+            feature = self.input_feature(modality)
             return self.projections[modality](feature if index is None else feature[index])
 
         return rows

@@ -57,6 +57,14 @@ class FREEDOM(Recommender):
     the modality BPR term (``reg_weight``), so ``l2_weight`` defaults to 0; the part is always
     returned so the logged loss parts stay the same.
 
+    **Fine-tuned features** (``finetune_features``, off by default). FREEDOM's code loads the
+    raw features as a trainable table (``nn.Embedding.from_pretrained(freeze=False)``), so Adam
+    also moves :math:`x_m` through the ``mm`` term (the kNN graphs stay those of the raw
+    features); the paper treats them as fixed inputs. Off by default: on TikTok the two give the
+    same accuracy within the seed spread, and on 4096-d image features the trained copy and its
+    Adam state cost a step (``benchmarks/RESULTS.md``, "FREEDOM with fine-tuned features").
+    ``True`` computes what the code computes (``benchmarks/mmrec_transplant.py``).
+
     **Modality representations** (:attr:`Embeddings.modalities`, for plug-in objectives): the
     projections :math:`W_m x_m` of every item, in the scoring space (the ``mm`` term scores
     them against :math:`e_u`).
@@ -75,6 +83,7 @@ class FREEDOM(Recommender):
         edge_dropout: fraction :math:`\rho` of train edges pruned per epoch.
         reg_weight: weight of the modality BPR term.
         l2_weight: weight of the squared L2 penalty on the batch's ID embeddings.
+        finetune_features: train the raw features :math:`x_m` of the ``mm`` term as parameters.
     """
 
     loss_parts = ("bpr", "mm", "reg")
@@ -97,6 +106,7 @@ class FREEDOM(Recommender):
         edge_dropout: float = 0.8,
         reg_weight: float = 1e-4,
         l2_weight: float = 0.0,
+        finetune_features: bool = False,
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
@@ -104,7 +114,7 @@ class FREEDOM(Recommender):
         self.l2_weight = check_nonnegative("l2_weight", l2_weight)
         check_fraction("edge_dropout", edge_dropout, include_1=False)
         data = self.with_graphs(data, knn_k=knn_k)
-        features = self.register_item_features(data)
+        features = self.register_item_features(data, finetune=finetune_features)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
@@ -143,6 +153,7 @@ class FREEDOM(Recommender):
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
         for projection in self.projections.values():
             projection.reset_parameters()  # PyTorch's default Linear initialisation
+        self.reset_item_features()
 
     def on_train_epoch_start(self) -> None:
         self.pruning.resample()
@@ -156,7 +167,7 @@ class FREEDOM(Recommender):
 
     def projected_features(self) -> dict[str, Tensor]:
         """:math:`W_m x_m` of every item, per modality."""
-        return {m: self.projections[m](self.feature(m)) for m in self.modalities}
+        return {m: self.projections[m](self.input_feature(m)) for m in self.modalities}
 
     def forward(self) -> Embeddings:
         """Final embeddings; the modality representations are the projections

@@ -17,7 +17,6 @@ from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_
 from pyg_dhmrec.models.base import OnDemandEmbeddings, OnDemandRows, Recommender
 from pyg_dhmrec.models.validation import (
     check_at_most,
-    check_bool,
     check_int,
     check_nonnegative,
     check_positive,
@@ -90,12 +89,7 @@ class MGCNBackbone(Recommender):
         check_at_most("knn_k", knn_k, self.num_items, "the number of items")
         data = self.with_graphs(data, knn_k=knn_k)
         # The buffers hold the initial features: the frozen input, or the trained copy's reset.
-        features = self.register_item_features(data)
-        self.finetune_features = check_bool("finetune_features", finetune_features)
-        if self.finetune_features:
-            self.features = torch.nn.ParameterDict(
-                {m: torch.nn.Parameter(x.clone()) for m, x in features.items()}
-            )
+        features = self.register_item_features(data, finetune=finetune_features)
         d = embedding_dim
         self.user_embedding = torch.nn.Embedding(self.num_users, d)
         self.item_embedding = torch.nn.Embedding(self.num_items, d)
@@ -123,21 +117,15 @@ class MGCNBackbone(Recommender):
     def reset_parameters(self) -> None:
         torch.nn.init.xavier_uniform_(self.user_embedding.weight)
         torch.nn.init.xavier_uniform_(self.item_embedding.weight)
-        if self.finetune_features:
-            with torch.no_grad():
-                for m, p in self.features.items():
-                    p.copy_(self.feature(m))
+        self.reset_item_features()
         for m in self.modalities:
             self.projections[m].reset_parameters()  # PyTorch's default, as MGCN's code
             self.gates[m].reset_parameters()
         self.fusion.reset_parameters()
 
-    def _features(self, m: str) -> Tensor:
-        return self.features[m] if self.finetune_features else self.feature(m)
-
     def purify(self, m: str) -> Tensor:
         """Eq. (1): ``[I, d]`` purified features of modality ``m``."""
-        projected = self.projections[m](self._features(m))
+        projected = self.projections[m](self.input_feature(m))
         return self.gates[m](self.item_embedding.weight, projected)
 
 

@@ -324,7 +324,7 @@ class SIGER(FREEDOM):
         """:math:`W_m x_m` of the items ``index`` (``None``: every item)."""
 
         def rows(index: Tensor | None) -> Tensor:
-            feature = self.feature(modality)
+            feature = self.input_feature(modality)
             return self.projections[modality](feature if index is None else feature[index])
 
         return rows
