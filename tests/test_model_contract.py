@@ -226,6 +226,37 @@ def test_evaluation_is_deterministic(
     torch.testing.assert_close(_build(name, graphs).eval().full_scores(users), first)
 
 
+#: Models whose training noise (Gumbel-softmax) is drawn differently in float64.
+DTYPE_DEPENDENT_NOISE = {"lgmrec"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64_copy_computes_the_same_model(
+    name: str, graphs: dict[bool, HeteroData], batch: BPRBatch
+) -> None:
+    # ``model.double()`` reaches every graph a model builds or caches (float64 gradient checks
+    # and comparisons against a reference need it): the same step and the same scores.
+    single, double = _build(name, graphs), _build(name, graphs).double()
+    _epoch_start(single)
+    _epoch_start(double)
+    loss_single, loss_double = _loss(single, batch), _loss(double, batch)
+    assert loss_double.dtype == torch.float64
+    loss_single.backward()
+    loss_double.backward()
+    for (n, p), q in zip(single.named_parameters(), double.parameters()):
+        assert q.dtype == torch.float64 and (p.grad is None) == (q.grad is None), n
+        if p.grad is not None and name not in DTYPE_DEPENDENT_NOISE:
+            scale = q.grad.abs().max().clamp_min(1e-12)
+            assert (p.grad.double() - q.grad).abs().max() <= 1e-2 * scale, n
+    if name not in DTYPE_DEPENDENT_NOISE:
+        torch.testing.assert_close(loss_single.double(), loss_double, rtol=1e-4, atol=1e-6)
+    users = torch.arange(NUM_USERS)
+    scores = double.eval().full_scores(users)
+    assert scores.dtype == torch.float64
+    expected = single.eval().full_scores(users).double()  # float32 rounding apart
+    torch.testing.assert_close(expected, scores, rtol=1e-4, atol=1e-5 * scores.abs().max().item())
+
+
 @pytest.mark.parametrize("name", MULTIMODAL)
 @pytest.mark.parametrize("training", [False, True])
 def test_modality_representations(

@@ -546,32 +546,40 @@ class DegreeSensitiveEdgeDropout(torch.nn.Module):
         """Samples a new pruned graph and caches its normalised adjacency."""
         kept = self.sample()
         self.kept_edge_index = kept
-        self._pruned_adj = normalized_adjacency(kept, self.num_users, self.num_items)
+        adj = normalized_adjacency(kept, self.num_users, self.num_items)
+        self._pruned_adj = adj.to(self.edge_weight.dtype)
 
     @property
     def full_adjacency(self) -> Tensor:
         """Normalised adjacency of the full train graph."""
-        if self._full_adj is None or self._full_adj.device != self.edge_index.device:
-            self._full_adj = normalized_adjacency(self.edge_index, self.num_users, self.num_items)
+        if not self._current(self._full_adj):
+            adj = normalized_adjacency(self.edge_index, self.num_users, self.num_items)
+            self._full_adj = adj.to(self.edge_weight.device, self.edge_weight.dtype)
         return self._full_adj
+
+    def _current(self, adj: Optional[Tensor]) -> bool:
+        """Whether a cached adjacency has the buffers' device and dtype (``.to()``,
+        ``.double()`` move the buffers; the CSR caches follow on use)."""
+        weight = self.edge_weight
+        return adj is not None and adj.device == weight.device and adj.dtype == weight.dtype
 
     def forward(self) -> Tensor:
         """Pruned adjacency in training mode (``dropout > 0``), full adjacency otherwise."""
         if not self.training or self.dropout == 0.0:
             return self.full_adjacency
-        if self._pruned_adj is None or self._pruned_adj.device != self.edge_index.device:
+        if not self._current(self._pruned_adj):
             self.resample()
         assert self._pruned_adj is not None
         return self._pruned_adj
 
     def _apply(self, fn: Callable[[Tensor], Tensor], *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        # CSR caches are plain attributes: follow the buffers' device, keep float32.
-        device = self.edge_index.device
+        # CSR caches are plain attributes: they follow the float buffer's device and dtype.
+        device, dtype = self.edge_weight.device, self.edge_weight.dtype
         if self._full_adj is not None:
-            self._full_adj = self._full_adj.to(device)
+            self._full_adj = self._full_adj.to(device, dtype)
         if self._pruned_adj is not None:
-            self._pruned_adj = self._pruned_adj.to(device)
+            self._pruned_adj = self._pruned_adj.to(device, dtype)
         if self.kept_edge_index is not None:
             self.kept_edge_index = self.kept_edge_index.to(device)
         return self

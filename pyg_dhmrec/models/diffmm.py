@@ -333,7 +333,8 @@ class DiffMM(Recommender):
         """The dense ``[len(users), I]`` 0/1 train rows :math:`\\alpha_0` of ``users``."""
         rows, position = csr_row_positions(self.row_pointer, users)
         cols = self.row_items[position]
-        x = torch.zeros(len(users), self.num_items, device=users.device)
+        dtype = self.item_embedding.weight.dtype  # float64 after .double()
+        x = torch.zeros(len(users), self.num_items, device=users.device, dtype=dtype)
         x[rows, cols] = 1.0
         return x
 
@@ -460,7 +461,8 @@ class DiffMM(Recommender):
         ids = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         users = self.user_embedding.weight
         features = self.modality_features()
-        graphs = {m: self.generated_graph(m) for m in self.modalities}
+        # built in float32; a no-op then, float64 after .double()
+        graphs = {m: self.generated_graph(m).to(ids.dtype) for m in self.modalities}
         parts = {}
         for m in self.modalities:  # Eq. 20
             first = self.train_graph(torch.cat([users, features[m]]))

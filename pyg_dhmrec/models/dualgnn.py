@@ -194,14 +194,14 @@ class DualGNN(Recommender):
         if self.user_graph_weighting == "softmax":
             weight = torch.softmax(count[slot_edge], dim=1)
         else:
-            weight = torch.full(slots.shape, 1.0 / self.user_graph_k, device=count.device)
+            weight = torch.full(slots.shape, 1.0 / self.user_graph_k).to(count)
         rows = users.unsqueeze(1).expand_as(slots)
         matrix = to_csr(
             torch.stack([rows.reshape(-1), slots.reshape(-1)]),
             weight.reshape(-1),
             self.num_users,
             self.num_users,
-        )
+        ).to(count.dtype)  # the buffers' dtype: float64 after .double()
         self._user_aggregation = (matrix, csr_transpose(matrix))
 
     def modality_representations(self) -> dict[str, Tensor]:

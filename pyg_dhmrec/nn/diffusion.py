@@ -191,7 +191,9 @@ class GaussianDiffusion(torch.nn.Module):
         for step in range(self.steps, 0, -1):
             t = torch.full((x.size(0),), step, device=x.device)
             h = torch.tanh(
-                u + mlp.time_layer(timestep_embedding(t, mlp.time_dim)) @ w_t.t() + first.bias
+                u
+                + mlp.time_layer(timestep_embedding(t, mlp.time_dim).to(w_t)) @ w_t.t()
+                + first.bias
             )
             if step == 1:  # the mean of the last step is the prediction itself
                 return last(h)
@@ -309,7 +311,7 @@ class DenoisingMLP(torch.nn.Module):
             torch.nn.init.normal_(layer.bias, 0.0, 0.001)
 
     def forward(self, xt: Tensor, t: Tensor) -> Tensor:
-        emb = self.time_layer(timestep_embedding(t, self.time_dim))
+        emb = self.time_layer(timestep_embedding(t, self.time_dim).to(xt))
         # the first layer of [x || emb] as W_x x + W_t emb: no [B, I] gradient for x, which
         # needs none, and no concatenated copy of the rows
         first = self.in_layers[0]

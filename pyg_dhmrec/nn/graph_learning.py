@@ -72,11 +72,13 @@ def skip_connected_graph(
 
 
 def constant_item_graph(graph: ItemGraph, num_items: int) -> ItemGraph:
-    """``(edge_index, weight)`` as the constant ``(A, A^T)`` CSR pair (weights detached):
-    one fused sparse product per hop, several times faster on CPU than edge-wise messages."""
+    """``(edge_index, weight)`` as the constant ``(A, A^T)`` CSR pair (weights detached, in
+    their dtype): one fused sparse product per hop, several times faster on CPU than edge-wise
+    messages."""
     edge_index, weight = graph[0], graph[1].detach()
     n = num_items
-    return to_csr(edge_index.flip(0), weight, n, n), to_csr(edge_index, weight, n, n)
+    pair = to_csr(edge_index.flip(0), weight, n, n), to_csr(edge_index, weight, n, n)
+    return pair[0].to(weight.dtype), pair[1].to(weight.dtype)
 
 
 def propagate_item_graph(
