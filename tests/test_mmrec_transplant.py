@@ -95,7 +95,8 @@ def test_a_changed_weight_or_gradient_is_named(args) -> None:  # noqa: ANN001
     text = "\n".join(transplant.compare("VBPR", reference, args))
     assert "DIFFERENT: " in text and "item_linear.weight" in text.split("DIFFERENT: ")[1], text
     reference["state"]["item_linear.weight"] = torch.cat([weight, weight[:, :1]], -1)
-    with pytest.raises(ValueError, match=r"item_linear.weight \(64, 11\) -> \[\(64, 4\), \(64, 6\)\]"):
+    shapes = r"item_linear.weight \(64, 11\) -> \[\(64, 4\), \(64, 6\)\]"
+    with pytest.raises(ValueError, match=shapes):
         transplant.compare("VBPR", reference, args)
 
 

@@ -60,10 +60,11 @@ class FREEDOM(Recommender):
     **Fine-tuned features** (``finetune_features``, off by default). FREEDOM's code loads the
     raw features as a trainable table (``nn.Embedding.from_pretrained(freeze=False)``), so Adam
     also moves :math:`x_m` through the ``mm`` term (the kNN graphs stay those of the raw
-    features); the paper treats them as fixed inputs. Off by default: on TikTok the two give the
-    same accuracy within the seed spread, and on 4096-d image features the trained copy and its
-    Adam state cost a step (``benchmarks/RESULTS.md``, "FREEDOM with fine-tuned features").
-    ``True`` computes what the code computes (``benchmarks/mmrec_transplant.py``).
+    features); the paper treats them as fixed inputs. ``True`` computes what the code computes
+    (``benchmarks/mmrec_transplant.py``). Off by default: on TikTok five seeds gave the same best
+    epochs and test metrics either way (the term weighs ``reg_weight`` = 1e-4), and on Baby's
+    4096-d image features the trained copy and its Adam state made an epoch 1.8x slower
+    (``benchmarks/RESULTS.md``, "Same weights, same batch").
 
     **Modality representations** (:attr:`Embeddings.modalities`, for plug-in objectives): the
     projections :math:`W_m x_m` of every item, in the scoring space (the ``mm`` term scores
