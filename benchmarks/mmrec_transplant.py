@@ -17,10 +17,12 @@ differently), the comparison is repeated with MMRec's graph in our model, which 
 graph from the rest of the computation.
 
 Randomness inside a step (dropout of BM3's target views, FREEDOM's and LayerGCN's edge
-sampling) draws differently in the two libraries, so it is switched off on both sides
-(``mmrec_overrides``, ``our_overrides``); every other setting is the configuration point of
-``mmrec_side_by_side.py``. FREEDOM runs with ``finetune_features: true``, as its code trains
-the feature table::
+sampling, LGMRec's dependency dropout and relaxation noise) draws differently in the two
+libraries, so it is switched off on both sides (``mmrec_overrides``, ``our_overrides``,
+``noiseless``); every other setting is the configuration point of ``mmrec_side_by_side.py``.
+FREEDOM runs with ``finetune_features: true``, as its code trains the feature table; GRCN with
+``num_routing: 0`` and ``confidence_activation: relu``, the code's computation (GRCN's
+docstring)::
 
     python benchmarks/mmrec_transplant.py --mmrec ../MMRec --data-root ../shared/data \\
         --models BM3 LightGCN
@@ -29,10 +31,12 @@ the feature table::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +60,12 @@ from utils.dataloader import TrainDataLoader
 from utils.dataset import RecDataset
 from utils.utils import get_model, init_seed
 
-name, dataset, out, overrides, num_users, graphs = sys.argv[1:7]
+name, dataset, out, overrides, num_users, graphs, noiseless = sys.argv[1:8]
+if noiseless == "1":  # the relaxation's noise off: the softmax of logits / tau
+    import torch.nn.functional as F
+    F.gumbel_softmax = lambda logits, tau=1.0, hard=False, eps=1e-10, dim=-1: torch.softmax(
+        logits / tau, dim=dim
+    )
 config = Config(name, dataset, {})
 for key in config["hyper_parameters"]:  # quick_start's first grid point
     if isinstance(config[key], list):
@@ -107,6 +116,13 @@ class ModelMap:
     our_overrides: dict[str, object] = field(default_factory=dict)
     #: our settings that state MMRec's configuration point (beyond our YAML's)
     our_point: dict[str, object] = field(default_factory=dict)
+    #: MMRec parameters that are ours stacked along the first dimension (a list in ``params``)
+    stacked: set[str] = field(default_factory=set)
+    #: MMRec parameters stored transposed to ours (``[in, out]`` matrices)
+    transposed: set[str] = field(default_factory=set)
+    #: switch off relaxation noise: MMRec's ``F.gumbel_softmax`` and our
+    #: ``relaxed_dependencies`` become the plain tempered softmax
+    noiseless: bool = False
     #: frozen item-item graphs built from the features: (MMRec's attribute, our
     #: :class:`FrozenSparse` submodule), compared, then MMRec's swapped in where they differ
     item_graphs: list[tuple[str, str]] = field(default_factory=list)
@@ -186,6 +202,37 @@ MODELS: dict[str, ModelMap] = {
         our_point={"finetune_features": True},
         item_graphs=[("mm_adj", "item_item")],
     ),
+    "LGMRec": ModelMap(
+        "lgmrec",
+        {
+            "user_embedding.weight": "user_embedding.weight",
+            "item_id_embedding.weight": "item_embedding.weight",
+            "item_image_trs": "projections.{v}.weight",
+            "v_hyper": "hyperedges.{v}",
+            "item_text_trs": "projections.{t}.weight",
+            "t_hyper": "hyperedges.{t}",
+        },
+        transposed={"item_image_trs", "v_hyper", "item_text_trs", "t_hyper"},
+        noiseless=True,
+        mmrec_overrides={"keep_rate": 1.0},
+        our_overrides={"keep_rate": 1.0},
+    ),
+    "GRCN": ModelMap(
+        "grcn",
+        {
+            "id_gcn.id_embedding": ["user_embedding.weight", "item_embedding.weight"],
+            "model_specific_conf": "edge_weights.confidence",
+            "v_gcn.preference": "prototypes.{v}",
+            "v_gcn.MLP.weight": "projections.{v}.weight",
+            "v_gcn.MLP.bias": "projections.{v}.bias",
+            "t_gcn.preference": "prototypes.{t}",
+            "t_gcn.MLP.weight": "projections.{t}.weight",
+            "t_gcn.MLP.bias": "projections.{t}.bias",
+        },
+        stacked={"id_gcn.id_embedding"},
+        # the code's computation: prototypes that routing does not move, relu'd raw confidence
+        our_point={"num_routing": 0, "confidence_activation": "relu"},
+    ),
     "LayerGCN": ModelMap(
         "layergcn",
         {"user_embeddings": "user_embedding.weight", "item_embeddings": "item_embedding.weight"},
@@ -214,9 +261,14 @@ def mmrec_side(src: Path, model: str, args: argparse.Namespace) -> dict:
     spec = MODELS[model]
     overrides = json.dumps(spec.mmrec_overrides)
     graphs = json.dumps([theirs for theirs, _ in spec.item_graphs])
+    noiseless = "1" if spec.noiseless else "0"
     command = [args.python, "_transplant_driver.py", model, args.dataset, str(out), overrides]
     done = subprocess.run(
-        [*command, str(args.users), graphs], cwd=src, env=env, capture_output=True, text=True
+        [*command, str(args.users), graphs, noiseless],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-4:])
@@ -290,22 +342,26 @@ def compare(
                 if theirs in mmrec["grads"]:
                     raise KeyError(f"{model}: MMRec parameter {theirs} has no counterpart")
                 continue  # a buffer (graphs, features)
+            value = value.t() if theirs in spec.transposed else value
             targets = [params[name] for name in counterpart(theirs)]
-            widths = [t.size(-1) for t in targets]
-            if sum(widths) != value.size(-1) or targets[0].shape[:-1] != value.shape[:-1]:
+            dim = 0 if theirs in spec.stacked else -1
+            widths = [t.size(dim) for t in targets]
+            blocks = value.split(widths, dim=dim) if value.size(dim) == sum(widths) else ()
+            if [b.shape for b in blocks] != [t.shape for t in targets]:
                 shapes = [tuple(t.shape) for t in targets]
                 raise ValueError(f"{model}: {theirs} {tuple(value.shape)} -> {shapes}")
-            for target, block in zip(targets, value.split(widths, dim=-1)):
+            for target, block in zip(targets, blocks):
                 target.copy_(block)
     batch = mmrec["batch"]
     neg = batch[2] if batch.size(0) > 2 else batch[1]  # BM3's batch has no negatives
     batch = BPRBatch(batch[0], batch[1], neg)
-    loss, grads = step_gradients(ours, batch)
-    ours.eval()
-    with torch.no_grad():
-        scores = ours.full_scores(mmrec["users"])
-    # float32 rounding of each gradient: ours against the same step in float64
-    _, exact = step_gradients(ours.double(), batch)
+    with noiseless_relaxation(spec.noiseless):
+        loss, grads = step_gradients(ours, batch)
+        ours.eval()
+        with torch.no_grad():
+            scores = ours.full_scores(mmrec["users"])
+        # float32 rounding of each gradient: ours against the same step in float64
+        _, exact = step_gradients(ours.double(), batch)
     lines.append(
         f"- scores of {len(mmrec['users'])} users: max |ours - MMRec| "
         f"{float((scores - mmrec['scores']).abs().max()):.3g} "
@@ -317,6 +373,7 @@ def compare(
     )
     differing = []
     for theirs, grad in mmrec["grads"].items():
+        grad = grad.t() if theirs in spec.transposed else grad
         if theirs in spec.absent:
             size = float(grad.abs().max())
             lines.append(
@@ -324,8 +381,9 @@ def compare(
             )
             continue
         targets = counterpart(theirs)
-        mine = torch.cat([grads[n] for n in targets], -1)
-        reference = torch.cat([exact[n] for n in targets], -1)
+        dim = 0 if theirs in spec.stacked else -1
+        mine = torch.cat([grads[n] for n in targets], dim)
+        reference = torch.cat([exact[n] for n in targets], dim)
         diff = relative(mine, grad)
         rounding = relative(mine.double(), reference)
         if diff > max(args.tolerance, 4 * rounding):
@@ -338,6 +396,24 @@ def compare(
     at = len(lines) - len(mmrec["grads"])
     lines.insert(at, f"- gradients (largest entry difference over the largest entry): {verdict}")
     return lines
+
+
+@contextlib.contextmanager
+def noiseless_relaxation(active: bool) -> Iterator[None]:
+    """Our relaxed hyperedge dependencies without their sampled noise, while active."""
+    if not active:
+        yield
+        return
+    from pyg_dhmrec.models import lgmrec
+
+    plain = lgmrec.relaxed_dependencies
+    lgmrec.relaxed_dependencies = lambda logits, temperature, noise=False: plain(
+        logits, temperature, False
+    )
+    try:
+        yield
+    finally:
+        lgmrec.relaxed_dependencies = plain
 
 
 def step_gradients(model: torch.nn.Module, batch: BPRBatch) -> tuple[float, dict[str, Tensor]]:
