@@ -20,7 +20,7 @@ from typing import Any
 
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.config import load_config, merge, overall_defaults
+from pyg_dhmrec.config import load_config, merge, overall_defaults, validate_config
 from pyg_dhmrec.models import Recommender
 from pyg_dhmrec.plugins import build_recommender
 from pyg_dhmrec.train import Trainer, resolve_device, seed_everything
@@ -79,6 +79,7 @@ def train(
     ``best.pt``, ``checkpoint.pt`` and ``per_user_test.pt``.
     """
     config = merge(overall_defaults(), keys, "pyg_dhmrec.train()")
+    validate_config(config, "pyg_dhmrec.train()")
     torch_device = resolve_device(config["device"] if device == "auto" else device)
     seed_everything(config["seed"], torch_device)
     return Trainer(model, data, config, torch_device, output=output).fit()

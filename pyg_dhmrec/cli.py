@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -140,6 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _name_option(args: argparse.Namespace, option: str, default: str, source: str) -> str:
+    """``args.<option>``: unset is the default; a path (``--dataset`` may be one) is its string;
+    anything else must be a non-empty name (errors say ``--<option>`` on the command line, the
+    argument's name from Python)."""
+    value = getattr(args, option, None)
+    if value is None:
+        return default
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        label = f"--{option}" if source == "command line" else f"{source}: {option}"
+        raise ConfigError(
+            f"{label} must be a non-empty name{' or folder path' * (option == 'dataset')}, "
+            f"got {value!r} (leave it out for the default, {default})"
+        )
+    return value
+
+
 def resolve_config(
     args: argparse.Namespace,
     extra: Sequence[str],
@@ -152,8 +171,8 @@ def resolve_config(
     configuration keys given as Python values (``pyg_dhmrec.fit``), merged like ``extra``;
     ``source`` names where they came from in errors.
     """
-    model = getattr(args, "model", None) or DEFAULT_MODEL
-    dataset = getattr(args, "dataset", None) or DEFAULT_DATASET
+    model = _name_option(args, "model", DEFAULT_MODEL, source)
+    dataset = _name_option(args, "dataset", DEFAULT_DATASET, source)
     overrides = {**parse_cli_overrides(extra), **(keys or {})}
     for key in ("data_root", "output", "device"):  # a Namespace may hold only some options
         if getattr(args, key, None) is not None:
@@ -536,6 +555,11 @@ USER_ERRORS = (
     ConfigError,
     DataFormatError,
     FileNotFoundError,
+    # a path of the wrong kind or rights (a folder where run.lock goes): the message names it
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    FileExistsError,
     DownloadError,
     ValueError,
     FloatingPointError,

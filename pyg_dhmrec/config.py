@@ -15,6 +15,8 @@ from __future__ import annotations
 import difflib
 import logging
 import math
+import numbers
+import os
 import re
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -189,14 +191,20 @@ def _type_name(value: Any) -> str:
 
 
 def coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """Check ``value`` against the type of ``default`` (int is accepted for float)."""
+    """Check ``value`` against the type of ``default`` (int is accepted for float). Python
+    callers' values are read as the YAML ones: a path as its string, a numpy integer as an
+    int, a tuple as a list."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    elif isinstance(value, tuple):
+        value = list(value)
     if default is None or value is None:
         return value
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
     elif isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (numbers.Integral, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
@@ -204,8 +212,8 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
             except ValueError:
                 pass
     elif isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
     elif isinstance(value, type(default)):
         return value
     raise ConfigError(
@@ -264,10 +272,23 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
             raw = args[i + 1]
             i += 2
         try:
-            out[key] = yaml.safe_load(raw)
+            out[key] = yaml.load(raw, Loader=_CommandLineLoader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError:
             out[key] = raw
     return out
+
+
+class _CommandLineLoader(yaml.SafeLoader):
+    """YAML 1.1 as ``safe_load`` reads it, plus exponent floats without a dot (``5e1``,
+    ``1e-4``), which YAML 1.1 leaves strings; at the top level :func:`coerce` converts them,
+    inside a list or mapping (``--modality_weights '{image: 1e-1}'``) only this can."""
+
+
+_CommandLineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def _file_with_per_dataset(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -348,6 +369,10 @@ def load_config(
     overrides = overrides or {}
     overall_path = config_dir / "overall.yaml"
     config = load_yaml(overall_path)
+    if overrides.get("data_root", 0) is None:  # None from Python: the default
+        overrides = {k: v for k, v in overrides.items() if k != "data_root"}
+    if overrides.get("data_root", 0) == "":
+        raise ConfigError(f"{source}: --data-root must be a folder, got {overrides['data_root']!r}")
     root = overrides.get("data_root") or config.get("data_root")
     if dataset is None:  # a model for data held in memory (pyg_dhmrec.build_model)
         dataset, dataset_settings, dataset_source = "data", {}, "no dataset"
@@ -409,6 +434,10 @@ MATMUL_PRECISIONS = ("highest", "high", "medium")
 #: Values of ``negative_items``: negatives from every item, or from the items with a train
 #: interaction (MMRec's sampler); see :class:`~pyg_dhmrec.data.sampler.BPRSampler`.
 NEGATIVE_ITEMS = ("all", "train")
+#: keys that hold a path (or URL) or null
+PATH_KEYS = ("data_root", "cache_dir", "output", "inter_file", "url")
+#: the devices a run can use: CPU and CUDA (other torch device types lack sparse CSR support)
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
 
 
 def validate_config(config: Mapping[str, Any], source: str | None = None) -> None:
@@ -484,6 +513,16 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
                     f"({', '.join(missing)} missing): topk needs 20 and metrics recall and "
                     "ndcg, or set baseline null (--baseline null)"
                 )
+    for key in PATH_KEYS:  # null by default, so merge() cannot check their type
+        value = config.get(key)
+        if value is not None and not (isinstance(value, (str, os.PathLike)) and str(value).strip()):
+            raise bad(key, "null or a non-empty path" + " or URL" * (key == "url"))
+    for key in ("synthetic", "amazon"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise bad(key, "null or a mapping of its settings")
+    device = config.get("device")
+    if device is not None and not (isinstance(device, str) and DEVICE_RE.match(device)):
+        raise bad("device", "auto, cpu, cuda or cuda:<index>")
     modalities = config.get("modalities")
     if isinstance(modalities, dict) and not all(
         isinstance(k, str) and isinstance(v, str) and v for k, v in modalities.items()

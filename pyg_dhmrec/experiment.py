@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 SELECT_METRIC = "recall@20"
 #: Keys that select YAML layers or the run folder: fixed for a whole grid.
 GRID_FIXED_KEYS = ("model", "dataset", "plugin", "output")
+#: numpy's largest seed (configs/overall.yaml's ``seed`` range)
+MAX_SEED = 2**32 - 1
+#: Keys that choose the data: the points of a grid must share the valid split they are selected on.
+GRID_DATA_KEYS = ("data_root", "cache_dir", "inter_file", "url", "synthetic", "amazon")
 #: ``runner(config, resume)`` trains one run into ``config['output']`` and returns its results.
 Runner = Callable[[dict[str, Any], bool], dict[str, Any]]
 
@@ -138,8 +142,10 @@ def _format_value(value: Any) -> str:
 
 
 def point_name(point: Mapping[str, Any]) -> str:
-    """Folder name of a grid point: ``alpha_mm=0.5_gamma_kl=1.0`` (``default`` when empty)."""
-    return "_".join(f"{k}={_format_value(v)}" for k, v in point.items()) or "default"
+    """Folder name of a grid point: ``alpha_mm=0.5_gamma_kl=1.0`` (``default`` when empty); a
+    path separator in a value is written ``%2F`` (one folder per point)."""
+    name = "_".join(f"{k}={_format_value(v)}" for k, v in point.items()) or "default"
+    return name.replace("/", "%2F").replace("\\", "%5C")
 
 
 def select_best(results: Sequence[Mapping[str, Any]], metric: str = SELECT_METRIC) -> int:
@@ -259,6 +265,12 @@ def run_grid(
             f"{source}: a grid cannot vary {', '.join(fixed)} (they select the YAML layers and "
             "the run folder); run one grid per model, dataset or plugin"
         )
+    data = sorted(set(axes) & set(GRID_DATA_KEYS))
+    if data:
+        raise ConfigError(
+            f"{source}: a grid cannot vary {', '.join(data)}: they choose the data, and a grid's "
+            "points are selected on one valid split; run one grid per dataset"
+        )
     metric, cutoff = SELECT_METRIC.split("@")
     if metric not in config.get("metrics", [metric]) or int(cutoff) not in config.get(
         "topk", [int(cutoff)]
@@ -271,10 +283,21 @@ def run_grid(
     points = expand_grid(axes, source)
     names = [point_name(p) for p in points]
     configs = []
-    for point in points:  # check every point before training any
+    seen: dict[str, str] = {}
+    for point, name in zip(points, names):  # check every point before training any
+        where = f"{source}, point {name}"
         cfg = merge(dict(config), point, source)
-        cfg["output"] = str(output / point_name(point))
+        validate_config(cfg, where)
+        cfg["output"] = str(output / name)
         configs.append(cfg)
+        # values equal once read (1e-3 and 0.001) are one point under two names
+        values = json.dumps([cfg[k] for k in grid_axes(axes)], sort_keys=True, default=str)
+        if values in seen:
+            raise ConfigError(
+                f"{source}: the points {seen[values]} and {name} are the same configuration "
+                "(equal values written differently); list each value once"
+            )
+        seen[values] = name
     results = run_points(configs, runner)
     best = select_best(results)
     table = grid_table(names, results)
@@ -319,6 +342,11 @@ def run_seeds(
     """
     if num_seeds < 1:
         raise ConfigError(f"--seeds expects a positive number of seeds, got {num_seeds}")
+    if int(config["seed"]) + num_seeds - 1 > MAX_SEED:
+        raise ConfigError(
+            f"--seeds {num_seeds} from seed {config['seed']} reaches "
+            f"{int(config['seed']) + num_seeds - 1}, above the largest seed {MAX_SEED}"
+        )
     output = Path(output)
     seeds = [int(config["seed"]) + i for i in range(num_seeds)]
     results = []

@@ -124,6 +124,24 @@ def ranking_metrics(
     return out
 
 
+def _beyond_the_items(
+    values: dict[str, Tensor], hits: Tensor, ks: Sequence[int], metrics: Sequence[str]
+) -> dict[str, Tensor]:
+    """Per-user values at every cut-off of ``ks`` from those at ``min(k, ranked)`` (``ranked``
+    = ``hits``' width, every item): past the last item every position is a miss, so only
+    precision changes, the hit count over ``k`` (no ``[B, k]`` hit matrix for a cut-off far
+    above the item count)."""
+    ranked = hits.size(1)
+    out = {}
+    for metric in metrics:
+        for k in ks:
+            value = values[f"{metric}@{min(k, ranked)}"]
+            if metric == "precision" and k > ranked:
+                value = hits.sum(1).to(value.dtype) / k
+            out[f"{metric}@{k}"] = value
+    return out
+
+
 def _to_csr(edge_index: Tensor, num_users: int, num_items: int, name: str) -> tuple[Tensor, Tensor]:
     """Validates a ``[2, E]`` (user, item) edge index and returns a de-duplicated CSR
     ``(rowptr, col)`` with users as rows."""
@@ -257,8 +275,8 @@ class FullRankEvaluator:
         r"""Per-user metric values (CPU) of the user chunks :obj:`chunks` (indices below
         :obj:`num_chunks`), by chunk: the part of :meth:`evaluate` that ranks, so that
         processes can share the chunks and :meth:`summarize` the gathered values."""
-        max_k = max(self.ks)
-        ranked = min(max_k, self.num_items)  # a cut-off above the item count ranks them all
+        ranked = min(max(self.ks), self.num_items)  # a cut-off above the item count ranks all
+        within = sorted({min(k, ranked) for k in self.ks})
         out: dict[int, dict[str, Tensor]] = {}
         for chunk in chunks:
             start = chunk * self.user_batch_size
@@ -276,8 +294,8 @@ class FullRankEvaluator:
             top_scores, top_items = self._masked_topk(scores, users, ranked)
             hits = self._hits(users, top_items) & (top_scores > float("-inf"))
             del scores
-            hits = torch.nn.functional.pad(hits, (0, max_k - ranked))  # no item there: misses
-            values = ranking_metrics(hits, num_gt, self.ks, self.metrics)
+            values = ranking_metrics(hits, num_gt, within, self.metrics)
+            values = _beyond_the_items(values, hits, self.ks, self.metrics)
             # one copy to the host for all metrics of the chunk
             stacked = torch.stack(list(values.values())).cpu()
             out[chunk] = dict(zip(values, stacked.unbind(0)))

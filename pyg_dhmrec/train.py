@@ -34,7 +34,7 @@ from pyg_dhmrec.atomic_files import (
     write_torch,
     write_torch_checked,
 )
-from pyg_dhmrec.config import MATMUL_PRECISIONS, overall_defaults
+from pyg_dhmrec.config import DEVICE_RE, MATMUL_PRECISIONS, overall_defaults
 from pyg_dhmrec.data.dataset import RATES, check_interaction_graph
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
 from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
@@ -72,14 +72,18 @@ def seed_everything(seed: int, device: torch.device | None = None) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    if not isinstance(name, str) or not DEVICE_RE.match(name):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but torch sees no CUDA device")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+            "device(s), indices from 0"
+        )
     return device
 
 
@@ -254,6 +258,14 @@ class EarlyStopping:
 
 class CheckpointError(ValueError):
     """A checkpoint file that is damaged, foreign or does not fit the run."""
+
+
+def model_class_name(model: torch.nn.Module) -> str:
+    """``LightGCN``, or ``MRdIB(LightGCN)`` for a plug-in around a model: what a checkpoint's
+    parameters belong to (two models may share parameter names and shapes)."""
+    base = getattr(model, "base", None)
+    name = type(model).__name__
+    return f"{name}({model_class_name(base)})" if isinstance(base, torch.nn.Module) else name
 
 
 def write_checkpoint(path: Path, payload: Mapping[str, Any]) -> Path:
@@ -532,6 +544,7 @@ class Trainer:
             return None
         payload = {
             "version": CHECKPOINT_VERSION,
+            "model_class": model_class_name(self.model),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -588,6 +601,12 @@ class Trainer:
                 f"{path}: written by {payload.get('world_size', 1)} process(es), this run has "
                 f"{world_size}; resume with the same number of ranks (torchrun "
                 f"--nnodes x --nproc-per-node = {payload.get('world_size', 1)})"
+            )
+        saved_class, built = payload.get("model_class"), model_class_name(self.model)
+        if saved_class is not None and saved_class != built:  # None: written before the key
+            raise CheckpointError(
+                f"{path}: saved by a {saved_class} model, and the run's config.json now builds "
+                f"{built}; resume with the model it was saved by, or start a new run"
             )
         own = payload["ranks"][self.dist.rank] if self.dist else payload
         try:

@@ -240,7 +240,8 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         (["--embedding_dim", "-4"], "key 'embedding_dim' must be in [1, 4096], got -4"),
         (
             ["--embedding_dim", "1e8"],
-            "command line: key 'embedding_dim' expects int (like its default 64), got str '1e8'",
+            "command line: key 'embedding_dim' expects int (like its default 64), got float "
+            "100000000.0",
         ),
         (
             ["--embedding_dim", "100000000"],
@@ -327,6 +328,73 @@ def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) 
     assert not (tmp_path / "run" / "results.json").exists()
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "mps"], "key 'device' must be auto, cpu, cuda or cuda:<index>, got 'mps'"),
+        (["--device", "meta"], "key 'device' must be auto, cpu, cuda or cuda:<index>, got 'meta'"),
+        (["--cache_dir", "5"], "key 'cache_dir' must be null or a non-empty path, got 5"),
+        (
+            ["--cache_dir", "2024-01-01"],  # YAML reads a date
+            "key 'cache_dir' must be null or a non-empty path, got datetime.date(2024, 1, 1)",
+        ),
+        (["--inter_file", "[a]"], "key 'inter_file' must be null or a non-empty path, got ['a']"),
+        (["--url", "5"], "key 'url' must be null or a non-empty path or URL, got 5"),
+        (["--amazon", "5"], "key 'amazon' must be null or a mapping of its settings, got 5"),
+        (
+            ["--model", ""],
+            "--model must be a non-empty name, got '' (leave it out for the default, dhmrec)",
+        ),
+        (
+            ["--dataset", " "],
+            "--dataset must be a non-empty name or folder path, got ' ' (leave "
+            "it out for the default, synthetic)",
+        ),
+        (["--data-root", ""], "command line: --data-root must be a folder, got ''"),
+    ],
+    ids=[
+        "device_mps",
+        "device_meta",
+        "cache_dir_int",
+        "cache_dir_date",
+        "inter_file_list",
+        "url_int",
+        "amazon_int",
+        "model_empty",
+        "dataset_blank",
+        "data_root_empty",
+    ],
+)
+def test_option_types_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:
+    args = _tiny(tmp_path)
+    for i in range(0, len(argv), 2):  # replace an option already in args, else append
+        if argv[i] in args:
+            args[args.index(argv[i]) + 1] = argv[i + 1]
+        else:
+            args += argv[i : i + 2]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n", err
+    assert not (tmp_path / "run").exists()
+
+
+def test_seeds_past_the_largest_seed_refused_before_training(tmp_path: Path, capsys) -> None:
+    args = _tiny(tmp_path, "--epochs", "1", "--seed", str(2**32 - 1), "--seeds", "2")
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "error: --seeds 2 from seed 4294967295 reaches 4294967296, above the largest seed "
+        "4294967295\n"
+    )
+    assert not list((tmp_path / "run").glob("seed=*"))
+
+
+def test_folder_where_the_run_writes_a_file_exit_2(tmp_path: Path, capsys) -> None:
+    (tmp_path / "run" / "run.lock").mkdir(parents=True)
+    assert main(_tiny(tmp_path, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: [Errno 21] Is a directory: '{tmp_path / 'run' / 'run.lock'}'\n", err
+
+
 def test_stray_word_after_resume(tmp_path: Path, capsys) -> None:
     assert main(_tiny(tmp_path, "--epochs", "1")) == 0
     capsys.readouterr()
@@ -362,6 +430,39 @@ def test_grid_with_a_repeated_value_refused(tmp_path: Path, capsys, values: str)
         f"error: {grid}: the grid holds the point reg_weight=0.1_num_ui_layers=1 more than once "
         "(a key lists a value twice); list each value once\n"
     )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "grid_text, message",
+    [
+        ("epochs: [0, 1]\n", "{grid}, point epochs=0: key 'epochs' must be an integer >= 1, got 0"),
+        (
+            "learning_rate: [.nan, 0.01]\n",
+            "{grid}, point learning_rate=nan: key 'learning_rate' must be a finite number > 0, "
+            "got nan",
+        ),
+        (
+            "learning_rate: [1e-3, 0.001]\n",
+            "{grid}: the points learning_rate=1e-3 and learning_rate=0.001 are the same "
+            "configuration (equal values written differently); list each value once",
+        ),
+        (
+            "inter_file: [a.inter, b.inter]\n",
+            "{grid}: a grid cannot vary inter_file: they choose the data, and a grid's points are "
+            "selected on one valid split; run one grid per dataset",
+        ),
+    ],
+    ids=["epochs_0", "learning_rate_nan", "same_value_written_twice", "data_key"],
+)
+def test_grid_points_checked_before_any_trains(
+    tmp_path: Path, capsys, grid_text: str, message: str
+) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(grid_text)
+    assert main([*_tiny(tmp_path), "--grid", str(grid)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: " + message.format(grid=grid) + "\n", err
     assert not (tmp_path / "run").exists()
 
 

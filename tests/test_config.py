@@ -216,7 +216,7 @@ def test_cli_scientific_notation_floats() -> None:
     with pytest.raises(ConfigError, match=r"key 'weight_decay' must be a finite number >= 0"):
         load_config("bpr", "synthetic", parse_cli_overrides(["--weight_decay=-2E-3"]))
     assert config["learning_rate"] == 0.01
-    with pytest.raises(ConfigError, match=r"key 'epochs' expects int .*got str '1e3'"):
+    with pytest.raises(ConfigError, match=r"key 'epochs' expects int .*got float 1000.0"):
         load_config("bpr", "synthetic", parse_cli_overrides(["--epochs", "1e3"]))
 
 
@@ -345,3 +345,25 @@ def test_model_keys_from_the_command_line() -> None:
     assert config["num_hyperedges"] == 3 and config["keep_rate"] == 0.4
     with pytest.raises(ConfigError, match="unknown key 'num_hyperedges'"):
         load_config("freedom", "synthetic", parse_cli_overrides(["--num_hyperedges", "3"]))
+
+
+def test_exponent_floats_inside_lists_and_mappings_are_numbers() -> None:
+    # YAML 1.1 reads 5e1 (no dot) as a string, at any depth; the command line reads a number
+    out = parse_cli_overrides(
+        ["--learning_rate_scheduler", "[0.5, 5e1]", "--modality_weights", "{image: 1e-1}"]
+    )
+    assert out == {"learning_rate_scheduler": [0.5, 50.0], "modality_weights": {"image": 0.1}}
+    assert parse_cli_overrides(["--inter_file", "x1e5"]) == {"inter_file": "x1e5"}
+
+
+def test_python_values_are_read_as_their_yaml_counterparts() -> None:
+    import numpy as np
+
+    assert coerce("epochs", np.int64(3), 1000, "test") == 3
+    assert type(coerce("epochs", np.int64(3), 1000, "test")) is int
+    assert coerce("learning_rate", np.int32(1), 0.001, "test") == 1.0
+    assert coerce("data_root", Path("a/b"), "datasets", "test") == "a/b"
+    assert coerce("output", Path("runs/x"), None, "test") == "runs/x"
+    assert coerce("topk", (10, 20), [10, 20, 50], "test") == [10, 20]
+    with pytest.raises(ConfigError, match="key 'epochs' expects int"):
+        coerce("epochs", 1.0, 1000, "test")

@@ -324,3 +324,19 @@ def test_evaluator_equals_the_dense_mask_formula(user_batch_size, seed):
     for key in expected:
         torch.testing.assert_close(per_user[key], expected[key], rtol=0, atol=0)
     assert torch.equal(scores, kept)
+
+
+def test_a_cut_off_far_above_the_items_needs_no_matrix_of_its_width():
+    # k = 10**9 on 25 items: as k = 30 (every item ranked, the rest misses), precision over k;
+    # a [B, k] hit matrix would need gigabytes
+    train, test, scores = _random_split(0, num_users=33, num_items=25, density=0.3)
+    far = FullRankEvaluator(train, test, 33, 25, ks=(5, 10**9))
+    near = FullRankEvaluator(train, test, 33, 25, ks=(5, 30))
+    _, got = far.evaluate(lambda users: scores[users], per_user=True)
+    _, expected = near.evaluate(lambda users: scores[users], per_user=True)
+    for metric in ("recall", "ndcg", "map"):
+        torch.testing.assert_close(got[f"{metric}@{10**9}"], expected[f"{metric}@30"])
+    torch.testing.assert_close(
+        got[f"precision@{10**9}"], expected["precision@30"] * 30 / 10**9, rtol=1e-6, atol=0
+    )
+    assert got["recall@5"].equal(expected["recall@5"])

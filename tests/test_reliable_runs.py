@@ -311,6 +311,23 @@ def test_checkpoint_of_other_model_size_refused(
     assert "size mismatch" in err and "torch.Size([60, 8])" in err
 
 
+def test_checkpoint_of_another_model_with_the_same_parameters_refused(
+    finished_runs: Path, tmp_path: Path, capsys
+) -> None:
+    # BPR has LightGCN's parameter names and shapes: only the saved class tells them apart
+    folder = tmp_path / "run"
+    shutil.copytree(finished_runs / "dim8", folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["num_ui_layers"]  # LightGCN's only key that BPR lacks
+    (folder / "config.json").write_text(json.dumps({**config, "model": "bpr"}))
+    (folder / "results.json").unlink()  # an unfinished run, which resume trains on
+    err = _resume_error(folder, capsys)
+    assert err == (
+        f"error: {folder / 'checkpoint.pt'}: saved by a LightGCN model, and the run's "
+        "config.json now builds BPR; resume with the model it was saved by, or start a new run\n"
+    ), err
+
+
 def test_run_stopped_before_training_does_not_claim_the_folder(
     data_root: Path, tmp_path: Path, capsys
 ) -> None:
