@@ -148,6 +148,11 @@ def dataset_layer(
         return name, _fill_template(load_yaml(path), category), f"{path} ({dataset})"
     if not colon and ("/" in dataset or "\\" in dataset):
         folder = Path(dataset).expanduser()
+        if folder.is_file():
+            raise ConfigError(
+                f"--dataset {dataset}: a file; give the dataset folder that holds it, --dataset "
+                f"{folder.parent}"
+            )
         if not folder.is_dir():
             raise ConfigError(
                 f"--dataset {dataset}: no such folder (looked for {folder.resolve()}); a dataset "
@@ -535,6 +540,11 @@ def check_config_for_data(config: Mapping[str, Any], num_items: int) -> None:
     it ranks all items, with a warning from the trainer)."""
     for key in ("knn_k", "infusion_k"):
         value = config.get(key)
+        if isinstance(value, int) and num_items < 2:
+            raise ConfigError(
+                f"key '{key}' counts neighbours among the dataset's items, and it has "
+                f"{num_items}: a model with item-item graphs needs at least 2 items"
+            )
         if isinstance(value, int) and value > num_items - 1:
             raise ConfigError(
                 f"key '{key}' must be in [1, {num_items - 1}] (neighbours among the dataset's "

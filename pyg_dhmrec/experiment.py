@@ -82,6 +82,8 @@ def load_grid(path: Path) -> dict[str, Any]:
     """Read a grid file: a YAML mapping of config key -> non-empty list of values, and
     optionally ``design: product | one_at_a_time`` (:data:`GRID_DESIGNS`)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder; --grid expects a grid YAML file (key: [values])")
     if not path.is_file():
         raise ConfigError(f"{path}: grid file not found")
     axes = load_yaml(path)

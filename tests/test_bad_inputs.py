@@ -466,6 +466,21 @@ def test_grid_points_checked_before_any_trains(
     assert not (tmp_path / "run").exists()
 
 
+def test_paths_of_the_wrong_kind_are_named(tmp_path: Path, capsys) -> None:
+    assert main([*_tiny(tmp_path), "--grid", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path}: a folder; --grid expects a grid YAML file (key: [values])\n"
+    )
+    inter = tmp_path / "shop" / "shop.inter"
+    inter.parent.mkdir()
+    inter.write_text(GOOD)
+    assert main(["--model", "bpr", "--dataset", str(inter), "--device", "cpu", "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --dataset {inter}: a file; give the dataset folder that holds it, --dataset "
+        f"{inter.parent}\n"
+    )
+
+
 def test_output_that_is_a_file_exit_2(tmp_path: Path, capsys) -> None:
     """An --output that names a file, or a folder under a file, is an error, not a traceback."""
     afile = tmp_path / "afile"

@@ -367,3 +367,15 @@ def test_python_values_are_read_as_their_yaml_counterparts() -> None:
     assert coerce("topk", (10, 20), [10, 20, 50], "test") == [10, 20]
     with pytest.raises(ConfigError, match="key 'epochs' expects int"):
         coerce("epochs", 1.0, 1000, "test")
+
+
+def test_knn_on_a_one_item_dataset_says_why() -> None:
+    from pyg_dhmrec.config import check_config_for_data
+
+    with pytest.raises(
+        ConfigError, match=r"it has 1: a model with item-item graphs needs at least 2"
+    ):
+        check_config_for_data({"knn_k": 10}, 1)
+    with pytest.raises(ConfigError, match=r"key 'knn_k' must be in \[1, 4\]"):
+        check_config_for_data({"knn_k": 10}, 5)
+    check_config_for_data({"knn_k": 4}, 5)
