@@ -18,11 +18,14 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData, InMemoryDataset
+from torch_geometric.data.storage import NodeStorage
 
 from pyg_dhmrec.atomic_files import DamagedFile, read_torch_checked, write_torch_checked
 from pyg_dhmrec.data.download import download_file
 from pyg_dhmrec.data.graph import _check_bipartite
 from pyg_dhmrec.data.mmrec_format import (
+    MODALITY_NAME_RE,
+    MODALITY_NAME_RULE,
     DataFormatError,
     read_feature_file,
     read_inter_file,
@@ -32,12 +35,23 @@ log = logging.getLogger(__name__)
 
 RATES = ("user", "rates", "item")
 REV_RATES = ("item", "rev_rates", "user")
-PROCESSED_VERSION = 3  # bump when the processed layout changes (3: declared item modalities)
+# Bump when the processed layout or the checks change (3: declared item modalities; 4: ASCII
+# ids, float32 range, modality names), so caches of files now refused are not used.
+PROCESSED_VERSION = 4
 CACHE_KIND = "processed dataset"  # header word of the cache file
 MIRROR_ENV = "PYG_DHMREC_AMAZON_MIRROR"  # base URL of the raw Amazon files, when no key sets one
 _CHECKS = ("size", "md5")  # what a raw Amazon file's expected values are given as
 _MD5_RE = re.compile(r"[0-9a-f]{32}")
 _STALE_CACHE_RE = re.compile(r"data_[0-9a-f]{16}\.(pt|json)")
+# A modality's features are data['item'].<m> (a PyG node store, which also holds num_nodes and
+# the declared modalities; PyG reads x as node features) and keys of models' ModuleDict /
+# ParameterDict, which refuse a key that is already an attribute (training, keys, to, ...).
+RESERVED_MODALITY_NAMES = frozenset(
+    {"num_nodes", "modalities", "x"}
+    | {n for n in dir(NodeStorage) if not n.startswith("_")}
+    | {n for n in dir(torch.nn.ModuleDict()) if not n.startswith("_")}
+    | {n for n in dir(torch.nn.ParameterDict()) if not n.startswith("_")}
+)
 
 
 class MMRecDataset(InMemoryDataset):
@@ -77,8 +91,11 @@ class MMRecDataset(InMemoryDataset):
         transform: Callable | None = None,
         force_reload: bool = False,
     ) -> None:
+        root, name = _check_root_and_name(root, name)
         self.name = name
-        self.modality_files: dict[str, str] = dict(modalities or {})
+        self.modality_files: dict[str, str] = check_modality_files(
+            name, os.path.join(root, name), modalities
+        )
         self.inter_file = inter_file or f"{name}.inter"
         self.url = url
         self._cache_dir = cache_dir
@@ -287,12 +304,22 @@ class SyntheticDataset(MMRecDataset):
     def __init__(self, root: str, name: str, synthetic: Mapping[str, Any], **kwargs: Any) -> None:
         from pyg_dhmrec.data.synthetic import SyntheticConfig, ensure_synthetic
 
+        root, name = _check_root_and_name(root, name)
         try:
             config = SyntheticConfig(**dict(synthetic))
         except (TypeError, ValueError) as e:
             raise DataFormatError(f"dataset '{name}': bad 'synthetic' settings: {e}") from None
+        # Before generating: a refused name would otherwise leave its files written.
+        reserved = sorted(set(config.modalities) & RESERVED_MODALITY_NAMES)
+        if reserved:
+            raise DataFormatError(
+                f"dataset '{name}': bad 'synthetic' settings: modality name(s) "
+                f"{', '.join(reserved)} are reserved: attributes of the item store data['item'] "
+                "or of the torch.nn.ModuleDict that models key by modality; choose other names"
+            )
         if not kwargs.get("modalities"):  # load_dataset passes {} when the config sets none
             kwargs["modalities"] = {m: f"{m}_feat.npy" for m in config.modalities}
+        check_modality_files(name, os.path.join(root, name), kwargs["modalities"])
         try:
             ensure_synthetic(Path(root) / name, name, config, log=log.info)
         except FileExistsError as e:
@@ -400,6 +427,65 @@ class AmazonDataset(MMRecDataset):
                 mirror=a["mirror"] or os.environ.get(MIRROR_ENV) or None,
             )
         super().__init__(root, name, **kwargs)
+
+
+def _check_root_and_name(root: Any, name: Any) -> tuple[str, str]:
+    """``(root, name)`` as strings, refused with a message naming the argument otherwise."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(
+            f"MMRecDataset: argument 'name' must be a non-empty str (the dataset folder's name "
+            f"under root), got {type(name).__name__} {name!r}"
+        )
+    if not isinstance(root, (str, os.PathLike)) or not isinstance(os.fspath(root), str):
+        raise TypeError(
+            f"dataset '{name}': argument 'root' must be a str or os.PathLike (the folder that "
+            f"holds the dataset folder {name}/), got {type(root).__name__} {root!r}"
+        )
+    return os.fspath(root), name
+
+
+def check_modality_files(name: str, folder: str, modalities: Any) -> dict[str, str]:
+    """The ``modalities`` argument (modality name -> feature file name) as a ``dict[str, str]``,
+    each name checked against :data:`MODALITY_NAME_RE` and :data:`RESERVED_MODALITY_NAMES`.
+    Errors name the dataset, the entry and its file in ``folder``."""
+    if modalities is None:
+        return {}
+    if not isinstance(modalities, Mapping):
+        raise TypeError(
+            f"dataset '{name}': argument 'modalities' must be a mapping of modality name -> "
+            f"feature file name, e.g. {{'image': 'image_feat.npy'}}, got "
+            f"{type(modalities).__name__} {modalities!r}"
+        )
+    checked = {}
+    for modality, file in modalities.items():
+        if not isinstance(file, (str, os.PathLike)) or not isinstance(os.fspath(file), str):
+            raise TypeError(
+                f"dataset '{name}': modalities entry {modality!r}: the feature file name must "
+                f"be a str or os.PathLike, got {type(file).__name__} {file!r}"
+            )
+        file = os.fspath(file)
+        where = (
+            f"dataset '{name}': modality {modality!r} (feature file {os.path.join(folder, file)})"
+        )
+        if not file:
+            raise DataFormatError(f"{where}: empty feature file name")
+        hint = (
+            f"; rename the file (image_feat.npy is modality image) or map a valid name to it: "
+            f"--modalities '{{image: {os.path.basename(file)}}}' (or key 'modalities' of the "
+            "dataset's YAML)"
+        )
+        if not isinstance(modality, str) or not MODALITY_NAME_RE.fullmatch(modality):
+            raise DataFormatError(
+                f"{where}: invalid name; a modality name must be {MODALITY_NAME_RULE}: it "
+                "becomes an attribute and module name" + hint
+            )
+        if modality in RESERVED_MODALITY_NAMES:
+            raise DataFormatError(
+                f"{where}: the name is reserved: it is an attribute of the item store "
+                "data['item'] or of the torch.nn.ModuleDict that models key by modality" + hint
+            )
+        checked[modality] = file
+    return checked
 
 
 def modality_names(data: HeteroData) -> list[str]:

@@ -9,6 +9,8 @@ row per item id.
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,16 @@ SPLIT_NAMES = ("train", "valid", "test")
 # Rows (max id + 1) allowed per distinct id, plus a slack: gaps are fine, sparse ids are not.
 MAX_ID_SPREAD = 4
 ID_SLACK = 1024
+# Plain ASCII decimals only: Python's int() also takes '1_0', '+5', '\u0661', '\uff11'.
+_INT_RE = re.compile(r"-?[0-9]+")
+# Many ints joined by newlines, matched in one pass (a per-value loop is slow on big files).
+_INT_LINES_RE = re.compile(r"-?[0-9]+(?:\n-?[0-9]+)*")
+# Modality names become attribute, buffer and dict key names (data['item'].<m>, feat_<m>), and
+# models join two with '__' into one key.
+MODALITY_NAME_RE = re.compile(r"(?!.*__)[A-Za-z][A-Za-z0-9_]*")
+MODALITY_NAME_RULE = (
+    "a letter, then ASCII letters, digits or single underscores (e.g. image, text_v2)"
+)
 
 
 class DataFormatError(ValueError):
@@ -47,24 +59,21 @@ class Interactions:
 
 
 def _parse_int_column(values: list[str], field: str, path: Path, line_of: np.ndarray) -> np.ndarray:
+    if not _INT_LINES_RE.fullmatch("\n".join(values)):
+        for index, value in enumerate(values):
+            if not _INT_RE.fullmatch(value):
+                raise DataFormatError(
+                    f"{path}:{line_of[index]}: field '{field}' must be an integer, got "
+                    f"{value!r} (plain ASCII digits 0-9)"
+                )
     try:
         return np.asarray(values, dtype=np.int64)
-    except (ValueError, OverflowError):
-        pass
-    limit = np.iinfo(np.int64)
-    for index, value in enumerate(values):
-        try:
-            number = int(value)
-        except ValueError:
-            raise DataFormatError(
-                f"{path}:{line_of[index]}: field '{field}' must be an integer, got {value!r}"
-            ) from None
-        if not limit.min <= number <= limit.max:
-            raise DataFormatError(
-                f"{path}:{line_of[index]}: field '{field}' holds {value!r}, out of the int64 range"
-            )
-    # Every value is an int64 that numpy's parser refused (e.g. ' 7' or '+7'): as Python reads it.
-    return np.asarray([int(value) for value in values], dtype=np.int64)
+    except (ValueError, OverflowError):  # all plain decimals: some value is beyond int64
+        limit = np.iinfo(np.int64)
+        at = next(i for i, v in enumerate(values) if not limit.min <= int(v) <= limit.max)
+        raise DataFormatError(
+            f"{path}:{line_of[at]}: field '{field}' holds {values[at]!r}, out of the int64 range"
+        ) from None
 
 
 def _check_contiguous(path: Path, field: str, ids: np.ndarray, line_of: np.ndarray) -> None:
@@ -95,8 +104,10 @@ def read_inter_file(path: Path) -> Interactions:
         raise DataFormatError(f"{path}: interaction file not found")
     try:
         # utf-8-sig: spreadsheet exports start with a byte-order mark, not part of 'userID'
+        # Universal newlines turn '\r\n' and a lone '\r' into '\n'; splitlines() would also
+        # break at U+2028, '\x0c', '\x85' etc. inside a field and shift every line number.
         with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")
     except UnicodeDecodeError as e:
         raise DataFormatError(
             f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a tab-separated "
@@ -138,7 +149,8 @@ def read_inter_file(path: Path) -> Interactions:
                 f"{path}:{number}: {len(fields)} tab-separated fields, but the header names "
                 f"{len(header)} ({', '.join(header)}): {line!r}"
             )
-        rows.append([fields[c].strip() for c in columns])
+        # ASCII spaces only: str.strip() would also drop e.g. '\xa0' around an id unseen.
+        rows.append([fields[c].strip(" ") for c in columns])
         line_numbers.append(number)
     if not rows:
         raise DataFormatError(f"{path}: header only, no interactions")
@@ -224,13 +236,47 @@ def read_inter_file(path: Path) -> Interactions:
     )
 
 
+def _check_npy_size(path: Path) -> None:
+    """Refuse a ``.npy`` whose data does not have the size its header declares, before numpy
+    tries to allocate it (a damaged header can ask for terabytes; numpy ignores extra bytes)."""
+    with open(path, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            return  # not .npy (a .npz, say): np.load tells which
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            return  # np.load names the versions it reads
+        # Version 3 differs from 2 only in the header's text encoding (utf-8, for field names).
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(f)
+        offset = f.tell()
+    size = path.stat().st_size
+    if dtype.hasobject:
+        return  # pickled objects have no fixed size: np.load refuses them
+    need = math.prod(shape) * dtype.itemsize
+    if offset + need != size:
+        raise DataFormatError(
+            f"{path}: the .npy header declares shape {shape} of {dtype} ({need} bytes of data), "
+            f"but the file holds {size} bytes ({size - offset} after the header); the file is "
+            f"{'truncated' if offset + need > size else 'longer than its data'} or its header "
+            "damaged"
+        )
+
+
 def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
     """Load a modality's ``.npy`` matrix as float32 and check it holds one finite row per item."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: feature file of modality '{modality}' not found")
     try:
+        _check_npy_size(path)
         array = np.load(path, allow_pickle=False)
+    except DataFormatError:
+        raise
     except (ValueError, OSError, EOFError) as e:
         raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
     if isinstance(array, np.lib.npyio.NpzFile):
@@ -267,4 +313,35 @@ def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
             f"{path}: modality '{modality}' has NaN or inf in {bad.size} row(s), first at item "
             f"(row) {bad[0]}"
         )
-    return np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype == np.float32 or array.dtype.itemsize < 4:  # float16: exact in float32
+        return np.ascontiguousarray(array, dtype=np.float32)
+    return _to_float32(path, modality, array)
+
+
+def _to_float32(path: Path, modality: str, array: np.ndarray) -> np.ndarray:
+    """``array`` (finite, wider than float32) as float32, refusing values the cast would turn
+    into inf, and rows of nonzero values it would turn into all zeros."""
+    with np.errstate(over="ignore", under="ignore"):
+        features = np.ascontiguousarray(array, dtype=np.float32)
+    overflow = ~np.isfinite(features)
+    if overflow.any():
+        rows = np.flatnonzero(overflow.any(axis=1))
+        raise DataFormatError(
+            f"{path}: modality '{modality}' ({array.dtype}) has {int(overflow.sum())} value(s) "
+            f"beyond float32's range (|x| > {float(np.finfo(np.float32).max):.4g}), which would "
+            f"become inf when stored as float32, in {rows.size} row(s), first at item (row) "
+            f"{rows[0]} (value {float(array[rows[0]][overflow[rows[0]]][0]):.4g}); rescale "
+            "the features"
+        )
+    flushed = (array != 0) & (features == 0)
+    if flushed.any():
+        # Partly flushed rows keep a direction; an all-zero row loses the item's features.
+        lost = np.flatnonzero(flushed.any(axis=1) & ~features.any(axis=1))
+        if lost.size:
+            raise DataFormatError(
+                f"{path}: modality '{modality}' ({array.dtype}) has {int(flushed.sum())} "
+                "nonzero value(s) too small for float32 (|x| below about 1.4e-45), which "
+                f"become 0 when stored as float32; {lost.size} item row(s) would become "
+                f"all zeros, first at item (row) {lost[0]}; rescale the features"
+            )
+    return features

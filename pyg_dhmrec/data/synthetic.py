@@ -14,7 +14,8 @@ for ``M`` modalities, modalities processed in sorted name order):
 3. Activity: ``n_u = min_user_interactions + extra_u`` where the extras are a multinomial
    draw of ``num_interactions - num_users * min_user_interactions`` over lognormal
    (``activity_sigma``) user weights (heavy tailed, total about ``num_interactions``), capped at
-   ``max(min_user_interactions, num_items // 2)``.
+   ``max(min_user_interactions, num_items // 2)``; ``num_interactions`` must lie between
+   ``num_users`` times the least and times the cap.
 4. User ``u`` picks ``n_u`` distinct items from ``softmax(l_u)`` without replacement via the
    Gumbel top-k trick (users processed in memory-bounded chunks). This scores every
    (user, item) pair, ``O(U I D)`` time, which is minutes at Sports' shape and hours at 8x;
@@ -58,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from pyg_dhmrec.atomic_files import write_json, write_npy, write_text
+from pyg_dhmrec.data.mmrec_format import MODALITY_NAME_RE, MODALITY_NAME_RULE
 
 from .split import split_per_user
 
@@ -138,13 +140,32 @@ class SyntheticConfig:
             raise ValueError("need num_users >= 1 and num_items >= 2")
         if not 1 <= self.min_user_interactions < self.num_items:
             raise ValueError("min_user_interactions must lie in [1, num_items)")
-        if self.num_interactions < 0:
-            raise ValueError("num_interactions must be non-negative")
+        # Step 3 gives each user min_user_interactions, at most the cap: outside these bounds
+        # the total would silently differ from num_interactions.
+        least = self.num_users * self.min_user_interactions
+        cap = max(self.min_user_interactions, self.num_items // 2)
+        if self.num_interactions < least:
+            raise ValueError(
+                f"num_interactions must be at least num_users * min_user_interactions = "
+                f"{self.num_users} * {self.min_user_interactions} = {least} (every user gets "
+                f"min_user_interactions), got {self.num_interactions}"
+            )
+        if self.num_interactions > self.num_users * cap:
+            raise ValueError(
+                f"num_interactions must be at most num_users * max(min_user_interactions, "
+                f"num_items // 2) = {self.num_users} * {cap} = {self.num_users * cap} (each user "
+                f"picks at most {cap} items), got {self.num_interactions}"
+            )
         if not self.modalities:
             raise ValueError("at least one modality is required")
         for name, dim in self.modalities.items():
-            if not name or not isinstance(dim, int) or dim < 1:
-                raise ValueError(f"modality {name!r} needs a non-empty name and a dim >= 1")
+            # The name becomes a file name (<name>_feat.npy) and an attribute name.
+            if not isinstance(name, str) or not MODALITY_NAME_RE.fullmatch(name):
+                raise ValueError(
+                    f"modality name {name!r}: a modality name must be {MODALITY_NAME_RULE}"
+                )
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+                raise ValueError(f"modality {name!r} needs a dim >= 1 (an integer), got {dim!r}")
         dims = (self.common_dim, self.specific_dim, self.id_dim, self.noise_dim)
         if min(dims) < 0 or self.latent_dim < 1:
             raise ValueError("latent dims must be >= 0 with a positive total")
