@@ -481,6 +481,17 @@ def test_paths_of_the_wrong_kind_are_named(tmp_path: Path, capsys) -> None:
     )
 
 
+def test_cache_dir_that_is_a_file_exit_2(tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(_tiny(tmp_path, "--cache_dir", str(afile))) == 2
+    assert capsys.readouterr().err == (
+        f"error: dataset 'synthetic': cannot write the processed cache in {afile}/synthetic (Not "
+        f"a directory): --cache_dir {afile} must be a writable folder (or a path where one can "
+        "be made)\n"
+    )
+
+
 def test_output_that_is_a_file_exit_2(tmp_path: Path, capsys) -> None:
     """An --output that names a file, or a folder under a file, is an error, not a traceback."""
     afile = tmp_path / "afile"

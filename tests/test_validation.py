@@ -1,4 +1,5 @@
 import inspect
+import logging
 import math
 
 import numpy as np
@@ -256,7 +257,21 @@ def _nan_row(data):
         ),
         (
             _set("item.image", lambda x: x > 0),
-            r"data\['item'\]\.image: expected real numbers, got dtype torch\.bool",
+            r"data\['item'\]\.image: expected floating-point features, got dtype torch\.bool",
+        ),
+        (
+            _set("item.image", lambda x: x.long()),
+            r"data\['item'\]\.image: expected floating-point features, got dtype torch\.int64 "
+            r"\(\.float\(\) converts numbers\)",
+        ),
+        (
+            _set("item.image", lambda x: x.to_sparse()),
+            r"data\['item'\]\.image: expected a dense tensor, got torch\.sparse_coo",
+        ),
+        (
+            _set("user.rates.item.edge_index", lambda e: torch.cat([e, e[:, 4:6]], dim=1)),
+            r"data\['user', 'rates', 'item'\]\.edge_index: 2 \(user, item\) pair\(s\) given more "
+            r"than once, first \(\d+, \d+\); give each interaction once",
         ),
     ],
     ids=[
@@ -271,6 +286,9 @@ def _nan_row(data):
         "missing_feature_row",
         "one_dimensional_features",
         "boolean_features",
+        "integer_features",
+        "sparse_features",
+        "duplicate_train_pairs",
     ],
 )
 def test_hand_built_graph_faults_name_the_attribute(mutate, message: str) -> None:
@@ -310,3 +328,17 @@ def test_api_misuse_is_named(tmp_path) -> None:
     (tmp_path / "taken").write_text("")
     with pytest.raises(ValueError, match=r"output .*taken: exists and is not a folder"):
         train(model, data, epochs=1, device="cpu", output=tmp_path / "taken")
+
+
+def test_a_pair_in_two_splits_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    from pyg_dhmrec.data.dataset import check_interaction_graph
+
+    data = _held_out(toy_graph(modalities={"image": 16, "text": 8}))
+    store = data["user", "rates", "item"]
+    store.test_edge_index = torch.cat([store.test_edge_index, store.edge_index[:, :3]], dim=1)
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.data.dataset"):
+        check_interaction_graph(data)
+    assert any(
+        "3 (user, item) pair(s) in both the train and the test split" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text

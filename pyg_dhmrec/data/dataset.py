@@ -250,7 +250,13 @@ class MMRecDataset(InMemoryDataset):
         try:
             os.makedirs(self.processed_dir, exist_ok=True)
             self.process()
-        except (PermissionError, NotADirectoryError) as e:
+        except (PermissionError, NotADirectoryError, FileExistsError) as e:
+            if self._cache_dir:  # the folder asked for: no fallback was involved
+                raise DataFormatError(
+                    f"dataset '{self.name}': cannot write the processed cache in "
+                    f"{self.processed_dir} ({e.strerror}): --cache_dir {self._cache_dir} must be "
+                    "a writable folder (or a path where one can be made)"
+                ) from None
             raise DataFormatError(
                 f"dataset '{self.name}': cannot write the processed cache in "
                 f"{self.processed_dir} ({e.strerror}); the dataset folder {self.raw_dir} and the "
@@ -556,16 +562,23 @@ def check_interaction_graph(
             raise type(e)(f"{where}.{attr}: {e}") from None
     if "train" in splits and store["edge_index"].size(1) == 0:
         raise ValueError(f"{where}.edge_index holds no train interaction")
+    _check_each_interaction_once(store, splits, counts["item"], where)
     if not features or "modalities" not in data["item"]:  # ID-only graphs need not declare them
         return
     for m, x in item_features(data).items():
+        if not isinstance(x, Tensor) or x.layout != torch.strided:
+            layout = x.layout if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"data['item'].{m}: expected a dense tensor, got {layout}")
         if x.dim() != 2 or x.size(0) != counts["item"] or x.size(1) == 0:
             raise ValueError(
                 f"data['item'].{m}: features of shape {list(x.shape)}, expected "
                 f"[{counts['item']}, f]: one row per item, f >= 1"
             )
-        if x.is_complex() or x.dtype == torch.bool:
-            raise ValueError(f"data['item'].{m}: expected real numbers, got dtype {x.dtype}")
+        if not x.is_floating_point():  # as the feature files: integer codes are not features
+            raise ValueError(
+                f"data['item'].{m}: expected floating-point features, got dtype {x.dtype} "
+                "(.float() converts numbers)"
+            )
         # row blocks of about 4M entries: no full-size mask beside large (4096-d) features
         rows = max(1, (1 << 22) // max(1, x.size(1)))
         finite = torch.cat([torch.isfinite(b).all(dim=1) for b in x.split(rows)])
@@ -575,6 +588,41 @@ def check_interaction_graph(
                 f"data['item'].{m}: features contain NaN or inf in {bad.numel()} of "
                 f"{x.size(0)} item rows, first at item {int(bad[0])}"
             )
+
+
+def _check_each_interaction_once(
+    store: Any, splits: Sequence[str], num_items: int, where: str
+) -> None:
+    """Refuse a (user, item) pair given twice in a split (it would count twice in the graph's
+    degrees); warn of one in two splits (a train pair is masked in ranking, so as a valid or
+    test target it can never be hit)."""
+    seen: dict[str, Tensor] = {}
+    for split in splits:
+        attr = SPLIT_EDGES[split]
+        edges = store[attr].long()
+        keys, count = torch.unique(edges[0] * num_items + edges[1], return_counts=True)
+        if bool((count > 1).any()):
+            first = int(keys[count > 1][0])
+            raise ValueError(
+                f"{where}.{attr}: {int((count > 1).sum())} (user, item) pair(s) given more "
+                f"than once, first ({first // num_items}, {first % num_items}); give each "
+                "interaction once"
+            )
+        for other, other_keys in seen.items():
+            shared = keys[torch.isin(keys, other_keys)]
+            if shared.numel():
+                first = int(shared[0])
+                log.warning(
+                    "%s: %d (user, item) pair(s) in both the %s and the %s split, first (%d, %d); "
+                    "an interaction usually belongs to one split",
+                    where,
+                    shared.numel(),
+                    other,
+                    split,
+                    first // num_items,
+                    first % num_items,
+                )
+        seen[split] = keys
 
 
 def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
