@@ -38,6 +38,24 @@ DEFAULT_MODELS = [
 ]
 
 
+def check_names(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """Every ``model[+plugin]`` registered and listed once, before any run starts."""
+    sys.path.insert(0, str(ROOT))
+    from pyg_dhmrec.config import available
+
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        parser.error(f"--models lists {', '.join(repeated)} more than once (one run folder each)")
+    for name in names:
+        model, _, plugin = name.partition("+")
+        for kind, value in (("models", model), ("plugins", plugin)):
+            if (value or kind == "models") and value not in available(kind):
+                parser.error(
+                    f"--models {name}: unknown {kind[:-1]} {value!r}; available: "
+                    f"{', '.join(available(kind))}"
+                )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder of the run folders")
@@ -45,6 +63,7 @@ def main() -> int:
     parser.add_argument("--data-root", default="datasets", help="where synthetic/ is generated")
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="model[+plugin]")
     args = parser.parse_args()
+    check_names(parser, args.models)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rows = ["| model | R@20 | N@20 | last loss |", "|---|---|---|---|"]
     for name in args.models:

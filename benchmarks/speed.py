@@ -95,6 +95,9 @@ def main() -> None:
 
     for spec in args.models:
         model_spec(spec)  # a malformed spec stops the run before any training
+    repeated = sorted({spec for spec in args.models if args.models.count(spec) > 1})
+    if repeated:
+        parser.error(f"--models lists {', '.join(repeated)} more than once (--rounds repeats)")
     runs: dict[str, list[dict[str, Any]]] = {model: [] for model in args.models}
     for k in range(args.rounds):
         for model in args.models:

@@ -421,7 +421,12 @@ def checked_stored_config(config: Any, source: str) -> dict[str, Any]:
     checked = merge(schema, fixed, source)
     missing = sorted(set(schema) - set(config))
     if missing:
-        raise ConfigError(f"{source}: lacks key(s) {', '.join(missing)}")
+        raise ConfigError(
+            f"{source}: lacks key(s) {', '.join(missing)} (keys this version adds to "
+            f"{config['model']}'s configuration, or removed by hand): add each with the value "
+            "the run used (its default in configs/ keeps an older run's behaviour), or start a "
+            "new run"
+        )
     validate_config(checked, source)
     checked["model"], checked["dataset"] = config["model"], config["dataset"]
     return checked
