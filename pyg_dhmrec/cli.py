@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pyg_dhmrec import distributed
 from pyg_dhmrec.atomic_files import ensure_folder
 from pyg_dhmrec.config import (
@@ -567,6 +569,23 @@ USER_ERRORS = (
 )
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed (host or accelerator memory)."""
+    if isinstance(error, MemoryError) or isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "Storage size calculation overflowed" in text
+
+
+def out_of_memory_message(error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (
+        f"out of memory ({first[:200]}): a setting asks for more memory than this machine has; "
+        "check the sizes of the run (embedding_dim, hidden and feature widths, batch_size, "
+        "eval_batch_size, layer counts)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: a command word (compare, plot, recommend, export) or training options."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -576,6 +595,11 @@ def main(argv: list[str] | None = None) -> int:
         return command(argv[1:]) if command else train_main(argv)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: {out_of_memory_message(e)}", file=sys.stderr)
         return 2
     finally:
         distributed.teardown()  # leave torchrun's process group, if joined

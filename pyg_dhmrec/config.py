@@ -13,6 +13,7 @@ right after the file.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 import numbers
@@ -203,8 +204,18 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
         value = os.fspath(value)
     elif isinstance(value, tuple):
         value = list(value)
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:
+        # null means "none" where the default may be absent: a key null in overall.yaml that a
+        # layer set (baseline), a mapping (modality_weights: equal weights) or a path; elsewhere
+        # (batch_size) it is a slip
+        if isinstance(default, dict) or key in PATH_KEYS or key in _overall_null_keys():
+            return value
+        raise ConfigError(
+            f"{source}: key '{key}' expects {_type_name(default)} (like its default {default!r}), "
+            "got null (an empty value)"
+        )
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -225,6 +236,12 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
         f"{source}: key '{key}' expects {_type_name(default)} (like its default {default!r}), "
         f"got {_type_name(value)} {value!r}"
     )
+
+
+@functools.cache
+def _overall_null_keys() -> frozenset[str]:
+    """The keys whose default in configs/overall.yaml is null."""
+    return frozenset(k for k, v in load_yaml(CONFIG_DIR / "overall.yaml").items() if v is None)
 
 
 def _unknown_key(
@@ -430,9 +447,10 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "max_steps_per_epoch": (1, None),  # null (every batch) is allowed
     "kl_items": (1, None),  # DHMRec's sampled KL; null (every item) is allowed
     # propagation depths of every model (a model may ask for more, e.g. MMGCN's >= 1)
-    "num_ui_layers": (0, None),
-    "num_ii_layers": (0, None),
-    "num_mm_layers": (0, None),
+    # (64: far above any published depth; 10**12 would hang, not fail)
+    "num_ui_layers": (0, 64),
+    "num_ii_layers": (0, 64),
+    "num_mm_layers": (0, 64),
 }
 #: Values of ``matmul_precision`` (torch.set_float32_matmul_precision).
 MATMUL_PRECISIONS = ("highest", "high", "medium")

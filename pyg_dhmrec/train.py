@@ -514,6 +514,15 @@ class Trainer:
             raise FloatingPointError(
                 f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
             )
+        # a finite loss can still take a step to inf (learning_rate 1e308): ranking would be NaN
+        broken = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if broken:
+            more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
+            raise FloatingPointError(
+                f"epoch {epoch}: parameter(s) {', '.join(broken[:3])}{more} became NaN or inf "
+                f"in the optimizer's steps (learning_rate {self.config['learning_rate']}, "
+                f"weight_decay {self.config['weight_decay']}): lower them"
+            )
         losses = {k: float(v) / steps for k, v in sums.items()}
         return {**losses, **{f"phase_{k}": v for k, v in phase.items()}}
 

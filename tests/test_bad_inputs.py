@@ -257,11 +257,12 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
             "key 'topk' must be a non-empty list of distinct cut-offs, integers >= 1, e.g. "
             "[10, 20], got [10, 10]",
         ),
-        (["--num_ui_layers", "-1"], "key 'num_ui_layers' must be an integer >= 0, got -1"),
+        (["--num_ui_layers", "-1"], "key 'num_ui_layers' must be in [0, 64], got -1"),
         (
             ["--model", "freedom", "--num_ii_layers", "-2"],
-            "key 'num_ii_layers' must be an integer >= 0, got -2",
+            "key 'num_ii_layers' must be in [0, 64], got -2",
         ),
+        (["--num_ui_layers", "1000000"], "key 'num_ui_layers' must be in [0, 64], got 1000000"),
         (["--eval_batch_size", "0"], "key 'eval_batch_size' must be an integer >= 1, got 0"),
         (
             ["--learning_rate", "-1"],
@@ -301,6 +302,7 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
         "topk_repeated",
         "num_ui_layers_negative",
         "num_ii_layers_negative",
+        "num_ui_layers_huge",
         "eval_batch_size_0",
         "learning_rate_negative",
         "knn_k_too_large",
@@ -376,6 +378,36 @@ def test_option_types_exit_2(tmp_path: Path, capsys, argv: list, message: str) -
     err = capsys.readouterr().err
     assert err == f"error: {message}\n", err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_size_beyond_memory_is_an_error_not_a_traceback(tmp_path: Path, capsys) -> None:
+    args = _tiny(tmp_path, "--epochs", "1", "--model", "mmgcn", "--feature_dim", str(10**12))
+    args[args.index("lightgcn")] = "mmgcn"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of memory (") and "can't allocate memory" in err, err
+    assert err.endswith(
+        "check the sizes of the run (embedding_dim, hidden and feature widths, "
+        "batch_size, eval_batch_size, layer counts)\n"
+    ), err
+
+
+def test_a_learning_rate_that_breaks_the_weights_stops_the_run(tmp_path: Path, capsys) -> None:
+    # the loss of epoch 1 is finite; its steps take the embeddings to inf, ranking would be NaN
+    assert main(_tiny(tmp_path, "--epochs", "1", "--learning_rate", "1e308")) == 2
+    assert capsys.readouterr().err == (
+        "error: epoch 1: parameter(s) user_embedding.weight, item_embedding.weight became NaN or "
+        "inf in the optimizer's steps (learning_rate 1e+308, weight_decay 0.0): lower them\n"
+    )
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_an_empty_value_is_not_a_default(tmp_path: Path, capsys) -> None:
+    assert main(_tiny(tmp_path, "--batch_size", "")) == 2
+    assert capsys.readouterr().err == (
+        "error: command line: key 'batch_size' expects int (like its default 2048), got null "
+        "(an empty value)\n"
+    )
 
 
 def test_seeds_past_the_largest_seed_refused_before_training(tmp_path: Path, capsys) -> None:

@@ -159,7 +159,10 @@ def test_cli_values_reach_the_config() -> None:
 
 def test_coerce() -> None:
     assert coerce("k", 3, 0.5, "src") == 3.0
-    assert coerce("k", None, 3, "src") is None
+    with pytest.raises(ConfigError, match=r"^src: key 'k' expects int .*got null"):
+        coerce("k", None, 3, "src")
+    assert coerce("baseline", None, "lightgcn", "src") is None  # null in overall.yaml
+    assert coerce("modality_weights", None, {"image": 0.5}, "src") is None
     assert coerce("k", "x", None, "src") == "x"
     with pytest.raises(ConfigError, match=r"^src: key 'k' expects float"):
         coerce("k", False, 0.5, "src")
