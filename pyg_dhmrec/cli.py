@@ -470,8 +470,8 @@ def compare_main(argv: Sequence[str]) -> int:
         description="Paired t-test (scipy.stats.ttest_rel) of per-user test metrics of two "
         "finished runs of the same dataset.",
     )
-    parser.add_argument("run_a", type=Path)
-    parser.add_argument("run_b", type=Path)
+    parser.add_argument("run_a", type=folder_path)
+    parser.add_argument("run_b", type=folder_path)
     parser.add_argument("--metric", default="recall@20", help="per-user metric (recall@20)")
     args = parser.parse_args(argv)
     r = compare_runs(args.run_a, args.run_b, args.metric)
@@ -493,13 +493,22 @@ def plot_main(argv: Sequence[str]) -> int:
         prog="run.py plot", description="Figures of runs (needs the 'plots' extra: matplotlib)."
     )
     parser.add_argument("kind", choices=["curves", "sweep", "tsne"])
-    parser.add_argument("folder", type=Path, help="run folder (sweep: folder of point folders)")
-    parser.add_argument("--out", type=Path, help="folder of the PNG (default <folder>/figures)")
+    parser.add_argument(
+        "folder", type=folder_path, help="run folder (sweep: folder of point folders)"
+    )
+    parser.add_argument(
+        "--out", type=folder_path, help="folder of the PNG (default <folder>/figures)"
+    )
     parser.add_argument("--x", help="sweep: key on the x axis (default: first varying key)")
     parser.add_argument("--lines", help="sweep: one line per value of this key")
     parser.add_argument("--metric", default="recall@20", help="sweep: metric (recall@20)")
     parser.add_argument("--max-items", type=int, default=1000, help="tsne: items sampled")
     args = parser.parse_args(argv)
+    if args.max_items < 2:
+        parser.error(
+            f"--max-items must be at least 2 (t-SNE places points by their neighbours), "
+            f"got {args.max_items}"
+        )
     if not args.folder.is_dir():
         raise ExperimentError(f"{args.folder}: no such folder")
     out = args.out or args.folder / "figures"
@@ -519,7 +528,7 @@ def recommend_main(argv: Sequence[str]) -> int:
         prog="run.py recommend",
         description="Top-k items per user from a finished run's best.pt (train items excluded).",
     )
-    parser.add_argument("--run", type=Path, required=True, help="finished run folder")
+    parser.add_argument("--run", type=folder_path, required=True, help="finished run folder")
     parser.add_argument("--users", type=int, nargs="+", required=True, help="user ids")
     parser.add_argument("--k", type=int, default=10, help="items per user (10)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
@@ -536,8 +545,10 @@ def export_main(argv: Sequence[str]) -> int:
         prog="run.py export",
         description="Write user_embeddings.npy and item_embeddings.npy of a finished run.",
     )
-    parser.add_argument("--run", type=Path, required=True, help="finished run folder")
-    parser.add_argument("--out", type=Path, help="folder of the files (default: the run folder)")
+    parser.add_argument("--run", type=folder_path, required=True, help="finished run folder")
+    parser.add_argument(
+        "--out", type=folder_path, help="folder of the files (default: the run folder)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     model, _, _ = load_run(args.run, resolve_device(args.device))
@@ -567,6 +578,13 @@ USER_ERRORS = (
     FloatingPointError,
     MissingExtraError,
 )
+
+
+def folder_path(text: str) -> Path:
+    """An argparse type: a path, not empty (``Path("")`` would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a path, got an empty string")
+    return Path(text)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -588,8 +588,11 @@ def load_run(
     """Rebuild a run's model from its saved config and ``best.pt``; returned in eval mode."""
     folder = Path(folder)
     weights = folder / "best.pt"
+    if not folder.is_dir():
+        raise ExperimentError(f"{folder}: no such run folder")
     if not weights.is_file():
-        raise ExperimentError(f"{folder}: no best.pt (the run has not finished)")
+        what = "an unfinished run" if (folder / "config.json").is_file() else "not a run"
+        raise ExperimentError(f"{folder}: no best.pt ({what} folder of run.py)")
     config = run_config(folder)
     dataset, data, model = load_data_and_model(config)  # with the run's plug-in, if any
     trained_on = (
@@ -612,7 +615,11 @@ def load_run(
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        raise ExperimentError(f"{weights}: does not fit the model of config.json ({e})") from None
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = " ".join(lines[:2])[:300]  # torch lists every missing key: the first is enough
+        raise ExperimentError(
+            f"{weights}: does not fit the {config['model']} model of config.json ({detail})"
+        ) from None
     model.to(device).eval()
     return model, data, config
 
@@ -620,7 +627,8 @@ def load_run(
 def recommend(
     model: Recommender, data: HeteroData, users: Sequence[int], k: int
 ) -> list[dict[str, Any]]:
-    """Top-``k`` items (ids and scores) of each user, excluding the user's train items."""
+    """Top-``k`` items (ids and scores) of each user, excluding the user's train items (a user
+    with fewer than ``k`` other items gets all of them, ``"unseen_items"`` says how many)."""
     bad = [u for u in users if not 0 <= u < model.num_users]
     if bad:
         raise ExperimentError(
@@ -636,10 +644,18 @@ def recommend(
     for row, user in enumerate(users):
         scores[row, train[1, train[0] == user]] = -math.inf  # seen items are never recommended
     top_scores, top_items = torch.topk(scores, k, dim=1)
-    return [
-        {"user": int(u), "items": items.tolist(), "scores": [round(float(s), 6) for s in vals]}
-        for u, items, vals in zip(users, top_items, top_scores)
-    ]
+    out = []
+    for u, items, vals in zip(users, top_items, top_scores):
+        unseen = vals > -math.inf  # past the user's unseen items only train items remain
+        row = {
+            "user": int(u),
+            "items": items[unseen].tolist(),
+            "scores": [round(float(s), 6) for s in vals[unseen]],
+        }
+        if not bool(unseen.all()):
+            row["unseen_items"] = int(unseen.sum())
+        out.append(row)
+    return out
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import sys
@@ -255,6 +256,18 @@ def test_recommend_excludes_train_items(dhmrec_run: Path, capsys) -> None:
         assert row["items"][0] == best
 
 
+def test_recommend_past_the_unseen_items_lists_them_all(dhmrec_run: Path, capsys) -> None:
+    # k = every item: a user's train items are never listed, "unseen_items" says how many are
+    assert main(["recommend", "--run", str(dhmrec_run), "--users", "0", "--k", "40"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    _, data, _ = load_run(dhmrec_run)
+    train = data["user", "rates", "item"].edge_index
+    seen = set(train[1, train[0] == 0].tolist())
+    assert row["unseen_items"] == 40 - len(seen) == len(row["items"]) == len(row["scores"])
+    assert set(row["items"]) == set(range(40)) - seen
+    assert all(math.isfinite(s) for s in row["scores"])
+
+
 def test_recommend_user_out_of_range(dhmrec_run: Path, capsys) -> None:
     assert main(["recommend", "--run", str(dhmrec_run), "--users", "0", "60"]) == 2
     err = capsys.readouterr().err
@@ -275,7 +288,19 @@ def test_export_embeddings(dhmrec_run: Path, tmp_path: Path) -> None:
 
 def test_commands_on_missing_run(tmp_path: Path, capsys) -> None:
     assert main(["export", "--run", str(tmp_path)]) == 2
-    assert "no best.pt (the run has not finished)" in capsys.readouterr().err
+    assert f"{tmp_path}: no best.pt (not a run folder of run.py)" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["export", "--run", str(tmp_path)]) == 2
+    assert "no best.pt (an unfinished run folder of run.py)" in capsys.readouterr().err
+    assert main(["recommend", "--run", str(tmp_path / "none"), "--users", "0"]) == 2
+    assert f"{tmp_path / 'none'}: no such run folder" in capsys.readouterr().err
+    for argv, message in (
+        (["export", "--run", str(tmp_path), "--out", ""], "argument --out: must name a path"),
+        (["plot", "tsne", str(tmp_path), "--max-items", "-5"], "--max-items must be at least 2"),
+    ):
+        with pytest.raises(SystemExit) as stop:  # argparse's usage error
+            main(argv)
+        assert stop.value.code == 2 and message in capsys.readouterr().err
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "no results.json (not a finished run folder)" in capsys.readouterr().err
 
