@@ -474,6 +474,8 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("run_b", type=folder_path)
     parser.add_argument("--metric", default="recall@20", help="per-user metric (recall@20)")
     args = parser.parse_args(argv)
+    if args.run_a.resolve() == args.run_b.resolve():
+        raise ExperimentError(f"compare needs two runs, got {args.run_a} twice")
     r = compare_runs(args.run_a, args.run_b, args.metric)
     print(f"{r['metric']} over {r['users']} test users")
     print(f"  A {args.run_a}: {r['mean_a']:.6f}")

@@ -507,9 +507,13 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         raise bad("topk", "a non-empty list of distinct cut-offs, integers >= 1, e.g. [10, 20]")
     metrics = config.get("metrics")
     if "metrics" in config and (
-        not isinstance(metrics, list) or not metrics or not set(metrics) <= set(METRIC_NAMES)
+        not isinstance(metrics, list)
+        or not metrics
+        or not all(isinstance(m, str) for m in metrics)
+        or not set(metrics) <= set(METRIC_NAMES)
+        or len(set(metrics)) < len(metrics)
     ):
-        raise bad("metrics", f"a non-empty list of {', '.join(METRIC_NAMES)}")
+        raise bad("metrics", f"a non-empty list of distinct names among {', '.join(METRIC_NAMES)}")
     if "compile" in config and not isinstance(config["compile"], bool):
         raise bad("compile", "true or false")
     if "matmul_precision" in config and config["matmul_precision"] not in MATMUL_PRECISIONS:

@@ -301,8 +301,10 @@ def test_commands_on_missing_run(tmp_path: Path, capsys) -> None:
         with pytest.raises(SystemExit) as stop:  # argparse's usage error
             main(argv)
         assert stop.value.code == 2 and message in capsys.readouterr().err
-    assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
+    assert main(["compare", str(tmp_path), str(tmp_path / "b")]) == 2
     assert "no results.json (not a finished run folder)" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), str(tmp_path / "x" / "..")]) == 2
+    assert f"compare needs two runs, got {tmp_path} twice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", available("grids"))

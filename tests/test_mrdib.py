@@ -381,8 +381,11 @@ def test_bad_inputs(data: HeteroData) -> None:
                 _wrapped("freedom", data, **{f"{name}_weight": bad})
     with pytest.raises(ValueError, match="unique .*true or false"):
         _wrapped("freedom", data, unique="yes")
-    with pytest.raises(ValueError, match="club_hidden .*>= 1"):
+    with pytest.raises(ValueError, match=r"club_hidden .*in \[1, 65536\]"):
         _wrapped("freedom", data, club_hidden=0)
+    off = {"kl": False, "unique": False, "redundant": False, "synergy": False}
+    with pytest.raises(ValueError, match="are all false, so the plug-in adds nothing"):
+        _wrapped("freedom", data, **off)
 
 
 # ---------------------------------------------------------------- configuration and CLI

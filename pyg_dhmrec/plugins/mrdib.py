@@ -129,10 +129,19 @@ class MRdIB(Recommender):
                     f"MRdIB: {name}_weight (mrdib_{name}_weight) must be a finite number >= 0, "
                     f"got {value!r}"
                 )
-        if isinstance(club_hidden, bool) or not isinstance(club_hidden, int) or club_hidden < 1:
+        if (
+            isinstance(club_hidden, bool)
+            or not isinstance(club_hidden, int)
+            or not 1 <= club_hidden <= 65536
+        ):
             raise ValueError(
-                f"MRdIB: club_hidden (mrdib_club_hidden) must be an integer >= 1, got "
+                f"MRdIB: club_hidden (mrdib_club_hidden) must be an integer in [1, 65536], got "
                 f"{club_hidden!r}"
+            )
+        if not any(switches.values()):  # the run would be the base model under another name
+            raise ValueError(
+                "MRdIB: mrdib_kl, mrdib_unique, mrdib_redundant and mrdib_synergy are all false, "
+                "so the plug-in adds nothing; switch one on, or train without --plugin"
             )
         self.switches = switches
         self.weights = {k: float(v) for k, v in weights.items()}
