@@ -30,6 +30,7 @@ from pyg_dhmrec.data.consistent_knn import consistent_knn_edges
 from pyg_dhmrec.data.cooccurrence import cooccurrence_edges
 from pyg_dhmrec.data.dataset import RATES, item_features
 from pyg_dhmrec.data.graph import (
+    _check_mixing_weights,
     cosine_knn_edges,
     mix_modality_graphs,
     normalized_knn_edges,
@@ -237,6 +238,15 @@ class AddTopologicallyPrunedGraph(DerivedGraph):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"pruned k must be a positive int, got {k!r}")
         self.k, self.chunk_size = k, chunk_size
+        if modality_weights is not None:
+            # settings() reads them as floats (the cache key): check them first
+            if not isinstance(modality_weights, Mapping):
+                raise ValueError(
+                    f"modality_weights must be a mapping of modality -> weight, got "
+                    f"{modality_weights!r}"
+                )
+            if modality_weights:  # {}: compute names the modalities that need a weight
+                _check_mixing_weights(modality_weights, "modality_weights")
         self.modality_weights = None if modality_weights is None else dict(modality_weights)
 
     def settings(self) -> dict[str, Any]:

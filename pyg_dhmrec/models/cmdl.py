@@ -12,7 +12,12 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, pair_scores
 from pyg_dhmrec.models.mgcn import MGCNBackbone
-from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
+from pyg_dhmrec.models.validation import (
+    MAX_WIDTH,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import (
     NCECLUB,
     ConcatCritic,
@@ -179,7 +184,7 @@ class CMDL(MGCNBackbone):
         finetune_features: bool = True,
     ) -> None:
         super().__init__(data)
-        check_int("critic_hidden", critic_hidden, 1)
+        check_int("critic_hidden", critic_hidden, 1, MAX_WIDTH)
         self.item_temperature = check_positive("item_temperature", item_temperature)
         self.user_temperature = check_positive("user_temperature", user_temperature)
         self.cl_weight = check_nonnegative("cl_weight", cl_weight)

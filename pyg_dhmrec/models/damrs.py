@@ -14,6 +14,7 @@ from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.data.dataset import item_features
 from pyg_dhmrec.data.graph import normalized_adjacency
+from pyg_dhmrec.data.item_cooccurrence import item_cooccurrence_edges
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import (
     AddConsistentItemKNNGraphs,
@@ -23,7 +24,12 @@ from pyg_dhmrec.data.transforms import (
     consistent_knn_edge_type,
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
-from pyg_dhmrec.models.validation import check_int, check_nonnegative, check_positive
+from pyg_dhmrec.models.validation import (
+    check_at_most,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from pyg_dhmrec.nn import FrozenSparse, LightPropagation, symmetric_bernoulli_kl
 from pyg_dhmrec.nn.chunked_contrastive import UNSHIFTED_MAX_LOGIT
 
@@ -366,8 +372,10 @@ class DAMRS(Recommender):
         num_ui_layers: LightGCN layers :math:`L_{ui}`.
         num_ii_layers: item-graph propagation layers :math:`L \ge 1`.
         knn_k: neighbours per item in the denoised modality graphs (the item included).
-        behaviour_k: co-interacted neighbours per item in the behaviour graph.
-        behaviour_min_count: the fewest common users of a behaviour-graph pair.
+        behaviour_k: co-interacted neighbours per item in the behaviour graph (at most the
+            number of items - 1).
+        behaviour_min_count: the fewest common users of a behaviour-graph pair (at most the
+            largest number of users two items share: the graph needs one pair).
         au_weight: weight of :math:`\mathcal{L}_{AU}` (the authors' ``kl_weight``).
         ai_weight: weight of :math:`\mathcal{L}_{AI}` (the authors' ``neighbor_weight``).
         num_positives: multi-modal (and single-modal) positives :math:`K` per anchor.
@@ -383,11 +391,12 @@ class DAMRS(Recommender):
 
     @classmethod
     def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
+        # The dataset loader calls this before the constructor: check the keys here, by name.
         return [
             AddConsistentItemKNNGraphs(k=settings["knn_k"]),
             AddItemCooccurrenceGraph(
-                k=settings["behaviour_k"],
-                min_count=settings["behaviour_min_count"],
+                k=check_int("behaviour_k", settings["behaviour_k"], 1),
+                min_count=check_int("behaviour_min_count", settings["behaviour_min_count"], 1),
                 weighting="binary",
                 self_loops=True,
             ),
@@ -428,6 +437,8 @@ class DAMRS(Recommender):
         self.gamma = check_nonnegative("gamma", gamma)
         self.temperature = check_positive("temperature", temperature)
         check_int("behaviour_k", behaviour_k, 1)
+        # neighbours among the other items: a larger k keeps no more
+        check_at_most("behaviour_k", behaviour_k, self.num_items - 1, "the number of other items")
         check_int("behaviour_min_count", behaviour_min_count, 1)
         self.modalities = list(item_features(data))
         if not self.modalities:
@@ -438,6 +449,7 @@ class DAMRS(Recommender):
             behaviour_k=behaviour_k,
             behaviour_min_count=behaviour_min_count,
         )
+        self._check_behaviour_edges(data, behaviour_min_count)
 
         self.user_embedding = torch.nn.Embedding(self.num_users, embedding_dim)
         self.item_embedding = torch.nn.Embedding(self.num_items, embedding_dim)
@@ -456,6 +468,24 @@ class DAMRS(Recommender):
             check_int("num_ii_layers", num_ii_layers, 0), mode="last"
         )
         self.reset_parameters()
+
+    def _check_behaviour_edges(self, data: HeteroData, min_count: int) -> None:
+        """Refuse a ``behaviour_min_count`` above every pair's count: the behaviour graph would
+        hold only the self-loops (the view would be the raw ID embeddings)."""
+        edge_index = data[co_interaction_edge_type()].edge_index
+        if bool((edge_index[0] != edge_index[1]).any()):
+            return
+        # the most users any two items share (each item's top pair, any count)
+        _, counts = item_cooccurrence_edges(
+            self.train_edge_index(data), self.num_users, self.num_items, k=1
+        )
+        largest = int(counts.max()) if counts.numel() else 0
+        if largest >= 1:  # else no two items share a user: no setting gives an edge
+            raise ValueError(
+                f"behaviour_min_count must be <= {largest} (the most users any two items share "
+                f"in the train interactions), got {min_count!r}: the behaviour graph would hold "
+                "no co-interaction edge"
+            )
 
     def _item_graph(self, data: HeteroData, edge_type: tuple[str, str, str]) -> FrozenSparse:
         return FrozenSparse(self.item_graph(data, edge_type))

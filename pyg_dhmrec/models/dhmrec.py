@@ -303,9 +303,19 @@ class DHMRec(Recommender):
             raise ValueError(
                 f"kl_items must be a positive integer or null (every item), got {kl_items!r}"
             )
-        unknown = sorted(set(ablations) - set(ABLATIONS))
+        if isinstance(ablations, str) or not isinstance(ablations, Sequence):
+            raise ValueError(
+                f"ablations must be a list of names from {ABLATIONS}, got {ablations!r}"
+            )
+        unknown = [a for a in ablations if a not in ABLATIONS]
         if unknown:
             raise ValueError(f"unknown DHMRec ablation(s) {unknown}; choose from {ABLATIONS}")
+        repeated = sorted({a for a in ablations if list(ablations).count(a) > 1})
+        if repeated:
+            raise ValueError(
+                f"ablations must name each ablation once, got {list(ablations)!r} "
+                f"({', '.join(repeated)} repeated)"
+            )
         data = self.with_graphs(data, knn_k=knn_k, ablations=ablations)
         self.ablations = tuple(ablations)
         self.disentangle = "no_dis" not in ablations
@@ -372,7 +382,9 @@ class DHMRec(Recommender):
             graphs[m] = to_csr(store.edge_index, store.edge_weight, n, n)
         if self.disentangle:
             # No weights given: equal beta_m (the YAML holds FREEDOM's 0.1 image / 0.9 text).
-            weights = weights or {m: 1.0 / len(self.modalities) for m in self.modalities}
+            # {} is refused as FREEDOM refuses it (one weight per modality), not read as equal
+            if weights is None:
+                weights = {m: 1.0 / len(self.modalities) for m in self.modalities}
             graphs["common"] = mix_modality_graphs(graphs, weights, "modality_weights")
         return graphs
 

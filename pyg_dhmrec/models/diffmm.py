@@ -21,10 +21,14 @@ from pyg_dhmrec.data.graph import (
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import (
+    MAX_DIFFUSION_STEPS,
+    MAX_LAYERS,
+    MAX_WIDTH,
     check_bool,
     check_choice,
     check_fraction,
     check_int,
+    check_int_list,
     check_nonnegative,
     check_positive,
 )
@@ -153,7 +157,7 @@ class DiffMM(Recommender):
         sampling_steps: :math:`T'` of the inference.
         sampling_noise: draw the reverse steps' posterior noise at inference.
         snr_weighting: the ELBO's per-step weights (else a uniform MSE).
-        denoiser_dims: hidden sizes of the denoising MLPs (``dims``).
+        denoiser_dims: hidden sizes of the denoising MLPs (``dims``), ints in [1, 65536].
         time_embedding_dim: size of their step embedding (``d_emb_size``).
         denoiser_dropout: dropout on their input rows in training.
         msi_weight: :math:`\lambda_0` (``e_loss``).
@@ -200,7 +204,7 @@ class DiffMM(Recommender):
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
-        check_int("num_layers", num_layers, 0)
+        check_int("num_layers", num_layers, 0, MAX_LAYERS)
         check_choice("feature_transform", feature_transform, FEATURE_TRANSFORMS)
         check_choice("contrast_anchor", contrast_anchor, CONTRAST_ANCHORS)
         for name, value in (
@@ -212,7 +216,7 @@ class DiffMM(Recommender):
         ):
             check_nonnegative(name, value)
         check_positive("temperature", temperature)
-        check_int("diffusion_steps", diffusion_steps, 1)
+        check_int("diffusion_steps", diffusion_steps, 1, MAX_DIFFUSION_STEPS)
         for name, value in (
             ("noise_scale", noise_scale),
             ("noise_min", noise_min),
@@ -233,7 +237,9 @@ class DiffMM(Recommender):
         check_bool("sampling_noise", sampling_noise)
         check_bool("snr_weighting", snr_weighting)
         check_int("diffusion_batch_size", diffusion_batch_size, 1)
-        check_int("time_embedding_dim", time_embedding_dim, 1)
+        check_int("time_embedding_dim", time_embedding_dim, 1, MAX_WIDTH)
+        # [2.5] or [true] would run as [2] or [1]: whole sizes only
+        denoiser_dims = check_int_list("denoiser_dims", denoiser_dims, 1, MAX_WIDTH)
         check_positive("diffusion_learning_rate", diffusion_learning_rate)
         self.feature_transform = feature_transform
         self.generated_graph_weight, self.residual_weight = generated_graph_weight, residual_weight

@@ -25,6 +25,8 @@ from pyg_dhmrec.nn.normalize import l2_normalize
 
 #: How the per-modality user representations are fused (Section III-C of the paper).
 FUSIONS = ("weighted_sum", "mean", "max", "concat")
+#: The paper's and the authors' code's ``user_graph_k`` (``--sampling 40``).
+PUBLISHED_USER_GRAPH_K = 40
 #: How a user's sampled neighbours are weighted in the user graph aggregation.
 USER_GRAPH_WEIGHTINGS = ("softmax", "mean")
 
@@ -86,7 +88,8 @@ class DualGNN(Recommender):
         data: graph with train edges and at least one item modality.
         embedding_dim: width ``d`` of the preferences and projected features.
         num_ui_layers: propagation layers :math:`L` on the user-item graph.
-        user_graph_k: co-occurring users sampled per user (paper/code: 40).
+        user_graph_k: co-occurring users sampled per user (paper/code: 40); above 40, at most
+            the number of users - 1.
         fusion: one of :data:`FUSIONS`, see above.
         user_graph_weighting: ``"softmax"`` or ``"mean"``, see above.
         reg_weight: weight of the mean-square regulariser (:math:`\ge 0`).
@@ -98,7 +101,8 @@ class DualGNN(Recommender):
 
     @classmethod
     def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
-        return [AddUserCooccurrenceGraph(k=settings["user_graph_k"])]
+        # The dataset loader calls this before the constructor: check the key here, by name.
+        return [AddUserCooccurrenceGraph(k=check_int("user_graph_k", settings["user_graph_k"], 1))]
 
     def __init__(
         self,
@@ -114,6 +118,16 @@ class DualGNN(Recommender):
         embedding_dim = check_int("embedding_dim", embedding_dim, 1)
         num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
         self.user_graph_k = check_int("user_graph_k", user_graph_k, 1)
+        # Each epoch draws [users, user_graph_k] slots among the other users (padded by
+        # redrawing where a user has fewer): the published k always runs, a larger one must not
+        # exceed the other users (1000 slots among 39 users is a slip, 10**12 never allocates).
+        bound = max(self.num_users - 1, PUBLISHED_USER_GRAPH_K)
+        if self.user_graph_k > bound:
+            raise ValueError(
+                f"user_graph_k must be <= {bound} (the larger of the number of other users, "
+                f"{self.num_users - 1}, and the published {PUBLISHED_USER_GRAPH_K}), got "
+                f"{user_graph_k!r}"
+            )
         self.fusion = check_choice("fusion", fusion, FUSIONS)
         self.user_graph_weighting = check_choice(
             "user_graph_weighting", user_graph_weighting, USER_GRAPH_WEIGHTINGS

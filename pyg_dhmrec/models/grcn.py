@@ -10,7 +10,13 @@ from torch_geometric.utils import softmax
 
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
-from pyg_dhmrec.models.validation import check_choice, check_int, check_nonnegative
+from pyg_dhmrec.models.validation import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    check_choice,
+    check_int,
+    check_nonnegative,
+)
 from pyg_dhmrec.nn import bpr_loss
 from pyg_dhmrec.nn.edge_refinement import ConfidenceEdgeWeights
 from pyg_dhmrec.nn.normalize import l2_normalize
@@ -94,9 +100,9 @@ class GRCN(Recommender):
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
-        check_int("feature_dim", feature_dim, 1)
+        check_int("feature_dim", feature_dim, 1, MAX_WIDTH)
         self.num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
-        check_int("num_routing", num_routing, 0)
+        check_int("num_routing", num_routing, 0, MAX_LAYERS)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         check_choice(
             "confidence_activation", confidence_activation, ConfidenceEdgeWeights.activations

@@ -16,6 +16,7 @@ from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph, knn_edge_type
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import (
+    MAX_WIDTH,
     check_at_most,
     check_choice,
     check_fraction,
@@ -142,7 +143,7 @@ class LATTICE(Recommender):
     ) -> None:
         super().__init__(data)
         embedding_dim = check_int("embedding_dim", embedding_dim, 1)
-        feat_embed_dim = check_int("feat_embed_dim", feat_embed_dim, 1)
+        feat_embed_dim = check_int("feat_embed_dim", feat_embed_dim, 1, MAX_WIDTH)
         num_ui_layers = check_int("num_ui_layers", num_ui_layers, 0)
         self.num_ii_layers = check_int("num_ii_layers", num_ii_layers, 1)
         self.knn_k = check_int("knn_k", knn_k, 1)

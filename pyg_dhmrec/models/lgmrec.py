@@ -17,6 +17,8 @@ from pyg_dhmrec.data.graph import normalized_adjacency, to_csr
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_rows
 from pyg_dhmrec.models.validation import (
+    MAX_LAYERS,
+    MAX_WIDTH,
     check_fraction,
     check_int,
     check_nonnegative,
@@ -154,8 +156,8 @@ class LGMRec(Recommender):
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
-        check_int("num_hyper_layers", num_hyper_layers, 1)
-        check_int("num_hyperedges", num_hyperedges, 1)
+        check_int("num_hyper_layers", num_hyper_layers, 1, MAX_LAYERS)
+        check_int("num_hyperedges", num_hyperedges, 1, MAX_WIDTH)
         check_fraction("keep_rate", keep_rate, include_0=False)
         self.temperature = check_positive("temperature", temperature)
         self.alpha = check_nonnegative("alpha", alpha)

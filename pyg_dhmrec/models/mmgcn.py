@@ -12,7 +12,11 @@ from torch_geometric.data import HeteroData
 from pyg_dhmrec.data.mean_adjacency import row_normalized_adjacency
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
-from pyg_dhmrec.models.validation import check_int, check_nonnegative
+from pyg_dhmrec.models.validation import (
+    MAX_WIDTH,
+    check_int,
+    check_nonnegative,
+)
 from pyg_dhmrec.nn import FrozenSparse, bpr_loss
 from pyg_dhmrec.nn.normalize import l2_normalize, normalized_projection_maps
 
@@ -129,7 +133,7 @@ class MMGCN(Recommender):
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
-        check_int("feature_dim", feature_dim, 1)
+        check_int("feature_dim", feature_dim, 1, MAX_WIDTH)
         check_int("num_ui_layers", num_ui_layers, 1)
         self.reg_weight = check_nonnegative("reg_weight", reg_weight)
         features = self.register_item_features(data)

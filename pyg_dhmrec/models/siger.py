@@ -22,6 +22,7 @@ from pyg_dhmrec.data.transforms import (
 from pyg_dhmrec.models.base import Embeddings, OnDemandRows, pair_scores
 from pyg_dhmrec.models.freedom import FREEDOM
 from pyg_dhmrec.models.validation import (
+    check_at_most,
     check_bool,
     check_fraction,
     check_nonnegative,
@@ -60,6 +61,12 @@ class SIGEREmbeddings(Embeddings):
 
     projected: dict[str, OnDemandRows] = field(default_factory=dict)
     first_hops: FirstHops | None = None
+
+
+def _check_infusion_k(infusion_k: Any) -> int:
+    if isinstance(infusion_k, bool) or not isinstance(infusion_k, int) or infusion_k < 1:
+        raise ValueError(f"infusion_k must be a positive int, got {infusion_k!r}")
+    return infusion_k
 
 
 class SIGER(FREEDOM):
@@ -181,7 +188,8 @@ class SIGER(FREEDOM):
     def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
         transforms = super().graph_transforms(settings)
         if settings.get("use_infusion"):
-            transforms.append(AddItemCooccurrenceGraph(k=settings["infusion_k"]))
+            # The dataset loader calls this before the constructor: check the key by name.
+            transforms.append(AddItemCooccurrenceGraph(k=_check_infusion_k(settings["infusion_k"])))
         return transforms
 
     def __init__(
@@ -225,8 +233,10 @@ class SIGER(FREEDOM):
         check_positive("cl_temperature", cl_temperature)
         check_positive("align_temperature", align_temperature)
         check_fraction("infusion_weight", infusion_weight)
-        if isinstance(infusion_k, bool) or not isinstance(infusion_k, int) or infusion_k < 1:
-            raise ValueError(f"infusion_k must be a positive int, got {infusion_k!r}")
+        _check_infusion_k(infusion_k)
+        if use_infusion:  # co-interacted items among the other items (config.py checks it too)
+            num_items = int(data["item"].num_nodes)
+            check_at_most("infusion_k", infusion_k, num_items - 1, "the number of other items")
         data = add_derived_graphs(
             data,
             self.graph_transforms(

@@ -21,6 +21,9 @@ from pyg_dhmrec.data.transforms import (
 )
 from pyg_dhmrec.models.base import Embeddings, Recommender, pair_scores
 from pyg_dhmrec.models.validation import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    check_at_most,
     check_choice,
     check_fraction,
     check_int,
@@ -169,7 +172,8 @@ class TMLP(Recommender):
         mlp_dropout: dropout after each hidden layer of the MLPs.
         num_ui_layers: propagation layers on the user-item graph.
         knn_k: neighbours per item in the modality kNN graphs.
-        pruned_k: neighbours kept per item by the topological pruning.
+        pruned_k: neighbours kept per item by the topological pruning (at most the number of
+            items - 1; at or above an item's neighbourhood size it keeps all of it).
         modality_weights: mixing weight per modality of the kNN graphs.
         na_weight: weight of the neighbourhood alignment loss.
         temperature: :math:`\tau` of the neighbourhood alignment loss.
@@ -183,9 +187,10 @@ class TMLP(Recommender):
     @classmethod
     def graph_transforms(cls, settings: Mapping[str, Any]) -> list[DerivedGraph]:
         return [
+            # The dataset loader calls this before the constructor: check the keys by name.
             AddTopologicallyPrunedGraph(
                 knn_k=settings["knn_k"],
-                k=settings["pruned_k"],
+                k=check_int("pruned_k", settings["pruned_k"], 1),
                 modality_weights=settings.get("modality_weights"),
             )
         ]
@@ -208,14 +213,17 @@ class TMLP(Recommender):
     ) -> None:
         super().__init__(data)
         check_int("embedding_dim", embedding_dim, 1)
-        check_int("feat_embed_dim", feat_embed_dim, 1)
-        check_int("hidden_dim", hidden_dim, 1)
-        check_int("num_mlp_layers", num_mlp_layers, 1)
+        check_int("feat_embed_dim", feat_embed_dim, 1, MAX_WIDTH)
+        check_int("hidden_dim", hidden_dim, 1, MAX_WIDTH)
+        check_int("num_mlp_layers", num_mlp_layers, 1, MAX_LAYERS)
         check_choice("activation", activation, ACTIVATIONS)
         check_fraction("mlp_dropout", mlp_dropout, include_1=False)
         self.na_weight = check_nonnegative("na_weight", na_weight)
         self.temperature = check_positive("temperature", temperature)
         check_int("pruned_k", pruned_k, 1)
+        # neighbours among the other items: pruned_k at or above an item's neighbourhood keeps
+        # all of it, more than the other items is a slip
+        check_at_most("pruned_k", pruned_k, self.num_items - 1, "the number of other items")
         features = self.register_item_features(data)
         data = self.with_graphs(
             data, knn_k=knn_k, pruned_k=pruned_k, modality_weights=modality_weights

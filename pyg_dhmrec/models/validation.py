@@ -11,6 +11,17 @@ import math
 from numbers import Integral, Real
 from typing import Any
 
+#: Largest count of stacked layers or iterations a model accepts (``num_routing``,
+#: ``num_hyper_layers``, ...): published settings use at most a handful; a huge count never
+#: finishes (or allocates one block per layer).
+MAX_LAYERS = 64
+#: Largest width of a hidden layer or projection (``feature_dim``, ``hidden_dim``, ...): 16
+#: times config.py's ``embedding_dim`` bound (4096); published widths stay below 1024, and a
+#: huge one allocates terabytes.
+MAX_WIDTH = 65536
+#: Largest number of diffusion steps: DDPM's 1000 (DiffMM publishes 5).
+MAX_DIFFUSION_STEPS = 1000
+
 
 def check_bool(name: str, value: Any) -> bool:
     """Return ``value`` if it is a ``bool`` (not ``0``, ``1`` or a string such as ``"false"``)."""
@@ -19,11 +30,29 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def check_int(name: str, value: Any, low: int) -> int:
-    """Return ``value`` as an ``int`` if it is an integer (not a bool or float) ``>= low``."""
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """Return ``value`` as an ``int`` if it is an integer (not a bool or float) ``>= low`` and,
+    with ``high``, ``<= high`` (``num_routing must be in [0, 64], got 1000``)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
     return int(value)
+
+
+def check_int_list(name: str, value: Any, low: int, high: int | None = None) -> list[int]:
+    """Return ``value`` as a list of ``int`` if it is a non-empty list (or tuple) of integers
+    (not bools or floats) ``>= low`` and, with ``high``, ``<= high`` (a list of layer widths)."""
+
+    def fits(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            return False
+        return low <= v and (high is None or v <= high)
+
+    if not isinstance(value, (list, tuple)) or not value or not all(fits(v) for v in value):
+        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be a non-empty list of ints {expected}, got {value!r}")
+    return [int(v) for v in value]
 
 
 def check_at_most(name: str, value: int, high: int, what: str) -> int:

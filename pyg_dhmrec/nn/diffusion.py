@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -259,11 +260,18 @@ class DenoisingMLP(torch.nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        hidden = [int(h) for h in hidden_dims]
-        if not hidden or any(h < 1 for h in hidden):
+        # int() would turn 2.5 into 2 and True into 1: whole sizes only
+        if (
+            not isinstance(hidden_dims, Sequence)
+            or isinstance(hidden_dims, str)
+            or not hidden_dims
+            or not all(isinstance(h, Integral) and not isinstance(h, bool) for h in hidden_dims)
+            or any(h < 1 for h in hidden_dims)
+        ):
             raise ValueError(
                 f"hidden_dims must be a non-empty list of sizes >= 1, got {hidden_dims!r}"
             )
+        hidden = [int(h) for h in hidden_dims]
         if time_dim < 1:
             raise ValueError(f"time_dim must be >= 1, got {time_dim}")
         if not 0 <= dropout < 1:
