@@ -229,6 +229,17 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+def _tiny_with(tmp_path: Path, argv: list) -> list[str]:
+    """:func:`_tiny`'s arguments with ``argv``'s options (replacing one already there)."""
+    args = _tiny(tmp_path)
+    for i in range(0, len(argv), 2):
+        if argv[i] in args:
+            args[args.index(argv[i]) + 1] = argv[i + 1]
+        else:
+            args += argv[i : i + 2]
+    return args
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -324,13 +335,7 @@ def _tiny(tmp_path: Path, *extra: str) -> list[str]:
     ],
 )
 def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:
-    args = _tiny(tmp_path)
-    for i in range(0, len(argv), 2):  # replace an option already in args, else append
-        if argv[i] in args:
-            args[args.index(argv[i]) + 1] = argv[i + 1]
-        else:
-            args += argv[i : i + 2]
-    assert main(args) == 2
+    assert main(_tiny_with(tmp_path, argv)) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n", err
     assert not (tmp_path / "run" / "results.json").exists()
@@ -374,13 +379,7 @@ def test_option_ranges_exit_2(tmp_path: Path, capsys, argv: list, message: str) 
     ],
 )
 def test_option_types_exit_2(tmp_path: Path, capsys, argv: list, message: str) -> None:
-    args = _tiny(tmp_path)
-    for i in range(0, len(argv), 2):  # replace an option already in args, else append
-        if argv[i] in args:
-            args[args.index(argv[i]) + 1] = argv[i + 1]
-        else:
-            args += argv[i : i + 2]
-    assert main(args) == 2
+    assert main(_tiny_with(tmp_path, argv)) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n", err
     assert not (tmp_path / "run").exists()
