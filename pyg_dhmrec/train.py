@@ -651,6 +651,16 @@ class Trainer:
         self.history = list(payload["history"])
         log.info("resumed from %s after epoch %d", path, self.epoch)
 
+    def _extreme_settings(self) -> str:
+        """The run's number settings far from 1 (outside [1e-6, 1e6] in size), where a NaN loss
+        usually starts (a temperature of 1e-300 overflows the exp of a contrastive term)."""
+        extreme = [
+            f"{k} {v:g}"
+            for k, v in sorted(self.config.items())
+            if isinstance(v, float) and v != 0 and not 1e-6 <= abs(v) <= 1e6
+        ]
+        return f" (settings far from 1: {', '.join(extreme)})" if extreme else ""
+
     # ----- the loop -----
     def _train_step(self, epoch: int) -> tuple[dict[str, Any], str]:
         """Train one epoch; its history record and log line."""
@@ -663,7 +673,7 @@ class Trainer:
                 if self.output and self.epoch > 0
                 else ""
             )
-            raise FloatingPointError(f"{e}{kept}") from None
+            raise FloatingPointError(f"{e}{self._extreme_settings()}{kept}") from None
         self.train_times.append(time.perf_counter() - t0)
         self.train_cpu_times.append(time.process_time() - cpu0)
         record: dict[str, Any] = {

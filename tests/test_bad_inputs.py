@@ -419,9 +419,20 @@ def test_a_learning_rate_that_breaks_the_weights_stops_the_run(tmp_path: Path, c
     assert main(_tiny(tmp_path, "--epochs", "1", "--learning_rate", "1e308")) == 2
     assert capsys.readouterr().err == (
         "error: epoch 1: parameter(s) user_embedding.weight, item_embedding.weight became NaN or "
-        "inf in the optimizer's steps (learning_rate 1e+308, weight_decay 0.0): lower them\n"
+        "inf in the optimizer's steps (learning_rate 1e+308, weight_decay 0.0): lower them "
+        "(settings far from 1: learning_rate 1e+308)\n"
     )
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_nan_loss_names_the_settings_far_from_one(tmp_path: Path, capsys) -> None:
+    # a temperature of 1e-300 is a positive number, so accepted; it overflows the InfoNCE term
+    args = _tiny_with(tmp_path, ["--model", "mgcn", "--epochs", "1", "--temperature", "1e-300"])
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        "error: epoch 1: loss part(s) cl became NaN or inf (settings far from 1: temperature "
+        "1e-300)\n"
+    )
 
 
 def test_an_empty_value_is_not_a_default(tmp_path: Path, capsys) -> None:
