@@ -26,6 +26,7 @@ from pyg_dhmrec.config import (
     load_config,
     load_yaml,
     merge,
+    overall_defaults,
     validate_config,
 )
 from pyg_dhmrec.data.dataset import RATES
@@ -420,6 +421,25 @@ def checked_stored_config(config: Any, source: str) -> dict[str, Any]:
     fixed = {k: v for k, v in config.items() if k not in ("model", "dataset")}
     checked = merge(schema, fixed, source)
     missing = sorted(set(schema) - set(config))
+    added = [k for k in missing if k not in overall_defaults()]
+    if added:  # a model option newer than the run: its default keeps the older behaviour
+        try:  # the run's own dataset layer, where it can be read (per_dataset defaults)
+            layered = load_config(
+                config["model"],
+                config["dataset"],
+                {"plugin": plugin, "data_root": config.get("data_root")},
+            )
+        except ConfigError:
+            layered = schema
+        for key in added:
+            checked[key] = layered.get(key, schema[key])
+        log.warning(
+            "%s: lacks the model key(s) %s, newer than the run; resumed with the default(s) %s",
+            source,
+            ", ".join(added),
+            ", ".join(f"{k}={checked[k]!r}" for k in added),
+        )
+        missing = [k for k in missing if k not in added]
     if missing:
         raise ConfigError(
             f"{source}: lacks key(s) {', '.join(missing)} (keys this version adds to "

@@ -328,6 +328,25 @@ def test_checkpoint_of_another_model_with_the_same_parameters_refused(
     ), err
 
 
+def test_model_key_newer_than_the_run_takes_its_default(
+    finished_runs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a run saved before a model option existed (FREEDOM's finetune_features) still resumes
+    folder = tmp_path / "run"
+    shutil.copytree(finished_runs / "dim8", folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["reg_weight"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "results.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.experiment"):
+        assert main(["--resume", str(folder), "--quiet"]) == 0
+    assert any(
+        "lacks the model key(s) reg_weight, newer than the run; resumed with the default(s) "
+        "reg_weight=0.0001" in r.getMessage()
+        for r in caplog.records
+    ), caplog.text
+
+
 def test_run_stopped_before_training_does_not_claim_the_folder(
     data_root: Path, tmp_path: Path, capsys
 ) -> None:
