@@ -351,6 +351,12 @@ def run_seeds(
             f"{int(config['seed']) + num_seeds - 1}, above the largest seed {MAX_SEED}"
         )
     output = Path(output)
+    for marker, what in ((CONFIG_FILE, "a run"), (RESULTS, "a run"), ("grid.json", "a grid")):
+        if (output / marker).exists():  # its seed=<s>/ folders would mix with that run's files
+            raise ConfigError(
+                f"--output {output}: holds {what} ({marker}); --seeds writes seed=<s>/ folders "
+                "and seeds.json into a folder of its own"
+            )
     seeds = [int(config["seed"]) + i for i in range(num_seeds)]
     results = []
     for seed in seeds:

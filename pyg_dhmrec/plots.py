@@ -43,6 +43,9 @@ def plot_curves(run: Path, out: Path) -> Path:
     history = results.get("history") or []
     if not history:
         raise ExperimentError(f"{run}/results.json: empty 'history', nothing to plot")
+    missing = [k for k in ("best_epoch", "model", "dataset") if k not in results]
+    if missing:
+        raise ExperimentError(f"{run}/results.json: lacks {', '.join(missing)}; not a finished run")
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = [h["epoch"] for h in history]
     for part in history[0]["loss"]:
@@ -65,10 +68,20 @@ def plot_curves(run: Path, out: Path) -> Path:
 def _sweep_points(folder: Path) -> list[dict[str, Any]]:
     points = []
     for path in sorted(Path(folder).glob("*/results.json")):
-        with open(path, encoding="utf-8") as f:
-            points.append(json.load(f))
+        results = read_results(path.parent)  # names the file of a damaged one
+        missing = [k for k in ("config", "valid", "test", "model", "dataset") if k not in results]
+        if missing:
+            raise ExperimentError(f"{path}: lacks {', '.join(missing)}; not a finished run")
+        points.append(results)
     if not points:
         raise ExperimentError(f"{folder}: no point folder holds a results.json")
+    for key in ("model", "dataset"):  # one figure compares settings of one model on one dataset
+        values = sorted({str(p[key]) for p in points})
+        if len(values) > 1:
+            raise ExperimentError(
+                f"{folder}: its points are of more than one {key} ({', '.join(values)}); a sweep "
+                f"plots one {key}"
+            )
     return points
 
 
@@ -98,6 +111,20 @@ def plot_sweep(
     for key in (x, lines):
         if key is not None and any(key not in c for c in configs):
             raise ExperimentError(f"{folder}: key '{key}' is not in every point's config")
+        if key is not None and not all(
+            isinstance(c[key], (int, float, str, bool)) or c[key] is None for c in configs
+        ):
+            raise ExperimentError(
+                f"{folder}: key '{key}' holds lists or mappings; --x and --lines take a key of "
+                "single values"
+            )
+    for r in results:
+        for split in ("valid", "test"):
+            if metric not in (r[split] or {}):
+                raise ExperimentError(
+                    f"{folder}: a point ({r['config'].get('output', '?')}) has no {split} "
+                    f"{metric}; it has {', '.join(sorted(r[split] or {})) or 'none'}"
+                )
     groups: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
     for r in results:
         groups.setdefault(r["config"][lines] if lines else None, []).append((r["config"][x], r))

@@ -26,6 +26,7 @@ from pyg_dhmrec.config import ConfigError, load_config, parse_cli_overrides
 from pyg_dhmrec.data import amazon as amazon_module
 from pyg_dhmrec.data.amazon import (
     IMAGE_DIM,
+    _parse_meta_line,
     encode_texts,
     item_texts,
     k_core,
@@ -762,6 +763,29 @@ def test_partial_amazon_override_merges() -> None:
     assert amazon["text_encoder"] == "tfidf"
     assert amazon["category"] == "Sports_and_Outdoors"
     assert amazon["reviews_url"].endswith("reviews_Sports_and_Outdoors_5.json.gz")
+
+
+def test_review_fields_out_of_range_or_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "r.json.gz"
+    rows = _reviews()[:3]
+    huge = {**rows[1], "unixReviewTime": 10**26}
+    path.write_bytes(_gz_lines([json.dumps(r) for r in (rows[0], huge, rows[2])]))
+    with pytest.raises(DataFormatError, match=r"r\.json\.gz:2: 'unixReviewTime' must be a number "):
+        read_review_table(path)
+    # one review without 'overall': the column is left out, and the first such line is named
+    partial = {k: v for k, v in rows[2].items() if k != "overall"}
+    path.write_bytes(_gz_lines([json.dumps(r) for r in (rows[0], rows[1], partial)]))
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.data.amazon"):
+        table = read_review_table(path)
+    assert table.ratings is None and table.timestamps is not None
+    assert "r.json.gz:3: review lacks 'overall' (the first line without it)" in caplog.text
+
+
+def test_metadata_line_with_an_unhashable_key_is_not_a_dict() -> None:
+    with pytest.raises(ValueError):  # the reader names the line (ValueError family)
+        _parse_meta_line("{[1]: 2}")
 
 
 @pytest.mark.parametrize("reader", ["reviews", "meta"])

@@ -229,6 +229,39 @@ def test_plot_tsne_of_dhmrec(dhmrec_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "tsne.png").stat().st_size > 1000
 
 
+def test_seeds_into_a_run_or_grid_folder_refused(
+    grid: Path, data_root: Path, tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "grid"
+    shutil.copytree(grid, folder)
+    for target, marker in (
+        (folder, "a grid (grid.json)"),
+        (folder / "num_ui_layers=1_reg_weight=0.001", "a run (config.json)"),
+    ):
+        assert main([*train_args(data_root, target), "--seeds", "1"]) == 2
+        assert f"--output {target}: holds {marker}; --seeds writes" in capsys.readouterr().err
+        assert not list(target.glob("seed=*"))
+
+
+def test_sweep_of_points_it_cannot_plot_is_named(grid: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "grid"
+    shutil.copytree(grid, folder)
+    out = ["--out", str(tmp_path / "png")]
+    assert main(["plot", "sweep", str(folder), "--metric", "ndcg@7", *out]) == 2
+    assert "has no valid ndcg@7; it has " in capsys.readouterr().err
+    assert main(["plot", "sweep", str(folder), "--x", "synthetic", *out]) == 2
+    assert "key 'synthetic' holds lists or mappings" in capsys.readouterr().err
+    point = sorted(folder.glob("*/results.json"))[0]
+    results = json.loads(point.read_text())
+    point.write_text(json.dumps({**results, "dataset": "other"}))
+    assert main(["plot", "sweep", str(folder), *out]) == 2
+    assert "points are of more than one dataset (other, synthetic)" in capsys.readouterr().err
+    point.write_text("{}")
+    assert main(["plot", "sweep", str(folder), *out]) == 2
+    assert f"{point}: lacks config, valid, test, model, dataset" in capsys.readouterr().err
+
+
 def test_plot_without_matplotlib(
     grid: Path, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
 ) -> None:

@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import zlib
@@ -38,6 +39,8 @@ from pyg_dhmrec.atomic_files import sha256_bytes, write_bytes, write_json
 from pyg_dhmrec.data.download import DownloadError, download_file, file_md5, gzip_complete
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.data.split import split_per_user
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AMAZON_BUILD_VERSION",
@@ -110,8 +113,8 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
 def read_review_table(path: str | os.PathLike) -> Reviews:
     """Read a (gzipped) JSON-lines review file; a malformed line is an error naming its number."""
     path = Path(path)
-    users, items, ratings, times = [], [], [], []
-    has_rating = has_time = True
+    users, items, ratings, times, numbers = [], [], [], [], []
+    lacking: dict[str, int] = {}  # field -> first line without it
     for number, line in _numbered_lines(path):
         if not line.strip():
             continue
@@ -124,18 +127,46 @@ def read_review_table(path: str | os.PathLike) -> Reviews:
             raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
         users.append(user)
         items.append(item)
-        has_rating = has_rating and "overall" in row
-        has_time = has_time and "unixReviewTime" in row
+        numbers.append(number)
+        for field in ("overall", "unixReviewTime"):
+            if field not in row:
+                lacking.setdefault(field, number)
         ratings.append(row.get("overall", 0.0))
         times.append(row.get("unixReviewTime", 0))
     if not users:
         raise DataFormatError(f"{path}: no reviews")
-    try:
-        rating = np.asarray(ratings, dtype=np.float64) if has_rating else None
-        stamp = np.asarray(times, dtype=np.int64) if has_time else None
-    except (TypeError, ValueError) as e:
-        raise DataFormatError(f"{path}: non-numeric 'overall' or 'unixReviewTime' ({e})") from None
+    for field, number in lacking.items():  # the column is left out, not filled in
+        log.warning(
+            "%s:%d: review lacks '%s' (the first line without it): the dataset's .inter gets "
+            "no %s column",
+            path,
+            number,
+            field,
+            "rating" if field == "overall" else "timestamp",
+        )
+    rating = _numeric_column(path, "overall", ratings, numbers, np.float64)
+    stamp = _numeric_column(path, "unixReviewTime", times, numbers, np.int64)
+    rating = None if "overall" in lacking else rating
+    stamp = None if "unixReviewTime" in lacking else stamp
     return Reviews(np.asarray(users), np.asarray(items), rating, stamp)
+
+
+def _numeric_column(
+    path: Path, field: str, values: list, numbers: list[int], dtype: type
+) -> np.ndarray:
+    """``values`` as ``dtype``; an error naming the first line whose value does not fit."""
+    try:
+        return np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        for value, number in zip(values, numbers):
+            try:
+                np.asarray([value], dtype=dtype)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise DataFormatError(
+                    f"{path}:{number}: '{field}' must be a number in {np.dtype(dtype).name}'s "
+                    f"range, got {value!r} ({e})"
+                ) from None
+        raise
 
 
 def read_reviews(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +267,7 @@ def _fill_missing(
 def _parse_meta_line(line: str) -> dict[str, Any]:
     try:
         value = ast.literal_eval(line)  # the 2014 metadata is Python dict literals
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError):  # TypeError: an unhashable key, {[1]: 2}
         value = json.loads(line)  # some mirrors re-encode it as JSON
     if not isinstance(value, dict):
         raise ValueError(f"expected a dict, got {type(value).__name__}")
