@@ -591,7 +591,7 @@ def folder_path(text: str) -> Path:
 
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocation that failed (host or accelerator memory)."""
-    if isinstance(error, MemoryError) or isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
         return True
     text = str(error)
     return "can't allocate memory" in text or "Storage size calculation overflowed" in text

@@ -515,7 +515,9 @@ class Trainer:
                 f"epoch {epoch}: loss part(s) {', '.join(bad)} became NaN or inf"
             )
         # a finite loss can still take a step to inf (learning_rate 1e308): ranking would be NaN
-        broken = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        names, params = zip(*self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for p in params]).tolist()  # one sync
+        broken = [n for n, ok in zip(names, finite) if not ok]
         if broken:
             more = f" and {len(broken) - 3} more" if len(broken) > 3 else ""
             raise FloatingPointError(
