@@ -12,6 +12,7 @@ from pyg_dhmrec.data.graph import (
     resolve_modality_weights,
     symmetric_normalize,
     to_csr,
+    unit_rows,
 )
 
 S2 = 1.0 / math.sqrt(2.0)
@@ -133,6 +134,25 @@ def test_item_knn_graph_chunking_matches_unchunked():
         for chunk_size in (1, 2, 3):
             chunked = item_knn_graph(feats, 3, chunk_size=chunk_size, include_self=include_self)
             assert torch.equal(chunked, full)
+
+
+def test_item_knn_graph_breaks_ties_as_mmrecs_build_sim() -> None:
+    # MMRec: rows divided by their norms, one full product, top-k. Features of few distinct
+    # values give tied and nearly tied cosines; seed 5 holds a row where a product with the
+    # reciprocal norm keeps another neighbour than the division does.
+    def top_k_sets(unit: torch.Tensor, k: int) -> torch.Tensor:
+        return (unit @ unit.t()).topk(k, dim=1).indices.sort(dim=1).values
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(1, 6, (12, 6), generator=g).float() * torch.rand(12, 1, generator=g) * 7
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    mmrec = top_k_sets(x.div(norm), 3)
+    assert (mmrec == torch.arange(12).unsqueeze(1)).any(dim=1).all()  # each item kept itself
+    ours = item_knn_graph(x, k=3)[1].view(12, 3).sort(dim=1).values
+    assert torch.equal(ours, mmrec)
+    assert not torch.equal(top_k_sets(x * (1.0 / norm), 3), mmrec)
+    assert torch.equal(unit_rows(x), x / norm)
+    assert torch.equal(unit_rows(torch.zeros(2, 3)), torch.zeros(2, 3))
 
 
 def test_item_knn_graph_zero_rows_and_errors():
@@ -307,6 +327,17 @@ def test_add_item_knn_graphs_transform_matches_knn_adjacency() -> None:
         assert torch.allclose(dense, knn_adjacency(data["item"][name], k=2).to_dense())
     with pytest.raises(ValueError, match=r"modalities \['audio'\] not found"):
         AddItemKNNGraphs(k=2, modalities=["audio"])(data)
+
+
+def test_cache_key_changes_with_the_build_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    # graphs cached before the division (build 1) are not reused: their ties may differ
+    from pyg_dhmrec.data.transforms import AddItemKNNGraphs, DerivedGraph
+
+    key = AddItemKNNGraphs(k=2).key()
+    assert key.startswith("AddItemKNNGraphs-")
+    assert AddItemKNNGraphs(k=2).key() == key
+    monkeypatch.setattr(DerivedGraph, "build_version", 1)
+    assert AddItemKNNGraphs(k=2).key() != key
 
 
 @pytest.mark.parametrize(

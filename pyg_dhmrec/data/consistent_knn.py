@@ -9,16 +9,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from pyg_dhmrec.data.graph import _check_positive
+from pyg_dhmrec.data.graph import _check_positive, unit_rows
 
 __all__ = ["consistent_knn_edges", "mean_cosine_similarity"]
 
 
 def _unit_rows(x: Tensor) -> Tensor:
-    """Rows scaled to unit norm; zero rows stay zero (cosine 0 to everything, not NaN)."""
-    x = x.detach().float()
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return x * torch.where(norm > 0, 1.0 / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
+    """Float32 rows scaled to unit norm (see :func:`~pyg_dhmrec.data.graph.unit_rows`)."""
+    return unit_rows(x.detach().float())
 
 
 def mean_cosine_similarity(features: Tensor) -> Tensor:

@@ -96,6 +96,10 @@ class DerivedGraph(BaseTransform):
     :meth:`present` compares.
     """
 
+    #: Bumped when :meth:`compute` gives other graphs for the same settings, so that graphs
+    #: cached by an older build are rebuilt (2: cosine rows by division, MMRec's tie-breaking).
+    build_version: int = 2
+
     def settings(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -109,6 +113,7 @@ class DerivedGraph(BaseTransform):
     def key(self) -> str:
         """Cache key: the transform's name and its settings."""
         body = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+        body += f"|build={self.build_version}"
         digest = hashlib.sha1(body.encode()).hexdigest()[:12]
         return f"{type(self).__name__}-{digest}"
 
