@@ -31,7 +31,11 @@ MALFORMED_INTER = [
         r": empty file; expected a tab-separated header row with columns "
         r"userID, itemID, x_label",
     ),
-    ("blank_first_line", "\n0\t0\t0\n", r": empty file"),
+    (  # a blank line holds no row, so the first data line is read as the (missing) header
+        "blank_first_line",
+        "\n0\t0\t0\n",
+        r":2: header lacks column\(s\) userID, itemID, x_label; .*the line holds numbers",
+    ),
     ("header_only", HEADER, r": header only, no interactions"),
     ("header_and_blank_lines", HEADER + "\n\n", r": header only, no interactions"),
     (

@@ -27,6 +27,7 @@ from pyg_dhmrec.data.mmrec_format import (
     MODALITY_NAME_RE,
     MODALITY_NAME_RULE,
     DataFormatError,
+    _dangling_link_note,
     read_feature_file,
     read_inter_file,
 )
@@ -105,6 +106,8 @@ class MMRecDataset(InMemoryDataset):
         self.data = HeteroData.from_dict(cached["data"])
         self.slices = cached["slices"]
         self.stats: dict[str, Any] = cached["stats"]
+        if not self._processed_now:  # the reader's warnings came only when the cache was built
+            self._log_cached_filtering()
 
     # ----- folders -----
     @property
@@ -165,9 +168,16 @@ class MMRecDataset(InMemoryDataset):
         key = (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         if key not in self._digests:
             digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(block)
+            try:
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 22), b""):
+                        digest.update(block)
+            except PermissionError as e:  # read here first, before the file's own reader
+                raise DataFormatError(
+                    f"{path}: cannot read the "
+                    + ("interaction file" if path.name == self.inter_file else "feature matrix")
+                    + f" of dataset '{self.name}' ({e.strerror}); make it readable"
+                ) from None
             self._digests[key] = digest.hexdigest()
         return self._digests[key]
 
@@ -178,7 +188,9 @@ class MMRecDataset(InMemoryDataset):
         place = f"place {files} in {target.resolve()}/ (MMRec format, see README)"
         if not self.url:
             raise FileNotFoundError(
-                f"dataset '{self.name}': {target / self.inter_file} not found and no url is "
+                f"dataset '{self.name}': {target / self.inter_file} not found"
+                + _dangling_link_note(target / self.inter_file)
+                + " and no url is "
                 f"configured (configs/datasets/{self.name}.yaml); {place}"
             )
         log.info("downloading %s", self.url)
@@ -215,6 +227,13 @@ class MMRecDataset(InMemoryDataset):
                 features = read_feature_file(raw / file, inter.num_items, modality)
                 data["item"][modality] = torch.from_numpy(features)
                 present.append(modality)
+            elif (raw / file).is_symlink():  # listed in the folder, yet not loaded: say why
+                log.warning(
+                    "%s%s: modality '%s' left out (models that need it stop)",
+                    raw / file,
+                    _dangling_link_note(raw / file),
+                    modality,
+                )
         data["item"].modalities = present  # declared: transforms may add other tensors here
 
         stats = {
@@ -236,17 +255,39 @@ class MMRecDataset(InMemoryDataset):
             if _STALE_CACHE_RE.fullmatch(stale.name) and str(stale) != self.processed_paths[0]:
                 stale.unlink(missing_ok=True)  # this class's cache of older raw files
 
+    def _log_cached_filtering(self) -> None:
+        """Repeat, for a dataset read from its cache, what reading the raw files dropped."""
+        s, inter = self.stats, Path(self.raw_dir) / self.inter_file
+        if s.get("cold_start_interactions_dropped"):
+            log.warning(
+                "%s: dropped %d valid/test interaction(s) of %d user(s) without train "
+                "interactions (MMRec filter_out_cod_start_users; counted when the processed "
+                "cache was built)",
+                inter,
+                s["cold_start_interactions_dropped"],
+                s.get("cold_start_users", 0),
+            )
+        if s.get("duplicates_removed"):
+            log.warning(
+                "%s: %d duplicate (userID, itemID) row(s) kept once (the first; the lines were "
+                "named when the processed cache was built)",
+                inter,
+                s["duplicates_removed"],
+            )
+
     def _process(self) -> None:
         # Replaces PyG's: the cache is one checksummed file, verified here and rebuilt (with
         # one warning) when damaged; PyG's pre_transform.pt/pre_filter.pt are not written.
         path = self.processed_paths[0]
         self._cached = None
+        self._processed_now = False
         if not self.force_reload and os.path.exists(path):
             try:
                 self._cached = self._read_cache(path)
                 return
             except DamagedFile as e:
                 log.warning("%s; rebuilding the processed dataset cache", e)
+        self._processed_now = True
         try:
             os.makedirs(self.processed_dir, exist_ok=True)
             self.process()
@@ -284,11 +325,12 @@ class MMRecDataset(InMemoryDataset):
                 "or name them with --modalities '{image: img.npy, text: txt.npy}' (or key "
                 f"'modalities' of configs/datasets/{self.name}.yaml)"
             )
-        missing = [f for m, f in self.modality_files.items() if m not in self.modalities]
+        raw, present = Path(self.raw_dir), self.modalities
+        missing = [raw / f for m, f in self.modality_files.items() if m not in present]
         if missing:
             raise DataFormatError(
                 f"dataset '{self.name}': this model needs every modality's features; missing "
-                + ", ".join(str(Path(self.raw_dir) / f) for f in missing)
+                + ", ".join(f"{path}{_dangling_link_note(path)}" for path in missing)
             )
 
     def __repr__(self) -> str:

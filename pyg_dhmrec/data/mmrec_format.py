@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,18 @@ _INT_LINES_RE = re.compile(r"-?[0-9]+(?:\n-?[0-9]+)*")
 MODALITY_NAME_RE = re.compile(r"(?!.*__)[A-Za-z][A-Za-z0-9_]*")
 MODALITY_NAME_RULE = (
     "a letter, then ASCII letters, digits or single underscores (e.g. image, text_v2)"
+)
+# Leading bytes of files that are not UTF-8 text: what each is, and what to do about it.
+_NOT_TEXT = (
+    (b"\x1f\x8b", "a gzip-compressed file", "decompress it (gunzip)"),
+    (b"BZh", "a bzip2-compressed file", "decompress it (bunzip2)"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file", "decompress it (unxz)"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file", "decompress it (unzstd)"),
+    (b"PK\x03\x04", "a zip archive", "unpack it"),
+    (b"PK\x05\x06", "an empty zip archive", "unpack the right one"),
+    (b"\x93NUMPY", "a .npy array", "give the interaction file"),
+    (b"\xff\xfe", "UTF-16 or UTF-32 text (byte-order mark FF FE)", "save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text (byte-order mark FE FF)", "save it as UTF-8"),
 )
 
 
@@ -62,9 +75,11 @@ def _parse_int_column(values: list[str], field: str, path: Path, line_of: np.nda
     if not _INT_LINES_RE.fullmatch("\n".join(values)):
         for index, value in enumerate(values):
             if not _INT_RE.fullmatch(value):
+                # files joined with cat keep each one's header row
+                again = "; a second header row?" if value.lstrip("\ufeff") == field else ""
                 raise DataFormatError(
                     f"{path}:{line_of[index]}: field '{field}' must be an integer, got "
-                    f"{value!r} (plain ASCII digits 0-9)"
+                    f"{value!r} (plain ASCII digits 0-9{again})"
                 )
     try:
         return np.asarray(values, dtype=np.int64)
@@ -89,53 +104,119 @@ def _check_contiguous(path: Path, field: str, ids: np.ndarray, line_of: np.ndarr
         )
 
 
+def _not_text_kind(head: bytes) -> tuple[str, str] | None:
+    """``(what, advice)`` for a file starting with ``head`` whose signature says it is not
+    UTF-8 text, else None."""
+    for signature, kind, advice in _NOT_TEXT:
+        if head.startswith(signature) and (signature != b"BZh" or head[3:4].isdigit()):
+            return kind, advice
+    return None
+
+
+def _dangling_link_note(path: Path) -> str:
+    """``' (a symbolic link to T, which does not exist)'`` for a dangling link, else ''."""
+    if not path.is_symlink():
+        return ""
+    return f" (a symbolic link to {os.readlink(path)}, which does not exist)"
+
+
+def _header_hint(header: list[str], missing: list[str]) -> str:
+    """What is likely wrong with a header that lacks required columns."""
+    if any(header) and all(_INT_RE.fullmatch(name) for name in header if name):
+        return (
+            " (the line holds numbers, not column names: the file must start with a header "
+            "row, e.g. userID<TAB>itemID<TAB>x_label, in any column order)"
+        )
+
+    def key(name: str) -> str:
+        return name.strip("\"' ").replace("_", "").replace(" ", "").lower()
+
+    near = [
+        f"'{name}' to {column}"
+        for column in missing
+        for name in header
+        if key(name) == key(column) and name != column
+    ]
+    if near:
+        return (
+            f" (column names are exact and case-sensitive: rename {', '.join(near)}; columns "
+            "are separated by tabs)"
+        )
+    return " (columns must be separated by tabs)"
+
+
 def read_inter_file(path: Path) -> Interactions:
     """Read and validate an MMRec ``.inter`` file.
 
-    Errors (naming file, line and field): missing file or columns, a required column named
+    Errors (naming file, line and field): missing or unreadable file, a compressed, binary or
+    UTF-16 file (by its first bytes; a NUL byte anywhere), missing columns (with the exact name
+    for a near spelling, or a note when the first line holds data), a required column named
     twice, rows with too few fields or with more non-empty fields than the header names,
     non-integer or negative ids, ``x_label`` outside {0, 1, 2}, no train interaction at all.
+    Blank lines, leading ones included, hold no row; ASCII spaces around column names and ids
+    are dropped.
     Duplicate (user, item) pairs are counted, reported and kept once (the first occurrence).
     Valid/test interactions of users without any train interaction are dropped, as MMRec does
     (``filter_out_cod_start_users``), and counted.
     """
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError(f"{path}: interaction file not found")
+        raise DataFormatError(f"{path}: interaction file not found" + _dangling_link_note(path))
     try:
+        with open(path, "rb") as f:
+            kind = _not_text_kind(f.read(8))
+        if kind:
+            raise DataFormatError(
+                f"{path}: {kind[0]}, not an interaction file ({kind[1]}); expected "
+                f"tab-separated UTF-8 text with a header row naming {', '.join(REQUIRED_COLUMNS)}"
+            )
         # utf-8-sig: spreadsheet exports start with a byte-order mark, not part of 'userID'
         # Universal newlines turn '\r\n' and a lone '\r' into '\n'; splitlines() would also
         # break at U+2028, '\x0c', '\x85' etc. inside a field and shift every line number.
         with open(path, encoding="utf-8-sig") as f:
-            lines = f.read().split("\n")
+            content = f.read()
     except UnicodeDecodeError as e:
         raise DataFormatError(
             f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); expected a tab-separated "
             "text file"
         ) from None
-    if not lines or not lines[0].strip():
+    except PermissionError as e:
+        raise DataFormatError(
+            f"{path}: cannot read the interaction file ({e.strerror}); make it readable"
+        ) from None
+    nul = content.find("\x00")
+    if nul >= 0:  # valid UTF-8, but no text column holds NUL: binary data or UTF-16 text
+        raise DataFormatError(
+            f"{path}:{content.count(chr(10), 0, nul) + 1}: a NUL byte; expected tab-separated "
+            "UTF-8 text (a binary file, or UTF-16 text saved without a byte-order mark?)"
+        )
+    lines = content.split("\n")
+    # Leading blank lines are skipped like the blank lines between rows (as pandas does).
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
         raise DataFormatError(
             f"{path}: empty file; expected a tab-separated header row with columns "
             f"{', '.join(REQUIRED_COLUMNS)}"
         )
-    header = lines[0].split("\t")
+    # ASCII spaces around a column name are dropped, as around the ids below.
+    header = [name.strip(" ") for name in lines[first].split("\t")]
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise DataFormatError(
-            f"{path}:1: header lacks column(s) {', '.join(missing)}; found {header!r} "
-            f"(columns must be separated by tabs)"
+            f"{path}:{first + 1}: header lacks column(s) {', '.join(missing)}; found "
+            f"{header!r}{_header_hint(header, missing)}"
         )
     repeated = [c for c in REQUIRED_COLUMNS if header.count(c) > 1]
     if repeated:
         raise DataFormatError(
-            f"{path}:1: header names column(s) {', '.join(repeated)} more than once; found "
-            f"{header!r}"
+            f"{path}:{first + 1}: header names column(s) {', '.join(repeated)} more than once; "
+            f"found {header!r}"
         )
     columns = [header.index(c) for c in REQUIRED_COLUMNS]
     width = max(columns) + 1
 
     rows, line_numbers = [], []
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in enumerate(lines[first + 1 :], start=first + 2):
         if not line.strip():
             continue  # a blank line holds no interaction
         fields = line.split("\t")
@@ -255,8 +336,17 @@ def _check_npy_size(path: Path) -> None:
         shape, _, dtype = read_header(f)
         offset = f.tell()
     size = path.stat().st_size
-    if dtype.hasobject:
-        return  # pickled objects have no fixed size: np.load refuses them
+    if dtype.hasobject:  # refused before np.load, whose message suggests allow_pickle
+        raise DataFormatError(
+            f"{path}: not a readable .npy array (it holds Python objects, dtype {dtype}, "
+            "which need allow_pickle, and unpickling can run code: they are not loaded); "
+            "expected a float matrix saved with numpy.save"
+        )
+    if any(d < 0 for d in shape):
+        raise DataFormatError(
+            f"{path}: the .npy header declares shape {shape}, with a negative dimension; the "
+            "file is damaged"
+        )
     need = math.prod(shape) * dtype.itemsize
     if offset + need != size:
         raise DataFormatError(
@@ -267,16 +357,47 @@ def _check_npy_size(path: Path) -> None:
         )
 
 
+def _npy_impostor(head: bytes) -> str:
+    """What a feature file that lacks the .npy signature starts with, for the message."""
+    if head[:1] == b"\x80":  # pickle protocol 2 and later
+        return "a Python pickle (unpickling can run code, so it is not loaded)"
+    kind = _not_text_kind(head)
+    if kind:
+        return kind[0]
+    return f"it starts with {head!r}"
+
+
 def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
     """Load a modality's ``.npy`` matrix as float32 and check it holds one finite row per item."""
     path = Path(path)
     if not path.is_file():
-        raise DataFormatError(f"{path}: feature file of modality '{modality}' not found")
+        raise DataFormatError(
+            f"{path}: feature file of modality '{modality}' not found" + _dangling_link_note(path)
+        )
+    expected = f"save the matrix of modality '{modality}' with numpy.save"
     try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        # np.load reads any file without the .npy magic as a pickle and says so: a text or
+        # compressed file would be called "pickled data", with advice to allow pickles.
+        if not head:
+            raise DataFormatError(
+                f"{path}: not a readable .npy array: empty file (0 bytes); {expected}"
+            )
+        if not head.startswith((np.lib.format.MAGIC_PREFIX, b"PK\x03\x04")):  # .npz: below
+            raise DataFormatError(
+                f"{path}: not a readable .npy array (no {np.lib.format.MAGIC_PREFIX!r} "
+                f"signature): {_npy_impostor(head)}; {expected}"
+            )
         _check_npy_size(path)
         array = np.load(path, allow_pickle=False)
     except DataFormatError:
         raise
+    except PermissionError as e:
+        raise DataFormatError(
+            f"{path}: cannot read the feature file of modality '{modality}' ({e.strerror}); "
+            "make it readable"
+        ) from None
     except (ValueError, OSError, EOFError) as e:
         raise DataFormatError(f"{path}: not a readable .npy array ({e})") from None
     if isinstance(array, np.lib.npyio.NpzFile):
