@@ -227,6 +227,24 @@ def test_unusual_float_layouts_load_as_the_same_float32(tmp_path: Path, array) -
     np.testing.assert_array_equal(features, IMAGE)
 
 
+def test_all_zero_feature_rows_load_with_a_warning_counting_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "image_feat.npy"
+    array = IMAGE.copy()
+    array[[1, 3]] = 0.0
+    np.save(path, array)
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec"):
+        features = read_feature_file(path, 4, "image")
+    np.testing.assert_array_equal(features, array)
+    assert "modality 'image' has 2 all-zero row(s) of 4, first at item (row) 1" in caplog.text
+    caplog.clear()
+    np.save(path, IMAGE)
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec"):
+        read_feature_file(path, 4, "image")
+    assert caplog.text == ""
+
+
 # ---------------------------------------------------------------- 4. links and rights
 
 

@@ -435,8 +435,21 @@ def read_feature_file(path: Path, num_items: int, modality: str) -> np.ndarray:
             f"(row) {bad[0]}"
         )
     if array.dtype == np.float32 or array.dtype.itemsize < 4:  # float16: exact in float32
-        return np.ascontiguousarray(array, dtype=np.float32)
-    return _to_float32(path, modality, array)
+        features = np.ascontiguousarray(array, dtype=np.float32)
+    else:
+        features = _to_float32(path, modality, array)
+    zero = np.flatnonzero(~features.any(axis=1))
+    if zero.size:  # legal (an item without an image), but cosine 0 to every item: say so
+        log.warning(
+            "%s: modality '%s' has %d all-zero row(s) of %d, first at item (row) %d: these "
+            "items have no features (cosine 0 to every item in kNN graphs)",
+            path,
+            modality,
+            zero.size,
+            features.shape[0],
+            zero[0],
+        )
+    return features
 
 
 def _to_float32(path: Path, modality: str, array: np.ndarray) -> np.ndarray:
