@@ -15,12 +15,14 @@ command line (overall < dataset < model < the keyword arguments).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch_geometric.data import HeteroData
 
-from pyg_dhmrec.config import load_config, merge, overall_defaults, validate_config
+from pyg_dhmrec.config import ConfigError, load_config, merge, overall_defaults, validate_config
 from pyg_dhmrec.models import Recommender
 from pyg_dhmrec.plugins import build_recommender
 from pyg_dhmrec.train import Trainer, resolve_device, seed_everything
@@ -54,13 +56,47 @@ def fit(
     """
     from pyg_dhmrec.cli import run_with_baseline
 
+    if not isinstance(resume, bool):  # resume="no" would be true
+        raise ConfigError(f"fit(): resume must be True or False, got {resume!r}")
+    if resume and keys.get("output") is None:  # the default folder is named by the clock
+        raise ConfigError("fit(resume=True) needs output=<the run folder to continue>")
     config = make_config(model, dataset, **keys)
     return run_with_baseline(config, resume=resume)
+
+
+def _check_graph_objects(data: Any, source: str) -> None:
+    """Python objects a ``HeteroData`` of one's own may hold by mistake, named before a model
+    reads them: the modality list, feature matrices that are not tensors, tensors on a device
+    a run cannot use (the shape and value checks follow when the model is built)."""
+    if not isinstance(data, HeteroData):
+        return  # the graph checks name the type
+    item = data["item"] if "item" in data.node_types else {}
+    declared = item["modalities"] if "modalities" in item else []
+    if not (isinstance(declared, (list, tuple)) and all(isinstance(m, str) for m in declared)):
+        raise TypeError(
+            f"{source}: data['item'].modalities must be a list of modality names, got {declared!r}"
+        )
+    for m in declared:
+        if m in item and not isinstance(item[m], torch.Tensor):
+            raise TypeError(
+                f"{source}: data['item'].{m} must be a torch.Tensor [items, f], got "
+                f"{type(item[m]).__name__} (torch.from_numpy converts an array)"
+            )
+    for store in data.stores:
+        for attr, value in store.items():
+            if isinstance(value, torch.Tensor) and value.device.type not in ("cpu", "cuda"):
+                raise ValueError(
+                    f"{source}: data[{store._key!r}].{attr} is on device '{value.device}'; "
+                    "expected cpu or cuda"
+                )
 
 
 def build_model(name: str, data: HeteroData, **keys: Any) -> Recommender:
     """Model ``name`` for ``data``, its settings from ``configs/models/<name>.yaml``
     (and ``embedding_dim`` etc. from ``configs/overall.yaml``), overridden by ``keys``."""
+    if not isinstance(name, str):
+        raise ConfigError(f"build_model(): name must be a model's name, got {name!r}")
+    _check_graph_objects(data, "build_model()")
     return build_recommender(load_config(name, None, keys, source="build_model()"), data)
 
 
@@ -78,6 +114,18 @@ def train(
     ones in its ``valid_edge_index`` and ``test_edge_index``. With ``output``, the folder gets
     ``best.pt``, ``checkpoint.pt`` and ``per_user_test.pt``.
     """
+    if not isinstance(model, Recommender):
+        raise TypeError(
+            "pyg_dhmrec.train(): model must be a Recommender (pyg_dhmrec.build_model(name, "
+            f"data)), got {type(model).__name__}"
+        )
+    if isinstance(device, torch.device):  # torch's own spelling of the same choice
+        device = str(device)
+    if output is not None and not (isinstance(output, (str, os.PathLike)) and str(output).strip()):
+        raise ConfigError(
+            f"pyg_dhmrec.train(): output must be None or a folder path, got {output!r}"
+        )
+    _check_graph_objects(data, "pyg_dhmrec.train()")
     config = merge(overall_defaults(), keys, "pyg_dhmrec.train()")
     validate_config(config, "pyg_dhmrec.train()")
     torch_device = resolve_device(config["device"] if device == "auto" else device)

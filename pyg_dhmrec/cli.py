@@ -86,9 +86,32 @@ def _common_keys_help() -> str:
     return "\n".join(lines)
 
 
+class _Warned(argparse.Action):
+    """An option that keeps its last value, as argparse does, but says so when given twice
+    (argparse drops the earlier value silently)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        given = namespace.__dict__.setdefault("_given", {})
+        if self.dest in given:
+            first, last = (
+                os.fspath(v) if isinstance(v, Path) else v for v in (given[self.dest], values)
+            )
+            log.warning("%s given twice (%r, then %r); the last one is used", option, first, last)
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+def _parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` whose options taking a value warn when given twice."""
+    parser = argparse.ArgumentParser(**kwargs)
+    parser.register("action", None, _Warned)  # the default action: argparse's "store"
+    parser.register("action", "store", _Warned)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = key_help(("data_root", "device"))
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog=PROG,
         allow_abbrev=False,  # else --seed would be read as --seeds
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -129,11 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="no progress or download bars, log lines only"
     )
     parser.add_argument(
-        "--resume", metavar="RUN", help="continue the run folder RUN from its checkpoint.pt"
+        "--resume",
+        metavar="RUN",
+        type=folder_path,  # an empty RUN would read as no --resume: a plain run
+        help="continue the run folder RUN from its checkpoint.pt",
     )
     parser.add_argument(
         "--grid",
         metavar="YAML",
+        type=nonempty_text,  # an empty YAML would read as no --grid: a plain run
         help="grid file (key: [values]); one run per point; a bare name (dhmrec) is a grid "
         f"shipped in configs/grids ({', '.join(available('grids'))})",
     )
@@ -178,6 +205,11 @@ def resolve_config(
     overrides = {**parse_cli_overrides(extra), **(keys or {})}
     for key in ("data_root", "output", "device"):  # a Namespace may hold only some options
         if getattr(args, key, None) is not None:
+            if key in overrides:  # --data_root X beside --data-root Y: neither may win silently
+                raise ConfigError(
+                    f"{source}: {key} given twice ({overrides[key]!r} and "
+                    f"{getattr(args, key)!r}); give it once"
+                )
             overrides[key] = getattr(args, key)
     plugin = getattr(args, "plugin", None)
     if plugin is not None:
@@ -211,6 +243,18 @@ def resolve_config(
     return config
 
 
+def _option_words(extra: Sequence[str]) -> list[str]:
+    """The options (without their values) and stray words of ``extra``."""
+    words, i = [], 0
+    while i < len(extra):
+        token = extra[i]
+        option = token.startswith("--")
+        words.append(token.split("=", 1)[0] if option else token)
+        takes_value = option and "=" not in token and i + 1 < len(extra)
+        i += 2 if takes_value and not extra[i + 1].startswith("--") else 1
+    return words
+
+
 def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     """The configuration saved in the ``--resume`` folder (``--device``/``--quiet`` may change)."""
     folder = Path(args.resume)
@@ -223,7 +267,7 @@ def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, A
         f"--{k}"
         for k in ("model", "dataset", "plugin", "baseline", "data_root", "output", "grid", "seeds")
     ]
-    given = [o for o in fixed if getattr(args, o[2:]) is not None] + list(extra)
+    given = [o for o in fixed if getattr(args, o[2:]) is not None] + _option_words(extra)
     if given:
         raise ConfigError(
             f"--resume {folder} continues with the folder's config.json; drop "
@@ -247,6 +291,16 @@ def default_output(config: Mapping[str, Any], suffix: str = "") -> Path:
     return Path(f"runs/{model}-{config['dataset']}-{tail}")
 
 
+def interrupted_message(folder: Path) -> str:
+    """What a run stopped by Ctrl-C (SIGINT) leaves, and how to continue it."""
+    if (folder / CHECKPOINT).is_file():
+        return (
+            f"interrupted (Ctrl-C); {folder / CHECKPOINT} holds the last finished epoch: "
+            f"continue with {PROG} --resume {folder}"
+        )
+    return f"interrupted (Ctrl-C) before the first epoch ended; {folder} holds no checkpoint"
+
+
 class _RunLog:
     """Copies the library's log lines into ``<run folder>/train.log`` (appended on resume)."""
 
@@ -265,7 +319,9 @@ class _RunLog:
         logger.addHandler(self.handler)
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        if error is not None:  # the log ends with why the run stopped
+        if isinstance(error, KeyboardInterrupt):  # on the console too: how to continue
+            log.error("%s", interrupted_message(self.path.parent))
+        elif error is not None:  # the log ends with why the run stopped
             self.handler.emit(
                 logging.LogRecord("pyg_dhmrec", logging.ERROR, "", 0, f"error: {error}", None, None)
             )
@@ -419,7 +475,7 @@ def train_main(argv: Sequence[str]) -> int:
         _print_run(run_with_baseline(resume_config(args, extra), resume=True))
         return 0
     config = resolve_config(args, extra)
-    if args.grid and args.seeds:
+    if args.grid and args.seeds is not None:  # --seeds 0 too: it is refused, not ignored
         raise ConfigError("--grid and --seeds cannot be combined; run --seeds on the chosen point")
     if (args.grid or args.seeds is not None) and distributed.under_torchrun():
         raise ConfigError("--grid and --seeds run in one process; start each run under torchrun")
@@ -465,7 +521,7 @@ def _print(line: str) -> None:
 
 def compare_main(argv: Sequence[str]) -> int:
     """``run.py compare RUN_A RUN_B``: paired t-test of per-user test Recall@20."""
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="run.py compare",
         description="Paired t-test (scipy.stats.ttest_rel) of per-user test metrics of two "
         "finished runs of the same dataset.",
@@ -491,7 +547,7 @@ def plot_main(argv: Sequence[str]) -> int:
     """``run.py plot {curves,sweep,tsne} FOLDER [--out DIR]``."""
     from pyg_dhmrec import plots
 
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="run.py plot", description="Figures of runs (needs the 'plots' extra: matplotlib)."
     )
     parser.add_argument("kind", choices=["curves", "sweep", "tsne"])
@@ -513,6 +569,8 @@ def plot_main(argv: Sequence[str]) -> int:
         )
     if not args.folder.is_dir():
         raise ExperimentError(f"{args.folder}: no such folder")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():  # before t-SNE's work
+        raise ExperimentError(f"plot --out {args.out}: exists and is not a folder; give a folder")
     out = args.out or args.folder / "figures"
     if args.kind == "curves":
         path = plots.plot_curves(args.folder, out)
@@ -526,12 +584,19 @@ def plot_main(argv: Sequence[str]) -> int:
 
 def recommend_main(argv: Sequence[str]) -> int:
     """``run.py recommend --run RUN --users U [U ...] --k K``: top-k unseen items per user."""
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="run.py recommend",
         description="Top-k items per user from a finished run's best.pt (train items excluded).",
     )
     parser.add_argument("--run", type=folder_path, required=True, help="finished run folder")
-    parser.add_argument("--users", type=int, nargs="+", required=True, help="user ids")
+    parser.add_argument(
+        "--users",
+        type=int,
+        nargs="+",
+        action="extend",  # --users 1 --users 2 asks for both, not for the last list
+        required=True,
+        help="user ids",
+    )
     parser.add_argument("--k", type=int, default=10, help="items per user (10)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
@@ -543,7 +608,7 @@ def recommend_main(argv: Sequence[str]) -> int:
 
 def export_main(argv: Sequence[str]) -> int:
     """``run.py export --run RUN [--out DIR]``: the final user and item embeddings as .npy."""
-    parser = argparse.ArgumentParser(
+    parser = _parser(
         prog="run.py export",
         description="Write user_embeddings.npy and item_embeddings.npy of a finished run.",
     )
@@ -589,6 +654,13 @@ def folder_path(text: str) -> Path:
     return Path(text)
 
 
+def nonempty_text(text: str) -> str:
+    """An argparse type: a name or path, not empty (it would read as the option left out)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a file, got an empty string")
+    return text
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is an allocation that failed (host or accelerator memory)."""
     if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
@@ -616,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a run's log line said how to continue it
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130  # 128 + SIGINT, the shell's convention
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise

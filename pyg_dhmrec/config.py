@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 log = logging.getLogger(__name__)
@@ -178,13 +179,76 @@ def dataset_layer(
     )
 
 
+#: Largest configuration or grid file read (a grid of this size already has thousands of points).
+MAX_YAML_BYTES = 1 << 20
+
+
+class _StrictYAMLError(yaml.constructor.ConstructorError):
+    """Valid YAML that :class:`_StrictLoader` refuses (a repeated key, an alias)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``safe_load`` that refuses what would silently change a file's meaning: a key given twice
+    in one mapping (YAML keeps the last) and aliases (``*name``), which may nest a value in
+    itself or expand exponentially."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _StrictYAMLError(
+                None,
+                None,
+                f"found the alias *{event.anchor}; anchors and aliases are not supported, write "
+                "the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<' keys are overridden by the mapping's own, as YAML defines
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not None:
+                    raise _StrictYAMLError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key!r} a second time (first on line {first}); give "
+                        "each key once",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping; an empty file is an empty mapping."""
+    """Read one YAML mapping; an empty file is an empty mapping. A key given twice, an alias, a
+    file that is not UTF-8 or larger than :data:`MAX_YAML_BYTES` is an error naming the file."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0  # open() below reports a missing file
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{path}: {size} bytes, larger than the {MAX_YAML_BYTES} bytes a configuration or "
+            "grid file may have; expected a YAML mapping of key: value"
+        )
     try:
         with open(path, encoding="utf-8") as f:
-            content = yaml.safe_load(f)
+            content = yaml.load(f, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}); save it as UTF-8"
+        ) from None
     if content is None:
         return {}
     if not isinstance(content, dict):
@@ -217,10 +281,11 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
             "got null (an empty value)"
         )
     if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, (bool, np.bool_)):  # numpy's bool is no subclass of bool
+            return bool(value)
     elif isinstance(default, float):
-        if isinstance(value, (numbers.Integral, float)) and not isinstance(value, bool):
+        # numbers.Real: numpy's float32 too, which is no subclass of float
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
@@ -247,6 +312,11 @@ def _overall_null_keys() -> frozenset[str]:
 def _unknown_key(
     key: str, known: Sequence[str], source: str, also: Sequence[str] = ()
 ) -> ConfigError:
+    if key in also:  # an option of the command line given where keys go (Python keywords)
+        return ConfigError(
+            f"{source}: '{key}' is an option of the command line, not a configuration key "
+            "(every key: configs/overall.yaml, the model's YAML)"
+        )
     hint = did_you_mean(key, [*known, *also])
     if hint:  # a close name is more use than the whole list
         return ConfigError(
@@ -279,6 +349,7 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
     Values are parsed as YAML scalars or flow sequences (``--topk [10,20]``).
     """
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}  # key -> the text given, for the error on a repeated option
     i = 0
     while i < len(args):
         token = args[i]
@@ -293,14 +364,24 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
                 raise ConfigError(f"command line: option --{key} needs a value")
             raw = args[i + 1]
             i += 2
+        if key in out:  # later wins, as between the YAML layers, but never silently
+            log.warning(
+                "command line: option --%s given twice (%r, then %r); the last one is used",
+                key,
+                given[key],
+                raw,
+            )
+        given[key] = raw
         try:
             out[key] = yaml.load(raw, Loader=_CommandLineLoader)  # noqa: S506 (a SafeLoader)
+        except _StrictYAMLError as e:
+            raise ConfigError(f"command line: --{key} {raw!r}: {e.problem}") from None
         except yaml.YAMLError:
             out[key] = raw
     return out
 
 
-class _CommandLineLoader(yaml.SafeLoader):
+class _CommandLineLoader(_StrictLoader):
     """YAML 1.1 as ``safe_load`` reads it, plus exponent floats without a dot (``5e1``,
     ``1e-4``), which YAML 1.1 leaves strings; at the top level :func:`coerce` converts them,
     inside a list or mapping (``--modality_weights '{image: 1e-1}'``) only this can."""
@@ -415,11 +496,32 @@ def load_config(
         config = _plugin_layer(config, plugin, dataset, config_dir)
     for key in overrides:  # also suggest the options that are not keys (--datset -> dataset)
         if key not in config:
+            owners = _models_with_key(key, config_dir)
+            if owners:  # a key of other models: say so rather than list every key
+                raise ConfigError(
+                    f"{source}: unknown key '{key}' for {model}: it is an option of "
+                    f"{', '.join(owners)} ({model}'s keys: configs/models/{model}.yaml)"
+                    + ("; a plug-in's keys need --plugin <name>" if "plug-in" in owners[-1] else "")
+                )
             raise _unknown_key(key, list(config), source, also=CLI_OPTIONS)
     config = merge(config, overrides, source)
     config["model"], config["dataset"] = model, dataset
     validate_config(config)
     return config
+
+
+def _models_with_key(key: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    """The models (and plug-ins) whose YAML defines ``key``."""
+    owners = []
+    for kind in ("models", "plugins"):
+        for name in available(kind, config_dir):
+            try:
+                keys = load_yaml(config_dir / kind / f"{name}.yaml")
+            except ConfigError:
+                continue  # a broken file is reported when it is used
+            if key in keys and key != "per_dataset":
+                owners.append(name if kind == "models" else f"plug-in {name}")
+    return owners
 
 
 # ----- value checks of the merged configuration (types are checked by merge) -----
@@ -491,11 +593,11 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         and len(schedule) == 2
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in schedule)
         and 0 < schedule[0] <= 1
-        and schedule[1] > 0
+        and 0 < schedule[1] < math.inf
     ):
         raise bad(
             "learning_rate_scheduler",
-            "null or [factor, step] with 0 < factor <= 1 and step > 0, e.g. [0.96, 50]",
+            "null or [factor, step] with 0 < factor <= 1 and a finite step > 0, e.g. [0.96, 50]",
         )
     topk = config.get("topk")
     if "topk" in config and (
@@ -544,6 +646,8 @@ def validate_config(config: Mapping[str, Any], source: str | None = None) -> Non
         value = config.get(key)
         if value is not None and not (isinstance(value, (str, os.PathLike)) and str(value).strip()):
             raise bad(key, "null or a non-empty path" + " or URL" * (key == "url"))
+        if value is not None and "\x00" in str(value):  # the OS refuses it deep in a file call
+            raise bad(key, "a path without NUL characters")
     for key in ("synthetic", "amazon"):
         if config.get(key) is not None and not isinstance(config[key], dict):
             raise bad(key, "null or a mapping of its settings")

@@ -100,7 +100,25 @@ def load_grid(path: Path) -> dict[str, Any]:
             )
     if not grid_axes(axes):
         raise ConfigError(f"{path}: the grid varies no key; expected key -> list of values")
+    count = grid_size(axes)
+    if count > MAX_GRID_POINTS:  # counted, not expanded: a product this size would not fit
+        raise ConfigError(
+            f"{path}: {count} points, more than the {MAX_GRID_POINTS} a grid may have; split it "
+            "or use design: one_at_a_time"
+        )
     return axes
+
+
+#: Most points of one grid (listing more would take the memory before any point trains).
+MAX_GRID_POINTS = 100_000
+
+
+def grid_size(axes: Mapping[str, Any]) -> int:
+    """The number of points of a grid, without expanding it."""
+    lengths = [len(v) for v in grid_axes(axes).values()]
+    if axes.get(GRID_DESIGN_KEY, "product") == "one_at_a_time":
+        return 1 + sum(n - 1 for n in lengths)
+    return math.prod(lengths)
 
 
 def parse_grid_options(items: Sequence[str]) -> dict[str, list[str]]:
@@ -291,6 +309,9 @@ def run_grid(
         where = f"{source}, point {name}"
         cfg = merge(dict(config), point, source)
         validate_config(cfg, where)
+        for key in point:  # a model option's own check runs only when it trains
+            if isinstance(cfg[key], float) and math.isnan(cfg[key]):
+                raise ConfigError(f"{where}: key '{key}' must be a number, got nan")
         cfg["output"] = str(output / name)
         configs.append(cfg)
         # values equal once read (1e-3 and 0.001) are one point under two names
@@ -584,15 +605,42 @@ def claim_run_folder(
 # ---------------------------------------------------------------- finished runs
 
 
-def read_results(folder: Path) -> dict[str, Any]:
-    """``<folder>/results.json``, with an error naming the folder when it is missing."""
+def read_results(folder: Path, required: Sequence[str] = ()) -> dict[str, Any]:
+    """``<folder>/results.json``, with an error naming the folder when it is missing, and the
+    file and key when one of ``required`` (:data:`RESULTS_SCHEMA` keys) is missing or of the
+    wrong type."""
     path = Path(folder) / RESULTS
+    if Path(folder).is_file():  # results.json itself, say, instead of its folder
+        raise ExperimentError(f"{folder}: a file; give the run folder that holds {RESULTS}")
     if not path.is_file():
         raise ExperimentError(f"{folder}: no {RESULTS} (not a finished run folder)")
     results = _read_json(path)
     if not isinstance(results, dict):
         raise ExperimentError(f"{path}: expected a JSON object, got {type(results).__name__}")
+    for key in required:
+        kind, what = RESULTS_SCHEMA[key]
+        value = results.get(key)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and key in ("test", "valid"):  # metric -> value
+            ok = all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+            )
+        if not ok:
+            got = "it is missing" if key not in results else f"got {value!r}"[:200]
+            raise ExperimentError(
+                f"{path}: key '{key}' must be {what}, {got}; not a results.json of run.py"
+            )
     return results
+
+
+#: Keys of results.json the experiment commands read: (type, description for errors).
+RESULTS_SCHEMA: dict[str, tuple[type, str]] = {
+    "model": (str, "the model's name"),
+    "dataset": (str, "the dataset's name"),
+    "test": (dict, "a mapping of metric -> number"),
+    "valid": (dict, "a mapping of metric -> number"),
+    "config": (dict, "the run's configuration (a mapping)"),
+}
 
 
 def run_config(folder: Path) -> dict[str, Any]:
@@ -637,7 +685,7 @@ def load_run(
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
-        raise ExperimentError(f"{weights}: not a readable state_dict ({e})") from None
+        raise ExperimentError(f"{weights}: not a readable state_dict ({_load_error(e)})") from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -702,16 +750,42 @@ def load_per_user(folder: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise ExperimentError(f"{folder}: no {PER_USER} (runs save it when they finish)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        values = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (a cut or foreign file raises many kinds)
-        raise ExperimentError(f"{path}: not readable ({e})") from None
+        raise ExperimentError(f"{path}: not readable ({_load_error(e)})") from None
+    expected = "a mapping of 'users' and each metric to one value per evaluated user"
+    if not (isinstance(values, dict) and isinstance(values.get("users"), Tensor)):
+        raise ExperimentError(f"{path}: expected {expected}, got {type(values).__name__}")
+    users = values["users"]
+    for key, tensor in values.items():
+        if not (
+            isinstance(key, str)
+            and isinstance(tensor, Tensor)
+            and tensor.dim() == 1
+            and tensor.numel() == users.numel()
+        ):
+            raise ExperimentError(
+                f"{path}: entry {key!r} is not one value per user ({users.numel()} users); "
+                f"expected {expected}"
+            )
+    return values
+
+
+def _load_error(error: BaseException) -> str:
+    """A ``torch.load`` failure in words (some carry no message: an empty file, a text file)."""
+    # the first sentence: torch's zip errors go on with advice about saving
+    text = str(error).strip().splitlines()[0].split(". ")[0][:200] if str(error).strip() else ""
+    if len(text) < 8:  # '' or a bare byte value such as '101'
+        return f"{type(error).__name__}{': ' + text if text else ''}; a cut or foreign file"
+    return text
 
 
 def baseline_comparison(folder: Path, baseline: Path) -> dict[str, Any]:
     """The finished run in ``folder`` against its finished ``baseline`` run: ratios of their
     test ``BASELINE_METRICS`` (None where the baseline's is 0) and :func:`compare_runs`'s
     paired t-test of per-user test recall@20, with the one-line summary ``line``."""
-    run, base = read_results(folder), read_results(baseline)
+    needed = ("model", "dataset", "test", "config")
+    run, base = read_results(folder, needed), read_results(baseline, needed)
     ratio = {
         m: run["test"][m] / base["test"][m] if base["test"][m] > 0 else None
         for m in BASELINE_METRICS
@@ -741,7 +815,7 @@ def compare_runs(a: Path, b: Path, metric: str = "recall@20") -> dict[str, Any]:
     """Paired t-test (``scipy.stats.ttest_rel``) of per-user test ``metric`` of two runs."""
     from scipy.stats import ttest_rel
 
-    ra, rb = read_results(a), read_results(b)
+    ra, rb = read_results(a, ("dataset",)), read_results(b, ("dataset",))
     if ra["dataset"] != rb["dataset"]:
         raise ExperimentError(
             f"runs of different datasets: {a} is on '{ra['dataset']}', {b} on '{rb['dataset']}'"
@@ -759,8 +833,8 @@ def compare_runs(a: Path, b: Path, metric: str = "recall@20") -> dict[str, Any]:
         )
     pa, pb = load_per_user(a), load_per_user(b)
     for folder, values in ((a, pa), (b, pb)):
-        if metric not in values:
-            known = ", ".join(k for k in values if k != "users")
+        if metric not in values or metric == "users":  # the ids are stored, not compared
+            known = ", ".join(k for k in values if k != "users") or "none"
             raise ExperimentError(f"{folder}/{PER_USER}: no metric '{metric}'; it has {known}")
     if not torch.equal(pa["users"], pb["users"]):
         raise ExperimentError(
