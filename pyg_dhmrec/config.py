@@ -103,18 +103,36 @@ def discover_dataset(folder: Path) -> dict[str, Any]:
     their rows are checked against the item count when the dataset is processed.
     """
     name = folder.name
+    try:
+        entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    except PermissionError as e:  # else no *_feat.npy would be found, silently
+        raise ConfigError(
+            f"dataset folder {folder.resolve()}: cannot list its files ({e.strerror}); make it "
+            "readable"
+        ) from None
+    inter = folder / f"{name}.inter"
     # A folder named like a data file is listed here and refused by name when the dataset
     # reads its files (MMRecDataset), so both kinds of dataset share one check.
-    if not (folder / f"{name}.inter").exists():
-        found = sorted(p.name for p in folder.iterdir())[:10] if folder.is_dir() else []
+    if not inter.exists():
+        if inter.is_symlink():
+            found = f"{inter.name} is a symbolic link to {os.readlink(inter)}, which does not exist"
+        else:
+            found = f"it holds: {', '.join(entries[:10]) or 'nothing'}"
         raise ConfigError(
-            f"dataset folder {folder.resolve()} has no {name}.inter (it holds: "
-            f"{', '.join(found) or 'nothing'}); a dataset folder must contain "
-            + FOLDER_CONTENTS.replace("<name>", name)
+            f"dataset folder {folder.resolve()} has no {name}.inter ({found}); a dataset folder "
+            "must contain " + FOLDER_CONTENTS.replace("<name>", name)
         )
-    modalities = {
-        p.name[: -len(FEATURE_SUFFIX)]: p.name for p in sorted(folder.glob(f"*{FEATURE_SUFFIX}"))
-    }
+    modalities = {f[: -len(FEATURE_SUFFIX)]: f for f in entries if f.endswith(FEATURE_SUFFIX)}
+    # near misses (image_feat.NPY, image_feat.npy.bak) are not read: say so, not nothing
+    unread = [f for f in entries if "_feat." in f.lower() and f not in modalities.values()]
+    if unread:
+        log.warning(
+            "dataset folder %s: %s not read as modalities (only files named "
+            "<modality>%s are; or name the files with --modalities)",
+            folder,
+            ", ".join(unread[:10]),
+            FEATURE_SUFFIX,
+        )
     listed = ", ".join(f"{m} ({f})" for m, f in modalities.items()) or "none (ID-only models)"
     log.info(
         "dataset '%s' from folder %s (no configs/datasets/%s.yaml): %s.inter, modalities %s",

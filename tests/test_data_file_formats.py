@@ -24,7 +24,8 @@ import torch
 import pyg_dhmrec.data.dataset as dataset_module
 import pyg_dhmrec.data.mmrec_format as format_module
 from pyg_dhmrec.cli import main
-from pyg_dhmrec.data.dataset import RATES, MMRecDataset
+from pyg_dhmrec.config import ConfigError, discover_dataset
+from pyg_dhmrec.data.dataset import RATES, MMRecDataset, SyntheticDataset, load_dataset
 from pyg_dhmrec.data.mmrec_format import DataFormatError, read_feature_file, read_inter_file
 from pyg_dhmrec.metrics import FullRankEvaluator
 
@@ -281,6 +282,53 @@ def test_dangling_inter_link_is_named_with_its_target(tmp_path: Path) -> None:
         MMRecDataset(str(tmp_path), NAME)
     with pytest.raises(DataFormatError, match=re.escape(note)):
         read_inter_file(folder / "toy.inter")
+
+
+def test_dataset_folder_with_a_dangling_inter_link_names_the_link(tmp_path: Path) -> None:
+    folder = tmp_path / NAME
+    folder.mkdir()
+    os.symlink(tmp_path / "gone.inter", folder / "toy.inter")
+    with pytest.raises(ConfigError) as error:
+        discover_dataset(folder)
+    assert f"toy.inter is a symbolic link to {tmp_path / 'gone.inter'}, which does" in str(
+        error.value
+    )
+    assert "it holds" not in str(error.value)  # not "no toy.inter (it holds: toy.inter)"
+
+
+def test_feature_files_named_almost_right_are_named_as_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _folder(tmp_path)
+    for file in ("image_feat.npy", "text_feat.NPY", "audio_feat.npy.bak"):
+        np.save(folder / "x.npy", IMAGE)
+        (folder / "x.npy").rename(folder / file)
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec"):
+        settings = discover_dataset(folder)
+    assert settings == {"modalities": {"image": "image_feat.npy"}}
+    assert "audio_feat.npy.bak, text_feat.NPY not read as modalities" in caplog.text
+    caplog.clear()
+    (folder / "text_feat.NPY").unlink()
+    (folder / "audio_feat.npy.bak").unlink()
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec"):
+        discover_dataset(folder)
+    assert caplog.text == ""
+
+
+def test_synthetic_setting_misspelt_gets_the_right_name(tmp_path: Path) -> None:
+    with pytest.raises(DataFormatError) as error:
+        SyntheticDataset(str(tmp_path), "synthetic", {"num_userz": 5})
+    message = str(error.value)
+    assert "unknown 'synthetic' setting 'num_userz'" in message
+    assert "Did you mean: num_users?" in message
+    assert not (tmp_path / "synthetic").exists()  # refused before anything is generated
+
+
+def test_synthetic_and_amazon_together_are_refused(tmp_path: Path) -> None:
+    config = {"data_root": str(tmp_path), "dataset": "synthetic", "synthetic": {"seed": 1}}
+    with pytest.raises(DataFormatError, match="'synthetic' .* and 'amazon' .* are both set"):
+        load_dataset({**config, "amazon": {"foo": 1}})
+    assert not (tmp_path / "synthetic").exists()
 
 
 def _deny(module, monkeypatch: pytest.MonkeyPatch, denied: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -350,9 +351,18 @@ class SyntheticDataset(MMRecDataset):
     """
 
     def __init__(self, root: str, name: str, synthetic: Mapping[str, Any], **kwargs: Any) -> None:
+        from pyg_dhmrec.config import did_you_mean
         from pyg_dhmrec.data.synthetic import SyntheticConfig, ensure_synthetic
 
         root, name = _check_root_and_name(root, name)
+        fields = [f.name for f in dataclasses.fields(SyntheticConfig)]
+        unknown = [key for key in synthetic if key not in fields]
+        if unknown:
+            hint = did_you_mean(str(unknown[0]), fields)
+            raise DataFormatError(
+                f"dataset '{name}': unknown 'synthetic' setting {unknown[0]!r} (the settings: "
+                f"{', '.join(fields)}).{hint}"
+            )
         try:
             config = SyntheticConfig(**dict(synthetic))
         except (TypeError, ValueError) as e:
@@ -676,6 +686,11 @@ def load_dataset(config: Mapping[str, Any]) -> MMRecDataset:
         cache_dir=config.get("cache_dir"),
     )
     root, name = str(config["data_root"]), config["dataset"]
+    if config.get("synthetic") and config.get("amazon"):  # else one would be ignored silently
+        raise DataFormatError(
+            f"dataset '{name}': keys 'synthetic' (generate the data) and 'amazon' (build it "
+            "from raw Amazon files) are both set; set one of them, the other to null"
+        )
     if config.get("synthetic"):
         return SyntheticDataset(root, name, config["synthetic"], **kwargs)
     if config.get("amazon"):  # built from the raw Amazon files when missing
