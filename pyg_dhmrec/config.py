@@ -244,6 +244,23 @@ class _StrictLoader(yaml.SafeLoader):
                 seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
+    def construct_yaml_int(self, node: Any) -> Any:
+        text = str(node.value).replace("_", "").lstrip("+-")
+        # YAML 1.1 reads 010 as octal 8 and 1:30 as base 60 (90): never what a seed meant
+        if ":" in text or (len(text) > 1 and text[0] == "0" and text[1].isdigit()):
+            raise _StrictYAMLError(
+                None,
+                None,
+                f"found the integer {node.value!r}, which YAML 1.1 reads as "
+                f"{super().construct_yaml_int(node)} (a leading 0 is octal, a ':' counts in "
+                "base 60); write it without them, or quote it for text",
+                node.start_mark,
+            )
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read one YAML mapping; an empty file is an empty mapping. A key given twice, an alias, a

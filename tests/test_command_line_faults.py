@@ -416,3 +416,17 @@ def test_plot_out_that_is_a_file(finished: Path, capsys) -> None:
     assert main(["plot", "curves", str(finished), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: plot --out {out}: exists and is not a folder; give a folder\n"
+
+
+@pytest.mark.parametrize("text, read_as", [("010", 8), ("-07", -7), ("0_20", 16), ("1:30", 90)])
+def test_octal_and_base_60_integers_refused(tmp_path: Path, text: str, read_as: int) -> None:
+    # YAML 1.1 would read them as the number named in the message, silently
+    with pytest.raises(ConfigError, match=rf"--seed '{text}': found the integer .* as {read_as}"):
+        parse_cli_overrides(["--seed", text])
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"seed: [1, {text}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"grid.yaml: not valid YAML: .*reads as {read_as}"):
+        load_yaml(path)
+    plain = {"seed": 10, "a": 0, "b": -0, "c": 1000, "d": 16, "e": 0.5}
+    args = ["--seed", "10", "--a", "0", "--b", "-0", "--c", "1_000", "--d", "0x10", "--e", "00.5"]
+    assert parse_cli_overrides(args) == plain
