@@ -319,7 +319,7 @@ def test_synthetic_setting_misspelt_gets_the_right_name(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError) as error:
         SyntheticDataset(str(tmp_path), "synthetic", {"num_userz": 5})
     message = str(error.value)
-    assert "unknown 'synthetic' setting 'num_userz'" in message
+    assert "bad 'synthetic' settings: unknown setting 'num_userz'" in message
     assert "Did you mean: num_users?" in message
     assert not (tmp_path / "synthetic").exists()  # refused before anything is generated
 

@@ -390,7 +390,10 @@ def test_synthetic_reloaded_from_cache_and_regenerated_on_change(tmp_path: Path)
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"num_userz": 3}, "got an unexpected keyword argument 'num_userz'"),
+        (
+            {"num_userz": 3},
+            r"unknown setting 'num_userz' \(known: .*\)\. Did you mean: num_users\?",
+        ),
         ({"num_users": 2.5}, "num_users must be an integer, got 2.5"),
         ({"seed": True}, "seed must be an integer, got True"),
         ({"temperature": float("nan")}, "temperature must be finite, got nan"),

@@ -360,7 +360,7 @@ class SyntheticDataset(MMRecDataset):
         if unknown:
             hint = did_you_mean(str(unknown[0]), fields)
             raise DataFormatError(
-                f"dataset '{name}': unknown 'synthetic' setting {unknown[0]!r} (the settings: "
+                f"dataset '{name}': bad 'synthetic' settings: unknown setting {unknown[0]!r} (known: "
                 f"{', '.join(fields)}).{hint}"
             )
         try:
