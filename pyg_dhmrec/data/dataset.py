@@ -360,8 +360,8 @@ class SyntheticDataset(MMRecDataset):
         if unknown:
             hint = did_you_mean(str(unknown[0]), fields)
             raise DataFormatError(
-                f"dataset '{name}': bad 'synthetic' settings: unknown setting {unknown[0]!r} (known: "
-                f"{', '.join(fields)}).{hint}"
+                f"dataset '{name}': bad 'synthetic' settings: unknown setting "
+                f"{unknown[0]!r} (known: {', '.join(fields)}).{hint}"
             )
         try:
             config = SyntheticConfig(**dict(synthetic))

@@ -13,8 +13,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from torch_geometric.utils import degree, to_torch_csr_tensor
+from torch_geometric.utils import degree, scatter, to_torch_csr_tensor
 
 __all__ = [
     "symmetric_normalize",
@@ -93,7 +92,10 @@ def symmetric_normalize(
     With ``degree="row"``, :math:`d_i = \sum_j w_{ij}` (row sums, ``flow="target_to_source"``),
     :math:`D^{-1/2} A D^{-1/2}` as FREEDOM/LATTICE normalise the (asymmetric) kNN item graph;
     with ``degree="col"`` the column sums (PyG's default flow). For a symmetric graph both
-    give the same weights. Nodes of zero degree yield weight 0.
+    give the same weights. Nodes of zero degree yield weight 0, and so do nodes of negative
+    degree (signed weights: a cosine kNN row whose kept similarities sum below 0, as a ``k``
+    near the node count gives), where ``gcn_norm``'s :math:`d^{-1/2}` is NaN; the gradient
+    stays finite there too.
 
     Args:
         edge_index: ``[2, E]`` (row, col) indices.
@@ -113,15 +115,14 @@ def symmetric_normalize(
     _check_range(edge_index[1], num_nodes, "node")
     if edge_weight is None:
         edge_weight = torch.ones(edge_index.size(1), device=edge_index.device)
-    flow = "target_to_source" if degree == "row" else "source_to_target"
-    _, weight = gcn_norm(
-        edge_index.long(),
-        edge_weight.float(),
-        num_nodes,
-        add_self_loops=False,
-        flow=flow,
-    )
-    return edge_index, weight
+    row, col = edge_index.long()
+    weight = edge_weight.float()
+    deg = scatter(weight, row if degree == "row" else col, dim=0, dim_size=num_nodes, reduce="sum")
+    positive = deg > 0
+    # the power of a stand-in 1 where deg <= 0: no NaN, also not in the gradient torch.where drops
+    inv_sqrt = torch.where(positive, deg, torch.ones_like(deg)).pow(-0.5)
+    inv_sqrt = torch.where(positive, inv_sqrt, torch.zeros_like(inv_sqrt))
+    return edge_index, inv_sqrt[row] * weight * inv_sqrt[col]
 
 
 def to_csr(
