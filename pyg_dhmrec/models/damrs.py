@@ -138,6 +138,72 @@ def graded_positives(
     return [(mm[v], single[v]) for v in range(units.size(0))]
 
 
+def _add_sparse_gradient(
+    grad: Tensor,
+    grad_rows: Tensor,
+    coef: Tensor,
+    mm: Tensor,
+    single: Tensor,
+    anchor_units: Tensor,
+    rows: Tensor,
+    offsets: Tensor,
+    flat: Tensor,
+) -> None:
+    """Add a chunk's positives' part (``coef [V, r, 2K]`` on ``mm`` then ``single``) and its
+    anchors' rows ``grad_rows [V, r, d]`` into ``grad [V, I, d]``."""
+    dim = grad.size(-1)
+    positives = torch.cat([mm, single], -1) + offsets  # [V, r, 2K] rows of flat
+    grad_rows += (coef.unsqueeze(-1) * flat[positives]).sum(-2)
+    grad.view(-1, dim).index_add_(
+        0,
+        positives.reshape(-1),
+        (coef.unsqueeze(-1) * anchor_units.unsqueeze(-2)).reshape(-1, dim),
+    )
+    grad.view(-1, dim).index_add_(
+        0, (rows + offsets.view(-1, 1)).reshape(-1), grad_rows.reshape(-1, dim)
+    )
+
+
+def _log_domain_chunk(
+    logits: Tensor,
+    scratch: Tensor,
+    mm: Tensor,
+    single: Tensor,
+    units: Tensor,
+    anchor_units: Tensor,
+    rows: Tensor,
+    offsets: Tensor,
+    flat: Tensor,
+    scale: float,
+    grad: Tensor | None,
+) -> Tensor:
+    r"""One chunk's summed losses ``[V]`` (and gradient into ``grad``) from its logits
+    ``[V, r, I]`` (overwritten), every sum of exponentials taken as a ``logsumexp``: finite
+    for any :math:`\tau`, where the positives' terms of a shifted ``exp`` may all be 0."""
+    mm_l, single_l = logits.gather(-1, mm), logits.gather(-1, single)
+    lse_mm, lse_single = mm_l.logsumexp(-1), single_l.logsumexp(-1)
+    # the items outside mm; they hold the single positives, a floor against rounding
+    lse_rest = logits.scatter_(-1, mm, float("-inf")).logsumexp(-1).clamp_min_(lse_single)
+    lse_total = torch.logaddexp(lse_rest, lse_mm)
+    losses = (lse_total - lse_mm + lse_rest - lse_single).sum(-1)
+    if grad is not None:
+        # dense part, items outside mm (-inf there: weight 0): softmax over all + over rest
+        weights = torch.sub(logits, lse_total.unsqueeze(-1), out=scratch).exp_()
+        weights.add_(logits.sub_(lse_rest.unsqueeze(-1)).exp_()).mul_(scale)
+        grad_rows = torch.bmm(weights, units)
+        grad.baddbmm_(weights.transpose(1, 2), anchor_units)
+        # sparse part: mm's softmax over all minus its own; single's own softmax
+        coef = torch.cat(
+            [
+                (mm_l - lse_mm.unsqueeze(-1)).exp() - (mm_l - lse_total.unsqueeze(-1)).exp(),
+                (single_l - lse_single.unsqueeze(-1)).exp(),
+            ],
+            -1,
+        ).mul_(-scale)
+        _add_sparse_gradient(grad, grad_rows, coef, mm, single, anchor_units, rows, offsets, flat)
+    return losses
+
+
 class _GradedNeighbourDiscrimination(torch.autograd.Function):
     """Per view, the mean over anchors of the graded loss, with the positives selected in the
     same pass (no gradient). Chunks of anchors, all views at once: each chunk's ``[V, r, I]``
@@ -173,8 +239,22 @@ class _GradedNeighbourDiscrimination(torch.autograd.Function):
             single_all.append(single)
             logits.mul_(1.0 / temperature)
             if shift:
-                top = logits.amax(-1, keepdim=True)
-                logits.sub_(top)
+                # a large 1/tau: every sum in the log domain, since exp of the positives'
+                # shifted logits can all round to 0 there (log 0 = -inf, 0/0 = NaN)
+                losses += _log_domain_chunk(
+                    logits,
+                    scratch,
+                    mm,
+                    single,
+                    units,
+                    anchor_units,
+                    rows,
+                    offsets,
+                    flat,
+                    scale,
+                    grad,
+                )
+                continue
             e = logits.exp_()
             mm_e, single_e = e.gather(-1, mm), e.gather(-1, single)
             mm_sum, single_sum = mm_e.sum(-1), single_e.sum(-1)
@@ -182,7 +262,6 @@ class _GradedNeighbourDiscrimination(torch.autograd.Function):
             # it holds the single positives' sum, a floor against rounding
             rest = e.scatter_(-1, mm, 0.0).sum(-1).clamp_min_(single_sum)
             total = rest + mm_sum
-            # each ratio's two sums share the row's shift, which cancels
             losses += (total.log() - mm_sum.log() + rest.log() - single_sum.log()).sum(-1)
             if want_grad:
                 # dense part, items outside mm (e is 0 on mm): the softmax over all items
@@ -199,15 +278,8 @@ class _GradedNeighbourDiscrimination(torch.autograd.Function):
                     ],
                     -1,
                 ).mul_(-scale)
-                positives = torch.cat([mm, single], -1) + offsets  # [V, r, 2K] rows of flat
-                grad_rows += (coef.unsqueeze(-1) * flat[positives]).sum(-2)
-                grad.view(-1, dim).index_add_(
-                    0,
-                    positives.reshape(-1),
-                    (coef.unsqueeze(-1) * anchor_units.unsqueeze(-2)).reshape(-1, dim),
-                )
-                grad.view(-1, dim).index_add_(
-                    0, (rows + offsets.view(-1, 1)).reshape(-1), grad_rows.reshape(-1, dim)
+                _add_sparse_gradient(
+                    grad, grad_rows, coef, mm, single, anchor_units, rows, offsets, flat
                 )
         if want_grad:
             ctx.save_for_backward(grad)
@@ -246,8 +318,9 @@ def graded_neighbour_discrimination(
     formed analytically in that pass (the loss is a sum of per-view scalars, so backward only
     scales it): memory :math:`O(V \cdot \text{chunk} \cdot I)` plus the ``[V, I, d]``
     gradient, never ``[anchors, I]`` per view, and each chunk's cosines computed once. The
-    default chunk keeps a chunk's blocks small. Sums of exponentials are shifted by the row
-    maximum when :math:`1/\tau` is large (no overflow); the denominator
+    default chunk keeps a chunk's blocks small. Sums of exponentials are taken in the log
+    domain (``logsumexp``) when :math:`1/\tau` is large: no overflow, and no positives' sum
+    rounded to 0 at a tiny :math:`\tau` (1e-8); the denominator
     :math:`\sum_j - \sum_{\mathcal{M}}` is summed directly over the items outside
     :math:`\mathcal{M}` (a difference would cancel where the multi-modal positives hold
     nearly all the mass, at a small :math:`\tau`) and floored at :math:`\sum_{\mathcal{S}}`,

@@ -17,6 +17,11 @@ from torch import Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
+#: Smallest first-step variance ``noise_scale * noise_min`` under SNR weighting: step 2's
+#: weight is about its inverse, and 1e30 times a squared error stays finite in float32.
+MIN_FIRST_VARIANCE = 1e-30
+
+
 class GaussianDiffusion(torch.nn.Module):
     r"""The forward noising and the deterministic reverse steps of a Gaussian diffusion over
     ``[B, I]`` rows, with a denoiser that predicts :math:`x_0` (DiffMM Eqs. 1-13).
@@ -77,6 +82,12 @@ class GaussianDiffusion(torch.nn.Module):
             raise ValueError(
                 f"noise_scale * noise_min must be > 0, got {noise_scale} * {noise_min}"
             )
+        if steps > 1 and snr_weighting and noise_scale * noise_min < MIN_FIRST_VARIANCE:
+            raise ValueError(
+                f"noise_scale * noise_min must be >= {MIN_FIRST_VARIANCE:g} with snr_weighting "
+                f"(step 2's SNR weight is about 1 / (noise_scale * noise_min) and must stay "
+                f"finite in float32), got {noise_scale} * {noise_min}"
+            )
         if not noise_scale * noise_max < 1:
             raise ValueError(
                 f"noise_scale * noise_max must be < 1, got {noise_scale} * {noise_max}"
@@ -94,10 +105,14 @@ class GaussianDiffusion(torch.nn.Module):
         beta = torch.cat([torch.zeros(1, dtype=torch.float64), 1 - gamma_bar[1:] / gamma_bar[:-1]])
         # Index t = 0..T; entries at t = 0 are unused padding where undefined.
         prev = torch.cat([torch.ones(1, dtype=torch.float64), gamma_bar[:-1]])
-        one_minus = (1 - gamma_bar).clamp_min(torch.finfo(torch.float64).tiny)
+        # 1 - gamma_bar is the variance itself: 1 - (1 - v) rounds to 0 for v below ~1e-17,
+        # which made the SNR weight inf
+        exact = torch.cat([torch.zeros(1, dtype=torch.float64), variance])
+        one_minus = exact.clamp_min(torch.finfo(torch.float64).tiny)
+        one_minus_prev = torch.cat([torch.zeros(1, dtype=torch.float64), exact[:-1]])
         mean_x0 = beta * prev.sqrt() / one_minus
-        mean_xt = (1 - prev) * (1 - beta).sqrt() / one_minus
-        variance_post = beta * (1 - prev) / one_minus
+        mean_xt = one_minus_prev * (1 - beta).sqrt() / one_minus
+        variance_post = beta * one_minus_prev / one_minus
         snr = gamma_bar / one_minus
         weight = torch.ones_like(snr)
         weight[2:] = snr[1:-1] - snr[2:]
@@ -229,8 +244,8 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     )
     angles = t.float().unsqueeze(-1) * freqs
     out = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-    if dim % 2:
-        out = torch.cat([out, torch.zeros_like(out[:, :1])], dim=-1)
+    if dim % 2:  # a zero column of its own: out has none to copy at dim 1
+        out = torch.cat([out, out.new_zeros(out.size(0), 1)], dim=-1)
     return out
 
 
