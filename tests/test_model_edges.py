@@ -256,4 +256,5 @@ def test_a_modality_declared_twice_is_refused(name: str, keys: dict) -> None:
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         pyg_dhmrec.build_model(name, data, **keys)
-    pyg_dhmrec.build_model("lightgcn", data)  # an ID-only model reads no modality
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):  # a malformed graph
+        pyg_dhmrec.build_model("lightgcn", data)

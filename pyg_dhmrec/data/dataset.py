@@ -560,6 +560,12 @@ def modality_names(data: HeteroData) -> list[str]:
             "modalities, e.g. data['item'].modalities = ['image', 'text'] ([] for none)"
         )
     names = list(store.modalities)
+    repeated = sorted({str(m) for m in names if names.count(m) > 1})
+    if repeated:  # the feature tables are keyed by name: a repeat would collapse into one
+        raise ValueError(
+            f"data['item'].modalities must name each modality once, got {names} "
+            f"({', '.join(repeated)} repeated)"
+        )
     missing = [m for m in names if not isinstance(store.get(m), Tensor)]
     if missing:
         raise ValueError(

@@ -116,18 +116,6 @@ class OnDemandEmbeddings(Embeddings):
         self._modalities = value
 
 
-def check_distinct_modalities(data: HeteroData) -> None:
-    """Refuse a ``data['item'].modalities`` that names a modality twice: the feature tables
-    are keyed by name, so the repeat would silently collapse into one modality."""
-    names = list(data["item"].modalities) if "modalities" in data["item"] else []
-    repeated = sorted({str(m) for m in names if names.count(m) > 1})
-    if repeated:
-        raise ValueError(
-            f"data['item'].modalities must name each modality once, got {names} "
-            f"({', '.join(repeated)} repeated)"
-        )
-
-
 class Recommender(torch.nn.Module):
     r"""Base class of the models.
 
@@ -178,8 +166,6 @@ class Recommender(torch.nn.Module):
     def __init__(self, data: HeteroData) -> None:
         super().__init__()
         check_interaction_graph(data, ("train",))  # valid and test: the trainer's
-        if self.uses_modalities:
-            check_distinct_modalities(data)
         self.num_users = int(data["user"].num_nodes)
         self.num_items = int(data["item"].num_nodes)
         self._eval_embeddings: Embeddings | None = None
