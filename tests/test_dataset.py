@@ -376,6 +376,27 @@ def test_synthetic_without_configured_modalities_loads_generated_features(
     ds.require_modalities()
 
 
+def test_synthetic_modalities_changed_reads_the_new_files_and_drops_the_old(
+    tmp_path: Path,
+) -> None:
+    load_dataset(_synthetic_config(tmp_path, modalities={}))
+    folder = tmp_path / "tiny"
+    assert (folder / "text_feat.npy").is_file()
+    changed = _synthetic_config(tmp_path, modalities={})
+    changed["synthetic"]["modalities"] = {"image": 6, "audio": 3}
+    ds = load_dataset(changed)
+    assert ds.modalities == ["image", "audio"] and ds[0]["item"].audio.shape == (20, 3)
+    # the earlier generation's text features are gone, not left to be read by mistake
+    assert sorted(p.name for p in folder.glob("*_feat.npy")) == ["audio_feat.npy", "image_feat.npy"]
+    # a declared modality the generator does not write is refused (the YAML's, say)
+    with pytest.raises(DataFormatError, match=r"modalities \{'text': 'text_feat.npy'\} are not"):
+        load_dataset(
+            {**changed, "modalities": {"image": "image_feat.npy", "text": "text_feat.npy"}}
+        )
+    subset = load_dataset({**changed, "modalities": {"audio": "audio_feat.npy"}})
+    assert subset.modalities == ["audio"]
+
+
 def test_synthetic_reloaded_from_cache_and_regenerated_on_change(tmp_path: Path) -> None:
     first = load_dataset(_synthetic_config(tmp_path))
     again = load_dataset(_synthetic_config(tmp_path))

@@ -375,8 +375,16 @@ class SyntheticDataset(MMRecDataset):
                 f"{', '.join(reserved)} are reserved: attributes of the item store data['item'] "
                 "or of the torch.nn.ModuleDict that models key by modality; choose other names"
             )
+        generated = {m: f"{m}_feat.npy" for m in config.modalities}
         if not kwargs.get("modalities"):  # load_dataset passes {} when the config sets none
-            kwargs["modalities"] = {m: f"{m}_feat.npy" for m in config.modalities}
+            kwargs["modalities"] = generated
+        foreign = {m: f for m, f in kwargs["modalities"].items() if generated.get(m) != f}
+        if foreign:  # else a file of an earlier generation, or none, would be read
+            raise DataFormatError(
+                f"dataset '{name}': modalities {foreign} are not files the synthetic generator "
+                f"writes with these settings ({generated}); leave 'modalities' out (the "
+                "generated ones are used) or name some of these"
+            )
         check_modality_files(name, os.path.join(root, name), kwargs["modalities"])
         try:
             ensure_synthetic(Path(root) / name, name, config, log=log.info)

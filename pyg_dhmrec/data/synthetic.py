@@ -549,6 +549,15 @@ def _generated_here(folder: Path) -> bool:
     return isinstance(meta, dict) and meta.get("generator") == _GENERATOR
 
 
+def _generated_feature_file(folder: Path, file: str) -> bool:
+    """Whether ``meta.json`` records ``file`` as a feature file of the generation it describes."""
+    try:
+        meta = json.loads((folder / _META_FILE).read_text())
+        return file in {f"{m}_feat.npy" for m in meta["config"]["modalities"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def ensure_synthetic(
     folder: Path,
     name: str,
@@ -590,5 +599,10 @@ def ensure_synthetic(
             f"for the generated dataset"
         )
     log(f"generating synthetic dataset {name!r} in {folder}: {reason}")
+    if _generated_here(folder):  # an earlier generation's other modalities would linger
+        keep = {p.name for p in _expected_files(folder, name, config)}
+        for stale in folder.glob("*_feat.npy"):
+            if stale.name not in keep and _generated_feature_file(folder, stale.name):
+                stale.unlink()
     generate_synthetic(folder, name, config)
     return True
