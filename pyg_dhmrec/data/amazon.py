@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import zlib
@@ -41,6 +42,7 @@ from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.data.split import split_per_user
 
 log = logging.getLogger(__name__)
+_logger = log  # for functions whose ``log`` argument hides the module logger
 
 __all__ = [
     "AMAZON_BUILD_VERSION",
@@ -64,6 +66,12 @@ JOURNAL_FILE = ".build.json"  # outputs of a build in progress, by sha256
 RAW_MANIFEST = "manifest.json"  # in raw/: size and md5 of each file as downloaded
 RAW_KEYS = ("reviews", "meta", "image")
 SENTENCE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_ENCODERS = ("auto", "sentence-transformers", "tfidf")
+RAW_KEY_EXAMPLES = {
+    "reviews": "reviews_<Category>_5.json.gz",
+    "meta": "meta_<Category>.json.gz",
+    "image": "image_features_<Category>.b",
+}
 # Item text: these fields in this order, empty ones left out (MMRec uses the same fields).
 TEXT_TEMPLATE = (
     "Title: {title}. Brand: {brand}. Categories: {categories}. Description: {description}."
@@ -85,33 +93,78 @@ class Reviews:
     asins: np.ndarray  # str
     ratings: np.ndarray | None  # float64, None when a line lacks 'overall'
     timestamps: np.ndarray | None  # int64, None when a line lacks 'unixReviewTime'
+    lines: np.ndarray | None = None  # int64: the file line of each row, for messages
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"  # by content: a gzip saved without .gz is still one
+    raw = gzip.open(path, "rb") if gzipped or path.suffix == ".gz" else open(path, "rb")
+    # surrogateescape: a bad byte is found on its own line below, not where the decoder read ahead
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape")
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a non-UTF-8 byte
 
 
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` of a (gzipped) text file; a cut or corrupt file is an error
-    naming it, not an EOFError."""
+    naming it, not an EOFError, and a non-UTF-8 byte an error naming its line."""
     number = 0
     try:
         with _open_text(path) as f:
             for number, line in enumerate(f, start=1):
+                if bad := _UNDECODABLE.search(line):
+                    raise DataFormatError(
+                        f"{path}:{number}: not UTF-8 text (an undecodable byte at character "
+                        f"{bad.start() + 1}); expected UTF-8 encoded lines"
+                    )
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # a byte-order mark is no content
                 yield number, line
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataFormatError(
             f"{path}: truncated or corrupt gzip data after line {number} ({e}); delete it to "
             "download it again"
         ) from None
-    except UnicodeDecodeError as e:
-        raise DataFormatError(f"{path}:{number + 1}: not UTF-8 text ({e.reason})") from None
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number"}
+_JSON_KINDS.update({bool: "a boolean", type(None): "null"})
+_BAD_ID_CHARS = re.compile(r"[\t\n\r\x00-\x1f]")  # would break the tab-separated id mappings
+
+
+def _review_id(path: Path, number: int, row: Mapping[str, Any], field: str) -> str:
+    value = row[field]
+    if not isinstance(value, str) or not value.strip() or _BAD_ID_CHARS.search(value):
+        raise DataFormatError(
+            f"{path}:{number}: review field '{field}' must be a non-empty string without tabs, "
+            f"line breaks or control characters, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _review_number(path: Path, number: int, field: str, value: Any) -> float | int:
+    """A rating (finite number) or a time (non-negative whole seconds, int64), else an error."""
+    # a JSON integer may exceed float's range: only a float can be nan or infinite
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok or (isinstance(value, float) and math.isfinite(value))
+    if field == "overall":
+        if ok:
+            return float(value)
+        expected = "a number (a finite rating)"
+    else:
+        if ok and value >= 0 and value == int(value) and int(value) < 2**63:
+            return int(value)
+        expected = "a number of seconds since 1970 (a whole number >= 0 in int64's range)"
+    raise DataFormatError(
+        f"{path}:{number}: '{field}' must be {expected}, got {value!r} ({type(value).__name__})"
+    )
 
 
 def read_review_table(path: str | os.PathLike) -> Reviews:
-    """Read a (gzipped) JSON-lines review file; a malformed line is an error naming its number."""
+    """Read a (gzipped) JSON-lines review file; a malformed line is an error naming its number,
+    its field and what was expected."""
     path = Path(path)
     users, items, ratings, times, numbers = [], [], [], [], []
     lacking: dict[str, int] = {}  # field -> first line without it
@@ -120,21 +173,29 @@ def read_review_table(path: str | os.PathLike) -> Reviews:
             continue
         try:
             row = json.loads(line)
-            user, item = str(row["reviewerID"]), str(row["asin"])
-        except (json.JSONDecodeError, TypeError) as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # Recursion: nested thousands deep
             raise DataFormatError(f"{path}:{number}: not a JSON object ({e})") from None
+        if not isinstance(row, dict):
+            raise DataFormatError(
+                f"{path}:{number}: not a JSON object (expected one review object per line, got "
+                f"{_JSON_KINDS.get(type(row), type(row).__name__)} {line.strip()[:80]!r})"
+            )
+        try:
+            user = _review_id(path, number, row, "reviewerID")
+            item = _review_id(path, number, row, "asin")
         except KeyError as e:
             raise DataFormatError(f"{path}:{number}: review lacks field {e}") from None
         users.append(user)
         items.append(item)
         numbers.append(number)
-        for field in ("overall", "unixReviewTime"):
-            if field not in row:
+        for field, column, default in (("overall", ratings, 0.0), ("unixReviewTime", times, 0)):
+            if field in row:
+                column.append(_review_number(path, number, field, row[field]))
+            else:
                 lacking.setdefault(field, number)
-        ratings.append(row.get("overall", 0.0))
-        times.append(row.get("unixReviewTime", 0))
+                column.append(default)
     if not users:
-        raise DataFormatError(f"{path}: no reviews")
+        raise DataFormatError(f"{path}: no reviews (expected one JSON review object per line)")
     for field, number in lacking.items():  # the column is left out, not filled in
         log.warning(
             "%s:%d: review lacks '%s' (the first line without it): the dataset's .inter gets "
@@ -144,29 +205,11 @@ def read_review_table(path: str | os.PathLike) -> Reviews:
             field,
             "rating" if field == "overall" else "timestamp",
         )
-    rating = _numeric_column(path, "overall", ratings, numbers, np.float64)
-    stamp = _numeric_column(path, "unixReviewTime", times, numbers, np.int64)
-    rating = None if "overall" in lacking else rating
-    stamp = None if "unixReviewTime" in lacking else stamp
-    return Reviews(np.asarray(users), np.asarray(items), rating, stamp)
-
-
-def _numeric_column(
-    path: Path, field: str, values: list, numbers: list[int], dtype: type
-) -> np.ndarray:
-    """``values`` as ``dtype``; an error naming the first line whose value does not fit."""
-    try:
-        return np.asarray(values, dtype=dtype)
-    except (TypeError, ValueError, OverflowError):
-        for value, number in zip(values, numbers):
-            try:
-                np.asarray([value], dtype=dtype)
-            except (TypeError, ValueError, OverflowError) as e:
-                raise DataFormatError(
-                    f"{path}:{number}: '{field}' must be a number in {np.dtype(dtype).name}'s "
-                    f"range, got {value!r} ({e})"
-                ) from None
-        raise
+    rating = None if "overall" in lacking else np.asarray(ratings, dtype=np.float64)
+    stamp = None if "unixReviewTime" in lacking else np.asarray(times, dtype=np.int64)
+    return Reviews(
+        np.asarray(users), np.asarray(items), rating, stamp, np.asarray(numbers, dtype=np.int64)
+    )
 
 
 def read_reviews(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +249,7 @@ def _scan_image_features(
     found = np.zeros(len(asin_to_item), dtype=bool)
     carry = b""
     offset = 0  # file offset of carry's first byte, for error messages
+    duplicates, first_duplicate = 0, None
     with open(path, "rb") as f:
         while block := f.read(buffer_bytes):
             buffer = carry + block
@@ -220,15 +264,38 @@ def _scan_image_features(
                         f"(expected records of a {ASIN_BYTES}-byte asin + {dim} float32)"
                     ) from None
                 item = asin_to_item.get(asin)
-                if item is not None and not found[item]:  # first record of an asin wins
-                    out[item] = records["x"][index]
-                    found[item] = True
+                if item is None:
+                    continue
+                at = offset + index * record
+                if found[item]:  # first record of an asin wins; the others are counted
+                    duplicates += 1
+                    first_duplicate = first_duplicate or (at, asin)
+                    continue
+                vector = records["x"][index]
+                if not np.isfinite(vector).all():  # would poison the row and the mean fill
+                    bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+                    raise DataFormatError(
+                        f"{path}: byte {at}: the record of asin {asin} has {vector[bad]} at "
+                        f"feature {bad} (expected {dim} finite float32)"
+                    )
+                out[item] = vector
+                found[item] = True
             carry = buffer[n * record :]  # a record split across reads waits for the next one
             offset += n * record
     if carry:
         raise DataFormatError(
             f"{path}: {len(carry)} trailing byte(s) after the last full record of "
             f"{record} bytes: the file is truncated or its records are not {dim}-d"
+        )
+    if duplicates:
+        at, asin = first_duplicate
+        _logger.warning(
+            "%s: %d record(s) repeat an asin already read and were skipped (the first record "
+            "of an asin is kept); the first such record is at byte %d (asin %s)",
+            path,
+            duplicates,
+            at,
+            asin,
         )
     return out, found
 
@@ -266,32 +333,60 @@ def _fill_missing(
 
 def _parse_meta_line(line: str) -> dict[str, Any]:
     try:
-        value = ast.literal_eval(line)  # the 2014 metadata is Python dict literals
-    except (ValueError, SyntaxError, TypeError):  # TypeError: an unhashable key, {[1]: 2}
-        value = json.loads(line)  # some mirrors re-encode it as JSON
+        try:
+            value = ast.literal_eval(line)  # the 2014 metadata is Python dict literals
+        except (ValueError, SyntaxError, TypeError) as e:  # TypeError: unhashable key, {[1]: 2}
+            literal_error = e
+            try:
+                value = json.loads(line)  # some mirrors re-encode it as JSON
+            except ValueError as e:
+                raise ValueError(
+                    f"neither a Python dict literal ({type(literal_error).__name__}: "
+                    f"{literal_error}) nor a JSON object ({e})"
+                ) from None
+    except RecursionError:  # a value nested thousands deep
+        raise ValueError("values nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError(f"expected a dict, got {type(value).__name__}")
     return value
 
 
-def _as_text(value: Any) -> str:
+class _FieldError(ValueError):
+    """A metadata field of the wrong type; the reader adds the file and line."""
+
+
+def _as_text(value: Any, field: str) -> str:
+    """A text field: a string, a list of strings (joined) or absent (None)."""
+    if value is None:
+        return ""
     if isinstance(value, (list, tuple)):
-        value = " ".join(_as_text(v) for v in value)
-    return " ".join(str(value or "").split())  # collapse whitespace and newlines
+        return " ".join(t for t in (_as_text(v, field) for v in value) if t)
+    if not isinstance(value, str):  # a number or a mapping is no text: not guessed at
+        raise _FieldError(
+            f"metadata field '{field}' must be a string or a list of strings, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return " ".join(value.split())  # collapse whitespace and newlines
 
 
 def _item_text(row: Mapping[str, Any]) -> str:
+    paths = row.get("categories")
+    if paths is not None and not isinstance(paths, (list, tuple)):  # a str would be split
+        raise _FieldError(
+            "metadata field 'categories' must be a list of category paths (lists of strings), "
+            f"got {paths!r} ({type(paths).__name__})"
+        )
     categories: list[str] = []
-    for path in row.get("categories") or []:
+    for path in paths or []:
         for category in path if isinstance(path, (list, tuple)) else [path]:
-            category = _as_text(category)
+            category = _as_text(category, "categories")
             if category and category not in categories:
                 categories.append(category)
     fields = {
-        "title": _as_text(row.get("title")),
-        "brand": _as_text(row.get("brand")),
+        "title": _as_text(row.get("title"), "title"),
+        "brand": _as_text(row.get("brand"), "brand"),
         "categories": ", ".join(categories),
-        "description": _as_text(row.get("description")),
+        "description": _as_text(row.get("description"), "description"),
     }
     return " ".join(
         f"{label}: {fields[key].rstrip('.')}." for label, key in _TEXT_FIELDS if fields[key]
@@ -303,23 +398,50 @@ def item_texts(meta_path: str | os.PathLike, asin_to_item: Mapping[str, int]) ->
 
     The text is :data:`TEXT_TEMPLATE` with its empty fields left out, e.g.
     ``"Title: Soft Blanket. Brand: Acme. Categories: Baby, Nursery. Description: Warm."``;
-    categories are the category paths flattened, first occurrence kept.
+    categories are the category paths flattened, first occurrence kept. The first record of
+    an asin is used; later ones are counted in a warning naming the first.
     """
     meta_path = Path(meta_path)
     texts = [""] * len(asin_to_item)
+    seen = np.zeros(len(asin_to_item), dtype=bool)
+    duplicates, first_duplicate = 0, 0
     for number, line in _numbered_lines(meta_path):
         if not line.strip():
             continue
         quick = _ASIN_RE.search(line)
-        if quick and quick.group(1) not in asin_to_item:
-            continue  # skip parsing items outside the dataset (most of the file)
+        # skip parsing items outside the dataset (most of the file); an escaped asin is parsed
+        if quick and "\\" not in quick.group(1) and quick.group(1) not in asin_to_item:
+            continue
         try:
             row = _parse_meta_line(line)
         except (ValueError, SyntaxError) as e:
             raise DataFormatError(f"{meta_path}:{number}: not a metadata dict ({e})") from None
-        item = asin_to_item.get(str(row.get("asin", "")))
-        if item is not None and not texts[item]:
+        asin = row.get("asin")
+        if not isinstance(asin, str) or not asin:
+            raise DataFormatError(
+                f"{meta_path}:{number}: metadata field 'asin' must be a non-empty string, got "
+                + ("nothing (the field is missing)" if "asin" not in row else repr(asin))
+            )
+        item = asin_to_item.get(asin)
+        if item is None:
+            continue
+        if seen[item]:
+            duplicates += 1
+            first_duplicate = first_duplicate or number
+            continue
+        seen[item] = True
+        try:
             texts[item] = _item_text(row)
+        except _FieldError as e:
+            raise DataFormatError(f"{meta_path}:{number}: {e}") from None
+    if duplicates:
+        _logger.warning(
+            "%s:%d: %d metadata record(s) repeat an asin already read and were skipped (the "
+            "first record of an asin is kept); this is the first such line",
+            meta_path,
+            first_duplicate,
+            duplicates,
+        )
     return texts
 
 
@@ -358,7 +480,7 @@ def encode_texts(
     appended when the vocabulary or item count is below ``dim``, as the name then says);
     ``auto``: the former when its package and model are available, else the latter.
     """
-    if encoder not in ("auto", "sentence-transformers", "tfidf"):
+    if encoder not in TEXT_ENCODERS:
         raise ValueError(
             f"unknown text encoder {encoder!r}; use auto, sentence-transformers or tfidf"
         )
@@ -379,6 +501,38 @@ def _table(header: Sequence[str], columns: Sequence[Sequence[Any]]) -> str:
     lines = ["\t".join(header)]
     lines += ["\t".join(str(v) for v in row) for row in zip(*columns)]
     return "\n".join(lines) + "\n"
+
+
+def _check_build_settings(
+    name: str, urls: Mapping[str, str], seed: Any, k: Any, text_encoder: Any
+) -> None:
+    """Refuse settings that would fail (or be misread) only after the downloads."""
+    where = f"amazon dataset '{name}'"
+    missing = [key for key in RAW_KEYS if not urls.get(key)]
+    if missing:
+        raise ValueError(f"{where}: no URL for {', '.join(missing)}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{where}: 'k_core' must be a whole number >= 1, got {k!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{where}: 'seed' must be a whole number >= 0, got {seed!r}")
+    if text_encoder not in TEXT_ENCODERS:
+        raise ValueError(
+            f"{where}: unknown text encoder {text_encoder!r}; use {', '.join(TEXT_ENCODERS)}"
+        )
+    names: dict[str, str] = {}
+    for key in RAW_KEYS:
+        file = raw_file_name(str(urls[key]))
+        if file in ("", ".", "..") or file == RAW_MANIFEST:
+            raise ValueError(
+                f"{where}: '{key}_url' {urls[key]!r} must end with the file's name (e.g. "
+                f"{RAW_KEY_EXAMPLES[key]})"
+            )
+        if file in names:  # both would be saved as raw/<file>, one read as the other
+            raise ValueError(
+                f"{where}: '{names[file]}_url' and '{key}_url' name the same file {file!r}; "
+                "each raw file needs its own name"
+            )
+        names[file] = key
 
 
 def build_amazon_dataset(
@@ -405,20 +559,34 @@ def build_amazon_dataset(
     journal ``.build.json``); anything else is an error naming the file.
     """
     folder = Path(folder)
-    missing = [key for key in RAW_KEYS if not urls.get(key)]
-    if missing:
-        raise ValueError(f"amazon dataset '{name}': no URL for {', '.join(missing)}")
+    _check_build_settings(name, urls, seed, k, text_encoder)
     files = fetch_raw_files(
         folder, name, category, urls, expected or {}, mirror=mirror, progress=progress, log=log
     )
 
     table = read_review_table(files["reviews"])
+    # ids hold no tab (read_review_table), so the pair key is unambiguous
     pair = np.char.add(np.char.add(table.reviewer_ids, "\t"), table.asins)
     _, first = np.unique(pair, return_index=True)
     first = np.sort(first)  # keep the first review of a (reviewer, asin) pair, in file order
+    if first.size < len(pair):
+        repeated = np.setdiff1d(np.arange(len(pair)), first)[0]
+        line = table.lines[repeated] if table.lines is not None else repeated + 1
+        _logger.warning(
+            "%s:%d: %d review(s) repeat a (reviewerID, asin) pair already read and were skipped "
+            "(the first review of a pair is kept); this is the first such line",
+            files["reviews"],
+            line,
+            len(pair) - first.size,
+        )
     keep = first[k_core(table.reviewer_ids[first], table.asins[first], k)]
     if keep.size == 0:
-        raise DataFormatError(f"{files['reviews']}: nothing is left after the {k}-core filter")
+        raise DataFormatError(
+            f"{files['reviews']}: nothing is left after the {k}-core filter (of "
+            f"{len(np.unique(table.reviewer_ids))} reviewers and {len(np.unique(table.asins))} "
+            f"items, none keeps {k} reviews whose items keep {k}); lower amazon.k_core or use a "
+            "larger review file"
+        )
     user_names, user = np.unique(table.reviewer_ids[keep], return_inverse=True)
     item_names, item = np.unique(table.asins[keep], return_inverse=True)
     user, item = user.reshape(-1).astype(np.int64), item.reshape(-1).astype(np.int64)
@@ -430,6 +598,14 @@ def build_amazon_dataset(
     asin_to_item = {asin: i for i, asin in enumerate(item_names.tolist())}
 
     texts = item_texts(files["meta"], asin_to_item)
+    without_text = sum(not t for t in texts)
+    if without_text == len(texts):  # the text modality would hold no information
+        raise DataFormatError(
+            f"{files['meta']}: none of the {len(texts)} items of the dataset has a metadata "
+            "record with a title, brand, categories or description (expected one line per asin "
+            f"of {files['reviews'].name}): is it the metadata of category {category}?"
+        )
+    log(f"{name}: {len(texts) - without_text} items with a text, {without_text} without metadata")
     text_feat, encoder_name = encode_texts(texts, text_encoder, seed=seed)
     log(f"{name}: text features {text_feat.shape} by {encoder_name}")
     image_feat, found = _scan_image_features(files["image"], asin_to_item, IMAGE_DIM, 1 << 24)
@@ -458,9 +634,12 @@ def build_amazon_dataset(
         f"{name}.inter": _table(header, columns).encode("utf-8"),
     }
     digests = {file: sha256_bytes(data) for file, data in outputs.items()}
-    _check_replaceable(folder, name, list(outputs))
-    # The journal names what this build writes, so an interrupted build is known as ours.
-    write_json(folder / JOURNAL_FILE, {"outputs": digests})
+    replaced = _check_replaceable(folder, name, list(outputs))
+    # The journal names what this build writes and replaces, so an interrupted build is known
+    # as ours whichever of the two versions each file holds.
+    write_json(folder / JOURNAL_FILE, {"outputs": digests, "replaced": replaced})
+    # An older build's meta.json would vouch for a mix of its files and ours if we are killed.
+    (folder / META_FILE).unlink(missing_ok=True)
     for file, data in outputs.items():
         write_bytes(folder / file, data)
 
@@ -529,27 +708,33 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return value
 
 
-def _written_digests(folder: Path) -> dict[str, str | None]:
-    """Output file -> sha256 of the version the Amazon build wrote (None: any version)."""
-    owned: dict[str, str | None] = {}
+def _written_digests(folder: Path) -> dict[str, set[str] | None]:
+    """Output file -> sha256s of the versions the Amazon build wrote (None: any version)."""
+    owned: dict[str, set[str] | None] = {}
     meta = _read_record(folder / META_FILE)
     if meta is not None and "outputs" not in meta:  # built before digests were recorded
         names = ("u_id_mapping.csv", "i_id_mapping.csv", "image_feat.npy", "text_feat.npy")
         owned.update(dict.fromkeys(names))
         owned.update({f: None for f in os.listdir(folder) if f.endswith(".inter")})
-    for record in (meta, _read_record(folder / JOURNAL_FILE)):
-        if record is not None:
-            owned.update(record.get("outputs") or {})
+    journal = _read_record(folder / JOURNAL_FILE) or {}
+    for record in (meta or {}).get("outputs"), journal.get("outputs"), journal.get("replaced"):
+        for file, digest in (record or {}).items():
+            if owned.get(file, set()) is not None:
+                owned.setdefault(file, set()).add(digest)
     return owned
 
 
-def _check_replaceable(folder: Path, name: str, files: Sequence[str]) -> None:
-    """Refuse to overwrite a file of ``folder`` that the Amazon build did not write."""
+def _check_replaceable(folder: Path, name: str, files: Sequence[str]) -> dict[str, str]:
+    """Refuse to overwrite a file of ``folder`` that the Amazon build did not write; return
+    the sha256 of each of ``files`` that exists (all the build's own)."""
     owned = _written_digests(folder)
-    foreign = []
+    foreign, present = [], {}
     for file in files:
         path = folder / file
-        if path.exists() and not (file in owned and owned[file] in (None, _file_sha256(path))):
+        if not path.exists():
+            continue
+        present[file] = _file_sha256(path)
+        if not (file in owned and (owned[file] is None or present[file] in owned[file])):
             foreign.append(str(path))
     if foreign:
         raise DataFormatError(
@@ -558,6 +743,7 @@ def _check_replaceable(folder: Path, name: str, files: Sequence[str]) -> None:
             f"{JOURNAL_FILE}); move them away, or place {name}.inter beside them to use the "
             "folder as it is"
         )
+    return present
 
 
 def amazon_folder_state(folder: Path, name: str, settings: Mapping[str, Any]) -> str | None:
@@ -577,10 +763,13 @@ def amazon_folder_state(folder: Path, name: str, settings: Mapping[str, Any]) ->
     if not inter.is_file():
         return f"{inter.name} is missing"
     journal = _read_record(folder / JOURNAL_FILE)
-    if journal is not None and (journal.get("outputs") or {}).get(inter.name) == _file_sha256(
-        inter
-    ):
-        return "its last build was interrupted"
+    if journal is not None:
+        ours = {
+            (record or {}).get(inter.name)
+            for record in (journal.get("outputs"), journal.get("replaced"))
+        }
+        if _file_sha256(inter) in ours:  # the new version or the one it was replacing
+            return "its last build was interrupted"
     return None
 
 
@@ -599,6 +788,8 @@ def _expected_of(expected: Mapping[str, Any], recorded: Mapping[str, Any] | None
 def raw_file_problem(path: Path, key: str, expected: Mapping[str, Any]) -> str | None:
     """What is wrong with the raw file ``path`` (None: it is complete)."""
     size = path.stat().st_size
+    if size == 0:
+        return "it is empty"
     if expected.get("size") is not None and size != expected["size"]:
         return f"it has {size} bytes, expected {expected['size']}"
     if expected.get("md5") is not None:
@@ -610,7 +801,7 @@ def raw_file_problem(path: Path, key: str, expected: Mapping[str, Any]) -> str |
         return "its gzip data is truncated or corrupt"
     if key == "image":
         record = ASIN_BYTES + 4 * IMAGE_DIM
-        if size == 0 or size % record:
+        if size % record:
             return f"its {size} bytes are not a whole number of {record}-byte records"
         if expected.get("size") is None:
             return "unverifiable"

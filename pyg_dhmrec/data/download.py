@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-__all__ = ["DownloadError", "download_file", "file_md5", "gzip_complete"]
+__all__ = ["DownloadError", "as_url", "download_file", "file_md5", "gzip_complete"]
 
 _CHUNK = 1 << 20
 _USER_AGENT = "pyg_dhmrec-downloader"
@@ -42,12 +42,22 @@ def file_md5(path: Path) -> str:
 def gzip_complete(path: Path) -> bool:
     """Whether a gzip file decompresses to its end (a truncated one raises EOFError)."""
     try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":  # an empty file would otherwise read as empty gzip
+                return False
         with gzip.open(path, "rb") as f:
             while f.read(_CHUNK):
                 pass
     except (EOFError, OSError, zlib.error):
         return False
     return True
+
+
+def as_url(source: str) -> str:
+    """``source`` as a URL: one with a scheme as it is, a local path as a ``file://`` URL."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", source):
+        return source
+    return Path(source).expanduser().resolve().as_uri()  # a local folder as mirror or file
 
 
 def _failure(url: str, path: Path, reason: str) -> DownloadError:
@@ -121,6 +131,7 @@ def download_file(
     path = Path(path)
     if path.exists() and (md5 is None or file_md5(path) == md5):
         return path
+    url = as_url(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_suffix(path.suffix + ".part")
     problem = ""
@@ -131,6 +142,8 @@ def download_file(
             raise _failure(url, path, f"HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             raise _failure(url, path, str(getattr(e, "reason", None) or e)) from None
+        except ValueError as e:  # an unknown URL scheme, a malformed Content-Length
+            raise _failure(url, path, str(e)) from None
         got = part.stat().st_size
         if total is None and size is not None:
             total = size
