@@ -375,3 +375,11 @@ def test_interrupted_before_the_inter_file_was_replaced(
     assert (folder / "toy.inter").read_text() != built
     assert dataset.stats["users"] == 8
     assert read_inter_file(folder / "toy.inter").num_items == 8
+
+
+@pytest.mark.parametrize("outputs", [[1, 2], {"toy.inter": 5}, "abc"])
+def test_hand_edited_build_journal_is_named(tmp_path: Path, outputs: object) -> None:
+    journal = tmp_path / amazon_module.JOURNAL_FILE
+    journal.write_text(json.dumps({"outputs": outputs, "replaced": {}}), encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"\.build\.json: key 'outputs' must map file names"):
+        amazon_module._written_digests(tmp_path)

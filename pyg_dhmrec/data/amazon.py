@@ -705,6 +705,17 @@ def _read_record(path: Path) -> dict[str, Any] | None:
         ) from None
     if not isinstance(value, dict):
         raise DataFormatError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    for key in ("outputs", "replaced"):  # file -> sha256, read by the ownership checks
+        record = value.get(key)
+        if record is not None and not (
+            isinstance(record, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in record.items())
+        ):
+            raise DataFormatError(
+                f"{path}: key '{key}' must map file names to sha256 digests, got "
+                f"{str(record)[:80]}; the Amazon build writes it and never edits it: delete the "
+                "dataset folder to build it again"
+            )
     return value
 
 
