@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -702,39 +703,65 @@ def recommend(
     model: Recommender, data: HeteroData, users: Sequence[int], k: int
 ) -> list[dict[str, Any]]:
     """Top-``k`` items (ids and scores) of each user, excluding the user's train items (a user
-    with fewer than ``k`` other items gets all of them, ``"unseen_items"`` says how many)."""
-    bad = [u for u in users if not 0 <= u < model.num_users]
+    with fewer than ``k`` other items gets all of them, ``"unseen_items"`` says how many).
+
+    Items are ranked by the model's ``full_scores`` (in float32), highest first, equal scores
+    by the smaller item id (a stable sort: the evaluation, as MMRec's, takes ``torch.topk``,
+    whose order among equal scores is torch's); a NaN score ranks first, as in ``torch.sort``.
+    Each score is the float32 score, written as the shortest decimal that reads back to it.
+    ``users`` are integer ids (a bool or a fraction is refused); a user may be asked twice.
+    """
+    ids, bad = [], []
+    for u in users:
+        if isinstance(u, (bool, np.bool_)) or (isinstance(u, Tensor) and u.dtype == torch.bool):
+            bad.append(u)
+            continue
+        try:
+            ids.append(operator.index(u))
+        except TypeError:
+            bad.append(u)
+    if bad:
+        raise ExperimentError(f"user ids must be integers, got {bad}")
+    bad = [u for u in ids if not 0 <= u < model.num_users]
     if bad:
         raise ExperimentError(
             f"user id(s) {bad} out of range: the run's dataset has users 0..{model.num_users - 1}"
         )
-    if not 1 <= k <= model.num_items:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= model.num_items:
         raise ExperimentError(f"--k must be in 1..{model.num_items} (the items), got {k}")
+    k = int(k)
     model.eval()
-    user_t = torch.tensor(list(users), dtype=torch.long)
+    user_t = torch.tensor(ids, dtype=torch.long)
     device = next(iter(model.parameters())).device
-    scores = model.full_scores(user_t.to(device)).float().cpu().clone()
-    train = data[RATES].edge_index
-    for row, user in enumerate(users):
-        scores[row, train[1, train[0] == user]] = -math.inf  # seen items are never recommended
-    top_scores, top_items = torch.topk(scores, k, dim=1)
+    with torch.no_grad():
+        scores = model.full_scores(user_t.to(device)).detach().float().cpu()
+    train = data[RATES].edge_index.cpu()
+    train = train[:, torch.isin(train[0], user_t)]  # the asked users' train items
+    seen = torch.zeros(len(ids), model.num_items, dtype=torch.bool)
+    for row, user in enumerate(ids):
+        seen[row, train[1, train[0] == user]] = True
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     out = []
-    for u, items, vals in zip(users, top_items, top_scores):
-        unseen = vals > -math.inf  # past the user's unseen items only train items remain
-        row = {
-            "user": int(u),
-            "items": items[unseen].tolist(),
-            "scores": [round(float(s), 6) for s in vals[unseen]],
+    for row, user in enumerate(ids):
+        ranked = order[row]
+        items = ranked[~seen[row, ranked]][:k]
+        entry = {
+            "user": user,
+            "items": items.tolist(),
+            "scores": [float(str(v)) for v in scores[row, items].numpy()],
         }
-        if not bool(unseen.all()):
-            row["unseen_items"] = int(unseen.sum())
-        out.append(row)
+        unseen = model.num_items - int(seen[row].sum())
+        if unseen < k:
+            entry["unseen_items"] = unseen
+        out.append(entry)
     return out
 
 
 @torch.no_grad()
 def export_embeddings(model: Recommender, output: Path) -> tuple[Path, Path]:
-    """Write the final ``user_embeddings.npy`` and ``item_embeddings.npy`` (eval mode)."""
+    """Write the final ``user_embeddings.npy`` ``[num_users, d]`` and ``item_embeddings.npy``
+    ``[num_items, d]`` (float32, eval mode): the embeddings the model scores with,
+    ``full_scores(users) = user_embeddings[users] @ item_embeddings.T``."""
     output = ensure_folder(output, "export --out")  # before the embeddings are computed
     model.eval()
     out = model()

@@ -1,8 +1,8 @@
 """Top-K ranking metrics and full-ranking evaluation (MMRec protocol).
 
 Every evaluated user is ranked against *all* items; only the user's training items are
-masked out. Metrics are computed per user and averaged over the users that have at least
-one ground-truth item in the evaluated split.
+masked out. Metrics are computed per user (in float64, as MMRec's numpy code) and averaged
+over the users that have at least one ground-truth item in the evaluated split.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from torch_geometric.index import index2ptr
 from pyg_dhmrec.data.graph import csr_row_positions
 
 METRICS = ("recall", "ndcg", "precision", "map")
+
+#: The score a user's training item gets before the top-k: MMRec's ``-1e10`` (not ``-inf``),
+#: so that items the model itself scores ``-inf`` or below ``-1e10`` rank as in MMRec.
+MASKED_SCORE = -1e10
 
 
 def _check_metrics(metrics: Sequence[str]) -> list[str]:
@@ -74,7 +78,9 @@ def ranking_metrics(
     Args:
         hits (torch.Tensor): Bool or float matrix of shape :obj:`[B, K_max]` where
             :obj:`hits[u, r]` is :obj:`1` if the item ranked :obj:`r + 1` for user :obj:`u`
-            is a ground-truth item.
+            is a ground-truth item. Bool hits give float64 values (MMRec computes in
+            float64: a float32 mean can land on the other side of a 4th-decimal rounding);
+            float hits keep their dtype.
         num_ground_truth (torch.Tensor): Number of ground-truth items per user, shape
             :obj:`[B]`, every entry :obj:`>= 1`.
         ks (Sequence[int]): Cut-offs, each in :obj:`[1, K_max]`.
@@ -95,7 +101,7 @@ def ranking_metrics(
     if num_ground_truth.numel() > 0 and bool((num_ground_truth < 1).any()):
         raise ValueError("'num_ground_truth' must be >= 1 for every user")
 
-    dtype = hits.dtype if hits.is_floating_point() else torch.get_default_dtype()
+    dtype = hits.dtype if hits.is_floating_point() else torch.float64
     hits = hits.to(dtype)
     num_gt = num_ground_truth.to(device=hits.device, dtype=torch.long)
     max_k = max(ks)
@@ -180,9 +186,27 @@ class FullRankEvaluator:
     r"""Full-ranking top-:math:`K` evaluator following the MMRec protocol.
 
     For each user with at least one ground-truth item in :obj:`eval_edge_index`, all items
-    are scored, the user's training items are set to :math:`-\infty`, the top
+    are scored, the user's training items are set to :obj:`MASKED_SCORE` (:math:`-10^{10}`,
+    as in MMRec), the top
     :math:`\max(K)` items are retrieved and :func:`ranking_metrics` is computed. Per-user
-    values are averaged over the evaluated users.
+    values are averaged over the evaluated users (users without ground truth in the split
+    are left out, as in MMRec, whose evaluated users are those of the split).
+
+    Given the same scores this equals MMRec's ``Trainer.evaluate`` and ``TopKEvaluator``
+    (before their rounding to 4 decimals), ties included: both take :obj:`torch.topk` of
+    :math:`\max(K)` items per user, so equal scores are ordered as :obj:`torch.topk` orders
+    them on that device (not necessarily by item id). A NaN score ranks first and a score
+    of :math:`-\infty` or below :math:`-10^{10}` after the masked items, as there. Where
+    the two differ, by choice:
+
+    * a cut-off above :obj:`num_items` (MMRec's :obj:`torch.topk` fails) ranks all items,
+      the positions past the last item counting as misses;
+    * a (user, item) pair repeated in an edge index counts once (MMRec counts a repeated
+      ground-truth row twice in :math:`|G|`); the dataset loader keeps such rows once, too;
+    * an item in both the user's training and ground-truth sets is masked and never a hit,
+      even when a cut-off above the user's unmasked items ranks it (MMRec then counts it if
+      its tie among the masked items ranks it in). The dataset loader never gives a pair
+      to two splits, so this arises only for a graph built by hand.
 
     Per chunk of users the work is the score product (in :obj:`score_fn`), the train mask
     (written in place, then restored), the top-:math:`K` and a binary search of the ranked
@@ -291,33 +315,39 @@ class FullRankEvaluator:
             if not scores.is_floating_point():
                 raise ValueError(f"'score_fn' must return float scores (got {scores.dtype})")
             num_gt = self.num_ground_truth[start : start + self.user_batch_size]
-            top_scores, top_items = self._masked_topk(scores, users, ranked)
-            hits = self._hits(users, top_items) & (top_scores > float("-inf"))
+            top_items = self._masked_topk(scores, users, ranked)
             del scores
+            # a hit: a ground-truth item that is not masked. Masked items reach the top-k past
+            # the user's unmasked ones; telling them by membership, not by their score, leaves
+            # an unmasked item the model itself scores NaN, -inf or -1e10 a hit, as in MMRec.
+            hits = self._member(self.eval_rowptr, self.eval_col, users, top_items)
+            hits &= ~self._member(self.train_rowptr, self.train_col, users, top_items)
+            hits = hits.cpu()  # [B, max K] bools: the metrics in float64 on the host
             values = ranking_metrics(hits, num_gt, within, self.metrics)
             values = _beyond_the_items(values, hits, self.ks, self.metrics)
-            # one copy to the host for all metrics of the chunk
-            stacked = torch.stack(list(values.values())).cpu()
+            stacked = torch.stack(list(values.values()))
             out[chunk] = dict(zip(values, stacked.unbind(0)))
         return out
 
-    def _masked_topk(self, scores: Tensor, users: Tensor, ranked: int) -> tuple[Tensor, Tensor]:
-        """Top-``ranked`` of ``scores`` with the users' train items at ``-inf``: written in
-        place and restored afterwards (``scores`` may be a view of a cached score matrix),
-        which costs two passes over the train entries instead of a copy of ``scores``."""
+    def _masked_topk(self, scores: Tensor, users: Tensor, ranked: int) -> Tensor:
+        """Item ids of the top-``ranked`` of ``scores`` with the users' train items at
+        ``MASKED_SCORE``: written in place and restored afterwards (``scores`` may be a view of a
+        cached score matrix), which costs two passes over the train entries instead of a copy
+        of ``scores``."""
         row, col = _gather_rows(self.train_rowptr, self.train_col, users)
         index = (row.to(scores.device), col.to(scores.device))
         kept = scores[index]
-        scores.index_put_(index, scores.new_full((), float("-inf")))
+        scores.index_put_(index, scores.new_full((), MASKED_SCORE))
         try:
-            return torch.topk(scores, ranked, dim=1)
+            return torch.topk(scores, ranked, dim=1).indices
         finally:
             scores.index_put_(index, kept)
 
-    def _hits(self, users: Tensor, top_items: Tensor) -> Tensor:
-        """Whether each ranked item is a ground-truth item of its user: a binary search of
-        ``row * num_items + item`` in the users' sorted eval keys (no dense users x items mask)."""
-        row, col = _gather_rows(self.eval_rowptr, self.eval_col, users)
+    def _member(self, rowptr: Tensor, cols: Tensor, users: Tensor, top_items: Tensor) -> Tensor:
+        """Whether each ranked item is in its user's CSR row (ground truth or train items): a
+        binary search of ``row * num_items + item`` in the users' sorted keys (no dense
+        users x items mask)."""
+        row, col = _gather_rows(rowptr, cols, users)
         keys = (row * self.num_items + col).to(top_items.device)  # sorted: CSR rows, sorted cols
         local = torch.arange(users.numel(), device=top_items.device).unsqueeze(1)
         ranked = local * self.num_items + top_items
@@ -337,7 +367,7 @@ class FullRankEvaluator:
             for k in self.ks:
                 key = f"{metric}@{k}"
                 parts = [chunks[c][key] for c in range(self.num_chunks)]
-                parts = parts or [torch.empty(0, dtype=torch.get_default_dtype())]
+                parts = parts or [torch.empty(0, dtype=torch.float64)]
                 per_user_values[key] = torch.cat(parts)
         means = {
             key: float(value.double().mean()) if value.numel() > 0 else 0.0

@@ -159,7 +159,7 @@ def test_own_folder_trains_with_cutoff_above_item_count_and_writes_train_log(
     run = tmp_path / "run"
     argv = cli_args(str(folder), run, "--model", "vbpr", "--epochs", "2", "--quiet")
     with caplog.at_level(logging.INFO, logger="pyg_dhmrec"):
-        assert main(argv) == 0  # default topk [10, 20, 50] with 20 items
+        assert main(argv) == 0  # default topk [5, 10, 20, 50] with 20 items
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert [r.getMessage() for r in warnings] == [
         "cut-off(s) 50 above the 20 items: all items are ranked for them (positions past the "
