@@ -539,7 +539,10 @@ def compare_main(argv: Sequence[str]) -> int:
     print(f"  A - B: {r['difference']:+.6f}")
     t = "nan (identical per-user values)" if math.isnan(r["t"]) else f"{r['t']:.4f}"
     print(f"  paired t = {t}, p = {r['p']:.4g}")
-    print(json.dumps(r))
+    # null, not NaN, where identical values leave t undefined: strict JSON readers refuse NaN
+    print(
+        json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()})
+    )
     return 0
 
 

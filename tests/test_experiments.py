@@ -182,6 +182,21 @@ def test_compare_paired_t_test(seeds: Path, capsys) -> None:
     assert "paired t = " in out and "A - B: " in out
 
 
+def test_compare_of_identical_values_prints_strict_json(seeds: Path, tmp_path: Path, capsys):
+    # t is undefined (0/0): the text says why, the JSON line holds null, not NaN
+    copy = tmp_path / "copy"
+    shutil.copytree(seeds / "seed=5", copy)
+    assert main(["compare", str(seeds / "seed=5"), str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "paired t = nan (identical per-user values)" in out
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    result = json.loads(out.strip().splitlines()[-1], parse_constant=refuse)
+    assert result["t"] is None and result["p"] is None and result["difference"] == 0.0
+
+
 def test_compare_different_users_is_an_error(seeds: Path, tmp_path: Path, capsys) -> None:
     other_data = tmp_path / "data"
     small = TINY.replace("num_users: 60", "num_users: 50")
