@@ -111,7 +111,7 @@ class DerivedGraph(BaseTransform):
         raise NotImplementedError
 
     def key(self) -> str:
-        """Cache key: the transform's name and its settings."""
+        """Cache key: the transform's name, its settings and :attr:`build_version`."""
         body = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
         body += f"|build={self.build_version}"
         digest = hashlib.sha1(body.encode()).hexdigest()[:12]
