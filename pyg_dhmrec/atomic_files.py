@@ -8,6 +8,7 @@ partial write, whatever moment the writing process is killed at. Files get mode 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ __all__ = [
     "torch_bytes",
     "sha256_bytes",
     "DamagedFile",
+    "WriteFailed",
     "ensure_folder",
     "write_torch_checked",
     "read_torch_checked",
@@ -50,12 +52,63 @@ def ensure_folder(path: str | os.PathLike, what: str = "folder") -> Path:
     return path
 
 
+class WriteFailed(OSError, ValueError):
+    """A file the system refused to write (disk full, quota, read-only folder); the message
+    names the file and says what is kept. An ``OSError`` for callers that
+    tolerate failed writes (caches), a ``ValueError`` for the command line's ``error:``.
+
+    ``advice`` replaces the default end (what is kept, what to do); ``path`` and ``error``
+    (the system's) let a caller re-raise it with its own.
+    """
+
+    def __init__(self, path: Path, error: OSError, advice: str | None = None) -> None:
+        self.path, self.error = Path(path), error
+        self.reason = error.strerror or str(error)
+        if advice is None:
+            kept = "the previous file is kept" if self.path.is_file() else "nothing was written"
+            advice = f"{kept}; {self.remedy}"
+        super().__init__(error.errno, f"{path}: cannot be written ({self.reason}); {advice}")
+
+    @property
+    def remedy(self) -> str:
+        """What to do about the system's refusal, in a few words."""
+        code = self.error.errno
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return "make room on its file system"
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "make its folder writable"
+        if code == errno.EISDIR:
+            return f"move the folder {self.path} out of the way"
+        return "fix the cause named"
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" prefix
+        return str(self.strerror)
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``error``: itself, or one it was raised from or while handling
+    (``torch.save`` reports a failed write as a ``RuntimeError`` raised during the OSError)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(binary file)`` on a temporary file beside ``path``, then rename it to
-    ``path``; the folder is created when missing. Returns ``path``."""
+    ``path``; the folder is created when missing. Returns ``path``.
+
+    A write the system refuses (disk full, ...) raises :class:`WriteFailed` naming ``path``;
+    the previous file is kept and the temporary removed."""
     path = Path(path)
     ensure_folder(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteFailed(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -63,9 +116,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(f.fileno())  # the data is on disk before the name points at it
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = _os_error(e) if isinstance(e, Exception) else None  # not a KeyboardInterrupt
+        if cause is None or isinstance(e, WriteFailed):
+            raise
+        raise WriteFailed(path, cause) from None
     return path
 
 

@@ -37,6 +37,7 @@ from pyg_dhmrec.config import (
 from pyg_dhmrec.data.download import DownloadError
 from pyg_dhmrec.data.mmrec_format import DataFormatError
 from pyg_dhmrec.experiment import (
+    CONFIG_FILE,
     ExperimentError,
     baseline_comparison,
     claim_run_folder,
@@ -258,6 +259,12 @@ def _option_words(extra: Sequence[str]) -> list[str]:
 def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     """The configuration saved in the ``--resume`` folder (``--device``/``--quiet`` may change)."""
     folder = Path(args.resume)
+    if not (folder / CHECKPOINT).is_file() and (folder / CONFIG_FILE).is_file():
+        raise ConfigError(  # a run killed in its first epoch: nothing to continue from
+            f"--resume {folder}: no {CHECKPOINT}: the run there stopped before its first epoch "
+            f"ended; start it again, with the options its {CONFIG_FILE} records and --output "
+            f"{folder}"
+        )
     if not (folder / CHECKPOINT).is_file():
         raise ConfigError(
             f"--resume {folder}: no {CHECKPOINT} in that folder; expected a run folder "
@@ -301,6 +308,28 @@ def interrupted_message(folder: Path) -> str:
     return f"interrupted (Ctrl-C) before the first epoch ended; {folder} holds no checkpoint"
 
 
+class _RunLogHandler(logging.FileHandler):
+    """``train.log``'s handler: a write the system refuses (a full disk) is said once on
+    stderr and the file is left as it is, instead of logging's traceback for every line."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self.failed:
+            self.failed = True
+            error = sys.exc_info()[1]
+            reason = getattr(error, "strerror", None) or error
+            print(
+                f"warning: {self.baseFilename}: cannot be written ({reason}); the "
+                "run goes on, its log only on the console",
+                file=sys.stderr,
+            )
+
+
 class _RunLog:
     """Copies the library's log lines into ``<run folder>/train.log`` (appended on resume)."""
 
@@ -309,7 +338,7 @@ class _RunLog:
 
     def __enter__(self) -> None:
         ensure_folder(self.path.parent, "output")
-        self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self.handler = _RunLogHandler(self.path, mode="a", encoding="utf-8")
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         self.handler.setLevel(logging.INFO)
         logger = logging.getLogger("pyg_dhmrec")

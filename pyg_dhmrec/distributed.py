@@ -54,6 +54,23 @@ class DistributedError(ValueError):
     """A setting that does not work with several ranks."""
 
 
+#: Words of the errors a collective raises when another rank died or hung (gloo's C++ errors
+#: arrive as plain RuntimeErrors, NCCL's and the store's as DistError).
+PEER_FAILURE_MARKERS = ("gloo", "nccl", "connection reset by peer", "connection closed by peer")
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """The first line of ``error`` when it is a collective that failed because another rank
+    died, hung or became unreachable; None for any other error (the step's own)."""
+    if not isinstance(error, RuntimeError):
+        return None
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    if isinstance(error, dist.DistError) or any(m in text.lower() for m in PEER_FAILURE_MARKERS):
+        return first
+    return None
+
+
 def under_torchrun() -> bool:
     """Whether torchrun started this process as one of several ranks."""
     return all(v in os.environ for v in TORCHRUN_VARS) and int(os.environ["WORLD_SIZE"]) > 1

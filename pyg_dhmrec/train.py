@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import itertools
@@ -15,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from pyg_dhmrec.atomic_files import (
     DamagedFile,
+    WriteFailed,
     ensure_folder,
     read_torch_checked,
     write_json,
@@ -37,7 +39,14 @@ from pyg_dhmrec.atomic_files import (
 from pyg_dhmrec.config import DEVICE_RE, MATMUL_PRECISIONS, overall_defaults
 from pyg_dhmrec.data.dataset import RATES, check_interaction_graph
 from pyg_dhmrec.data.sampler import BPRBatch, BPRSampler
-from pyg_dhmrec.distributed import Dist, LossStep, ShardedBPRSampler, sharded_evaluate
+from pyg_dhmrec.distributed import (
+    Dist,
+    DistributedError,
+    LossStep,
+    ShardedBPRSampler,
+    peer_failure,
+    sharded_evaluate,
+)
 from pyg_dhmrec.metrics import FullRankEvaluator
 from pyg_dhmrec.models.base import Recommender
 from pyg_dhmrec.optim import adam
@@ -50,6 +59,7 @@ CHECKPOINT_KIND = "checkpoint"  # header word of checkpoint.pt
 BEST = "best.pt"
 RESULTS = "results.json"
 PER_USER = "per_user_test.pt"
+RUN_FILES = (CHECKPOINT, BEST, RESULTS, PER_USER)  # the files Trainer writes into its folder
 PROGRESS_EVERY = 20  # batches between progress-bar loss readings (each waits for the device)
 
 
@@ -279,8 +289,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         payload = read_torch_checked(path, CHECKPOINT_KIND)
     except DamagedFile as e:
         raise CheckpointError(f"{e}; it cannot be resumed from") from None
-    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: not a version {CHECKPOINT_VERSION} pyg_dhmrec checkpoint")
+    version = payload.get("version") if isinstance(payload, dict) else None
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: a checkpoint of layout version {version}, this pyg_dhmrec reads version "
+            f"{CHECKPOINT_VERSION}; resume it with the pyg_dhmrec that wrote it, or start a new "
+            "run in another folder"
+        )
     keys = {"model", "optimizer", "sampler", "rng", "progress", "early_stopping", "history"}
     missing = keys - set(payload)
     if missing:
@@ -411,6 +426,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.early_stopping = EarlyStopping(metric, config["patience"])
         self.epoch = 0  # last finished epoch
+        self._saved_epoch = 0  # the epoch checkpoint.pt holds (0: none)
+        self._created, self._swept = time.time(), False  # see _remove_stale_temporaries
         self.train_times: list[float] = []
         # CPU seconds of this process per epoch: steadier than wall time on a shared machine
         self.train_cpu_times: list[float] = []
@@ -573,10 +590,43 @@ class Trainer:
             "early_stopping": self.early_stopping.state_dict(),
             "history": self.history,
             "data_fingerprint": self.data_fingerprint,
+            # a resume elsewhere rounds sums in another order: load_checkpoint warns
+            "arithmetic": _arithmetic(self.device),
         }
         if ranks is not None:
             payload.update(world_size=self.dist.world_size, ranks=ranks)
-        return write_checkpoint(self.output / CHECKPOINT, payload)
+        if not self._swept:
+            self._remove_stale_temporaries()
+        try:
+            written = write_checkpoint(self.output / CHECKPOINT, payload)
+        except WriteFailed as e:
+            raise WriteFailed(
+                e.path,
+                e.error,
+                f"{self._kept_checkpoint()}; {e.remedy} and "
+                + (f"continue with --resume {self.output}" if self._saved_epoch else "run again"),
+            ) from None
+        self._saved_epoch = self.epoch
+        return written
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove the temporary files of a run killed mid-write (each as large as the file it
+        was to replace); only those older than this trainer, so no live writer's."""
+        self._swept = True
+        for name in RUN_FILES:
+            for tmp in self.output.glob(f".{name}.*.tmp"):
+                try:
+                    if tmp.stat().st_mtime < self._created:
+                        tmp.unlink()
+                        log.info("removed %s, left by a run killed while writing it", tmp)
+                except OSError:  # gone meanwhile, or not ours to remove: harmless
+                    continue
+
+    def _kept_checkpoint(self) -> str:
+        """What the run folder holds to continue from, for an error message."""
+        if not self._saved_epoch:
+            return "no epoch was saved yet"
+        return f"the checkpoint of epoch {self._saved_epoch} is kept in {self.output / CHECKPOINT}"
 
     def _rank_state(self) -> dict[str, Any]:
         """This process's sampler and RNG states."""
@@ -607,11 +657,16 @@ class Trainer:
                 "another folder"
             )
         world_size = self.dist.world_size if self.dist else 1
-        if payload.get("world_size", 1) != world_size:
+        saved_world = payload.get("world_size", 1)
+        if saved_world != world_size:
+            how = (
+                "resume in one process: run.py --resume without torchrun"
+                if saved_world == 1
+                else f"resume with the same number of ranks (torchrun --nnodes x "
+                f"--nproc-per-node = {saved_world})"
+            )
             raise CheckpointError(
-                f"{path}: written by {payload.get('world_size', 1)} process(es), this run has "
-                f"{world_size}; resume with the same number of ranks (torchrun "
-                f"--nnodes x --nproc-per-node = {payload.get('world_size', 1)})"
+                f"{path}: written by {saved_world} process(es), this run has {world_size}; {how}"
             )
         saved_class, built = payload.get("model_class"), model_class_name(self.model)
         if saved_class is not None and saved_class != built:  # None: written before the key
@@ -637,21 +692,44 @@ class Trainer:
                 f"{path}: does not fit the model and optimizer built from the run's config.json "
                 f"({' '.join(line.strip() for line in first[:3])})"
             ) from None
-        rng = own["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        progress = payload["progress"]
-        self.epoch = int(progress["epoch"])
-        self.train_times = list(progress["train_times"])
-        self.train_cpu_times = list(progress.get("train_cpu_times", []))  # older checkpoints
-        self.eval_times = list(progress["eval_times"])
-        self.elapsed_s = float(progress["elapsed_s"])
-        self.early_stopping.load_state_dict(payload["early_stopping"])
-        self.history = list(payload["history"])
+        try:
+            rng = own["rng"]
+            torch.set_rng_state(rng["torch"])
+            if rng.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            progress = payload["progress"]
+            self.epoch = self._saved_epoch = int(progress["epoch"])
+            self.train_times = list(progress["train_times"])
+            self.train_cpu_times = list(progress.get("train_cpu_times", []))  # older checkpoints
+            self.eval_times = list(progress["eval_times"])
+            self.elapsed_s = float(progress["elapsed_s"])
+            self.early_stopping.load_state_dict(payload["early_stopping"])
+            self.history = list(payload["history"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(
+                f"{path}: its run state does not fit the run's config.json ({reason}); resume "
+                "with the config.json it was saved with, or start a new run in another folder"
+            ) from None
+        self._warn_other_arithmetic(path, payload.get("arithmetic"))
         log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    def _warn_other_arithmetic(self, path: Path, saved: Mapping[str, Any] | None) -> None:
+        """Warn when the checkpoint was saved on another kind of device or thread count: the
+        run continues, but its sums round differently from an uninterrupted run's."""
+        now = _arithmetic(self.device)
+        if not self.is_main or not isinstance(saved, Mapping) or dict(saved) == now:
+            return  # None: an older checkpoint
+        log.warning(
+            "%s: saved on %s, resumed on %s: floating-point sums round in another order, so "
+            "the results can differ from an uninterrupted run's (resume with the saved "
+            "device and OMP_NUM_THREADS to repeat it exactly)",
+            path,
+            _describe_arithmetic(saved),
+            _describe_arithmetic(now),
+        )
 
     def _extreme_settings(self) -> str:
         """The run's number settings far from 1 (outside [1e-6, 1e6] in size), where a NaN loss
@@ -711,7 +789,27 @@ class Trainer:
         """Train until early stopping or ``epochs``; return the results dictionary.
 
         After :meth:`load_checkpoint`, training continues from the epoch after the saved one.
+        With several ranks, a collective broken by another rank's death raises
+        :class:`~pyg_dhmrec.distributed.DistributedError` (an ``error:`` line, no traceback).
         """
+        try:
+            return self._fit()
+        except RuntimeError as e:
+            lost = peer_failure(e) if self.dist else None
+            if lost is None:
+                raise
+            kept = (
+                f"{self._kept_checkpoint()}: continue with torchrun ... run.py --resume "
+                f"{self.output}"
+                if self.is_main
+                else "rank 0 keeps the last checkpoint"
+            )
+            raise DistributedError(
+                f"rank {self.dist.rank}: a collective with the other ranks failed ({lost}); "
+                f"another rank stopped or lost contact (its own output says why); {kept}"
+            ) from None
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.config
         start = time.perf_counter() - self.elapsed_s
         # A checkpoint saved at an early stop has nothing left to train.
@@ -740,14 +838,16 @@ class Trainer:
         if stopper.best_state is not None:
             self.model.load_state_dict(stopper.best_state)
         if self.output:
-            write_torch(self.output / BEST, self.model.state_dict())
+            with _resumable_write(self.output):
+                write_torch(self.output / BEST, self.model.state_dict())
         t0 = time.perf_counter()
         self.model.eval()
         test, per_user = self._evaluate(self.test_evaluator, per_user=True)
         self.model.train()
         test_eval_s = time.perf_counter() - t0
         if self.output:
-            save_per_user(self.test_evaluator.users, per_user, self.output)
+            with _resumable_write(self.output):
+                save_per_user(self.test_evaluator.users, per_user, self.output)
         log.info(
             "%s on %s: best epoch %d | test %s",
             cfg["model"] + (f" + {cfg['plugin']}" if cfg.get("plugin") else ""),
@@ -791,6 +891,19 @@ class Trainer:
             "environment": environment(self.device),
             "history": self.history,
         }
+
+
+def _arithmetic(device: torch.device) -> dict[str, Any]:
+    """What decides the order of floating-point sums: the kind of device (the GPU's model)
+    and torch's CPU thread count."""
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _describe_arithmetic(arithmetic: Mapping[str, Any]) -> str:
+    return f"{arithmetic.get('device')} with {arithmetic.get('torch_threads')} torch thread(s)"
 
 
 def learning_rate_scheduler(
@@ -860,4 +973,22 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def save_results(results: Mapping[str, Any], output: Path) -> Path:
     """Write ``results.json`` atomically."""
-    return write_json(output / RESULTS, results)
+    with _resumable_write(output):
+        return write_json(output / RESULTS, results)
+
+
+@contextlib.contextmanager
+def _resumable_write(output: Path) -> Iterator[None]:
+    """A refused write of a file written after training (``best.pt``, ``results.json``) names
+    the run's checkpoint, from which ``--resume`` repeats only the test."""
+    try:
+        yield
+    except WriteFailed as e:
+        if not (output / CHECKPOINT).is_file():
+            raise
+        raise WriteFailed(
+            e.path,
+            e.error,
+            f"{output / CHECKPOINT} holds the trained run: {e.remedy} and continue with "
+            f"--resume {output} (only the test is repeated)",
+        ) from None

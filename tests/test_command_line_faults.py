@@ -430,3 +430,39 @@ def test_octal_and_base_60_integers_refused(tmp_path: Path, text: str, read_as: 
     plain = {"seed": 10, "a": 0, "b": -0, "c": 1000, "d": 16, "e": 0.5}
     args = ["--seed", "10", "--a", "0", "--b", "-0", "--c", "1_000", "--d", "0x10", "--e", "00.5"]
     assert parse_cli_overrides(args) == plain
+
+
+def test_train_log_refused_by_a_full_disk_is_said_once(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # the stream under train.log refuses every write; the run still finishes
+    from pyg_dhmrec import cli
+
+    real_open = cli._RunLogHandler._open
+
+    def full_disk_stream(self):  # noqa: ANN001, ANN202
+        stream = real_open(self)
+
+        def refuse(text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+        stream.write = refuse
+        return stream
+
+    monkeypatch.setattr(cli._RunLogHandler, "_open", full_disk_stream)
+    assert main(_args(data_root, tmp_path / "run", "--epochs", "2")) == 0
+    err = capsys.readouterr().err
+    assert err.count("train.log: cannot be written (No space left on device)") == 1
+    assert "Logging error" not in err and "Traceback" not in err
+
+
+def test_resume_of_a_run_stopped_in_its_first_epoch(data_root: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert main(_args(data_root, run, "--epochs", "1")) == 0
+    (run / "checkpoint.pt").unlink()  # as a kill before the first checkpoint leaves it
+    assert main(["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first epoch ended; start it again" in err
+    assert f"--output {run}" in err
+    assert main(["--resume", str(tmp_path)]) == 2  # no run at all: the general message
+    assert "expected a run folder written by run.py" in capsys.readouterr().err
