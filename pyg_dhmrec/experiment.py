@@ -170,12 +170,36 @@ def point_name(point: Mapping[str, Any]) -> str:
     return name.replace("/", "%2F").replace("\\", "%5C")
 
 
-def select_best(results: Sequence[Mapping[str, Any]], metric: str = SELECT_METRIC) -> int:
-    """Index of the run with the highest VALID ``metric`` (the first one on ties)."""
+#: How :func:`select_best` breaks a tie (written into grid.md and grid.json).
+TIE_RULE = "the first of the tied points in the grid's order"
+
+
+def select_best(
+    results: Sequence[Mapping[str, Any]],
+    metric: str = SELECT_METRIC,
+    names: Sequence[str] | None = None,
+) -> int:
+    """Index of the run with the highest VALID ``metric`` (the first one on ties, in the
+    given order); a NaN value is never selected, and every value NaN, or one missing or not
+    a number, is an error naming the run (``names``, else its index)."""
     if not results:
         raise ExperimentError("no finished run to select from")
-    values = [r["valid"].get(metric, -math.inf) for r in results]
-    return int(np.argmax(values))
+    names = list(names) if names is not None else [f"run {i}" for i in range(len(results))]
+    values = []
+    for name, r in zip(names, results):
+        value = (r.get("valid") or {}).get(metric) if isinstance(r, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ExperimentError(
+                f"{name}: its results hold no valid {metric} number (got {value!r}); the "
+                f"selection is on valid {metric}"
+            )
+        values.append(float(value))
+    if all(math.isnan(v) for v in values):
+        raise ExperimentError(
+            f"every point's valid {metric} is NaN ({', '.join(names)}); none can be selected"
+        )
+    # NaN is unordered: np.argmax would return a NaN point, so NaN ranks below every number
+    return int(np.argmax([-math.inf if math.isnan(v) else v for v in values]))
 
 
 def grid_rows(names: Sequence[str], results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -211,6 +235,41 @@ def grid_table(names: Sequence[str], results: Sequence[Mapping[str, Any]]) -> st
             f"| {row['best_epoch']} / {row['epochs_run']} | {row['train_s_per_epoch']:.2f} |"
         )
     return "\n".join(lines)
+
+
+#: Keys of a finished run's results.json that grid and seed summaries read, beside
+#: ``valid`` and ``test``: (type, description for errors).
+SUMMARY_KEYS: dict[str, tuple[type, str]] = {
+    "best_epoch": (int, "an epoch number"),
+    "epochs_run": (int, "a number of epochs"),
+    "timing": (dict, "a mapping holding train_s_per_epoch"),
+}
+
+
+def check_summary_results(results: Any, folder: Path) -> None:
+    """Refuse the results of the run in ``folder`` that lack a key a grid or seed summary
+    reads (a damaged or hand-edited results.json), naming the file, the key and the remedy."""
+    path = Path(folder) / RESULTS
+    redo = (
+        f"; delete {path} to evaluate the run again from its {CHECKPOINT}, or the folder "
+        f"{folder} to train it again"
+    )
+    if not isinstance(results, dict):
+        raise ExperimentError(f"{path}: expected a JSON object, got {type(results).__name__}{redo}")
+    schema = {k: RESULTS_SCHEMA[k] for k in ("valid", "test")} | SUMMARY_KEYS
+    for key, (kind, what) in schema.items():
+        value = results.get(key)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and key in ("valid", "test"):  # metric -> number
+            ok = all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+            )
+        if ok and key == "timing":
+            seconds = value.get("train_s_per_epoch")
+            ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+        if not ok:
+            got = "it is missing" if key not in results else f"got {value!r}"[:200]
+            raise ExperimentError(f"{path}: key '{key}' must be {what}, {got}{redo}")
 
 
 def run_or_resume(config: dict[str, Any], runner: Runner) -> dict[str, Any]:
@@ -267,20 +326,18 @@ def run_points(configs: Sequence[dict[str, Any]], runner: Runner) -> list[dict[s
     return results  # type: ignore[return-value]
 
 
-def run_grid(
-    config: Mapping[str, Any],
-    axes: Mapping[str, Any],
-    output: Path,
-    runner: Runner,
-    source: str = "grid",
-) -> dict[str, Any]:
-    """Run every grid point into ``output/<point>``, select on valid R@20, write grid.md/json.
-    Several processes may run the same grid into the same ``output``: they share the points
-    (:func:`run_points`), and each writes the same selection once all have ended.
+#: Keys a grid may not vary because no point would use them, and why.
+GRID_UNUSED_KEYS = {
+    "baseline": "the points train without a baseline; compare the selected point with "
+    "run.py compare",
+    "progress": "it changes no result, only the terminal's progress bar",
+}
+#: Files that mark a folder as a run's or a seed study's: a grid writes folders of its own.
+FOREIGN_MARKERS = (("config.json", "a run"), (RESULTS, "a run"))
 
-    Point values are checked against the configuration's types (errors name ``source``).
-    """
-    output = Path(output)
+
+def _check_grid_keys(config: Mapping[str, Any], axes: Mapping[str, Any], source: str) -> None:
+    """Refuse keys a grid cannot vary, naming them and why (before any point is built)."""
     fixed = sorted(set(axes) & set(GRID_FIXED_KEYS))
     if fixed:
         raise ConfigError(
@@ -293,6 +350,60 @@ def run_grid(
             f"{source}: a grid cannot vary {', '.join(data)}: they choose the data, and a grid's "
             "points are selected on one valid split; run one grid per dataset"
         )
+    for key in sorted(set(axes) & set(GRID_UNUSED_KEYS)):
+        raise ConfigError(f"{source}: a grid cannot vary {key}: {GRID_UNUSED_KEYS[key]}")
+    from pyg_dhmrec.plugins import PLUGINS, plugin_keys  # the registry imports every model
+
+    for plugin in PLUGINS:  # else merge reports an unknown key and suggests a model key
+        keys = sorted(k for k in grid_axes(axes) if k in plugin_keys(plugin))
+        if keys and config.get("plugin") != plugin:
+            raise ConfigError(
+                f"{source}: key(s) {', '.join(keys)} set the plug-in {plugin}, which this "
+                f"grid's runs do not attach (plugin: {config.get('plugin') or 'none'}); give "
+                f"--plugin {plugin} (every point then trains with it)"
+            )
+
+
+def _check_point_metrics(cfg: Mapping[str, Any], where: str) -> None:
+    """A point must compute the selection's valid metric and its own early-stop metric (a
+    grid over ``topk`` or ``metrics`` changes them per point)."""
+    known = [f"{m}@{k}" for m in cfg["metrics"] for k in cfg["topk"]]
+    if SELECT_METRIC not in known:
+        metric, cutoff = SELECT_METRIC.split("@")
+        raise ConfigError(
+            f"{where}: a grid selects its point on valid {SELECT_METRIC} (the protocol), which "
+            f"this point does not compute (metrics {cfg['metrics']}, topk {cfg['topk']}); "
+            f"include {metric} in metrics and {cutoff} in topk"
+        )
+    if cfg["early_stop_metric"] not in known:
+        raise ConfigError(
+            f"{where}: early_stop_metric {cfg['early_stop_metric']!r} is not computed; choose "
+            f"one of {', '.join(known)}"
+        )
+
+
+def run_grid(
+    config: Mapping[str, Any],
+    axes: Mapping[str, Any],
+    output: Path,
+    runner: Runner,
+    source: str = "grid",
+) -> dict[str, Any]:
+    """Run every grid point into ``output/<point>``, select on valid R@20, write grid.md/json.
+    Several processes may run the same grid into the same ``output``: they share the points
+    (:func:`run_points`), and each writes the same selection once all have ended.
+
+    Point values are checked against the configuration's types (errors name ``source``).
+    Test metrics are reported, never used to select; a tie goes to :data:`TIE_RULE`.
+    """
+    output = Path(output)
+    _check_grid_keys(config, axes, source)
+    for marker, what in (*FOREIGN_MARKERS, ("seeds.json", "a seed study")):
+        if (output / marker).exists():  # its point folders would mix with that run's files
+            raise ConfigError(
+                f"{source}: --output {output} holds {what} ({marker}); a grid writes its point "
+                "folders, grid.md and grid.json into a folder of its own"
+            )
     metric, cutoff = SELECT_METRIC.split("@")
     if metric not in config.get("metrics", [metric]) or int(cutoff) not in config.get(
         "topk", [int(cutoff)]
@@ -313,6 +424,7 @@ def run_grid(
         for key in point:  # a model option's own check runs only when it trains
             if isinstance(cfg[key], float) and math.isnan(cfg[key]):
                 raise ConfigError(f"{where}: key '{key}' must be a number, got nan")
+        _check_point_metrics(cfg, where)
         cfg["output"] = str(output / name)
         configs.append(cfg)
         # values equal once read (1e-3 and 0.001) are one point under two names
@@ -324,20 +436,52 @@ def run_grid(
             )
         seen[values] = name
     results = run_points(configs, runner)
-    best = select_best(results)
-    table = grid_table(names, results)
-    output.mkdir(parents=True, exist_ok=True)
-    write_text(
-        output / "grid.md", table + f"\n\nselected on valid {SELECT_METRIC}: {names[best]}\n"
+    for cfg, r in zip(configs, results):
+        check_summary_results(r, Path(cfg["output"]))
+    best = select_best(results, SELECT_METRIC, [str(output / n) for n in names])
+    valid = [r["valid"][SELECT_METRIC] for r in results]
+    tied = [n for n, v in zip(names, valid) if v == valid[best]]
+    unranked = [n for n, v in zip(names, valid) if math.isnan(v)]
+    for name in unranked:
+        log.warning("%s: valid %s is NaN; not selectable", output / name, SELECT_METRIC)
+    # finished runs of another grid in this folder: not part of this selection, said so
+    others = sorted(
+        f.parent.name for f in output.glob(f"*/{RESULTS}") if f.parent.name not in set(names)
     )
+    if others:
+        log.warning(
+            "%s: holds point folders not in this grid, left out of its selection: %s",
+            output,
+            ", ".join(others),
+        )
+    table = grid_table(names, results)
+    notes = [
+        f"selected on valid {SELECT_METRIC}: {names[best]}",
+        "(the selection reads valid metrics only; test metrics are reported, never selected on)",
+    ]
+    if len(tied) > 1:
+        notes.append(f"tied on valid {SELECT_METRIC} ({', '.join(tied)}): {TIE_RULE} is selected")
+    if unranked:
+        notes.append(f"not selectable (valid {SELECT_METRIC} is NaN): {', '.join(unranked)}")
+    if others:
+        notes.append(f"folders of another grid, left out: {', '.join(others)}")
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "grid.md", table + "\n\n" + "\n".join(notes) + "\n")
+    if notes[2:]:  # the command line prints the table and then the selection itself
+        table += "\n\n" + "\n".join(notes[2:])
     summary = {
         "model": config["model"],
         "dataset": config["dataset"],
         "axes": grid_axes(axes),
         "design": grid_design(axes, source),
         "select_metric": f"valid {SELECT_METRIC}",
+        "select_split": "valid",
+        "tie_rule": TIE_RULE,
         "selected": names[best],
         "selected_point": points[best],
+        "tied": tied,
+        "not_selectable": unranked,
+        "other_folders": others,
         "selected_valid": results[best]["valid"],
         "selected_test": results[best]["test"],
         "points": [
@@ -384,7 +528,15 @@ def run_seeds(
     for seed in seeds:
         cfg = dict(config, seed=seed, output=str(output / f"seed={seed}"))
         result = run_or_resume(cfg, runner)
+        check_summary_results(result, Path(cfg["output"]))
         results.append(then(cfg, result) if then else result)
+    for seed, r in zip(seeds, results):  # one metric missing in one seed would drop it
+        if set(r["test"]) != set(results[0]["test"]):
+            raise ExperimentError(
+                f"{output / f'seed={seed}' / RESULTS}: test metrics "
+                f"{', '.join(sorted(r['test']))} differ from seed {seeds[0]}'s "
+                f"{', '.join(sorted(results[0]['test']))}; delete that folder to train it again"
+            )
     test: dict[str, dict[str, Any]] = {}
     for key in results[0]["test"]:
         values = np.array([r["test"][key] for r in results], dtype=np.float64)
@@ -399,6 +551,8 @@ def run_seeds(
         "seeds": seeds,
         "runs": [str(output / f"seed={s}") for s in seeds],
         "best_epochs": [r["best_epoch"] for r in results],
+        # std is the sample standard deviation (ddof 1), undefined for one seed: written 0
+        "std_kind": "sample (ddof 1)" if len(seeds) > 1 else "one seed: no spread, written 0",
         "test": test,
     }
     if all("baseline" in r for r in results):

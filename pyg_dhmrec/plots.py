@@ -6,6 +6,8 @@ Needs matplotlib, the optional ``plots`` extra (``pip install -e ".[plots]"``).
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import torch
 
 from pyg_dhmrec.atomic_files import atomic_write
 from pyg_dhmrec.experiment import ExperimentError, load_run, read_results
+
+log = logging.getLogger(__name__)
 
 
 class MissingExtraError(ImportError):
@@ -36,28 +40,78 @@ def pyplot() -> Any:
     return plt
 
 
+def _history(run: Path, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``results.json``'s history, checked: each entry an epoch number and a mapping of loss
+    part -> number (``valid``, when present, a mapping of metric -> number)."""
+    path = Path(run) / "results.json"
+    history = results.get("history")
+    if history is None or history == []:
+        raise ExperimentError(f"{path}: empty 'history', nothing to plot")
+    if not isinstance(history, list):
+        raise ExperimentError(
+            f"{path}: 'history' must be a list of epoch records, got {type(history).__name__}"
+        )
+
+    def numbers(value: Any) -> bool:
+        return isinstance(value, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+        )
+
+    for i, h in enumerate(history):
+        ok = (
+            isinstance(h, dict)
+            and isinstance(h.get("epoch"), int)
+            and numbers(h.get("loss"))
+            and ("valid" not in h or numbers(h["valid"]))
+        )
+        if not ok:
+            got = f"keys {sorted(h)}" if isinstance(h, dict) else type(h).__name__
+            raise ExperimentError(
+                f"{path}: history entry {i} must hold 'epoch' (a number), 'loss' (loss part -> "
+                f"number) and optionally 'valid' (metric -> number), got {got}; the file is "
+                "damaged or not a results.json of run.py"
+            )
+    return history
+
+
 def plot_curves(run: Path, out: Path) -> Path:
     """Loss parts (left) and valid metrics (right) per epoch from ``results.json``'s history."""
     plt = pyplot()
     results = read_results(run)
-    history = results.get("history") or []
-    if not history:
-        raise ExperimentError(f"{run}/results.json: empty 'history', nothing to plot")
     missing = [k for k in ("best_epoch", "model", "dataset") if k not in results]
     if missing:
         raise ExperimentError(f"{run}/results.json: lacks {', '.join(missing)}; not a finished run")
+    best = results["best_epoch"]
+    if isinstance(best, bool) or not isinstance(best, int):
+        raise ExperimentError(
+            f"{run}/results.json: 'best_epoch' must be an epoch number, got {best!r}"
+        )
+    history = _history(run, results)
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(11, 4))
     epochs = [h["epoch"] for h in history]
-    for part in history[0]["loss"]:
-        ax_loss.plot(epochs, [h["loss"][part] for h in history], label=part)
-    ax_loss.set(xlabel="epoch", ylabel="mean loss part", title="training loss", yscale="log")
+    # every part of any epoch (a phase may add parts), a gap where an epoch lacks one
+    parts = list(dict.fromkeys(part for h in history for part in h["loss"]))
+    values = [v for h in history for v in h["loss"].values() if math.isfinite(v)]
+    for part in parts:
+        ax_loss.plot(
+            epochs, [h["loss"].get(part, math.nan) for h in history], marker=".", label=part
+        )
+    # a log axis would drop zero and negative parts (a CLUB bound is negative): symlog keeps them
+    if values and min(values) <= 0:
+        tiny = min((abs(v) for v in values if v != 0), default=1.0)
+        ax_loss.set_yscale("symlog", linthresh=tiny)
+        scale = "symlog"
+    else:
+        ax_loss.set_yscale("log")
+        scale = "log"
+    ax_loss.set(xlabel="epoch", ylabel=f"mean loss part ({scale} axis)", title="training loss")
     ax_loss.legend()
     evaluated = [h for h in history if "valid" in h]
     for key in ("recall@10", "recall@20", "ndcg@10", "ndcg@20"):
-        if evaluated and key in evaluated[0]["valid"]:
-            values = [h["valid"][key] for h in evaluated]
-            ax_valid.plot([h["epoch"] for h in evaluated], values, label=key)
-    ax_valid.axvline(results["best_epoch"], color="grey", linestyle=":", label="best epoch")
+        if evaluated and any(key in h["valid"] for h in evaluated):
+            values = [h["valid"].get(key, math.nan) for h in evaluated]
+            ax_valid.plot([h["epoch"] for h in evaluated], values, marker=".", label=key)
+    ax_valid.axvline(best, color="grey", linestyle=":", label="best epoch")
     ax_valid.set(xlabel="epoch", ylabel="valid metric", title="valid metrics")
     ax_valid.legend()
     fig.suptitle(f"{results['model']} on {results['dataset']}")
@@ -75,6 +129,20 @@ def _sweep_points(folder: Path) -> list[dict[str, Any]]:
         points.append(results)
     if not points:
         raise ExperimentError(f"{folder}: no point folder holds a results.json")
+    grid = Path(folder) / "grid.json"
+    if grid.is_file():  # folders of an earlier grid into the same --output are plotted too
+        try:
+            listed = {p["point"] for p in json.loads(grid.read_text(encoding="utf-8"))["points"]}
+        except (ValueError, KeyError, TypeError):
+            listed = None
+        found = [p.parent.name for p in Path(folder).glob("*/results.json")]
+        others = sorted(n for n in found if listed is not None and n not in listed)
+        if others:
+            log.warning(
+                "%s: plots point folders that its grid.json does not list: %s",
+                folder,
+                ", ".join(others),
+            )
     for key in ("model", "dataset"):  # one figure compares settings of one model on one dataset
         values = sorted({str(p[key]) for p in points})
         if len(values) > 1:
@@ -125,19 +193,41 @@ def plot_sweep(
                     f"{folder}: a point ({r['config'].get('output', '?')}) has no {split} "
                     f"{metric}; it has {', '.join(sorted(r[split] or {})) or 'none'}"
                 )
-    groups: dict[Any, list[tuple[Any, dict[str, Any]]]] = {}
+    # keys that vary beyond x and lines (a third grid key, one_at_a_time's other keys) split
+    # the lines too: one line would otherwise join points of different settings
+    split_by = ([lines] if lines else []) + [k for k in varying if k not in (x, lines)]
+    groups: dict[tuple[Any, ...], list[tuple[Any, dict[str, Any]]]] = {}
     for r in results:
-        groups.setdefault(r["config"][lines] if lines else None, []).append((r["config"][x], r))
+        label = tuple(json.dumps(r["config"][k]) for k in split_by)
+        groups.setdefault(label, []).append((r["config"][x], r))
+    for members in groups.values():
+        seen = [json.dumps(m[0]) for m in members]
+        repeated = sorted({v for v in seen if seen.count(v) > 1})
+        if repeated:  # same settings but another key (seed, ...) varies where x and lines do not
+            raise ExperimentError(
+                f"{folder}: several points have {x} = {repeated[0]} and the same other settings; "
+                "a line needs one point per x value"
+            )
+    numeric = all(
+        isinstance(m[0], (int, float)) and not isinstance(m[0], bool)
+        for members in groups.values()
+        for m in members
+    )
+    # names, bools or null (max_steps_per_epoch: null) are categories, in their written order
+    categories = sorted({json.dumps(m[0]) for ms in groups.values() for m in ms})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, split in zip(axes, ("valid", "test")):
-        for value, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            members.sort(key=lambda m: m[0])
-            ax.plot(
-                [m[0] for m in members],
-                [m[1][split][metric] for m in members],
-                marker="o",
-                label=f"{lines} = {value}" if lines else split,
-            )
+        for label, members in sorted(groups.items()):
+            if numeric:
+                members.sort(key=lambda m: m[0])
+                xs = [m[0] for m in members]
+            else:
+                members.sort(key=lambda m: categories.index(json.dumps(m[0])))
+                xs = [categories.index(json.dumps(m[0])) for m in members]
+            name = ", ".join(f"{k} = {v}" for k, v in zip(split_by, label))
+            ax.plot(xs, [m[1][split][metric] for m in members], marker="o", label=name or split)
+        if not numeric:
+            ax.set_xticks(range(len(categories)), categories)
         ax.set(xlabel=x, ylabel=f"{split} {metric}", title=f"{split} {metric} vs {x}")
         ax.tick_params(labelleft=True)  # shared y axis, but both panels keep their numbers
         ax.legend()
@@ -169,17 +259,34 @@ def tsne_points(
     return coords, labels
 
 
+#: Most items ``plot tsne`` samples per part (t-SNE's time grows faster than the points:
+#: 10,000 items of 4 parts take minutes; more would look hung).
+MAX_TSNE_ITEMS = 10_000
+
+
 def plot_tsne(run: Path, out: Path, max_items: int = 1000, seed: int = 0) -> Path:
-    """t-SNE of a finished run's item embeddings, coloured by part (C, S_m, ID for DHMRec)."""
+    """t-SNE of a finished run's item embeddings, coloured by part (C, S_m, ID for DHMRec);
+    ``max_items`` items (at most :data:`MAX_TSNE_ITEMS`) are sampled, the title says how many."""
+    if isinstance(max_items, bool) or not isinstance(max_items, int) or not 2 <= max_items:
+        raise ExperimentError(f"--max-items must be an integer of at least 2, got {max_items!r}")
+    if max_items > MAX_TSNE_ITEMS:
+        raise ExperimentError(
+            f"--max-items {max_items}: more than the {MAX_TSNE_ITEMS} items t-SNE plots in "
+            "reasonable time; give at most that (a random sample of the items is plotted)"
+        )
     plt = pyplot()
     model, _, config = load_run(run)
     parts = model.item_representations()
     coords, labels = tsne_points(parts, max_items, seed)
+    num_items = next(iter(parts.values())).size(0)
+    shown = min(max_items, num_items)
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for name in parts:
         mask = np.array([label == name for label in labels])
         ax.scatter(coords[mask, 0], coords[mask, 1], s=6, alpha=0.6, label=name)
-    ax.set(xticks=[], yticks=[], title=f"t-SNE of {config['model']} item embeddings")
+    sample = f"all {num_items} items" if shown == num_items else f"{shown} of {num_items} items"
+    title = f"t-SNE of {config['model']} item embeddings ({sample})"
+    ax.set(xticks=[], yticks=[], title=title)
     ax.legend(markerscale=3)
     fig.tight_layout()
     return _save(fig, plt, out / "tsne.png")

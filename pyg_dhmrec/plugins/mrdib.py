@@ -3,6 +3,7 @@ information bottleneck, as a plug-in training objective for any multimodal recom
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -11,6 +12,8 @@ from torch import Tensor
 from pyg_dhmrec.data.sampler import BPRBatch
 from pyg_dhmrec.models.base import Embeddings, Recommender
 from pyg_dhmrec.nn import CLUB, VariationalEncoder, bpr_loss, kl_to_standard_normal
+
+log = logging.getLogger(__name__)
 
 #: The four objectives, each switched by ``<name>`` and weighted by ``<name>_weight``.
 OBJECTIVES = ("kl", "unique", "redundant", "synergy")
@@ -159,6 +162,21 @@ class MRdIB(Recommender):
         self.pairs = [
             (m, n) for j, m in enumerate(self.modalities) for n in self.modalities[j + 1 :]
         ]
+        if redundant and not self.pairs:  # documented, but a switched-on term doing nothing
+            log.warning(
+                "MRdIB: one modality (%s): the redundant term has no pair of modalities and is "
+                "0; mrdib_redundant false leaves it out",
+                self.modalities[0],
+            )
+        for name in OBJECTIVES:
+            if switches[name] and self.weights[name] == 0:
+                log.warning(
+                    "MRdIB: mrdib_%s_weight is 0: the %s term is computed and logged but does "
+                    "not train; mrdib_%s false leaves it out",
+                    name,
+                    name,
+                    name,
+                )
         if redundant:
             self.club = torch.nn.ModuleDict(
                 {self._pair_key(m, n): CLUB(dim, dim, club_hidden) for m, n in self.pairs}
