@@ -534,7 +534,8 @@ def train_main(argv: Sequence[str]) -> int:
         summary = run_seeds(config, args.seeds, output, run, then=add_baseline)
         print(f"{config['model']} on {config['dataset']}, seeds {summary['seeds']}:")
         for key, stat in summary["test"].items():
-            print(f"  test {key}: {stat['mean']:.4f} ± {stat['std']:.4f}")
+            spread = f" ± {stat['std']:.4f}" if len(summary["seeds"]) > 1 else " (one seed: no std)"
+            print(f"  test {key}: {stat['mean']:.4f}{spread}")
         for comparison in summary.get("baseline", []):
             print(comparison["line"])
         print(f"written: {output / 'seeds.json'}")

@@ -205,11 +205,13 @@ def test_grid_rerun_with_changed_base_option_refused(
 
 
 def test_killed_rerun_of_finished_folder_is_not_taken_as_finished(
-    data_root: Path, tmp_path: Path
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "seeds"
     args = [*train_args(data_root, out, "lightgcn", "--epochs", "2"), "--seeds", "1"]
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(one seed: no std)" in printed and "±" not in printed  # no spread of one value
     point = out / "seed=2024"
     first = read(point)
     # A plain run with the same configuration into the finished point, killed after epoch 1.
