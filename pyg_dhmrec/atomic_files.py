@@ -102,7 +102,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     ``path``; the folder is created when missing. Returns ``path``.
 
     A write the system refuses (disk full, ...) raises :class:`WriteFailed` naming ``path``;
-    the previous file is kept and the temporary removed."""
+    the previous file is kept and the temporary removed. The file and then its folder are
+    fsynced, so the new file survives a power loss once this returns."""
     path = Path(path)
     ensure_folder(path.parent)
     try:
@@ -122,7 +123,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         if cause is None or isinstance(e, WriteFailed):
             raise
         raise WriteFailed(path, cause) from None
+    _fsync_folder(path.parent)
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Put a rename in ``folder`` on disk: after a power loss the name points at the new file
+    (the file's own fsync covers its data, not the folder entry)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on some systems (Windows): the rename stands
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename itself has happened
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -89,3 +89,22 @@ def test_checked_torch_file_is_streamed_in_the_in_memory_format(tmp_path: Path) 
     path.write_bytes(bytes(raw))
     with pytest.raises(DamagedFile, match=f"checksum mismatch: its {len(body)} bytes"):
         read_torch_checked(path, "thing")
+
+
+def test_atomic_write_syncs_the_file_then_its_folder(tmp_path, monkeypatch) -> None:
+    # a rename is durable only once the folder entry is on disk: the folder is fsynced last
+    import stat
+
+    import pyg_dhmrec.atomic_files as atomic_files
+
+    synced = []
+    real_fsync = atomic_files.os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic_files.os, "fsync", recording_fsync)
+    atomic_files.write_text(tmp_path / "a.txt", "x")
+    assert synced == ["file", "folder"]
+    assert (tmp_path / "a.txt").read_text() == "x"

@@ -481,8 +481,9 @@ def test_kill_while_writing_cache_leaves_no_partial_file(tmp_path: Path) -> None
     args += ["--early_stop_metric", "recall@2", "--epochs", "1", "--device", "cpu", "--quiet"]
     args += ["--modalities", "{image: image_feat.npy}", "--output", str(out)]
     marker = tmp_path / "at_kill_point"
-    # fsync 1 is config.json, fsync 2 the cache's temporary file: stop before its rename.
-    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.atomic_files:os.fsync@2", str(marker)]
+    # fsyncs 1 and 2 are config.json and its folder, 3 the cache's temporary file: stop before
+    # its rename.
+    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.atomic_files:os.fsync@3", str(marker)]
     proc = subprocess.Popen([*cmd, *args], cwd=REPO, stderr=subprocess.DEVNULL)
     try:
         wait_for_marker(marker, proc)
