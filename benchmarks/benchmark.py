@@ -134,8 +134,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not runs:
         raise SystemExit("every grid point failed")
 
-    best = select_best(runs)
-    table = grid_table([point_name(p) for p in points], runs)
+    names = [point_name(p) for p in points]
+    best = select_best(runs, names=names)  # errors name the point, not "run i"
+    table = grid_table(names, runs)
     print(table)
     write_text(base / "grid.md", table + "\n")
     write_json(base / "selected.json", points[best])
