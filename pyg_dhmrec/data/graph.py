@@ -46,10 +46,20 @@ def _check_edge_index(edge_index: Tensor) -> None:
 def _check_edge_weight(edge_weight: Optional[Tensor], num_edges: int) -> None:
     if edge_weight is None:
         return
+    if not isinstance(edge_weight, Tensor) or edge_weight.layout != torch.strided:
+        what = edge_weight.layout if isinstance(edge_weight, Tensor) else type(edge_weight).__name__
+        raise TypeError(f"edge_weight must be a dense torch.Tensor, got {what}")
     if edge_weight.dim() != 1 or edge_weight.numel() != num_edges:
         raise ValueError(
             f"edge_weight must have shape [E] = [{num_edges}], got {_shape(edge_weight)}"
         )
+    if edge_weight.is_complex() or edge_weight.dtype == torch.bool:
+        raise TypeError(f"edge_weight must be real numbers, got dtype {edge_weight.dtype}")
+    # A NaN or inf weight would spread through the degrees into every entry of its rows;
+    # graphs are built once, so this one pass is cheap.
+    if edge_weight.is_floating_point() and not bool(torch.isfinite(edge_weight).all()):
+        bad = int((~torch.isfinite(edge_weight)).nonzero()[0])
+        raise ValueError(f"edge_weight holds a NaN or inf value, first at edge {bad}")
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -130,8 +140,9 @@ def to_csr(
     edge_weight: Optional[Tensor],
     num_rows: int,
     num_cols: int,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    r"""The ``[num_rows, num_cols]`` float32 ``torch.sparse_csr`` matrix
+    r"""The ``[num_rows, num_cols]`` float32 (or ``dtype``) ``torch.sparse_csr`` matrix
     :math:`M_{ij} = \sum_{e:(i,j)} w_e` (duplicate entries are summed): PyG's
     :func:`~torch_geometric.utils.to_torch_csr_tensor` with the indices checked first.
 
@@ -140,6 +151,7 @@ def to_csr(
         edge_weight: ``[E]`` values, or ``None`` for all ones.
         num_rows: number of rows.
         num_cols: number of columns.
+        dtype: the values' floating dtype.
     """
     _check_edge_index(edge_index)
     _check_edge_weight(edge_weight, edge_index.size(1))
@@ -147,7 +159,9 @@ def to_csr(
         raise ValueError(f"num_rows and num_cols must be >= 0, got {num_rows}, {num_cols}")
     _check_range(edge_index[0], num_rows, "row")
     _check_range(edge_index[1], num_cols, "column")
-    values = None if edge_weight is None else edge_weight.to(torch.float32)
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    values = None if edge_weight is None else edge_weight.to(dtype)
     with warnings.catch_warnings():
         # Ranges were validated above, so sparse invariant checks are skipped on purpose.
         warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
@@ -376,6 +390,8 @@ def item_knn_graph(
     if not isinstance(features, Tensor) or features.dim() != 2:
         shape = _shape(features) if isinstance(features, Tensor) else type(features).__name__
         raise ValueError(f"features must be a 2-D tensor [n, f], got {shape}")
+    if features.layout != torch.strided:
+        raise TypeError(f"features must be a dense tensor, got layout {features.layout}")
     n = features.size(0)
     max_k = n if include_self else n - 1
     if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k > max_k:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from torch import Tensor
 from torch_geometric.utils import degree
 
 from pyg_dhmrec.config import NEGATIVE_ITEMS
+from pyg_dhmrec.data.graph import _check_bipartite
 
 
 @dataclass
@@ -67,10 +69,17 @@ class BPRSampler:
             raise ValueError(
                 f"negative_items must be one of {', '.join(NEGATIVE_ITEMS)}, got {negative_items!r}"
             )
+        if not isinstance(edge_index, Tensor):
+            raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(f"batch_size must be an int, got {batch_size!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # ids, dtype and counts checked once: an item id >= num_items would alias another
+        # user's key (user * num_items + item) and silently change which items are negatives
+        _check_bipartite(edge_index, num_users, num_items)
         self.edge_index = edge_index.detach().cpu().long()
         self.num_users, self.num_items, self.batch_size = num_users, num_items, batch_size
         self.keys = torch.unique(self.edge_index[0] * num_items + self.edge_index[1])
@@ -100,6 +109,9 @@ class BPRSampler:
         """One uniform non-train item per entry of ``user`` (from ``generator``, default the
         sampler's)."""
         generator = self.generator if generator is None else generator
+        if not isinstance(user, Tensor) or user.is_floating_point() or user.dtype == torch.bool:
+            what = user.dtype if isinstance(user, Tensor) else type(user).__name__
+            raise TypeError(f"user must be an integer tensor of user ids, got {what}")
         neg = self._draw(user.shape, generator)
         redo = self.is_train(user, neg)
         while redo.any():

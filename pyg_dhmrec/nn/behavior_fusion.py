@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from pyg_dhmrec.nn._checks import check_rows, check_views
+
 
 class FusionParts(NamedTuple):
     """The pieces of :class:`BehaviorAwareFusion`, for inspection and tests."""
@@ -68,6 +70,7 @@ class BehaviorAwareFusion(torch.nn.Module):
 
     def decompose(self, views: Sequence[Tensor], behavior: Tensor) -> FusionParts:
         weights = self.attention(views)
+        check_rows("behavior", behavior, views[0].size(1), views[0].size(0), views[0].dtype)
         shared = sum(weights[:, m : m + 1] * v for m, v in enumerate(views))
         specific = [v - shared for v in views]
         preferences = [torch.sigmoid(gate(behavior)) for gate in self.preference]
@@ -82,6 +85,8 @@ class BehaviorAwareFusion(torch.nn.Module):
     def _check(self, views: Sequence[Tensor]) -> None:
         if len(views) != self.num_modalities:
             raise ValueError(f"expected {self.num_modalities} modality views, got {len(views)}")
+        weight = self.attention_proj.weight
+        check_views("views", views, weight.size(1), weight.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.attention_proj.in_features}, num_modalities={self.num_modalities}"

@@ -3,6 +3,7 @@ that pulls an online representation towards them (BYOL / SimSiam / BM3 style).""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -15,6 +16,9 @@ def dropout_view(x: Tensor, p: float) -> Tensor:
     the view is part of an objective, not a layer), the kept ones are scaled by
     :math:`1/(1-p)`. The result carries no gradient back to ``x``.
     """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.layout != torch.strided:
+        what = f"{x.dtype} {x.layout}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a dense floating-point tensor, got {what}")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout p must be in [0, 1), got {p}")
     return F.dropout(x.detach(), p, training=True)
@@ -33,4 +37,11 @@ def cosine_alignment_loss(online: Tensor, target: Tensor) -> Tensor:
             f"cosine_alignment_loss needs two [B, d] tensors of one shape, got "
             f"{list(online.shape)} and {list(target.shape)}"
         )
+    for name, t in (("online", online), ("target", target)):
+        if not t.is_floating_point() or t.layout != torch.strided:
+            raise TypeError(
+                f"{name} must be a dense floating-point tensor, got {t.dtype} {t.layout}"
+            )
+    if online.size(0) == 0:  # a mean over no rows is NaN
+        raise ValueError("cosine_alignment_loss needs at least one row, got shape [0, d]")
     return 1.0 - F.cosine_similarity(online, target.detach(), dim=-1).mean()

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_dhmrec.nn._checks import check_dense
+
 #: Largest :math:`1/\tau` for which ``exp`` of a cosine logit is taken without a max shift:
 #: :math:`e^{\pm 40}` and a sum of millions of them stay finite and normal in float32.
 UNSHIFTED_MAX_LOGIT = 40.0
@@ -361,8 +363,8 @@ def neighbour_contrastive_loss(
     :math:`w_{aa}` in the numerator), as Graph-MLP's and TMLP's code zero the diagonal of the
     similarity matrix rather than drop it.
 
-    ``weight`` is a dense ``[P, P]`` tensor or a sparse COO one (only its non-zero entries
-    are read). One autograd function computes the value and the analytic gradient with the
+    ``weight`` is a dense ``[P, P]`` tensor or a sparse (COO or CSR) one (only its non-zero
+    entries are read). One autograd function computes the value and the analytic gradient with the
     value and gradient of the dense formula (sums reassociated only). For
     :math:`1/\tau \le 40` the symmetry of :math:`s` is used: only the blocks of 128 anchors on
     and right of the diagonal are computed (half the logits and exponents, each once), the
@@ -389,14 +391,18 @@ def neighbour_contrastive_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_dense("x", x)
+    if weight.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        weight = weight.to_sparse_coo()  # the graphs of this library are CSR; COO is read below
     if weight.is_sparse:
         weight = weight.coalesce()
         (rows, cols), values = weight.indices(), weight.values()
     else:
         rows, cols = weight.nonzero().t()
         values = weight[rows, cols]
-    if bool((values < 0).any()):
-        raise ValueError("weight must be non-negative")
+    # a NaN entry would pass "< 0" and then be dropped by "> 0" below, silently
+    if bool(((values < 0) | ~torch.isfinite(values)).any()):
+        raise ValueError("weight must be non-negative and finite (no NaN or inf)")
     rows, cols, values = rows[values > 0], cols[values > 0], values[values > 0]
     if torch.unique(rows).numel() != x.size(0):
         raise ValueError("weight needs a positive entry in every row (a positive per anchor)")

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_dhmrec.nn._checks import check_dense, check_rows, shape
+
 #: A denoiser: ``(x_t [B, I], t [B] in 1..T) -> predicted x_0 [B, I]``.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
@@ -238,6 +240,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     r"""Sinusoidal ``[B, dim]`` embedding of the steps ``t``: :math:`[\cos(t f_k),
     \sin(t f_k)]` with :math:`f_k = \text{max\_period}^{-k / \lfloor dim/2 \rfloor}`, zero-padded
     to an odd ``dim`` (the transformer / DDPM position code)."""
+    check_dense("t", t, dim=1, floating=False)
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be a positive int, got {dim!r}")
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
@@ -334,6 +339,10 @@ class DenoisingMLP(torch.nn.Module):
             torch.nn.init.normal_(layer.bias, 0.0, 0.001)
 
     def forward(self, xt: Tensor, t: Tensor) -> Tensor:
+        first = self.in_layers[0]
+        check_rows("xt", xt, self.out_layers[-1].out_features, dtype=first.weight.dtype)
+        if t.shape != xt.shape[:1]:
+            raise ValueError(f"t must hold one step per row of xt, [{xt.size(0)}], got {shape(t)}")
         emb = self.time_layer(timestep_embedding(t, self.time_dim).to(xt))
         # the first layer of [x || emb] as W_x x + W_t emb: no [B, I] gradient for x, which
         # needs none, and no concatenated copy of the rows

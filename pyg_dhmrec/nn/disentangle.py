@@ -11,7 +11,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from pyg_dhmrec.nn._checks import check_dense, check_rows, check_views, shape
 from pyg_dhmrec.nn.losses import weighted_mean
+
+
+def _check_codes(name: str, logits: Sequence[Tensor]) -> None:
+    """Modality codes: dense floating tensors of one shape and dtype."""
+    if isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a sequence of tensors (one per modality), got one tensor")
+    for i, c in enumerate(logits):
+        check_dense(f"{name}[{i}]", c)
+        if c.shape != logits[0].shape or c.dtype != logits[0].dtype:
+            raise ValueError(
+                f"{name} must have one shape and dtype, got {name}[0] {shape(logits[0])} "
+                f"{logits[0].dtype} and {name}[{i}] {shape(c)} {c.dtype}"
+            )
 
 
 def centred_projection(projection: torch.nn.Linear, x: Tensor, mean: Tensor | None) -> Tensor:
@@ -55,6 +69,10 @@ class DisentangledEncoder(torch.nn.Module):
         r"""Returns ``(common, private)``, each ``[num_items, out_channels]``. With ``mean``
         (``[in_channels]``), :math:`Z_m = W_1^m (X_m - \mathbf{1}\mu^\top)`, computed as
         :math:`W_1^m X_m - \mathbf{1}(W_1^m \mu)^\top` (no centred copy of :math:`X_m`)."""
+        weight = self.projection.weight
+        check_rows("x", x, weight.size(1), dtype=weight.dtype)
+        if mean is not None and mean.shape != (weight.size(1),):
+            raise ValueError(f"mean must have shape [{weight.size(1)}], got {shape(mean)}")
         z = centred_projection(self.projection, x, mean)
         return self.common(z), self.private(z)
 
@@ -76,6 +94,10 @@ class CollaborativeGate(torch.nn.Module):
         torch.nn.init.zeros_(self.linear.bias)
 
     def forward(self, private: Tensor, item_id_emb: Tensor) -> Tensor:
+        weight = self.linear.weight
+        check_views(
+            ("private", "item_id_emb"), [private, item_id_emb], weight.size(0), weight.dtype
+        )
         return private * torch.sigmoid(self.linear(item_id_emb))
 
 
@@ -96,6 +118,9 @@ def jensen_shannon_divergence(logits: Sequence[Tensor], weight: Tensor | None = 
     """
     if len(logits) < 2:
         raise ValueError(f"the JSD needs at least 2 modalities, got {len(logits)}")
+    _check_codes("logits", logits)
+    if weight is not None and weight.shape != logits[0].shape[:1]:
+        raise ValueError(f"weight must have shape [{logits[0].size(0)}], got {shape(weight)}")
     log_p = torch.stack([F.logsigmoid(c) for c in logits])  # [M, n, d]
     log_mix = torch.logsumexp(log_p, dim=0) - math.log(len(logits))
     kl = (log_p.exp() * (log_p - log_mix)).sum(-1)  # [M, n]
@@ -157,6 +182,7 @@ def logit_pooling(logits: Sequence[Tensor]) -> Tensor:
     """
     if len(logits) < 1:
         raise ValueError("logit_pooling needs at least one modality")
+    _check_codes("logits", logits)
     if len(logits) == 1:
         return logits[0]
     dtype = logits[0].dtype
@@ -181,4 +207,8 @@ def orthogonality_loss(
             f"common and specific must have one shape, got {list(common.shape)} "
             f"and {list(specific.shape)}"
         )
+    check_dense("common", common)
+    check_dense("specific", specific)
+    if common.dim() == 0 or common.size(0) == 0:
+        raise ValueError(f"orthogonality_loss needs at least one row, got shape {shape(common)}")
     return weighted_mean(F.cosine_similarity(common, specific, dim=-1, eps=eps).abs(), weight)

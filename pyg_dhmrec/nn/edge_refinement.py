@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pyg_dhmrec.nn._checks import check_dense, check_ids_on_cpu, check_index, shape
+
 __all__ = ["ConfidenceEdgeWeights"]
 
 
@@ -38,6 +40,8 @@ class ConfidenceEdgeWeights(torch.nn.Module):
 
     def __init__(self, num_nodes: int, num_modalities: int, activation: str = "sigmoid") -> None:
         super().__init__()
+        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 0:
+            raise ValueError(f"num_nodes must be an int >= 0, got {num_nodes!r}")
         if num_modalities < 1:
             raise ValueError(f"ConfidenceEdgeWeights needs >= 1 modality, got {num_modalities}")
         if activation not in self.activations:
@@ -60,6 +64,13 @@ class ConfidenceEdgeWeights(torch.nn.Module):
                 f"affinity must have shape [E, {self.confidence.size(1)}], got "
                 f"{list(affinity.shape)}"
             )
+        check_dense("affinity", affinity)
+        check_index("source", source)
+        if source.size(0) != affinity.size(0):
+            raise ValueError(
+                f"source must have one entry per edge, [{affinity.size(0)}], got {shape(source)}"
+            )
+        check_ids_on_cpu("source", source, self.confidence.size(0))
         if self.activation == "relu":
             return torch.relu((self.confidence[source] * affinity).amax(dim=-1))
         return (torch.sigmoid(self.confidence[source]) * affinity).amax(dim=-1)

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from pyg_dhmrec.nn._checks import check_views
+
 
 class DimensionAttention(torch.nn.Module):
     r"""Positive-negative attention of one view across embedding dimensions (DHMRec Eqs. 15-18).
@@ -112,6 +114,9 @@ class DimensionAttention(torch.nn.Module):
 
     def forward(self, fused: Tensor, view: Tensor) -> Tensor:
         """``fused`` and ``view`` are ``[N, d]`` (one row per node); returns ``[N, d]``."""
+        check_views(
+            ("fused", "view"), [fused, view], self.query.in_features, self.query.weight.dtype
+        )
         return self.attend(view, self.attention_map(fused, view))
 
     def __repr__(self) -> str:
@@ -159,6 +164,7 @@ class AttentionFusion(torch.nn.Module):
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         if len(views) != self.num_views:
             raise ValueError(f"expected {self.num_views} views, got {len(views)}")
+        check_views("views", views, self.fuse.out_features, self.fuse.weight.dtype)
         return self.fuse_concatenated(torch.cat(list(views), dim=-1))
 
     def fuse_concatenated(self, views: Tensor) -> Tensor:
@@ -246,5 +252,6 @@ class ModalityAttention(torch.nn.Module):
     def forward(self, views: Sequence[Tensor]) -> Tensor:
         if len(views) == 0:
             raise ValueError("ModalityAttention needs at least one view")
+        check_views("views", views, self.hidden.in_features, self.hidden.weight.dtype)
         alpha = self.weights(views)
         return sum(alpha[:, m : m + 1] * v for m, v in enumerate(views))

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from pyg_dhmrec.data.graph import cosine_knn_edges, to_csr
-from pyg_dhmrec.nn.propagation import constant_spmm
+from pyg_dhmrec.nn.propagation import _check_num_layers, constant_spmm
 
 
 class LearnedKNNGraph(torch.nn.Module):
@@ -65,6 +65,12 @@ def skip_connected_graph(
     the learned weights keep their gradient."""
     if not 0.0 <= frozen_graph_weight <= 1.0:  # also rejects NaN
         raise ValueError(f"frozen_graph_weight must be in [0, 1], got {frozen_graph_weight!r}")
+    for name, (edge_index, weight) in (("learned", learned), ("frozen", frozen)):
+        if edge_index.dim() != 2 or edge_index.size(0) != 2 or weight.shape != edge_index.shape[1:]:
+            raise ValueError(
+                f"{name} must be (edge_index [2, E], weight [E]), got {list(edge_index.shape)} "
+                f"and {list(weight.shape)}"
+            )
     return (
         torch.cat([learned[0], frozen[0]], dim=1),
         torch.cat([(1.0 - frozen_graph_weight) * learned[1], frozen_graph_weight * frozen[1]]),
@@ -77,8 +83,10 @@ def constant_item_graph(graph: ItemGraph, num_items: int) -> ItemGraph:
     messages."""
     edge_index, weight = graph[0], graph[1].detach()
     n = num_items
-    pair = to_csr(edge_index.flip(0), weight, n, n), to_csr(edge_index, weight, n, n)
-    return pair[0].to(weight.dtype), pair[1].to(weight.dtype)
+    # built in the weights' dtype: float64 weights are not rounded through float32
+    dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    pair = to_csr(edge_index.flip(0), weight, n, n, dtype), to_csr(edge_index, weight, n, n, dtype)
+    return pair[0], pair[1]
 
 
 def propagate_item_graph(
@@ -88,6 +96,7 @@ def propagate_item_graph(
     :class:`~pyg_dhmrec.nn.propagation.LightConv`, so gradients reach the edge weights) for
     ``(edge_index, weight)``, by :func:`~pyg_dhmrec.nn.propagation.constant_spmm` for a
     constant CSR pair."""
+    _check_num_layers(num_layers)
     first, second = graph
     for _ in range(num_layers):
         if first.layout == torch.sparse_csr:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pyg_dhmrec.nn._checks import check_dense, check_ids_on_cpu, check_index
 from pyg_dhmrec.nn.losses import factored_cross_entropy
 
 
@@ -29,6 +30,7 @@ def relaxed_dependencies(logits: Tensor, temperature: float, noise: bool = False
     """
     if logits.dim() != 2:
         raise ValueError(f"logits must be [num_nodes, num_hyperedges], got {list(logits.shape)}")
+    check_dense("logits", logits)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if noise:
@@ -79,6 +81,7 @@ class HypergraphPropagation(torch.nn.Module):
         With ``return_messages``, also the last layer's ``[A, d]`` hyperedge messages
         :math:`H^\top X^{(L-1)}`: then :math:`X^{(L)} = H\,(H^\top X^{(L-1)})` and
         :math:`Y` are rank-:math:`A` products of known factors."""
+        check_dense("x", x, dim=2)
         if incidence.dim() != 2 or incidence.size(0) != x.size(0):
             raise ValueError(
                 f"incidence must be [num_nodes={x.size(0)}, num_hyperedges], "
@@ -89,6 +92,9 @@ class HypergraphPropagation(torch.nn.Module):
                 f"readers must be [num_readers, num_hyperedges={incidence.size(1)}], "
                 f"got {list(readers.shape)}"
             )
+        for name, t in (("incidence", incidence), ("readers", readers)):
+            if t is not None and t.dtype != x.dtype:
+                raise TypeError(f"{name} has dtype {t.dtype} but x {x.dtype}; convert one of them")
         out, read = x, None
         for _ in range(self.num_layers):
             edges = incidence.t() @ out  # [A, d] hyperedge messages
@@ -133,6 +139,10 @@ def hypergraph_contrastive_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_dense("anchor", anchor)
+    check_dense("positive", positive)
+    check_index("index", index)
+    check_ids_on_cpu("index", index, anchor.size(0))
     # 1/tau scales the [B, d] anchors, not the [B, N] logits
     query = F.normalize(anchor[index], dim=-1) / temperature
     norm = torch.linalg.vector_norm(positive, dim=-1, keepdim=True).clamp_min(1e-12)

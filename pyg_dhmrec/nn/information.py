@@ -13,6 +13,8 @@ from torch import Tensor
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
+from pyg_dhmrec.nn._checks import check_dense, check_rows, shape
+
 #: Pair activations ``[rows, N, hidden]`` a critic materialises at most per chunk (64 MB in fp32).
 PAIR_CHUNK_ELEMENTS = 1 << 24
 
@@ -31,6 +33,10 @@ def kl_to_standard_normal(mean: Tensor, log_var: Tensor) -> Tensor:
             f"mean and log_var must have one shape, got {list(mean.shape)} and "
             f"{list(log_var.shape)}"
         )
+    check_dense("mean", mean)
+    check_dense("log_var", log_var)
+    if mean.dim() == 0 or mean.numel() == 0:
+        raise ValueError(f"kl_to_standard_normal needs at least one row, got shape {shape(mean)}")
     return 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1.0).sum(-1).mean()
 
 
@@ -64,6 +70,7 @@ class VariationalEncoder(torch.nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(z, mean, log_var)``, each ``[N, out_channels]``."""
+        check_rows("x", x, self.mean.in_features, dtype=self.mean.weight.dtype)
         mean, log_var = self.mean(x), self.log_var(x)
         if not self.training:
             return mean, mean, log_var
@@ -145,6 +152,9 @@ class CLUB(torch.nn.Module):
                 f"CLUB needs paired [N, dx] and [N, dy] rows, got {list(x.shape)} and "
                 f"{list(y.shape)}"
             )
+        first, last = self.mean[0], self.mean[-1]
+        check_rows("x", x, first.in_features, dtype=first.weight.dtype)
+        check_rows("y", y, last.out_features, x.size(0), dtype=first.weight.dtype)
 
     def upper_bound(self, x: Tensor, y: Tensor) -> Tensor:
         """:math:`\\hat{I}_{CLUB}(x; y)`; gradients reach ``x`` and ``y`` only."""
@@ -298,6 +308,9 @@ class ConcatCritic(torch.nn.Module):
                 f"the critic needs paired [N, {self.x_channels}] and [N, {self.y_channels}] "
                 f"rows, got {list(x.shape)} and {list(y.shape)}"
             )
+        dtype = self.mlp[0].weight.dtype
+        check_rows("x", x, self.x_channels, dtype=dtype)
+        check_rows("y", y, self.y_channels, dtype=dtype)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """``[N]`` scores :math:`f(x_i, y_i)` of the paired rows."""

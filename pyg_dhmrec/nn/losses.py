@@ -11,6 +11,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from pyg_dhmrec.nn._checks import (
+    check_dense,
+    check_ids_on_cpu,
+    check_index,
+    check_not_empty,
+    check_same_dtype,
+    shape,
+)
 from pyg_dhmrec.nn.chunked_contrastive import UNSHIFTED_MAX_LOGIT
 
 
@@ -24,14 +32,34 @@ def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
             f"pos_score and neg_score must have one shape, got {list(pos_score.shape)} "
             f"and {list(neg_score.shape)}"
         )
+    check_dense("pos_score", pos_score)
+    check_dense("neg_score", neg_score)
+    check_not_empty("pos_score", pos_score)
     return F.softplus(neg_score - pos_score).mean()
 
 
 def weighted_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
     """``values.mean()``, or with ``weight`` (same shape) the ``weight``-ed mean."""
+    check_dense("values", values)
+    check_not_empty("values", values)
+    if weight is not None and weight.shape != values.shape:
+        raise ValueError(
+            f"weight must have the shape of values, {shape(values)}, got {shape(weight)}"
+        )
     if weight is None:
         return values.mean()
     return (values * weight).sum() / weight.sum()
+
+
+def _check_penalty_inputs(embeddings: Sequence[Tensor]) -> None:
+    for i, e in enumerate(embeddings):
+        check_dense(f"embeddings[{i}]", e)
+    # the batch size B divides the sum: B = 0 would give inf or NaN
+    if embeddings[-1].dim() == 0 or embeddings[-1].size(0) == 0:
+        raise ValueError(
+            f"the last tensor sets the batch size B and needs rows, got shape "
+            f"{shape(embeddings[-1])}"
+        )
 
 
 def embedding_norm_penalty(*embeddings: Tensor) -> Tensor:
@@ -42,6 +70,7 @@ def embedding_norm_penalty(*embeddings: Tensor) -> Tensor:
     """
     if not embeddings:
         raise ValueError("embedding_norm_penalty needs at least one tensor")
+    _check_penalty_inputs(embeddings)
     return sum(torch.linalg.vector_norm(e) for e in embeddings) / embeddings[-1].size(0)
 
 
@@ -49,6 +78,7 @@ def squared_l2_penalty(*embeddings: Tensor) -> Tensor:
     r""":math:`\frac{1}{2B}\sum_k \lVert E_k \rVert_F^2`, the LightGCN paper's regulariser."""
     if not embeddings:
         raise ValueError("squared_l2_penalty needs at least one tensor")
+    _check_penalty_inputs(embeddings)
     return sum(e.pow(2).sum() for e in embeddings) / (2 * embeddings[-1].size(0))
 
 
@@ -169,6 +199,15 @@ def score_distribution_kl(
     ``weight`` (optional, ``[B]``) weighs the user rows: the mean over the users becomes the
     weighted mean (see :func:`~pyg_dhmrec.models.base.distinct_rows`).
     """
+    names = ("user_p", "item_p", "user_q", "item_q")
+    for name, t in zip(names, (user_p, item_p, user_q, item_q)):
+        check_dense(name, t, dim=2)
+    if user_p.size(1) != item_p.size(1) or user_q.size(1) != item_q.size(1):
+        raise ValueError(
+            f"user and item rows of one side need one width, got user_p {shape(user_p)}, "
+            f"item_p {shape(item_p)}, user_q {shape(user_q)}, item_q {shape(item_q)}"
+        )
+    check_same_dtype(names, (user_p, item_p, user_q, item_q))
     if user_p.size(0) != user_q.size(0) or item_p.size(0) != item_q.size(0):
         raise ValueError(
             f"the P and Q sides need the same users and items, got users "
@@ -317,6 +356,11 @@ def factored_cross_entropy(
             f"factored_cross_entropy needs [B, r] query and [N, r] key, got "
             f"{list(query.shape)} and {list(key.shape)}"
         )
+    check_dense("query", query)
+    check_dense("key", key)
+    check_same_dtype(("query", "key"), (query, key))
+    check_index("target", target)
+    check_ids_on_cpu("target", target, key.size(0))
     if target.shape != (query.size(0),):
         raise ValueError(
             f"target must be [B={query.size(0)}] candidate indices, got {list(target.shape)}"
@@ -343,9 +387,16 @@ def _check_views(
 ) -> None:
     """The inputs of a contrastive loss: 2-d tensors of one shape (``what``, as the error says
     it), a temperature > 0."""
+    check_dense(f"{name}'s first input", anchor)
     if anchor.dim() != 2 or any(t.shape != anchor.shape for t in others):
         shapes = " and ".join(str(list(t.shape)) for t in (anchor, *others))
         raise ValueError(f"{name} needs {what} of one shape, got {shapes}")
+    for t in others:
+        check_dense(f"{name}'s inputs", t)
+        if t.dtype != anchor.dtype:
+            raise TypeError(f"{name} needs {what} of one dtype, got {anchor.dtype} and {t.dtype}")
+    if anchor.size(0) == 0:
+        raise ValueError(f"{name} needs at least one row, got {what} of shape {shape(anchor)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
 
@@ -383,6 +434,8 @@ def info_nce(
     plain form stay bit for bit as they were (rounding can reorder near-tied rankings).
     """
     _check_views("info_nce", "two [B, d] tensors", anchor, [positive], temperature)
+    if ids is not None:
+        check_index("ids", ids)
     if ids is not None and ids.shape != anchor.shape[:1]:
         raise ValueError(f"ids must have shape [{anchor.size(0)}], got {list(ids.shape)}")
     if ids is not None and ids.device.type == "cpu":
@@ -404,7 +457,9 @@ def _grouped_info_nce(anchor: Tensor, positive: Tensor, temperature: float, ids:
     added back."""
     distinct, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
     positions = torch.arange(ids.numel(), device=ids.device)
-    first = torch.full_like(distinct, ids.numel()).scatter_reduce_(0, inverse, positions, "amin")
+    # int64 whatever the ids' dtype: the positions scattered into it are int64 (int32 ids)
+    first = torch.full_like(distinct, ids.numel(), dtype=torch.long)
+    first = first.scatter_reduce_(0, inverse, positions, "amin")
     weight = counts.to(anchor.dtype)
     log_count = weight.log().unsqueeze(1)
     query = F.normalize(anchor[first], dim=-1) / temperature
@@ -545,6 +600,9 @@ def info_nce_all_negatives(
     other devices, where ``torch.unique`` would wait for the device, every row is.
     """
     _check_views("info_nce_all_negatives", "two [N, d] views", anchor, [positive], temperature)
+    check_index("index", index)
+    check_not_empty("index", index)
+    check_ids_on_cpu("index", index, anchor.size(0))
     counts = None
     rows = index
     if index.device.type == "cpu":  # each distinct row once, weighted by its count

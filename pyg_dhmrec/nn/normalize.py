@@ -40,6 +40,11 @@ def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
     Not twice differentiable."""
     if x.dim() < 1:
         raise ValueError("l2_normalize needs a tensor with at least one dimension")
+    if not x.is_floating_point() or x.layout != torch.strided:
+        raise TypeError(f"l2_normalize needs a dense floating-point x, got {x.dtype} {x.layout}")
+    # a norm clamped at eps <= 0 divides by zero on a zero row
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
     return _L2Normalize.apply(x, float(eps))
 
 

@@ -37,6 +37,8 @@ def modulus_perturbation(x: Tensor, eps: float, generator: torch.Generator | Non
     """
     if x.dim() != 2:
         raise ValueError(f"x must be a 2-D tensor [N, d], got shape {list(x.shape)}")
+    if not x.is_floating_point() or x.layout != torch.strided:
+        raise TypeError(f"x must be a dense floating-point tensor, got {x.dtype} {x.layout}")
     _check_eps(eps)
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return _modulus_noise(x, u, eps)

@@ -10,6 +10,29 @@ from torch import Tensor
 from torch_geometric.nn import LGConv
 
 from pyg_dhmrec.data.graph import csr_row_positions, csr_transpose
+from pyg_dhmrec.nn._checks import check_dense, check_index, shape
+
+
+def _check_operand(adj: Tensor, x: Tensor, name: str = "x", adj_name: str = "adj") -> None:
+    """``x`` fits the sparse product ``adj @ x``: a dense ``[adj.size(1), d]`` tensor of the
+    matrix's dtype (the fused CSR kernel neither promotes nor broadcasts)."""
+    check_dense(name, x, dim=2)
+    if x.size(0) != adj.size(1):
+        raise ValueError(
+            f"{name} must have {adj.size(1)} rows to multiply the {shape(adj)} {adj_name}, "
+            f"got shape {shape(x)}"
+        )
+    if x.dtype != adj.dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but {adj_name} {adj.dtype}; convert one of them "
+            f"(e.g. FrozenSparse(...).to({x.dtype}) or x.to({adj.dtype}))"
+        )
+
+
+def _check_sparse(name: str, adj: object) -> None:
+    if not isinstance(adj, Tensor) or adj.layout not in (torch.sparse_csr, torch.sparse_coo):
+        what = adj.layout if isinstance(adj, Tensor) else type(adj).__name__
+        raise TypeError(f"{name} must be a sparse (torch.sparse_csr) matrix, got {what}")
 
 
 def _spmm(adj: Tensor, x: Tensor) -> Tensor:
@@ -41,6 +64,11 @@ class _ConstantSpmm(torch.autograd.Function):
 def constant_spmm(adj: Tensor, x: Tensor, adj_t: Tensor) -> Tensor:
     """Sparse-dense product with a constant ``adj`` (no gradient to it); ``adj_t`` is its
     transpose as ``torch.sparse_csr``."""
+    _check_sparse("adj", adj)
+    _check_sparse("adj_t", adj_t)
+    if adj_t.shape != adj.shape[::-1]:
+        raise ValueError(f"adj_t must be the {shape(adj)} adj transposed, got {shape(adj_t)}")
+    _check_operand(adj, x)
     return _ConstantSpmm.apply(adj, adj_t, x)
 
 
@@ -57,8 +85,14 @@ def sparse_rows_matmul(adj: Tensor, rows: Tensor, x: Tensor) -> Tensor:
     """
     if adj.layout != torch.sparse_csr:
         raise ValueError(f"sparse_rows_matmul needs a sparse CSR matrix, got {adj.layout}")
-    if rows.dim() != 1:
-        raise ValueError(f"rows must be 1-D, got shape {list(rows.shape)}")
+    check_index("rows", rows)
+    check_dense("x", x, dim=2)
+    if x.size(0) != adj.size(1):
+        raise ValueError(f"x must have {adj.size(1)} rows for the {shape(adj)} adj, got {shape(x)}")
+    # An id past the last row would read the next row's entries or fail deep in an index;
+    # the gather below waits for the device anyway (repeat_interleave sizes its output).
+    if rows.numel() and not bool(((rows >= 0) & (rows < adj.size(0))).all()):
+        raise ValueError(f"rows must be row ids in [0, {adj.size(0)})")
     out_row, position = csr_row_positions(adj.crow_indices(), rows)
     value = adj.values()[position].unsqueeze(-1).to(x.dtype)
     messages = x[adj.col_indices()[position]] * value
@@ -100,10 +134,12 @@ class FrozenSparse(torch.nn.Module):
         return self.matrix if self.symmetric else self.matrix_t
 
     def forward(self, x: Tensor) -> Tensor:
+        _check_operand(self.matrix, x, adj_name="FrozenSparse matrix")
         return _ConstantSpmm.apply(self.matrix, self.transpose, x)
 
     def apply_transpose(self, x: Tensor) -> Tensor:
         r""":math:`A^\top x` (backward :math:`A g`), without transposing anything per call."""
+        _check_operand(self.transpose, x, adj_name="FrozenSparse transpose")
         return _ConstantSpmm.apply(self.transpose, self.matrix, x)
 
     def __matmul__(self, x: Tensor) -> Tensor:
@@ -115,6 +151,10 @@ class FrozenSparse(torch.nn.Module):
 
 def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
     """Sparse-dense product with a symmetric, constant ``adj`` (no gradient to ``adj``)."""
+    _check_sparse("adj", adj)
+    if adj.size(0) != adj.size(1):
+        raise ValueError(f"symmetric_spmm needs a square adj, got {shape(adj)}")
+    _check_operand(adj, x)
     return _ConstantSpmm.apply(adj, adj, x)
 
 
@@ -189,6 +229,19 @@ class LightPropagation(torch.nn.Module):
         :math:`E^{(l+1)} = \mathrm{perturb}(\hat{A} E^{(l)})`. ``first_hop``, if given, is
         :math:`\hat{A} x` already computed (:meth:`hop`), e.g. shared by several passes that
         differ only in their noise."""
+        if isinstance(adj, FrozenSparse):
+            _check_operand(adj.matrix, x, adj_name="adj")
+        elif isinstance(adj, Tensor) and adj.layout != torch.strided:
+            _check_operand(adj, x)
+        elif isinstance(adj, Tensor) and adj.is_floating_point():
+            raise TypeError(
+                f"adj must be a sparse (torch.sparse_csr) matrix or a FrozenSparse, got a dense "
+                f"{shape(adj)} tensor (adj.to_sparse_csr() converts it)"
+            )
+        if first_hop is not None and first_hop.shape != x.shape:
+            raise ValueError(
+                f"first_hop must have the shape of x, {shape(x)}, got {shape(first_hop)}"
+            )
         out = total = x
         for layer in range(self.num_layers):
             if layer == 0 and first_hop is not None:
@@ -238,6 +291,9 @@ def item_seeded_propagation(
         ``(users [U, d] or None, items [I, d])``, the means over layers :math:`0..L`.
     """
     _check_num_layers(num_layers)
+    if not isinstance(user_item, FrozenSparse):
+        raise TypeError(f"user_item must be a FrozenSparse, got {type(user_item).__name__}")
+    _check_operand(user_item.matrix, items, name="items", adj_name="user_item")
     # c_k (k >= 1) is u_{k-1} = u_k (k odd) or i_{k-1} = i_k (k even): needed up to k = L + 1.
     last = num_layers + 1 if with_users or num_layers % 2 else num_layers
     item_sum, user_sum, chain = items, None, items

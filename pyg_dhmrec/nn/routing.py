@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import softmax
 
+from pyg_dhmrec.nn._checks import check_dense, check_ids_on_cpu, check_index, check_rows, shape
 from pyg_dhmrec.nn.normalize import l2_normalize
 from pyg_dhmrec.nn.sparse_pattern import SparsePattern
 
@@ -35,6 +36,14 @@ def neighborhood_affinity(
             f"source and target vectors must have one width, got {x_source.size(-1)} and "
             f"{x_target.size(-1)}"
         )
+    check_dense("x_source", x_source, dim=2)
+    check_dense("x_target", x_target, dim=2)
+    check_index("edge_index", edge_index, dim=2)
+    if edge_index.size(0) != 2:
+        raise ValueError(f"edge_index must have shape [2, E], got {shape(edge_index)}")
+    check_ids_on_cpu("edge_index[0] (sources)", edge_index[0], x_source.size(0))
+    # a target is a row of x_target and one of the num_targets softmax groups
+    check_ids_on_cpu("edge_index[1] (targets)", edge_index[1], min(num_targets, x_target.size(0)))
     source, target = edge_index
     logits = (x_source[source] * x_target[target]).sum(-1)
     return softmax(logits, target, num_nodes=num_targets)
@@ -73,7 +82,17 @@ class PrototypeRouting(torch.nn.Module):
 
         Each step is one per-edge dot product and one product with the sparse matrix of
         :math:`\alpha` (:class:`SparsePattern`), no ``[E, d]`` gathered tensor."""
+        check_dense("prototypes", prototypes, dim=2)
+        check_rows("items", items, prototypes.size(1))
         num_users = prototypes.size(0)
+        if isinstance(edges, SparsePattern) and (edges.num_rows, edges.num_cols) != (
+            num_users,
+            items.size(0),
+        ):
+            raise ValueError(
+                f"edges must be a [{num_users}, {items.size(0)}] pattern (users, items), got "
+                f"[{edges.num_rows}, {edges.num_cols}]"
+            )
         if not isinstance(edges, SparsePattern):
             edges = SparsePattern(edges, num_users, items.size(0)).to(items.device)
         out = l2_normalize(prototypes)

@@ -171,6 +171,8 @@ class SparsePattern(torch.nn.Module):
         rows = self.num_rows if transposed else self.num_cols
         if x.dim() != 2 or x.size(0) != rows:
             raise ValueError(f"x must have shape [{rows}, d], got {list(x.shape)}")
+        if values.dtype != x.dtype:  # the CSR product neither promotes nor converts
+            raise TypeError(f"values and x must have one dtype, got {values.dtype} and {x.dtype}")
         if transposed:
             values = values[self.to_transposed]
         return _PatternMatmul.apply(values, x, self, transposed)
@@ -188,6 +190,8 @@ class SparsePattern(torch.nn.Module):
                 f"a must have {self.num_rows} rows and b {self.num_cols}, got {a.size(0)} and "
                 f"{b.size(0)}"
             )
+        if a.dtype != b.dtype:
+            raise TypeError(f"a and b must have one dtype, got {a.dtype} and {b.dtype}")
         return _PatternDot.apply(a, b, self)
 
     def extra_repr(self) -> str:
