@@ -3,15 +3,19 @@ at that exact point (a fault injected by event, not by timing).
 
 Usage: ``python tests/kill_points.py MODULE:QUALNAME@N MARKER [run.py arguments]``. After the
 N-th call of ``MODULE.QUALNAME`` returns, MARKER is created and the process sleeps until it
-is killed. The test waits for MARKER (:func:`wait_for_marker`), then kills the process.
+is killed. The test waits for MARKER (:func:`wait_for_marker`), then kills the process;
+:func:`stopped_at` does both around a ``with`` block.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -49,6 +53,25 @@ def wait_for_marker(marker: Path, proc: subprocess.Popen, hang_guard_s: float = 
         if time.monotonic() - start > hang_guard_s:
             raise AssertionError(f"kill point not reached; the process hangs ({marker})")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def stopped_at(point: str, marker: Path, args: Sequence[str]) -> Iterator[subprocess.Popen]:
+    """A process running ``run.py args`` that has reached ``point`` (``MODULE:QUALNAME@N``),
+    SIGKILLed when the block ends. It runs with this process's thread count: 1 and 2 threads
+    round sums differently, and a resumed run is compared with this process's runs."""
+    import torch
+
+    here = Path(__file__).resolve()
+    cmd = [sys.executable, str(here), point, str(marker), *args]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    proc = subprocess.Popen(cmd, cwd=here.parent.parent, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_marker(marker, proc)
+        yield proc
+    finally:
+        proc.kill()  # SIGKILL: no handler, no cleanup, as a crash
+        proc.wait()
 
 
 if __name__ == "__main__":

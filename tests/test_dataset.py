@@ -6,16 +6,13 @@ import json
 import logging
 import os
 import re
-import signal
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from kill_points import wait_for_marker
+from kill_points import stopped_at
 from torch_geometric.data import HeteroData
 
 from pyg_dhmrec.cli import main
@@ -480,17 +477,10 @@ def test_kill_while_writing_cache_leaves_no_partial_file(tmp_path: Path) -> None
     args += ["--topk", "[2]", "--metrics", "[recall]"]
     args += ["--early_stop_metric", "recall@2", "--epochs", "1", "--device", "cpu", "--quiet"]
     args += ["--modalities", "{image: image_feat.npy}", "--output", str(out)]
-    marker = tmp_path / "at_kill_point"
     # fsyncs 1 and 2 are config.json and its folder, 3 the cache's temporary file: stop before
     # its rename.
-    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.atomic_files:os.fsync@3", str(marker)]
-    proc = subprocess.Popen([*cmd, *args], cwd=REPO, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(marker, proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    with stopped_at("pyg_dhmrec.atomic_files:os.fsync@3", tmp_path / "at_kill_point", args):
+        pass
     processed = folder / "processed"
     assert [p.name for p in processed.iterdir() if p.name.startswith(".data_")]  # the tmp file
     assert not _data_files(processed)  # nothing under a final name

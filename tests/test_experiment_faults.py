@@ -7,16 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from kill_points import wait_for_marker
+from kill_points import stopped_at
 from toy_graphs import MODALITIES, toy_graph
 
 from pyg_dhmrec import plots
@@ -207,18 +202,10 @@ def test_grid_killed_inside_a_point_continues_to_the_uninterrupted_selection(
     grid.write_text("reg_weight: [0.001, 0.01]\n")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main([*_args(data_root, whole), "--grid", str(grid)]) == 0
-    marker = tmp_path / "at_kill_point"
     # the third checkpoint: the second point's first epoch
-    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.train:Trainer.save_checkpoint@3"]
-    cmd += [str(marker), *_args(data_root, killed), "--grid", str(grid)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(marker, proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    point, args = "pyg_dhmrec.train:Trainer.save_checkpoint@3", _args(data_root, killed)
+    with stopped_at(point, tmp_path / "at_kill_point", [*args, "--grid", str(grid)]):
+        pass
     first = killed / "reg_weight=0.001" / "results.json"
     assert first.is_file() and not (killed / "reg_weight=0.01" / "results.json").exists()
     mtime = first.stat().st_mtime_ns

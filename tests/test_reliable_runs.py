@@ -6,14 +6,11 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from kill_points import wait_for_marker
+from kill_points import stopped_at
 
 from pyg_dhmrec.cli import main
 from pyg_dhmrec.experiment import config_differences
@@ -78,19 +75,10 @@ def test_sigkill_then_resume_matches_uninterrupted(
     full = read(tmp_path / "full")
 
     killed = tmp_path / "killed"
-    marker = tmp_path / "at_kill_point"
     point = "pyg_dhmrec.train:Trainer.save_checkpoint@3"  # stops once epoch 3 is saved
-    cmd = [sys.executable, str(KILL_POINTS), point, str(marker)]
-    cmd += train_args(data_root, killed, model, *common)
-    # Same thread count as this process: 1 and 2 threads round sums differently.
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(marker, proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    args = train_args(data_root, killed, model, *common)
+    with stopped_at(point, tmp_path / "at_kill_point", args):
+        pass
     killed_at = checkpoint_epoch(killed / "checkpoint.pt")
     assert killed_at == 3 and not (killed / "results.json").exists()
     assert json.loads((killed / "config.json").read_text())["seed"] == 3
@@ -215,18 +203,9 @@ def test_killed_rerun_of_finished_folder_is_not_taken_as_finished(
     point = out / "seed=2024"
     first = read(point)
     # A plain run with the same configuration into the finished point, killed after epoch 1.
-    marker = tmp_path / "at_kill_point"
-    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.train:Trainer.save_checkpoint@1"]
-    cmd += [str(marker), *train_args(data_root, point, "lightgcn", "--epochs", "2")]
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(marker, proc)
+    rerun = train_args(data_root, point, "lightgcn", "--epochs", "2")
+    with stopped_at("pyg_dhmrec.train:Trainer.save_checkpoint@1", tmp_path / "marker", rerun):
         assert not (point / "results.json").exists()  # the old results went first
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
     assert checkpoint_epoch(point / "checkpoint.pt") == 1
     assert main(args) == 0  # --seeds resumes the point instead of reading stale results
     again = read(point)
@@ -235,12 +214,9 @@ def test_killed_rerun_of_finished_folder_is_not_taken_as_finished(
 
 def test_concurrent_run_into_locked_folder_refused(data_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    marker = tmp_path / "at_kill_point"
-    cmd = [sys.executable, str(KILL_POINTS), "pyg_dhmrec.train:Trainer.save_checkpoint@1"]
-    cmd += [str(marker), *train_args(data_root, out, "lightgcn", "--epochs", "2")]
-    proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(marker, proc)  # the first run holds the folder, mid-training
+    first = train_args(data_root, out, "lightgcn", "--epochs", "2")
+    point = "pyg_dhmrec.train:Trainer.save_checkpoint@1"
+    with stopped_at(point, tmp_path / "at_kill_point", first) as proc:  # mid-training
         assert main(train_args(data_root, out, "lightgcn", "--epochs", "2")) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {out}: in use by another run (pid {proc.pid} since "), err
@@ -249,10 +225,6 @@ def test_concurrent_run_into_locked_folder_refused(data_root: Path, tmp_path: Pa
         )
         assert main(["--resume", str(out), "--quiet"]) == 2
         assert "in use by another run" in capsys.readouterr().err
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
     # The killed run's lock went with its process: the folder can be resumed at once.
     assert main(["--resume", str(out), "--quiet"]) == 0
     assert read(out)["epochs_run"] == 2

@@ -8,7 +8,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from kill_points import wait_for_marker
+from kill_points import stopped_at
 
 from pyg_dhmrec import atomic_files
 from pyg_dhmrec.atomic_files import (
@@ -78,17 +77,8 @@ def outcome(results: dict) -> tuple:
 
 def kill_at(point: str, args: list[str], tmp_path: Path, name: str = "marker") -> None:
     """Run ``run.py args`` in a process stopped at ``point``, then SIGKILL it."""
-    marker = tmp_path / name
-    cmd = [sys.executable, str(KILL_POINTS), point, str(marker), *args]
-    # Same thread count as this process: 1 and 2 threads round sums differently.
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_marker(marker, proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    with stopped_at(point, tmp_path / name, args):
+        pass
 
 
 def saved_epoch(folder: Path) -> int:
