@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -325,24 +326,36 @@ def test_empty_raw_file_is_not_taken_for_an_empty_gzip(tmp_path: Path) -> None:
     assert (raw / f"{NAMES['meta']}.corrupt").read_bytes() == b""
 
 
-def test_rebuild_with_other_settings_interrupted_then_old_settings_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _rebuild_interrupted_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, stops: Callable[[Path], bool]
+) -> tuple[Path, str, str, Path]:
+    """A build with seed 2024, then a rebuild with seed 7 interrupted where the module's
+    ``writer`` is first called for a path ``stops`` accepts: ``(source, data root, the first
+    build's toy.inter, the dataset folder)``."""
     src = _source(tmp_path)
     root, folder = str(tmp_path / "data"), tmp_path / "data" / "toy"
     AmazonDataset(root, "toy", _amazon(src), progress=False)
     built = (folder / "toy.inter").read_text()
-    write_json = amazon_module.write_json
+    write = getattr(amazon_module, writer)
 
-    def killed_before_meta_json(path: Path, data: object) -> Path:
-        if Path(path).name == "meta.json":
+    def interrupted(path: Path, data: object) -> Path:
+        if stops(Path(path)):
             raise KeyboardInterrupt
-        return write_json(path, data)
+        return write(path, data)
 
-    monkeypatch.setattr(amazon_module, "write_json", killed_before_meta_json)
+    monkeypatch.setattr(amazon_module, writer, interrupted)
     with pytest.raises(KeyboardInterrupt):
         AmazonDataset(root, "toy", _amazon(src, seed=7), progress=False)
     monkeypatch.undo()
+    return src, root, built, folder
+
+
+def test_rebuild_with_other_settings_interrupted_then_old_settings_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, root, built, folder = _rebuild_interrupted_at(
+        tmp_path, monkeypatch, "write_json", lambda path: path.name == "meta.json"
+    )
     assert (folder / "toy.inter").read_text() != built  # seed 7's split, unfinished
     # The first settings again: the folder must not pass for their finished build.
     AmazonDataset(root, "toy", _amazon(src), progress=False)
@@ -354,21 +367,9 @@ def test_rebuild_with_other_settings_interrupted_then_old_settings_again(
 def test_interrupted_before_the_inter_file_was_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = _source(tmp_path)
-    root, folder = str(tmp_path / "data"), tmp_path / "data" / "toy"
-    AmazonDataset(root, "toy", _amazon(src), progress=False)
-    built = (folder / "toy.inter").read_text()
-    write_bytes = amazon_module.write_bytes
-
-    def killed_at_the_inter_file(path: Path, data: bytes) -> Path:
-        if Path(path).suffix == ".inter":
-            raise KeyboardInterrupt
-        return write_bytes(path, data)
-
-    monkeypatch.setattr(amazon_module, "write_bytes", killed_at_the_inter_file)
-    with pytest.raises(KeyboardInterrupt):
-        AmazonDataset(root, "toy", _amazon(src, seed=7), progress=False)
-    monkeypatch.undo()
+    src, root, built, folder = _rebuild_interrupted_at(
+        tmp_path, monkeypatch, "write_bytes", lambda path: path.suffix == ".inter"
+    )
     # toy.inter is still the old build's, the features already seed 7's: a rebuild, not a mix
     dataset = AmazonDataset(root, "toy", _amazon(src, seed=7), progress=False)
     assert json.loads((folder / "meta.json").read_text())["settings"]["seed"] == 7
