@@ -365,6 +365,10 @@ def _with_run_log(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def wrapper(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+        if distributed.under_torchrun() and os.environ.get("RANK", "0") != "0":
+            # rank 0 alone logs and writes train.log (its folder is the run's, broadcast in run)
+            logging.getLogger("pyg_dhmrec").setLevel(logging.WARNING)
+            return fn(config, resume)
         config = dict(config, output=str(default_output(config)))
         with _RunLog(Path(config["output"]) / TRAIN_LOG):
             log.info(

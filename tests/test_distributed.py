@@ -236,6 +236,8 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(
     reference = read(full)
     assert (reference["world_size"], reference["backend"]) == (2, "gloo")
     assert len(reference["peak_rss_mb_per_rank"]) == 2
+    log_text = (full / "train.log").read_text(encoding="utf-8")
+    assert log_text.count(" training lightgcn on ") == 1  # rank 0 alone writes the log
 
     marker = tmp_path / "at_kill_point"
     point = "pyg_dhmrec.train:Trainer.save_checkpoint@2"  # both ranks stop after epoch 2
