@@ -50,6 +50,18 @@ def env() -> dict[str, str]:
     return dict(os.environ, OMP_NUM_THREADS="1", PYG_DHMREC_DIST_TIMEOUT_S="300")
 
 
+def run_torchrun(*args: str) -> subprocess.CompletedProcess:
+    """Two CPU ranks of ``args`` under torchrun, to their end (output captured as text)."""
+    return subprocess.run(
+        torchrun(*args),
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,  # only stops a hung job
+    )
+
+
 def kill_job(proc: subprocess.Popen) -> None:
     """SIGKILL torchrun's ranks (its children, each in a session of its own), then torchrun."""
     # Every thread's children: torchrun may start its workers from a thread other than the main one.
@@ -224,14 +236,7 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(
     data_root = tmp_path / "data"
     full, killed = tmp_path / "full", tmp_path / "killed"
     run_py = str(REPO / "run.py")
-    done = subprocess.run(
-        torchrun(run_py, *train_args(data_root, full)),
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    done = run_torchrun(run_py, *train_args(data_root, full))
     assert done.returncode == 0, done.stderr[-3000:]
     reference = read(full)
     assert (reference["world_size"], reference["backend"]) == (2, "gloo")
@@ -270,14 +275,7 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(
     assert main(["--resume", str(killed), "--quiet"]) == 2
     assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
 
-    resumed_run = subprocess.run(
-        torchrun(run_py, "--resume", str(killed), "--quiet"),
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    resumed_run = run_torchrun(run_py, "--resume", str(killed), "--quiet")
     assert resumed_run.returncode == 0, resumed_run.stderr[-3000:]
     resumed = read(killed)
     assert resumed["test"] == reference["test"]
@@ -291,15 +289,8 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_metrics(
 
 def test_a_failing_rank_ends_the_job_nonzero_and_keeps_the_checkpoint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cmd = torchrun(str(TESTS / "fail_rank.py"), "1", "3")  # rank 1 raises in epoch 3
-    done = subprocess.run(
-        cmd + train_args(tmp_path / "data", run),
-        cwd=REPO,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
+    fail = (str(TESTS / "fail_rank.py"), "1", "3")  # rank 1 raises in epoch 3
+    done = run_torchrun(*fail, *train_args(tmp_path / "data", run))
     assert done.returncode != 0
     assert "injected fault on rank 1 in epoch 3" in done.stderr
     assert read_checkpoint(run / "checkpoint.pt")["progress"]["epoch"] == 2
