@@ -365,7 +365,7 @@ def _with_run_log(fn: Any) -> Any:
 
     @functools.wraps(fn)
     def wrapper(config: dict[str, Any], resume: bool = False) -> dict[str, Any]:
-        if distributed.under_torchrun() and os.environ.get("RANK", "0") != "0":
+        if not distributed.is_main_process():
             # rank 0 alone logs and writes train.log (its folder is the run's, broadcast in run)
             logging.getLogger("pyg_dhmrec").setLevel(logging.WARNING)
             return fn(config, resume)
