@@ -129,6 +129,35 @@ def test_review_field_of_the_wrong_type_names_line_and_field(
         read_review_table(path)
 
 
+def test_ratings_off_the_star_scale_and_future_times_are_warned_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = _reviews()
+    rows[4] = {**rows[4], "overall": 0.0}  # line 5
+    rows[9] = {**rows[9], "overall": 7.5}
+    rows[6] = {**rows[6], "unixReviewTime": 4_102_444_800}  # 2100-01-01, line 7
+    path = tmp_path / "r.json.gz"
+    path.write_bytes(_gz([json.dumps(r) for r in rows]))
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.data.amazon"):
+        table = read_review_table(path)
+    assert "r.json.gz:5: 2 review(s) with 'overall' outside 1-5 (this one: 0.0)" in caplog.text
+    assert "r.json.gz:7: 1 review(s) with 'unixReviewTime' after today" in caplog.text
+    assert table.ratings[4] == 0.0 and table.ratings[9] == 7.5  # kept as read
+    assert table.timestamps[6] == 4_102_444_800
+
+
+def test_ratings_on_the_star_scale_warn_of_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rows = _reviews()
+    rows[0]["overall"], rows[1]["overall"] = 1.0, 5.0  # the scale's ends
+    path = tmp_path / "r.json.gz"
+    path.write_bytes(_gz([json.dumps(r) for r in rows]))
+    with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.data.amazon"):
+        read_review_table(path)
+    assert caplog.text == ""
+
+
 @pytest.mark.parametrize(
     "line, message",
     [

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import re
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,9 +208,41 @@ def read_review_table(path: str | os.PathLike) -> Reviews:
         )
     rating = None if "overall" in lacking else np.asarray(ratings, dtype=np.float64)
     stamp = None if "unixReviewTime" in lacking else np.asarray(times, dtype=np.int64)
-    return Reviews(
-        np.asarray(users), np.asarray(items), rating, stamp, np.asarray(numbers, dtype=np.int64)
-    )
+    lines = np.asarray(numbers, dtype=np.int64)
+    _warn_unusual_reviews(path, rating, stamp, lines)
+    return Reviews(np.asarray(users), np.asarray(items), rating, stamp, lines)
+
+
+#: Amazon's star scale; the rating column is copied into the .inter file, never trained on.
+RATING_SCALE = (1.0, 5.0)
+
+
+def _warn_unusual_reviews(
+    path: Path, rating: np.ndarray | None, stamp: np.ndarray | None, lines: np.ndarray
+) -> None:
+    """Warn (first line and count) about ratings off Amazon's 1-5 stars and review times
+    after today: both are written through unchanged, as read."""
+    low, high = RATING_SCALE
+    checks = []
+    if rating is not None:
+        checks.append(
+            (rating, (rating < low) | (rating > high), f"'overall' outside {low:g}-{high:g}")
+        )
+    if stamp is not None:
+        # a day's slack: the file may come from another time zone's today
+        now = int(time.time()) + 86_400
+        checks.append((stamp, stamp > now, "'unixReviewTime' after today"))
+    for values, odd, what in checks:
+        if odd.any():
+            first = int(np.flatnonzero(odd)[0])
+            log.warning(
+                "%s:%d: %d review(s) with %s (this one: %s); written to the .inter file as read",
+                path,
+                int(lines[first]),
+                int(odd.sum()),
+                what,
+                values[first].item(),
+            )
 
 
 def read_reviews(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
