@@ -57,7 +57,11 @@ class DualGNN(Recommender):
     * ``"concat"``: :math:`u_u = W [w_{u,1} \hat{h}^1_u; \dots; w_{u,M} \hat{h}^M_u] + b`.
 
     Items are the plain sum :math:`i_i = \sum_m \hat{h}^m_i` (as the code; its per-item weights
-    are regularised but never used, so they are left out).
+    are regularised but never used, so they are left out). MMRec's port differs for
+    ``"weighted_sum"``: its ``representation += t_rep`` adds in place to the tensor that is
+    ``v_rep``, which it then fuses, so its users are
+    :math:`w_{u,v} (\hat{h}^v_u + \hat{h}^t_u) + w_{u,t} \hat{h}^t_u`; the authors' code
+    sums into a new tensor, as here.
 
     **User co-occurrence graph.** Users linked by the number of train items they share,
     :math:`C = R R^\top`, each keeping its top-``user_graph_k`` co-occurring users: the edge

@@ -103,9 +103,16 @@ class MMGCN(Recommender):
       paper's :math:`f_{avg}`); LeakyReLU inside the mean, on each neighbour (the paper's
       aggregation; MMRec applies it after the mean); :math:`W_1` has no
       bias (MMRec's convolution).
+    * Combination by element-wise addition, :math:`x'_v = g(W_3 h_v + b_3 + \hat{x}_v)`
+      (:class:`ModalityGraphLayer`). The authors' code and MMRec concatenate,
+      :math:`x'_v = g(W_3 [h_v; \hat{x}_v] + b_3)` (a map of :math:`\hat{x}_v` too): their
+      ``concate`` flag is the string ``'False'``, which Python reads as true.
     * Loss: BPR plus ``reg_weight`` times the mean squared entry of the batch's ID embeddings
-      (users, positives, negatives) and of the batch users' preference vectors (MMRec's form
-      of the paper's :math:`\lambda \lVert\Theta\rVert^2`).
+      (users, positives, negatives) and of the batch users' preference vectors of every
+      modality (a form of the paper's :math:`\lambda \lVert\Theta\rVert^2`). MMRec's ID
+      term is the same; its preference term is the mean square of *all* users' preferences of
+      its first (visual) modality only, and since it trains neither its ID embeddings nor its
+      preferences, its whole penalty is a constant there.
     * Xavier-normal initialisation of every weight and embedding (MMRec), zero biases.
 
     Args:
