@@ -350,6 +350,20 @@ def weighted_sum(matrices: Sequence[Tensor], weights: Sequence[float]) -> Tensor
     return to_csr(torch.cat(indices, 1), torch.cat(values), shape[0], shape[1])
 
 
+def _rescale_extreme_rows(x: Tensor, floor: float) -> Tensor:
+    """``x`` with each nonzero row whose norm is at most ``floor`` or inf divided by its largest
+    ``|entry|`` (other rows by 1, exactly); ``x`` itself when there is no such row."""
+    norm = torch.linalg.vector_norm(x.detach(), dim=1, keepdim=True)
+    off = (norm <= floor) | torch.isinf(norm)
+    if not bool(off.any()):
+        return x
+    largest = x.detach().abs().amax(dim=1, keepdim=True)
+    off &= largest > 0  # zero rows stay as they are
+    if not bool(off.any()):
+        return x
+    return x / torch.where(off, largest, torch.ones_like(largest))
+
+
 def unit_rows(x: Tensor) -> Tensor:
     r"""Rows scaled to unit length, :math:`\hat{x}_i = x_i / \lVert x_i \rVert_2`; zero rows stay
     zero (cosine 0 to everything, not NaN).
@@ -358,6 +372,10 @@ def unit_rows(x: Tensor) -> Tensor:
     the kNN graphs built from it keep the same one of two tied neighbours as MMRec's (on
     TikTok's audio features the reciprocal changed 2 of 6,710 rows).
     """
+    # float32's sum of squares underflows to 0 for entries below about 1e-19 and overflows to
+    # inf above about 1e19: such finite rows would read as zero rows, so they are first divided
+    # by their largest |entry| (cosine is scale-free)
+    x = _rescale_extreme_rows(x, 0.0)
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     return torch.where(norm > 0, x / norm.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
 
@@ -488,8 +506,9 @@ def cosine_knn_edges(
     edge_index = item_knn_graph(features, k, chunk_size, include_self)
     if not features.is_floating_point():
         features = features.float()
-    # eps keeps zero rows at 0 (cosine 0) instead of NaN.
-    unit = F.normalize(features, dim=1)
+    # eps keeps zero rows at 0 (cosine 0) instead of NaN; rows of norm below it (or inf) are
+    # rescaled first, else an item's cosine to itself read about norm / 1e-12 (or 0), not 1.
+    unit = F.normalize(_rescale_extreme_rows(features, 1e-12), dim=1)
     row, col = edge_index
     step = chunk_size * k  # edges of chunk_size consecutive rows
     values = torch.cat(

@@ -97,8 +97,9 @@ class DerivedGraph(BaseTransform):
     """
 
     #: Bumped when :meth:`compute` gives other graphs for the same settings, so that graphs
-    #: cached by an older build are rebuilt (2: cosine rows by division, MMRec's tie-breaking).
-    build_version: int = 2
+    #: cached by an older build are rebuilt (2: cosine rows by division, MMRec's tie-breaking;
+    #: 3: feature rows of norm below float32's range or above it rescaled before the cosine).
+    build_version: int = 3
 
     def settings(self) -> dict[str, Any]:
         raise NotImplementedError
