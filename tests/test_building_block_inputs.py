@@ -126,6 +126,24 @@ BAD_INPUTS = [
     ),
     ("weighted_mean empty", lambda: N.weighted_mean(torch.zeros(0)), ValueError, "empty"),
     (
+        "weighted_mean zero weights",
+        lambda: N.weighted_mean(torch.randn(3), torch.zeros(3)),
+        ValueError,
+        r"weight must be non-negative and not all zero, got \[0.0, 0.0, 0.0\]",
+    ),
+    (
+        "weighted_mean negative weight",
+        lambda: N.weighted_mean(torch.randn(3), torch.tensor([1.0, -1.0, 1.0])),
+        ValueError,
+        "weight must be non-negative",
+    ),
+    (
+        "weighted_mean NaN weight",
+        lambda: N.weighted_mean(torch.randn(3), torch.tensor([1.0, float("nan"), 1.0])),
+        ValueError,
+        "weight must be non-negative",
+    ),
+    (
         "embedding_norm_penalty no rows",
         lambda: N.embedding_norm_penalty(torch.zeros(0, 2)),
         ValueError,

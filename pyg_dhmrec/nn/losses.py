@@ -39,7 +39,9 @@ def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
 
 
 def weighted_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
-    """``values.mean()``, or with ``weight`` (same shape) the ``weight``-ed mean."""
+    """``values.mean()``, or with ``weight`` (same shape, non-negative, not all zero) the
+    ``weight``-ed mean. The weight check runs on CPU tensors only (no host wait on an
+    accelerator)."""
     check_dense("values", values)
     check_not_empty("values", values)
     if weight is not None and weight.shape != values.shape:
@@ -48,7 +50,15 @@ def weighted_mean(values: Tensor, weight: Tensor | None = None) -> Tensor:
         )
     if weight is None:
         return values.mean()
-    return (values * weight).sum() / weight.sum()
+    total = weight.sum()
+    # all-zero weights would give 0 / 0 = NaN; negative ones a mean outside the values' range
+    if weight.device.type == "cpu" and not (bool((weight >= 0).all()) and total.item() > 0):
+        shown = weight.detach().flatten()[:8].tolist()
+        raise ValueError(
+            f"weight must be non-negative and not all zero, got {shown}"
+            f"{' ...' if weight.numel() > 8 else ''}"
+        )
+    return (values * weight).sum() / total
 
 
 def _check_penalty_inputs(embeddings: Sequence[Tensor]) -> None:
