@@ -40,9 +40,11 @@ from pyg_dhmrec.experiment import (
     CONFIG_FILE,
     ExperimentError,
     baseline_comparison,
+    check_plugin_options,
     claim_run_folder,
     compare_runs,
     export_embeddings,
+    grid_axes,
     load_grid,
     load_run,
     recommend,
@@ -234,6 +236,7 @@ def resolve_config(
     plugin = config["plugin"]
     if plugin is not None:
         check_plugin(plugin, model)
+        check_plugin_options(config)  # before the data is read or a folder written
         declared = set(load_yaml(CONFIG_DIR / "plugins" / f"{plugin}.yaml")) - {"per_dataset"}
         unused = declared - set(plugin_keys(plugin))
         if unused:
@@ -501,6 +504,23 @@ def _print_run(results: Mapping[str, Any]) -> None:
     _print(json.dumps(_summary(results)))
 
 
+def _check_grid_against_command_line(
+    args: argparse.Namespace, extra: Sequence[str], axes: Mapping[str, Any]
+) -> None:
+    """Refuse a grid over a key the command line also sets: every point would override the
+    option, which would change nothing without a word."""
+    given = {w[2:].replace("-", "_"): w for w in _option_words(extra) if w.startswith("--")}
+    given.update({k: f"--{k}" for k in ("device",) if getattr(args, k, None) is not None})
+    both = [k for k in grid_axes(axes) if k in given]
+    if both:
+        options = ", ".join(given[k] for k in both)
+        raise ConfigError(
+            f"--grid {args.grid}: varies {', '.join(both)}, which the command line also sets "
+            f"({options}); each point would override it: drop {options} or take "
+            f"{', '.join(both)} out of the grid"
+        )
+
+
 def train_main(argv: Sequence[str]) -> int:
     """``run.py [--model M] [--dataset D] [--resume RUN | --grid YAML | --seeds N] ...``."""
     args, extra = build_parser().parse_known_args(argv)
@@ -517,6 +537,7 @@ def train_main(argv: Sequence[str]) -> int:
         # a bare name finds the packaged grid also where configs/ is not in the current folder
         grid = shipped if not Path(args.grid).exists() and shipped.is_file() else Path(args.grid)
         axes = load_grid(grid)
+        _check_grid_against_command_line(args, extra, axes)
         if config["baseline"] is not None:  # a per-point test comparison invites test selection
             log.info(
                 "--grid: no baseline (%s) for the points; compare the selected point with "

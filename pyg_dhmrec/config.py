@@ -7,7 +7,8 @@ When ``plugin`` names a plug-in objective (in any layer or on the command line),
 ``<plugin>_``). A later layer may only override a key some layer defined, with a value of the
 same type; anything else is an error naming the file (or the command-line option) and what was
 expected. Model and plug-in files may hold ``per_dataset: {<dataset>: {key: value}}``, applied
-right after the file.
+right after the file; every entry is checked whichever dataset runs (a configured dataset's
+name, known keys, values of the right types).
 """
 
 from __future__ import annotations
@@ -332,9 +333,14 @@ def coerce(key: str, value: Any, default: Any, source: str) -> Any:
             return int(value)
     elif isinstance(value, type(default)):
         return value
+    hint = ""
+    if isinstance(default, list) and isinstance(value, (str, int, float)):
+        # --ablations no_kl, --topk 10,20: YAML reads a list only in brackets
+        items = value.split(",") if isinstance(value, str) else [value]
+        hint = f"; a list is written in brackets, e.g. [{', '.join(str(v).strip() for v in items)}]"
     raise ConfigError(
         f"{source}: key '{key}' expects {_type_name(default)} (like its default {default!r}), "
-        f"got {_type_name(value)} {value!r}"
+        f"got {_type_name(value)} {value!r}{hint}"
     )
 
 
@@ -413,7 +419,26 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"command line: --{key} {raw!r}: {e.problem}") from None
         except yaml.YAMLError:
             out[key] = raw
+        _check_flow_mapping(key, raw, out[key])
     return out
+
+
+def _check_flow_mapping(key: str, raw: str, value: Any) -> None:
+    """Refuse ``{image:0.5}``: without a space after ':' YAML reads one key 'image:0.5' with no
+    value, which a later check would report as a modality named 'image:0.5'."""
+    if isinstance(value, list):
+        for item in value:
+            _check_flow_mapping(key, raw, item)
+    if not isinstance(value, dict):
+        return
+    for name, item in value.items():
+        if item is None and isinstance(name, str) and ":" in name:
+            left, _, right = name.partition(":")
+            raise ConfigError(
+                f"command line: --{key} {raw!r}: the key {name!r} has no value; YAML needs a "
+                f"space after ':' ({{{left}: {right}}})"
+            )
+        _check_flow_mapping(key, raw, item)
 
 
 class _CommandLineLoader(_StrictLoader):
@@ -451,7 +476,8 @@ def _plugin_layer(
 ) -> dict[str, Any]:
     """Add ``configs/plugins/<plugin>.yaml`` (and its ``per_dataset`` entry) to ``config``."""
     path = config_dir / "plugins" / f"{plugin}.yaml"
-    if not isinstance(plugin, str) or not path.exists():
+    # a name, not a path: '../models/lightgcn' would read a model's file as a plug-in's
+    if not isinstance(plugin, str) or plugin not in available("plugins", config_dir):
         raise ConfigError(
             f"unknown plugin {plugin!r}; available: "
             f"{', '.join(available('plugins', config_dir)) or 'none'} (or null for none)"
@@ -464,9 +490,50 @@ def _plugin_layer(
             f"keys must be new (named {plugin}_<argument>)"
         )
     config = merge(config, layer, str(path), allow_new=True)
-    if dataset in per_dataset:
-        config = merge(config, per_dataset[dataset], f"{path} (per_dataset.{dataset})")
-    return config
+    return _per_dataset_layer(config, path, per_dataset, dataset, config_dir)
+
+
+def _is_dataset_name(name: Any, config_dir: Path) -> bool:
+    """Whether a ``per_dataset`` entry's ``name`` is a configured dataset's: a dataset file's
+    name or ``<template>_<category>`` (what ``--dataset amazon:<Category>`` is named). A folder
+    of one's own takes entries once it has a file (the same answer whichever dataset runs)."""
+    if not isinstance(name, str):
+        return False
+    if name in available("datasets", config_dir):
+        return True
+    return any(
+        name.startswith(f"{t}_")
+        and _CATEGORY_RE.match(name[len(t) + 1 :])
+        and (config_dir / "datasets" / f"{t}.yaml").exists()
+        for t in DATASET_TEMPLATES
+    )
+
+
+def _per_dataset_layer(
+    config: dict[str, Any],
+    path: Path,
+    per_dataset: Mapping[Any, dict[str, Any]],
+    dataset: str,
+    config_dir: Path,
+) -> dict[str, Any]:
+    """``config`` with ``per_dataset[dataset]`` applied. Every entry is checked whichever dataset
+    runs (its name is a dataset's, its keys are known, its values of the right types), so a
+    misspelt name or key is refused at once instead of being skipped until that dataset runs."""
+    out = config
+    for name, entry in per_dataset.items():
+        if not _is_dataset_name(name, config_dir):
+            known = available_datasets(config_dir)
+            hint = did_you_mean(str(name), known)
+            raise ConfigError(
+                f"{path}: per_dataset entry {name!r} names no dataset; expected the name of a "
+                f"configs/datasets/<name>.yaml ({', '.join(known)}; amazon:<Category> is named "
+                f"amazon_<category>).{hint} A dataset folder of one's own takes per_dataset "
+                f"settings once it has a configs/datasets/{name}.yaml (it may be empty)"
+            )
+        merged = merge(config, entry, f"{path} (per_dataset.{name})")
+        if name == dataset:
+            out = merged
+    return out
 
 
 def _model_layers(
@@ -477,9 +544,7 @@ def _model_layers(
     model_layer, per_dataset = _file_with_per_dataset(model_path)
     # Model files may define new (model-specific) keys; they become part of the schema.
     config = merge(config, model_layer, str(model_path), allow_new=True)
-    if dataset in per_dataset:
-        config = merge(config, per_dataset[dataset], f"{model_path} (per_dataset.{dataset})")
-    return config
+    return _per_dataset_layer(config, model_path, per_dataset, dataset, config_dir)
 
 
 def load_config(
@@ -497,8 +562,8 @@ def load_config(
     :func:`dataset_layer`), or None for no dataset layer (named ``data``);
     ``config['dataset']`` is the resulting dataset name.
     """
-    if not (config_dir / "models" / f"{model}.yaml").exists():
-        models = available("models", config_dir)
+    models = available("models", config_dir)
+    if model not in models:  # a name, not a path through configs/ ('../plugins/mrdib')
         hint = did_you_mean(model, models)
         raise ConfigError(
             f"unknown model '{model}'; available: {', '.join(models)}"

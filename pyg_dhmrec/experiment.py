@@ -24,6 +24,7 @@ from pyg_dhmrec.atomic_files import ensure_folder, write_json, write_npy, write_
 from pyg_dhmrec.config import (
     BASELINE_METRICS,
     ConfigError,
+    _models_with_key,
     load_config,
     load_yaml,
     merge,
@@ -352,6 +353,14 @@ def _check_grid_keys(config: Mapping[str, Any], axes: Mapping[str, Any], source:
         )
     for key in sorted(set(axes) & set(GRID_UNUSED_KEYS)):
         raise ConfigError(f"{source}: a grid cannot vary {key}: {GRID_UNUSED_KEYS[key]}")
+    model = config.get("model")
+    for key in grid_axes(axes):  # another model's key: name its models, as the command line does
+        owners = [o for o in _models_with_key(key) if not o.startswith("plug-in")]
+        if key not in config and model and owners:
+            raise ConfigError(
+                f"{source}: unknown key '{key}' for {model}: it is an option of "
+                f"{', '.join(owners)} ({model}'s keys: configs/models/{model}.yaml)"
+            )
     from pyg_dhmrec.plugins import PLUGINS, plugin_keys  # the registry imports every model
 
     for plugin in PLUGINS:  # else merge reports an unknown key and suggests a model key
@@ -362,6 +371,22 @@ def _check_grid_keys(config: Mapping[str, Any], axes: Mapping[str, Any], source:
                 f"grid's runs do not attach (plugin: {config.get('plugin') or 'none'}); give "
                 f"--plugin {plugin} (every point then trains with it)"
             )
+
+
+def check_plugin_options(config: Mapping[str, Any], where: str | None = None) -> None:
+    """The options of ``config['plugin']`` (when set) checked as its constructor checks them,
+    before any data is read or any run trains (a plug-in class's ``check_config``)."""
+    if config.get("plugin") is None:
+        return
+    from pyg_dhmrec.plugins import plugin_class  # the registry imports every model
+
+    check = getattr(plugin_class(config["plugin"]), "check_config", None)
+    if check is None:
+        return
+    try:
+        check(config)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def _check_point_metrics(cfg: Mapping[str, Any], where: str) -> None:
@@ -424,6 +449,9 @@ def run_grid(
         for key in point:  # a model option's own check runs only when it trains
             if isinstance(cfg[key], float) and math.isnan(cfg[key]):
                 raise ConfigError(f"{where}: key '{key}' must be a number, got nan")
+            if isinstance(cfg[key], float) and math.isinf(cfg[key]):  # no key takes inf
+                raise ConfigError(f"{where}: key '{key}' must be a finite number, got {cfg[key]}")
+        check_plugin_options(cfg, where)
         _check_point_metrics(cfg, where)
         cfg["output"] = str(output / name)
         configs.append(cfg)
@@ -596,6 +624,17 @@ def checked_stored_config(config: Any, source: str) -> dict[str, Any]:
         if not isinstance(config.get(key), str):
             raise ConfigError(f"{source}: key '{key}' must be a string, got {config.get(key)!r}")
     plugin = config.get("plugin")
+    if plugin is None:  # a plug-in's keys without it: say which, not "unknown key"
+        from pyg_dhmrec.plugins import PLUGINS, plugin_keys  # the registry imports every model
+
+        for name in PLUGINS:
+            keys = sorted(k for k in config if k in plugin_keys(name))
+            if keys:
+                raise ConfigError(
+                    f"{source}: holds the key(s) {', '.join(keys)} of the plug-in {name} but "
+                    f"'plugin' is null (the run was configured with plugin {name}); set 'plugin' "
+                    f"back to {name!r}, or start a new run"
+                )
     try:  # the key set and types do not depend on the dataset: any dataset file gives them
         schema = load_config(config["model"], "synthetic", {"plugin": plugin})
     except ConfigError as e:
@@ -640,10 +679,22 @@ FOLDER_PATH_KEYS = ("data_root", "cache_dir")
 
 
 def _same_value(key: str, a: Any, b: Any) -> bool:
-    if a == b:
+    if a == b or _both_nan(a, b):
         return True
     if key in FOLDER_PATH_KEYS and isinstance(a, str) and isinstance(b, str):
         return os.path.realpath(a) == os.path.realpath(b)
+    return False
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    """NaN in both (NaN != NaN, so a stored NaN would read as a changed value), also inside
+    lists and mappings."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isnan(a) and math.isnan(b)
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return all(x == y or _both_nan(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return all(a[k] == b[k] or _both_nan(a[k], b[k]) for k in a)
     return False
 
 
@@ -651,7 +702,12 @@ def config_differences(stored: Mapping[str, Any], requested: Mapping[str, Any]) 
     """``key: stored -> requested`` for each key (``FOLDER_FREE_KEYS`` aside) that differs;
     ``FOLDER_PATH_KEYS`` differ only when they name different folders."""
     a, b = (json.loads(json.dumps(c, default=str)) for c in (stored, requested))
-    keys = sorted((set(a) | set(b)) - set(FOLDER_FREE_KEYS))
+    # the keys that choose the YAML layers first: a plug-in dropped is named, not cut off
+    # behind its own keys
+    keys = sorted(
+        (set(a) | set(b)) - set(FOLDER_FREE_KEYS),
+        key=lambda k: (k not in ("model", "dataset", "plugin"), k),
+    )
     absent = "<absent>"
     return [
         f"{k}: {json.dumps(a.get(k, absent))} -> {json.dumps(b.get(k, absent))}"

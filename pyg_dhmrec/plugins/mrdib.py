@@ -3,8 +3,11 @@ information bottleneck, as a plug-in training objective for any multimodal recom
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +25,40 @@ OBJECTIVES = ("kl", "unique", "redundant", "synergy")
 def _margin(users: Tensor, items: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
     """Per-pair score margin :math:`e_u^\\top (x_{i^+} - x_{i^-})`."""
     return (users * (items[pos] - items[neg])).sum(-1)
+
+
+def _check_arguments(
+    switches: Mapping[str, Any], weights: Mapping[str, Any], club_hidden: Any
+) -> None:
+    """Raise ``ValueError`` naming the argument and its key for an option out of range."""
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"MRdIB: {name} (mrdib_{name}) must be true or false, got {value!r}")
+    for name, value in weights.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(
+                f"MRdIB: {name}_weight (mrdib_{name}_weight) must be a finite number >= 0, "
+                f"got {value!r}"
+            )
+    if (
+        isinstance(club_hidden, bool)
+        or not isinstance(club_hidden, int)
+        or not 1 <= club_hidden <= 65536
+    ):
+        raise ValueError(
+            f"MRdIB: club_hidden (mrdib_club_hidden) must be an integer in [1, 65536], got "
+            f"{club_hidden!r}"
+        )
+    if not any(switches.values()):  # the run would be the base model under another name
+        raise ValueError(
+            "MRdIB: mrdib_kl, mrdib_unique, mrdib_redundant and mrdib_synergy are all false, "
+            "so the plug-in adds nothing; switch one on, or train without --plugin"
+        )
 
 
 class MRdIB(Recommender):
@@ -116,36 +153,7 @@ class MRdIB(Recommender):
             "redundant": redundant_weight,
             "synergy": synergy_weight,
         }
-        for name, value in switches.items():
-            if not isinstance(value, bool):
-                raise ValueError(
-                    f"MRdIB: {name} (mrdib_{name}) must be true or false, got {value!r}"
-                )
-        for name, value in weights.items():
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(
-                    f"MRdIB: {name}_weight (mrdib_{name}_weight) must be a finite number >= 0, "
-                    f"got {value!r}"
-                )
-        if (
-            isinstance(club_hidden, bool)
-            or not isinstance(club_hidden, int)
-            or not 1 <= club_hidden <= 65536
-        ):
-            raise ValueError(
-                f"MRdIB: club_hidden (mrdib_club_hidden) must be an integer in [1, 65536], got "
-                f"{club_hidden!r}"
-            )
-        if not any(switches.values()):  # the run would be the base model under another name
-            raise ValueError(
-                "MRdIB: mrdib_kl, mrdib_unique, mrdib_redundant and mrdib_synergy are all false, "
-                "so the plug-in adds nothing; switch one on, or train without --plugin"
-            )
+        _check_arguments(switches, weights, club_hidden)
         self.switches = switches
         self.weights = {k: float(v) for k, v in weights.items()}
         self.num_users, self.num_items = base.num_users, base.num_items
@@ -181,6 +189,23 @@ class MRdIB(Recommender):
             self.club = torch.nn.ModuleDict(
                 {self._pair_key(m, n): CLUB(dim, dim, club_hidden) for m, n in self.pairs}
             )
+
+    @classmethod
+    def check_config(cls, config: Mapping[str, Any]) -> None:
+        """Check the ``mrdib_*`` options of a merged configuration before any data or model is
+        built (the command line, every point of a grid, every seed): the constructor's checks,
+        with the constructor's defaults for keys the configuration lacks."""
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k not in ("self", "base")
+        }
+        args = {k: config.get(f"mrdib_{k}", v) for k, v in defaults.items()}
+        _check_arguments(
+            {k: args[k] for k in OBJECTIVES},
+            {k: args[f"{k}_weight"] for k in OBJECTIVES},
+            args["club_hidden"],
+        )
 
     @staticmethod
     def _pair_key(m: str, n: str) -> str:
