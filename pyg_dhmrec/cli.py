@@ -521,6 +521,17 @@ def _check_grid_against_command_line(
         )
 
 
+def _build_grid_point(config: dict[str, Any]) -> None:
+    """Build a grid point's dataset and model and drop them: the model's checks of its
+    options run before any point trains (derived graphs are cached for the run)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)  # the point's own run logs the loading
+    try:
+        load_data_and_model(config)
+    finally:
+        logging.disable(previous)
+
+
 def train_main(argv: Sequence[str]) -> int:
     """``run.py [--model M] [--dataset D] [--resume RUN | --grid YAML | --seeds N] ...``."""
     args, extra = build_parser().parse_known_args(argv)
@@ -546,7 +557,9 @@ def train_main(argv: Sequence[str]) -> int:
             )
             config["baseline"] = None
         output = default_output(config, "grid")
-        summary = run_grid(config, axes, output, run, source=args.grid)
+        summary = run_grid(
+            config, axes, output, run, source=args.grid, check_point=_build_grid_point
+        )
         print(summary["table"])
         print(f"selected on valid recall@20: {summary['selected']}")
         test = {k: round(v, 4) for k, v in summary["selected_test"].items()}

@@ -413,12 +413,16 @@ def run_grid(
     output: Path,
     runner: Runner,
     source: str = "grid",
+    check_point: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every grid point into ``output/<point>``, select on valid R@20, write grid.md/json.
     Several processes may run the same grid into the same ``output``: they share the points
     (:func:`run_points`), and each writes the same selection once all have ended.
 
-    Point values are checked against the configuration's types (errors name ``source``).
+    Point values are checked against the configuration's types (errors name ``source``);
+    ``check_point(cfg)``, when given, then runs for every point without a finished run (the
+    command line builds its dataset and model there), so that a model's own refusal of a
+    value stops the grid before any point trains; its ``ValueError`` names the point.
     Test metrics are reported, never used to select; a tie goes to :data:`TIE_RULE`.
     """
     output = Path(output)
@@ -463,6 +467,16 @@ def run_grid(
                 "(equal values written differently); list each value once"
             )
         seen[values] = name
+    if check_point is not None:
+        unfinished = [(c, n) for c, n in zip(configs, names) if not (output / n / RESULTS).exists()]
+        log.info(
+            "%s: building the models of %d point(s) before any trains", source, len(unfinished)
+        )
+        for cfg, name in unfinished:
+            try:
+                check_point(cfg)
+            except ValueError as e:  # a model's check of its options, on this point's value
+                raise ConfigError(f"{source}, point {name}: {e}") from None
     results = run_points(configs, runner)
     for cfg, r in zip(configs, results):
         check_summary_results(r, Path(cfg["output"]))

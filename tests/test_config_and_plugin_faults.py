@@ -247,6 +247,27 @@ def test_mrdib_check_config_reads_the_keys_and_the_constructors_defaults() -> No
         MRdIB.check_config({"mrdib_unique": "yes"})
 
 
+@pytest.mark.parametrize(
+    "model, text, point, message",
+    [
+        # a model's own check (in its constructor), not the configuration's types
+        ("lightgcn", "reg_weight: [0.1, -1.0]\n", "reg_weight=-1.0", "reg_weight"),
+        # a check against the data: more neighbours than the tiny dataset has items
+        ("freedom", "knn_k: [2, 100000]\n", "knn_k=100000", "knn_k"),
+    ],
+)
+def test_a_models_refusal_of_a_later_point_stops_the_grid_before_any_trains(
+    tiny_cli_argv, grid, tmp_path: Path, capsys, model: str, text: str, point: str, message: str
+) -> None:
+    # before: the first point trained to its end, then the model refused the second point's
+    # value when that point's run built it
+    path = grid(text)
+    argv = _without_knn_k(tiny_cli_argv(model, "--grid", str(path)))
+    err = _refused(argv, tmp_path, capsys)
+    assert err.startswith(f"error: {path}, point {point}: "), err
+    assert message in err.split(f"point {point}: ", 1)[1]
+
+
 def test_mrdib_grid_point_out_of_range_is_refused_before_any_trains(
     tiny_cli_argv, grid, tmp_path: Path, capsys
 ) -> None:
