@@ -340,7 +340,7 @@ def test_download_bars_only_at_a_terminal_and_never_with_quiet(
 def test_grid_by_name_reads_the_packaged_grid(tmp_path: Path, monkeypatch) -> None:
     seen = {}
 
-    def fake_grid(config, axes, output, runner, source):
+    def fake_grid(config, axes, output, runner, source, check_point):
         seen["axes"] = axes
         raise InterruptedError  # the grid itself is tested in test_experiments.py
 
