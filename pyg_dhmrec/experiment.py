@@ -669,7 +669,8 @@ def checked_stored_config(config: Any, source: str) -> dict[str, Any]:
         for key in added:
             checked[key] = layered.get(key, schema[key])
         log.warning(
-            "%s: lacks the model key(s) %s, newer than the run; resumed with the default(s) %s",
+            "%s: lacks the model or plug-in key(s) %s, newer than the run; resumed with the "
+            "default(s) %s",
             source,
             ", ".join(added),
             ", ".join(f"{k}={checked[k]!r}" for k in added),

@@ -315,8 +315,8 @@ def test_model_key_newer_than_the_run_takes_its_default(
     with caplog.at_level(logging.WARNING, logger="pyg_dhmrec.experiment"):
         assert main(["--resume", str(folder), "--quiet"]) == 0
     assert any(
-        "lacks the model key(s) reg_weight, newer than the run; resumed with the default(s) "
-        "reg_weight=0.0001" in r.getMessage()
+        "lacks the model or plug-in key(s) reg_weight, newer than the run; resumed with the "
+        "default(s) reg_weight=0.0001" in r.getMessage()
         for r in caplog.records
     ), caplog.text
 
