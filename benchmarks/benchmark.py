@@ -71,7 +71,7 @@ def run_point(
             cmd += ["--device", args.device] if args.device else []
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "log.txt", "a") as log:  # a resumed point keeps its log
-            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             tail = (folder / "log.txt").read_text().splitlines()[-5:]
             print(f"{point_name(point)} failed (exit {done.returncode}):\n" + "\n".join(tail))

@@ -266,7 +266,7 @@ def _run_child(argv: list[str], args: argparse.Namespace, log: Path) -> dict[str
     result.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--result", str(result)]
     with open(log, "w") as out:
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         start, reason = time.monotonic(), None
         while child.poll() is None:
             time.sleep(0.5)

@@ -59,7 +59,7 @@ def run_model(
         cmd += ["--data-root", args.data_root]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "log.txt", "w") as log:
-        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
             raise SystemExit(f"{model} failed; see {folder / 'log.txt'}")
     with open(folder / "results.json") as f:
         r = json.load(f)
@@ -149,7 +149,7 @@ def main() -> None:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "eval_overhead.py")]
         cmd += ["--dataset", args.dataset, "--device", args.device, "--out", str(out.resolve())]
         cmd += ["--data-root", args.data_root] if args.data_root else []
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"eval_overhead.py failed:\n{done.stderr[-2000:]}")
         line = done.stdout.strip().splitlines()[-1]

@@ -83,7 +83,7 @@ def _common_keys_help() -> str:
         lines.append(f"  --{key:<22}{text}")
     lines.append(
         "Any key of configs/overall.yaml, of the dataset's or of the model's YAML is set the\n"
-        "same way (e.g. --topk [10,20], --num_layers 3, --modalities '{image: img.npy}');\n"
+        "same way (e.g. --topk [10,20], --num_ui_layers 3, --modalities '{image: img.npy}');\n"
         "the YAML files ship inside the package (pyg_dhmrec/configs)."
     )
     return "\n".join(lines)
@@ -168,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"shipped in configs/grids ({', '.join(available('grids'))})",
     )
     parser.add_argument(
-        "--seeds", type=int, metavar="N", help="run seeds seed..seed+N-1; mean and std of test"
+        "--seeds",
+        type=int,
+        metavar="N",
+        help="run seeds seed..seed+N-1; mean and std of the test metrics (seeds.json)",
     )
     return parser
 
@@ -590,7 +593,7 @@ def _print(line: str) -> None:
 def compare_main(argv: Sequence[str]) -> int:
     """``run.py compare RUN_A RUN_B``: paired t-test of per-user test Recall@20."""
     parser = _parser(
-        prog="run.py compare",
+        prog=f"{PROG} compare",
         description="Paired t-test (scipy.stats.ttest_rel) of per-user test metrics of two "
         "finished runs of the same dataset.",
     )
@@ -619,7 +622,7 @@ def plot_main(argv: Sequence[str]) -> int:
     from pyg_dhmrec import plots
 
     parser = _parser(
-        prog="run.py plot", description="Figures of runs (needs the 'plots' extra: matplotlib)."
+        prog=f"{PROG} plot", description="Figures of runs (needs the 'plots' extra: matplotlib)."
     )
     parser.add_argument("kind", choices=["curves", "sweep", "tsne"])
     parser.add_argument(
@@ -656,7 +659,7 @@ def plot_main(argv: Sequence[str]) -> int:
 def recommend_main(argv: Sequence[str]) -> int:
     """``run.py recommend --run RUN --users U [U ...] --k K``: top-k unseen items per user."""
     parser = _parser(
-        prog="run.py recommend",
+        prog=f"{PROG} recommend",
         description="Top-k items per user from a finished run's best.pt (train items excluded).",
     )
     parser.add_argument("--run", type=folder_path, required=True, help="finished run folder")
@@ -680,7 +683,7 @@ def recommend_main(argv: Sequence[str]) -> int:
 def export_main(argv: Sequence[str]) -> int:
     """``run.py export --run RUN [--out DIR]``: the final user and item embeddings as .npy."""
     parser = _parser(
-        prog="run.py export",
+        prog=f"{PROG} export",
         description="Write user_embeddings.npy and item_embeddings.npy of a finished run.",
     )
     parser.add_argument("--run", type=folder_path, required=True, help="finished run folder")

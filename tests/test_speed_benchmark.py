@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 from benchmark_scripts import load_benchmark
 
@@ -46,3 +49,26 @@ def test_fixed_seed_metrics_checks_every_name_before_running(capsys) -> None:
             fixed.check_names(parser, names)
         assert message in capsys.readouterr().err
     fixed.check_names(parser, ["bpr", "lightgcn+mrdib"])
+
+
+def test_run_model_reads_what_the_child_wrote_from_any_folder(tmp_path, monkeypatch) -> None:
+    # the child run.py resolves --output against its own working folder: with another one
+    # than this process's (the checkout's root, before), a relative folder was read elsewhere
+    import argparse
+    import json
+
+    def fake_run(cmd, stdout=None, stderr=None, cwd=None):  # noqa: ANN001
+        output = cmd[cmd.index("--output") + 1]
+        folder = (Path(cwd) if cwd else Path.cwd()) / output
+        folder.mkdir(parents=True, exist_ok=True)
+        timing = {"train_s_per_epoch": 1.5, "eval_s": 0.2, "test_eval_s": 0.3}
+        results = {"timing": timing, "history": [{"eval_s": 0.2}], "peak_rss_mb": 400}
+        (folder / "results.json").write_text(json.dumps({**results, "environment": {}}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(speed.subprocess, "run", fake_run)
+    args = argparse.Namespace(dataset="tiktok", epochs=1, device="cpu", data_root="data")
+    figures = speed.run_model("lightgcn", Path("out") / "lightgcn", args, [])
+    assert figures["train_s_per_epoch"] == 1.5 and figures["run_eval_s"] == 0.2 + 0.3
+    assert (tmp_path / "out" / "lightgcn" / "results.json").is_file()
