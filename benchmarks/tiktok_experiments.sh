@@ -2,7 +2,8 @@
 # TikTok experiments of issues 4-6, every model at its configs/models/<name>.yaml settings (the
 # published ones; no tuning), each row appended to benchmarks/RESULTS.md by benchmark.py.
 #   STAGES="baselines siger mrdib" JOBS=2 bash benchmarks/tiktok_experiments.sh
-# baselines: LightGCN and the seven baselines of DHMRec's Table 1 (DHMRec: dhmrec_experiments.sh);
+# baselines: LightGCN, LayerGCN, VBPR, FREEDOM, LATTICE, LGMRec and BM3 of DHMRec's Table 1, and MGCN
+# (not in that table; DHMRec: dhmrec_experiments.sh);
 # siger: SIGER and each ablation with FREEDOM's backbone settings; mrdib: base models + MRdIB
 # (the bases alone are baselines rows; DHMRec alone: dhmrec_experiments.sh).
 # JOBS runs go at once, each with one thread (OMP_NUM_THREADS=1) so that they do not oversubscribe.
