@@ -265,6 +265,10 @@ def _option_words(extra: Sequence[str]) -> list[str]:
 def resume_config(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     """The configuration saved in the ``--resume`` folder (``--device``/``--quiet`` may change)."""
     folder = Path(args.resume)
+    if not folder.exists():
+        raise ConfigError(f"--resume {folder}: no such folder; expected a run folder of run.py")
+    if not folder.is_dir():
+        raise ConfigError(f"--resume {folder}: a file; expected a run folder of run.py")
     if not (folder / CHECKPOINT).is_file() and (folder / CONFIG_FILE).is_file():
         raise ConfigError(  # a run killed in its first epoch: nothing to continue from
             f"--resume {folder}: no {CHECKPOINT}: the run there stopped before its first epoch "

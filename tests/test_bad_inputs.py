@@ -185,6 +185,14 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
             ["--resume", "{tmp}"],
             r"--resume {tmp}: no checkpoint\.pt in that folder; expected a run folder",
         ),
+        (
+            ["--resume", "{tmp}/missing"],
+            r"--resume {tmp}/missing: no such folder; expected a run folder of run\.py$",
+        ),
+        (
+            ["--resume", "{tmp}/a_file"],
+            r"--resume {tmp}/a_file: a file; expected a run folder of run\.py$",
+        ),
         (["--grid", "{tmp}/none.yaml"], r"{tmp}/none\.yaml: grid file not found$"),
         (  # --quiet sets progress, but the value given is checked first
             ["--progress", "2"],
@@ -197,12 +205,15 @@ def test_duplicates_warn_and_train(tmp_path: Path, caplog: pytest.LogCaptureFixt
         "unknown_model",
         "unknown_dataset",
         "resume_empty",
+        "resume_missing",
+        "resume_file",
         "grid_missing",
         "progress_not_bool_beside_quiet",
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, capsys, argv: list, pattern: str) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "a_file").write_text("not a run folder\n")
     assert main([*argv, "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.match("^error: " + pattern.replace("{tmp}", re.escape(str(tmp_path))), err), err
