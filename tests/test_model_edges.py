@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
-from toy_graphs import toy_graph
+from toy_graphs import toy_graph, train_one_epoch
 
 import pyg_dhmrec
 from pyg_dhmrec.cli import main
@@ -57,20 +57,7 @@ def data():
 
 
 def _train(name: str, data, **keys) -> dict:
-    torch.manual_seed(0)
-    model = pyg_dhmrec.build_model(name, data, **keys)
-    results = pyg_dhmrec.train(
-        model,
-        data,
-        device="cpu",
-        epochs=1,
-        progress=False,
-        topk=[5],
-        early_stop_metric="recall@5",
-        batch_size=32,
-    )
-    losses = [v for record in results["history"] for v in record["loss"].values()]
-    assert losses and all(math.isfinite(v) for v in losses), results["history"]
+    results = train_one_epoch(name, data, **keys)
     assert all(math.isfinite(v) for v in results["test"].values()), results["test"]
     return results
 

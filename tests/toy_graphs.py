@@ -87,3 +87,28 @@ class ShapeRecorder(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self.shapes.append(tuple(t.shape))
         return out
+
+
+def train_one_epoch(name: str, data: HeteroData, train_keys: dict | None = None, **keys) -> dict:
+    """``build_model(name, data, **keys)`` trained one epoch on the CPU (seed 0, batch 32,
+    cut-off 5), asserting finite loss parts; its results."""
+    import math
+
+    import pyg_dhmrec
+
+    torch.manual_seed(0)
+    model = pyg_dhmrec.build_model(name, data, **keys)
+    results = pyg_dhmrec.train(
+        model,
+        data,
+        device="cpu",
+        epochs=1,
+        progress=False,
+        topk=[5],
+        early_stop_metric="recall@5",
+        **{"batch_size": 32, **(train_keys or {})},
+    )
+    losses = [v for record in results["history"] for v in record["loss"].values()]
+    assert losses and all(math.isfinite(v) for v in losses), results["history"]
+    results["model"] = model
+    return results
