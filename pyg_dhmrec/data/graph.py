@@ -352,15 +352,13 @@ def weighted_sum(matrices: Sequence[Tensor], weights: Sequence[float]) -> Tensor
 
 def _rescale_extreme_rows(x: Tensor, floor: float) -> Tensor:
     """``x`` with each nonzero row whose norm is at most ``floor`` or inf divided by its largest
-    ``|entry|`` (other rows by 1, exactly); ``x`` itself when there is no such row."""
+    ``|entry|``; other rows are divided by 1 (exact), so there is no host wait on a GPU (LATTICE
+    may learn its graph every step)."""
+    if x.size(1) == 0:  # no entries: nothing to rescale (amax needs one)
+        return x
     norm = torch.linalg.vector_norm(x.detach(), dim=1, keepdim=True)
-    off = (norm <= floor) | torch.isinf(norm)
-    if not bool(off.any()):
-        return x
     largest = x.detach().abs().amax(dim=1, keepdim=True)
-    off &= largest > 0  # zero rows stay as they are
-    if not bool(off.any()):
-        return x
+    off = ((norm <= floor) | torch.isinf(norm)) & (largest > 0)  # zero rows stay as they are
     return x / torch.where(off, largest, torch.ones_like(largest))
 
 
